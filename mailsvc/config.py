@@ -1,0 +1,163 @@
+"""Frozen delivery configuration, built once from Flask-Mail style ``MAIL_*`` keys.
+
+Why a model of its own: transports and the extension take this object as data
+instead of reading ``current_app`` or the environment, so they can be tested and
+run (worker processes, the CLI) without any app. Contradictions fail here, at
+load, with a message naming the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .addresses import AddressLike, parse_address
+from .errors import ConfigError, MessageError
+
+__all__ = ["MailConfig", "is_loopback"]
+
+# Flask-Mail setting name -> MailConfig field.
+_KEYS = {
+    "MAIL_SERVER": "server",
+    "MAIL_PORT": "port",
+    "MAIL_USE_TLS": "use_tls",
+    "MAIL_USE_SSL": "use_ssl",
+    "MAIL_USERNAME": "username",
+    "MAIL_PASSWORD": "password",
+    "MAIL_DEFAULT_SENDER": "default_sender",
+    "MAIL_MAX_EMAILS": "max_emails",
+    "MAIL_SUPPRESS_SEND": "suppress_send",
+    "MAIL_ASCII_ATTACHMENTS": "ascii_attachments",
+    "MAIL_TIMEOUT": "timeout",
+    "MAIL_VALIDATE_CERTS": "validate_certs",
+    "MAIL_CA_FILE": "ca_file",
+    "MAIL_POOL_SIZE": "pool_size",
+    "MAIL_MESSAGE_ID_DOMAIN": "message_id_domain",
+    "MAIL_LOCAL_HOSTNAME": "local_hostname",
+    "MAIL_ALLOW_PLAINTEXT_AUTH": "allow_plaintext_auth",
+}
+_FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127/8, ::1: the only hosts where plaintext AUTH is harmless."""
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MailConfig(BaseModel):
+    """How to reach the SMTP relay. Build it with :meth:`from_mapping` from ``app.config``.
+
+    >>> MailConfig(server="smtp.gmail.com", port=465, use_ssl=True,
+    ...            username="me@gmail.com", password="app-password").port
+    465
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    server: str = "localhost"
+    port: int = Field(default=25)
+    use_tls: bool = False
+    use_ssl: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    default_sender: str | tuple[str, str] | None = None
+    max_emails: int | None = Field(default=None, ge=1)
+    suppress_send: bool = False
+    ascii_attachments: bool = False
+    timeout: float = Field(default=30.0, gt=0)
+    validate_certs: bool = True
+    ca_file: Path | None = None
+    pool_size: int = Field(default=4, ge=1, le=256)
+    message_id_domain: str | None = None
+    local_hostname: str | None = None
+    allow_plaintext_auth: bool = False
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"port must be between 1 and 65535, got {v}")
+        return v
+
+    @field_validator("server", "message_id_domain", "local_hostname", "username")
+    @classmethod
+    def _no_control_chars(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in "\r\n\x00"):
+            raise ValueError("must not contain CR, LF or NUL")
+        return v
+
+    @field_validator("default_sender")
+    @classmethod
+    def _sender_parses(cls, v: AddressLike | None) -> AddressLike | None:
+        if v is None or v == "":
+            return None
+        try:
+            parse_address(v, "MAIL_DEFAULT_SENDER")
+        except MessageError as exc:
+            raise ValueError(exc.reason) from exc
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MailConfig:
+        if self.use_tls and self.use_ssl:
+            raise ValueError(
+                "MAIL_USE_TLS/MAIL_USE_SSL: they are mutually exclusive; set MAIL_USE_SSL for "
+                "implicit TLS (port 465) or MAIL_USE_TLS for STARTTLS (port 587), not both"
+            )
+        if (
+            self.password is not None
+            and not (self.use_tls or self.use_ssl)
+            and not is_loopback(self.server)
+            and not self.allow_plaintext_auth
+        ):
+            raise ValueError(
+                f"MAIL_PASSWORD: would be sent unencrypted to {self.server}: set MAIL_USE_SSL "
+                "or MAIL_USE_TLS (or MAIL_ALLOW_PLAINTEXT_AUTH=true if you really mean it)"
+            )
+        return self
+
+    @property
+    def encrypted(self) -> bool:
+        return self.use_tls or self.use_ssl
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> MailConfig:
+        """Read ``MAIL_*`` keys (``app.config``, a settings object's dict); unknown keys are ignored."""
+        data = {field: mapping[key] for key, field in _KEYS.items() if key in mapping and mapping[key] is not None}
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise config_error_from(exc, _FIELD_TO_KEY) from None
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The ``MAIL_*`` form, with the password still wrapped in SecretStr."""
+        return {_FIELD_TO_KEY[name]: getattr(self, name) for name in type(self).model_fields}
+
+
+def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigError:
+    """Turn pydantic's multi-line report into one line naming the setting."""
+    err = exc.errors()[0]
+    loc = err.get("loc") or ()
+    field = str(loc[0]) if loc else ""
+    setting = names.get(field, field.upper() or "MAIL_*")
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not field and msg.startswith("MAIL_"):
+        setting, _, msg = msg.partition(": ")
+        return ConfigError(setting, msg)
+    return ConfigError(setting, msg)
