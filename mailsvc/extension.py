@@ -1,0 +1,210 @@
+"""``Mail``: the Quart extension a Flask-Mail user already knows, with sending as coroutines.
+
+Why the state lives on the app (``app.extensions["mailsvc"]``): two apps in one
+process (tests!) get their own pool and their own ``record_messages`` list. The
+pool is created lazily inside the running loop and closed in ``after_serving``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, current_app
+
+from .config import MailConfig
+from .errors import DeliveryError, MessageError
+from .message import Envelope, Message
+from .rendering import TemplateRenderer
+from .results import RecipientResult, SendResult
+from .transports.base import Transport
+from .transports.pool import ConnectionPool
+from .transports.smtp import SMTPTransport
+
+__all__ = ["Connection", "Mail", "MailState"]
+
+
+class MailState:
+    """Per-app delivery state: config, pool, recorders. Usable without any app (workers, CLI)."""
+
+    def __init__(self, config: MailConfig, templates: str | Path | None = None) -> None:
+        self.config = config
+        self.recorders: list[list[Message]] = []
+        self._pool: ConnectionPool | None = None
+        self.renderer = TemplateRenderer(templates) if templates is not None else None
+
+    def transport(self) -> Transport:
+        return SMTPTransport(self.config)
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = ConnectionPool(self.transport, self.config.pool_size, self.config.max_emails)
+        return self._pool
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
+
+    def build(self, msg: Message) -> Envelope:
+        return msg.build(
+            default_sender=self.config.default_sender,
+            msgid_domain=self.config.message_id_domain,
+            ascii_attachments=self.config.ascii_attachments,
+        )
+
+    def record(self, msg: Message) -> None:
+        for rec in self.recorders:
+            rec.append(msg)
+
+    def suppressed(self, envelope: Envelope) -> SendResult:
+        return SendResult(envelope.message_id, tuple(RecipientResult(r, "suppressed") for r in envelope.recipients))
+
+
+def _raise_if_nothing_delivered(result: SendResult) -> SendResult:
+    if result.recipients and not any(r.ok for r in result.recipients):
+        last = result.recipients[-1]
+        raise DeliveryError(
+            f"no recipient accepted message {result.message_id}", code=last.code, reply=last.reply, result=result
+        )
+    return result
+
+
+class Mail:
+    """The extension: ``Mail(app)`` or ``mail.init_app(app)``, then ``await mail.send(msg)``.
+
+    >>> app = Quart(__name__)
+    >>> app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=8025, MAIL_DEFAULT_SENDER="me@example.com")
+    >>> mail = Mail(app)
+    """
+
+    def __init__(self, app: Quart | None = None, *, config: MailConfig | None = None, templates: str | Path | None = None) -> None:
+        self.app = app
+        self._standalone = MailState(config, templates) if config is not None else None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        templates = app.config.get("MAIL_TEMPLATE_FOLDER") or (
+            Path(app.root_path) / (app.template_folder or "templates") / "email"
+        )
+        state = MailState(MailConfig.from_mapping(app.config), templates)
+        app.extensions["mailsvc"] = state
+        app.after_serving(state.aclose)
+
+    @property
+    def state(self) -> MailState:
+        if self._standalone is not None:
+            return self._standalone
+        app = self.app if self.app is not None else current_app
+        try:
+            return app.extensions["mailsvc"]  # type: ignore[no-any-return]
+        except KeyError:
+            raise RuntimeError("Mail is not initialised for this app: call mail.init_app(app)") from None
+
+    # -- sending ---------------------------------------------------------------
+    async def send(self, message: Message) -> SendResult:
+        """Send one message on a pooled connection.
+
+        Returns the per-recipient result (partial refusals included); raises
+        :class:`DeliveryError` with the server's reply when nobody accepted it.
+        """
+        state = self.state
+        envelope = state.build(message)
+        state.record(message)
+        if state.config.suppress_send:
+            return state.suppressed(envelope)
+        try:
+            async with state.pool.connection() as conn:
+                result = await conn.send(envelope)
+        except DeliveryError as exc:
+            exc.result = SendResult.all_failed(envelope.message_id, envelope.recipients, str(exc), exc.code)
+            raise
+        return _raise_if_nothing_delivered(result)
+
+    async def send_many(self, messages: Sequence[Message]) -> list[SendResult]:
+        """Send concurrently over at most ``MAIL_POOL_SIZE`` connections; one result per message.
+
+        Nothing raises for a single bad message: a message that cannot be built
+        (bad header, bad address) gets a ``failed`` result naming the field.
+        """
+        state = self.state
+        envelopes: list[Envelope | SendResult] = []
+        for msg in messages:
+            try:
+                envelopes.append(state.build(msg))
+            except MessageError as exc:
+                recipients = tuple(str(r) for r in (*msg.recipients, *msg.cc, *msg.bcc))
+                envelopes.append(SendResult.all_failed(msg._msg_id or "", recipients, str(exc)))
+                continue
+            state.record(msg)
+        if state.config.suppress_send:
+            return [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
+        pool = state.pool
+
+        async def one(item: Envelope | SendResult) -> SendResult:
+            return item if isinstance(item, SendResult) else await pool.send(item)
+
+        return list(await asyncio.gather(*(one(e) for e in envelopes)))
+
+    async def send_message(self, *args: Any, **kwargs: Any) -> SendResult:
+        """Flask-Mail's shortcut: ``await mail.send_message("Hi", recipients=[...], body="...")``."""
+        return await self.send(Message(*args, **kwargs))
+
+    def connect(self) -> Connection:
+        """``async with mail.connect() as conn: await conn.send(msg)`` on one reused connection."""
+        return Connection(self.state)
+
+    @contextmanager
+    def record_messages(self) -> Iterator[list[Message]]:
+        """Record every message this app sends inside the block (with MAIL_SUPPRESS_SEND, none leave)."""
+        outbox: list[Message] = []
+        state = self.state
+        state.recorders.append(outbox)
+        try:
+            yield outbox
+        finally:
+            state.recorders.remove(outbox)
+
+    def render_message(self, name: str, context: dict[str, Any] | None = None, **fields: Any) -> Message:
+        """Build a Message from ``templates/email/<name>.*``; see :class:`TemplateRenderer`."""
+        renderer = self.state.renderer
+        if renderer is None:
+            raise RuntimeError("no template folder: pass templates= or set MAIL_TEMPLATE_FOLDER")
+        return renderer.render_message(name, context, **fields)
+
+
+class Connection:
+    """One SMTP connection held for a block of sends; reconnects after ``MAIL_MAX_EMAILS``."""
+
+    def __init__(self, state: MailState) -> None:
+        self._state = state
+        self._transport: Transport | None = None
+
+    async def __aenter__(self) -> Connection:
+        if not self._state.config.suppress_send:
+            self._transport = self._state.transport()
+            await self._transport.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+
+    async def send(self, message: Message) -> SendResult:
+        envelope = self._state.build(message)
+        self._state.record(message)
+        if self._transport is None:
+            return self._state.suppressed(envelope)
+        limit = self._state.config.max_emails
+        if limit is not None and self._transport.sent >= limit:
+            await self._transport.close()
+            await self._transport.open()
+        return _raise_if_nothing_delivered(await self._transport.send(envelope))
+
+    async def send_message(self, *args: Any, **kwargs: Any) -> SendResult:
+        return await self.send(Message(*args, **kwargs))

@@ -1,0 +1,137 @@
+"""Email templates: one Jinja environment per template folder, built once.
+
+Why: fastapi-mail rebuilds an environment (without autoescape) per send. Here the
+HTML part is autoescaped, undefined variables are errors (a mail that says
+"Dear ," is worse than no mail), and a missing text part is derived from HTML so
+every message has a readable plain alternative.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .errors import TemplateError
+from .message import Message
+
+__all__ = ["TemplateRenderer", "html_to_text", "template_name_ok"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*$")
+
+
+def template_name_ok(name: str) -> bool:
+    """Names are plain words and slashes: no dots, so no ``..`` escapes from the folder."""
+    return bool(_NAME.match(name))
+
+
+class TemplateRenderer:
+    """Renders ``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` from ``folder``.
+
+    >>> r = TemplateRenderer("templates/email")            # doctest: +SKIP
+    >>> r.render_message("thank_you", {"name": "Ann"}, recipients=["ann@example.com"])  # doctest: +SKIP
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        loader = jinja2.FileSystemLoader(str(self.folder))
+        self.env = jinja2.Environment(
+            loader=loader,
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=False,
+            auto_reload=False,
+        )
+
+    def names(self) -> list[str]:
+        """Every template that has a subject file or a body part."""
+        found: set[str] = set()
+        for path in self.folder.rglob("*"):
+            rel = path.relative_to(self.folder).as_posix()
+            for suffix in (".subject.txt", ".txt", ".html"):
+                if rel.endswith(suffix):
+                    base = rel[: -len(suffix)]
+                    if template_name_ok(base):
+                        found.add(base)
+                    break
+        return sorted(found)
+
+    def exists(self, name: str) -> bool:
+        return template_name_ok(name) and any(
+            (self.folder / f"{name}{s}").is_file() for s in (".txt", ".html")
+        )
+
+    def _render(self, name: str, filename: str, context: Mapping[str, Any]) -> str | None:
+        if not (self.folder / filename).is_file():
+            return None
+        try:
+            return self.env.get_template(filename).render(context)
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(name, f"variable missing from context: {exc.message}") from exc
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(name, f"syntax error in {filename}: {exc.message}", line=exc.lineno) from exc
+
+    def render_parts(self, name: str, context: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+        """Return (subject, text, html); text is derived from html when only html exists."""
+        if not self.exists(name):
+            raise TemplateError(name, f"unknown template; expected {name}.txt or {name}.html in {self.folder}")
+        subject = (self._render(name, f"{name}.subject.txt", context) or "").strip()
+        text = self._render(name, f"{name}.txt", context)
+        html = self._render(name, f"{name}.html", context)
+        if text is None and html is not None:
+            text = html_to_text(html)
+        return subject, text, html
+
+    def render_message(self, name: str, context: Mapping[str, Any] | None = None, **fields: Any) -> Message:
+        """Build a :class:`Message` from a template; ``fields`` are Message's own arguments."""
+        subject, text, html = self.render_parts(name, context or {})
+        fields.setdefault("subject", subject)
+        return Message(body=text, html=html, **fields)
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCK = {"p", "div", "br", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "li", "table", "ul", "ol", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self._skip = 0
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip += 1
+        elif tag in self._BLOCK:
+            self.out.append("\n")
+            if tag == "li":
+                self.out.append("- ")
+        elif tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self._BLOCK:
+            self.out.append("\n")
+        elif tag == "a" and self._href:
+            if not self._href.startswith(("#", "cid:")):
+                self.out.append(f" ({self._href})")
+            self._href = None
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.out.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text rendering of an HTML email (paragraphs, list items, link targets)."""
+    p = _TextExtractor()
+    p.feed(html)
+    p.close()
+    lines = [line.strip() for line in "".join(p.out).splitlines()]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+    return text.strip() + "\n"

@@ -1,0 +1,68 @@
+"""A bounded pool of reused transports for concurrent sends.
+
+Why: opening SMTP (and TLS, and AUTH) costs several round trips; reusing at most
+``MAIL_POOL_SIZE`` connections keeps a bulk send fast without flooding the relay.
+A connection that raised is closed and replaced, never handed out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from ..errors import DeliveryError
+from ..message import Envelope
+from ..results import SendResult
+from .base import Transport
+
+__all__ = ["ConnectionPool"]
+
+
+class ConnectionPool:
+    """At most ``size`` transports from ``factory``; create it inside the running loop."""
+
+    def __init__(self, factory: Callable[[], Transport], size: int, max_per_connection: int | None = None) -> None:
+        self._factory = factory
+        self._size = size
+        self._max = max_per_connection
+        self._idle: list[Transport] = []
+        self._sem = asyncio.Semaphore(size)
+        self._all: set[Transport] = set()
+        self._closed = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Transport]:
+        if self._closed:
+            raise RuntimeError("connection pool is closed")
+        async with self._sem:
+            conn = self._idle.pop() if self._idle else self._factory()
+            self._all.add(conn)
+            ok = False
+            try:
+                if self._max is not None and conn.sent >= self._max:
+                    await conn.close()
+                if not conn.is_open:
+                    await conn.open()
+                yield conn
+                ok = True
+            finally:
+                if ok and conn.is_open and not self._closed:
+                    self._idle.append(conn)
+                else:
+                    self._all.discard(conn)
+                    await conn.close()
+
+    async def send(self, envelope: Envelope) -> SendResult:
+        """Send on a pooled connection; a connection-level failure becomes a failed result."""
+        try:
+            async with self.connection() as conn:
+                return await conn.send(envelope)
+        except DeliveryError as exc:
+            return SendResult.all_failed(envelope.message_id, envelope.recipients, str(exc), exc.code)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        conns, self._idle = list(self._all), []
+        self._all.clear()
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)

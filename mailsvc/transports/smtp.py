@@ -1,0 +1,176 @@
+"""SMTP over aiosmtplib: the only module that imports it.
+
+Why here and nowhere else: aiosmtplib's exceptions are translated into ours at
+this boundary, TLS policy is enforced here (STARTTLS mandatory when configured,
+certificates verified, no AUTH before TLS), and every network await runs under an
+overall deadline from ``MAIL_TIMEOUT`` rather than only per-socket timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPConnectResponseError,
+    SMTPDataError,
+    SMTPException,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+)
+
+from ..config import MailConfig, is_loopback
+from ..errors import ConnectionFailedError, DeliveryError, TransportSecurityError
+from ..message import Envelope, default_msgid_domain
+from ..results import RecipientResult, SendResult
+from .base import Transport
+
+__all__ = ["SMTPTransport"]
+
+log = logging.getLogger("mailsvc.smtp")
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class SMTPTransport(Transport):
+    """One SMTP connection configured by a :class:`MailConfig`."""
+
+    def __init__(self, config: MailConfig) -> None:
+        self.config = config
+        self._smtp: aiosmtplib.SMTP | None = None
+        self.sent = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    def _client(self) -> aiosmtplib.SMTP:
+        c = self.config
+        tls_context = None
+        if c.encrypted and c.validate_certs:
+            tls_context = ssl.create_default_context(cafile=str(c.ca_file) if c.ca_file else None)
+        return aiosmtplib.SMTP(
+            hostname=c.server,
+            port=c.port,
+            use_tls=c.use_ssl,
+            # True: STARTTLS is mandatory and fails if not offered; False: never, so a
+            # plaintext config never silently depends on the server's offer.
+            start_tls=True if c.use_tls else False,
+            validate_certs=c.validate_certs,
+            tls_context=tls_context,
+            timeout=c.timeout,
+            local_hostname=c.local_hostname or default_msgid_domain(),
+        )
+
+    async def open(self) -> None:
+        c = self.config
+        smtp = self._client()
+        try:
+            async with asyncio.timeout(c.timeout):
+                await smtp.connect()
+                if c.username is not None and c.password is not None:
+                    tls = smtp.get_transport_info("sslcontext") is not None
+                    if not tls and not is_loopback(c.server) and not c.allow_plaintext_auth:
+                        raise TransportSecurityError(
+                            f"refusing to send the password to {c.server} without TLS; "
+                            "set MAIL_USE_TLS or MAIL_USE_SSL"
+                        )
+                    await smtp.login(c.username, c.password.get_secret_value())
+        except DeliveryError:
+            smtp.close()
+            raise
+        except BaseException as exc:
+            smtp.close()
+            raise self._translate(exc, "connect") from exc
+        self._smtp = smtp
+        self.sent = 0
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        if smtp.is_connected:
+            try:
+                async with asyncio.timeout(min(self.config.timeout, 5.0)):
+                    await smtp.quit()
+            except (SMTPException, OSError, TimeoutError):
+                pass
+        smtp.close()
+
+    async def send(self, envelope: Envelope) -> SendResult:
+        if self._smtp is None or not self._smtp.is_connected:
+            await self.open()
+        smtp = self._smtp
+        assert smtp is not None
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                errors, _reply = await smtp.sendmail(
+                    envelope.sender,
+                    list(envelope.recipients),
+                    envelope.data,
+                    mail_options=list(envelope.mail_options),
+                    rcpt_options=list(envelope.rcpt_options),
+                )
+        except SMTPRecipientsRefused as exc:
+            self.sent += 1
+            by_rcpt = {e.recipient: e for e in exc.recipients}
+            return SendResult(
+                envelope.message_id,
+                tuple(
+                    RecipientResult(r, "refused", by_rcpt[r].code, by_rcpt[r].message) if r in by_rcpt
+                    else RecipientResult(r, "failed", None, "not attempted")
+                    for r in envelope.recipients
+                ),
+            )
+        except (SMTPSenderRefused, SMTPDataError) as exc:
+            self.sent += 1
+            if exc.code == 421:
+                await self.close()
+            return SendResult.all_failed(envelope.message_id, envelope.recipients, exc.message, exc.code)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self._translate(exc, "send") from exc
+        self.sent += 1
+        return SendResult(
+            envelope.message_id,
+            tuple(
+                RecipientResult(r, "refused", errors[r].code, errors[r].message) if r in errors
+                else RecipientResult(r, "delivered", 250, "OK")
+                for r in envelope.recipients
+            ),
+        )
+
+    def _translate(self, exc: BaseException, stage: str) -> DeliveryError:
+        where = f"{self.config.server}:{self.config.port}"
+        if isinstance(exc, DeliveryError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return ConnectionFailedError(f"SMTP {stage} to {where} exceeded MAIL_TIMEOUT ({self.config.timeout}s)")
+        if (sslerr := _ssl_cause(exc)) is not None:
+            return TransportSecurityError(f"TLS with {where} failed: {sslerr}")
+        if isinstance(exc, SMTPException) and "starttls" in str(exc).lower():
+            return TransportSecurityError(
+                f"{where} does not offer STARTTLS but MAIL_USE_TLS requires it; nothing was sent"
+            )
+        if isinstance(exc, SMTPAuthenticationError):
+            return DeliveryError(f"{where} rejected MAIL_USERNAME/MAIL_PASSWORD", code=exc.code, reply=exc.message)
+        if isinstance(exc, SMTPConnectResponseError):
+            return ConnectionFailedError(f"{where} refused the connection", code=exc.code, reply=exc.message)
+        if isinstance(exc, SMTPResponseException):
+            return ConnectionFailedError(f"SMTP {stage} to {where} failed", code=exc.code, reply=exc.message)
+        if isinstance(exc, (SMTPException, OSError)):
+            return ConnectionFailedError(f"SMTP {stage} to {where} failed: {exc}")
+        return ConnectionFailedError(f"SMTP {stage} to {where} failed: {type(exc).__name__}: {exc}")
