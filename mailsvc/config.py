@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .addresses import AddressLike, parse_address
 from .errors import ConfigError, MessageError
 
-__all__ = ["MailConfig", "is_loopback"]
+__all__ = ["MailConfig", "ServiceConfig", "is_loopback"]
 
 # Flask-Mail setting name -> MailConfig field.
 _KEYS = {
@@ -148,6 +148,18 @@ class MailConfig(BaseModel):
     def to_mapping(self) -> dict[str, Any]:
         """The ``MAIL_*`` form, with the password still wrapped in SecretStr."""
         return {_FIELD_TO_KEY[name]: getattr(self, name) for name in type(self).model_fields}
+
+
+class ServiceConfig(BaseModel):
+    """Settings of the service around delivery (outbox, workers, dev inbox), passed in as data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = "sqlite:///var/mailsvc.sqlite3"
+    dev_mode: bool = True
+    dev_smtp_port: int = Field(default=8025, ge=0, le=65535)
+    workers: int = Field(default=1, ge=0, le=64)
+    templates: Path = Path("templates")
 
 
 def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigError:

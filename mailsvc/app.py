@@ -1,0 +1,30 @@
+"""``create_app``: the service's app factory; the environment never reaches here, config does."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart
+
+from .config import MailConfig, ServiceConfig
+from .extension import Mail
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("mailsvc")
+
+
+def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) -> Quart:
+    """Build the service app around a delivery config and a service config."""
+    service = service or ServiceConfig()
+    app = Quart(__name__, template_folder=str(service.templates.resolve()), static_folder=None)
+    app.config.update(mail_config.to_mapping())
+    app.config["MAIL_TEMPLATE_FOLDER"] = str(service.templates.resolve() / "email")
+    app.extensions["mailsvc.service"] = service
+    Mail(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,66 @@
+"""``mailsvc`` command line: one module per subcommand under ``mailsvc/commands/``.
+
+Settings come from the project's ``settings.py`` (found in the working directory,
+or named by ``MAILSVC_SETTINGS_MODULE``, as Django does with its settings module),
+so the CLI sees exactly the configuration the service sees.
+
+Exit codes: 0 success, 1 operation failed, 2 usage or configuration error,
+3 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["load_project_settings", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+
+
+def load_project_settings() -> Any:
+    """Import the project's settings module and build its Settings (exits 2 on a bad setting)."""
+    name = os.environ.get("MAILSVC_SETTINGS_MODULE", "settings")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError:
+        print(
+            f"mailsvc: cannot import settings module {name!r}; run from the project folder "
+            "or set MAILSVC_SETTINGS_MODULE",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USAGE) from None
+    try:
+        return module.load_settings()
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailsvc", description="Durable, asyncio-first email service.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``mailsvc``; each module defines ``register(subparsers)`` and sets ``handler``."""

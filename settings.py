@@ -1,0 +1,77 @@
+"""The service's settings: the one place (with asgi.py) that reads the environment.
+
+Every key is an environment variable (or a line in ``.env``). Flask-Mail's
+``MAIL_*`` names configure delivery; ``MAILSVC_*`` names configure the service.
+Nothing in ``mailsvc/`` imports this module: the app factory and the CLI receive
+a :class:`Settings` object as data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mailsvc.config import MailConfig, ServiceConfig, config_error_from
+
+
+class Settings(BaseSettings):
+    """Environment-driven settings; contradictions fail at start-up naming the setting."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True)
+
+    # Delivery (Flask-Mail names). MAIL_SERVER unset = embedded dev inbox.
+    MAIL_SERVER: str | None = None
+    MAIL_PORT: int = Field(default=25, ge=1, le=65535)
+    MAIL_USE_TLS: bool = False
+    MAIL_USE_SSL: bool = False
+    MAIL_USERNAME: str | None = None
+    MAIL_PASSWORD: SecretStr | None = None
+    MAIL_DEFAULT_SENDER: str | None = "mailsvc@localhost.localdomain"
+    MAIL_MAX_EMAILS: int | None = None
+    MAIL_SUPPRESS_SEND: bool = False
+    MAIL_ASCII_ATTACHMENTS: bool = False
+    MAIL_TIMEOUT: float = 30.0
+    MAIL_VALIDATE_CERTS: bool = True
+    MAIL_CA_FILE: Path | None = None
+    MAIL_POOL_SIZE: int = 4
+    MAIL_MESSAGE_ID_DOMAIN: str | None = None
+
+    # Service
+    MAILSVC_DATABASE_URL: str = "sqlite:///var/mailsvc.sqlite3"
+    MAILSVC_DEV_SMTP_PORT: int = Field(default=8025, ge=1, le=65535)
+    MAILSVC_WORKERS: int = Field(default=1, ge=0, le=64)
+    MAILSVC_TEMPLATES: Path = Path(__file__).resolve().parent / "templates"
+
+    def mail_config(self) -> MailConfig:
+        """The delivery config; in dev mode it points at the embedded inbox on 127.0.0.1."""
+        data = {k: v for k, v in self.model_dump().items() if k.startswith("MAIL_")}
+        if self.MAIL_SERVER is None:
+            data.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=self.MAILSVC_DEV_SMTP_PORT)
+        return MailConfig.from_mapping(data)
+
+    @property
+    def dev_mode(self) -> bool:
+        return self.MAIL_SERVER is None
+
+    def service_config(self) -> ServiceConfig:
+        return ServiceConfig(
+            database_url=self.MAILSVC_DATABASE_URL,
+            dev_mode=self.dev_mode,
+            dev_smtp_port=self.MAILSVC_DEV_SMTP_PORT,
+            workers=self.MAILSVC_WORKERS,
+            templates=self.MAILSVC_TEMPLATES,
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings or exit with one line naming the bad setting."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings.mail_config()
+    except ValidationError as exc:
+        raise SystemExit(f"mailsvc: configuration error: {config_error_from(exc, {})}") from None
+    except ValueError as exc:  # ConfigError
+        raise SystemExit(f"mailsvc: configuration error: {exc}") from None
+    return settings

@@ -1,0 +1,113 @@
+"""Real SMTP servers for tests: aiosmtpd bound to 127.0.0.1 port 0, read back.
+
+Handlers record what they received (parsed back with the stdlib parser) and
+inject faults on the *server* side, as aiosmtplib's own tests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP as SMTPServerProtocol
+from aiosmtpd.smtp import AuthResult, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class RecordingHandler:
+    """Accepts everything; ``refuse`` maps recipient -> reply for RCPT refusals."""
+
+    received: list[Received] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+    data_reply: str | None = None  # e.g. "554 rejected" after DATA
+    drop_after_data: bool = False  # close the connection before replying to DATA
+    stall_seconds: float = 0.0  # sleep before replying to DATA
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        if self.stall_seconds:
+            await asyncio.sleep(self.stall_seconds)
+        if self.drop_after_data:
+            server.transport.close()
+            return "250 never seen"
+        if self.data_reply:
+            return self.data_reply
+        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        return "250 Message accepted"
+
+
+class Authenticator:
+    def __init__(self, username: str, password: str) -> None:
+        self.username, self.password = username.encode(), password.encode()
+        self.attempts = 0
+
+    def __call__(self, server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
+        self.attempts += 1
+        ok = getattr(auth_data, "login", None) == self.username and getattr(auth_data, "password", None) == self.password
+        return AuthResult(success=ok)
+
+
+@asynccontextmanager
+async def smtp_server(
+    handler: Any,
+    *,
+    ssl_context: ssl.SSLContext | None = None,  # implicit TLS
+    tls_context: ssl.SSLContext | None = None,  # offered via STARTTLS
+    require_starttls: bool = False,
+    authenticator: Authenticator | None = None,
+    auth_require_tls: bool = True,
+    greeting_reply: str | None = None,
+) -> AsyncIterator[int]:
+    """Serve ``handler`` on 127.0.0.1; yields the port the OS chose."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> SMTPServerProtocol:
+        proto = SMTPServerProtocol(
+            handler,
+            hostname="mx.test",
+            tls_context=tls_context,
+            require_starttls=require_starttls,
+            authenticator=authenticator,
+            auth_required=authenticator is not None,
+            auth_require_tls=auth_require_tls,
+            enable_SMTPUTF8=True,
+            loop=loop,
+        )
+        if greeting_reply is not None:
+            async def _greet(*a: Any, **k: Any) -> None:
+                proto._set_rset_state()
+                await proto.push(greeting_reply)
+                proto.transport.close()
+            proto._handle_client = _greet  # type: ignore[method-assign]
+        return proto
+
+    server = await loop.create_server(factory, host="127.0.0.1", port=0, ssl=ssl_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
