@@ -15,7 +15,13 @@ log = logging.getLogger("mailsvc")
 
 
 def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) -> Quart:
-    """Build the service app around a delivery config and a service config."""
+    """Build the service app around a delivery config and a service config.
+
+    Each part registers its own routes and lifespan hooks; order matters only in
+    that the outbox (opened by ``runtime``) exists before workers and routes use it.
+    """
+    from . import devinbox, previews, runtime, web
+
     service = service or ServiceConfig()
     app = Quart(__name__, template_folder=str(service.templates.resolve()), static_folder=None)
     app.config.update(mail_config.to_mapping())
@@ -27,4 +33,8 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    devinbox.register(app, service)   # dev SMTP server + /inbox (dev mode only)
+    runtime.register(app, service)    # outbox open/close + in-process workers
+    web.register(app, service)        # form, JSON API, errors, auth
+    previews.register(app, service)   # /previews
     return app
