@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # Service
     MAILSVC_DATABASE_URL: str = "sqlite:///var/mailsvc.sqlite3"
     MAILSVC_DEV_SMTP_PORT: int = Field(default=8025, ge=1, le=65535)
+    MAILSVC_DEV_INBOX_MAX: int = Field(default=1000, ge=1)
     MAILSVC_WORKERS: int = Field(default=1, ge=0, le=64)
     MAILSVC_TEMPLATES: Path = Path(__file__).resolve().parent / "templates"
 
@@ -60,6 +61,7 @@ class Settings(BaseSettings):
             database_url=self.MAILSVC_DATABASE_URL,
             dev_mode=self.dev_mode,
             dev_smtp_port=self.MAILSVC_DEV_SMTP_PORT,
+            dev_inbox_max=self.MAILSVC_DEV_INBOX_MAX,
             workers=self.MAILSVC_WORKERS,
             templates=self.MAILSVC_TEMPLATES,
         )

@@ -158,6 +158,7 @@ class ServiceConfig(BaseModel):
     database_url: str = "sqlite:///var/mailsvc.sqlite3"
     dev_mode: bool = True
     dev_smtp_port: int = Field(default=8025, ge=0, le=65535)
+    dev_inbox_max: int = Field(default=1000, ge=1)  # captured messages kept; the oldest go first
     workers: int = Field(default=1, ge=0, le=64)
     templates: Path = Path("templates")
 
