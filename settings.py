@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mailsvc.config import MailConfig, ServiceConfig, config_error_from
+from mailsvc.config import MailConfig, ServiceConfig, WebConfig, config_error_from
 
 
 class Settings(BaseSettings):
@@ -45,6 +45,20 @@ class Settings(BaseSettings):
     MAILSVC_WORKERS: int = Field(default=1, ge=0, le=64)
     MAILSVC_TEMPLATES: Path = Path(__file__).resolve().parent / "templates"
 
+    # Web layer (who may send, how much)
+    MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys
+    MAILSVC_ALLOW_ANONYMOUS: bool = False
+    MAILSVC_SECRET_KEY: SecretStr | None = None
+    MAILSVC_SECURE_COOKIES: bool | None = None
+    MAILSVC_ALLOW_SENDER: bool = False
+    MAILSVC_ALLOWED_DOMAINS: str = ""  # comma-separated
+    MAILSVC_MAX_REQUEST_BYTES: int = 25 * 1024 * 1024
+    MAILSVC_MAX_ATTACHMENT_BYTES: int = 10 * 1024 * 1024
+    MAILSVC_MAX_RECIPIENTS: int = 50
+    MAILSVC_MAX_BATCH: int = 10_000
+    MAILSVC_RATE_LIMIT: float = 50.0
+    MAILSVC_RATE_BURST: int = 100
+
     def mail_config(self) -> MailConfig:
         """The delivery config; in dev mode it points at the embedded inbox on 127.0.0.1."""
         data = {k: v for k, v in self.model_dump().items() if k.startswith("MAIL_")}
@@ -56,6 +70,25 @@ class Settings(BaseSettings):
     def dev_mode(self) -> bool:
         return self.MAIL_SERVER is None
 
+    def web_config(self) -> WebConfig:
+        """Comma-separated lists split here, so the model holds clean tuples."""
+        keys = tuple(SecretStr(k.strip()) for k in self.MAILSVC_API_KEYS.get_secret_value().split(",") if k.strip())
+        domains = tuple(d.strip() for d in self.MAILSVC_ALLOWED_DOMAINS.split(",") if d.strip())
+        return WebConfig(
+            api_keys=keys,
+            allow_anonymous=self.MAILSVC_ALLOW_ANONYMOUS,
+            secret_key=self.MAILSVC_SECRET_KEY,
+            secure_cookies=self.MAILSVC_SECURE_COOKIES,
+            allow_sender=self.MAILSVC_ALLOW_SENDER,
+            allowed_domains=domains,
+            max_request_bytes=self.MAILSVC_MAX_REQUEST_BYTES,
+            max_attachment_bytes=self.MAILSVC_MAX_ATTACHMENT_BYTES,
+            max_recipients=self.MAILSVC_MAX_RECIPIENTS,
+            max_batch=self.MAILSVC_MAX_BATCH,
+            rate_limit=self.MAILSVC_RATE_LIMIT,
+            rate_burst=self.MAILSVC_RATE_BURST,
+        )
+
     def service_config(self) -> ServiceConfig:
         return ServiceConfig(
             database_url=self.MAILSVC_DATABASE_URL,
@@ -64,6 +97,7 @@ class Settings(BaseSettings):
             dev_inbox_max=self.MAILSVC_DEV_INBOX_MAX,
             workers=self.MAILSVC_WORKERS,
             templates=self.MAILSVC_TEMPLATES,
+            web=self.web_config(),
         )
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .addresses import AddressLike, parse_address
 from .errors import ConfigError, MessageError
 
-__all__ = ["MailConfig", "ServiceConfig", "is_loopback"]
+__all__ = ["MailConfig", "ServiceConfig", "WebConfig", "is_loopback"]
 
 # Flask-Mail setting name -> MailConfig field.
 _KEYS = {
@@ -150,6 +150,33 @@ class MailConfig(BaseModel):
         return {_FIELD_TO_KEY[name]: getattr(self, name) for name in type(self).model_fields}
 
 
+class WebConfig(BaseModel):
+    """Who may send through the web layer, and how much (issue 4). Passed in as data.
+
+    Empty ``api_keys`` means the JSON API and the form are open: allowed in dev
+    mode, refused with a real relay unless ``allow_anonymous`` says so on purpose.
+
+    >>> WebConfig(api_keys=(SecretStr("k1"),), allowed_domains=("example.com",)).max_recipients
+    50
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_keys: tuple[SecretStr, ...] = ()
+    allow_anonymous: bool = False
+    secret_key: SecretStr | None = None  # signs session cookies; random per process when unset
+    secure_cookies: bool | None = None  # None: Secure flag unless dev mode (plain http on 127.0.0.1)
+    allow_sender: bool = False  # may a request set its own From?
+    allowed_domains: tuple[str, ...] = ()  # recipient domains (and their subdomains); empty = any
+    max_request_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_recipients: int = Field(default=50, ge=1)  # to + cc + bcc of one message
+    max_batch: int = Field(default=10_000, ge=1)  # recipients of one bulk request
+    max_render_chars: int = Field(default=512 * 1024, ge=64)  # output cap of request-supplied templates
+    rate_limit: float = Field(default=50.0, ge=0)  # requests per second per key; 0 = no limit
+    rate_burst: int = Field(default=100, ge=1)
+
+
 class ServiceConfig(BaseModel):
     """Settings of the service around delivery (outbox, workers, dev inbox), passed in as data."""
 
@@ -161,6 +188,7 @@ class ServiceConfig(BaseModel):
     dev_inbox_max: int = Field(default=1000, ge=1)  # captured messages kept; the oldest go first
     workers: int = Field(default=1, ge=0, le=64)
     templates: Path = Path("templates")
+    web: WebConfig = Field(default_factory=WebConfig)
 
 
 def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigError:
