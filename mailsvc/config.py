@@ -188,6 +188,19 @@ class ServiceConfig(BaseModel):
     dev_inbox_max: int = Field(default=1000, ge=1)  # captured messages kept; the oldest go first
     workers: int = Field(default=1, ge=0, le=64)
     templates: Path = Path("templates")
+    # Outbox and delivery workers (issue 3). Times are seconds; tests use fractions.
+    max_pending: int = Field(default=100_000, ge=1)
+    idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    claim_batch: int = Field(default=100, ge=1, le=10_000)
+    worker_concurrency: int = Field(default=100, ge=1, le=10_000)
+    poll_interval: float = Field(default=1.0, gt=0)
+    retry_first: float = Field(default=300.0, gt=0)
+    retry_max: float = Field(default=4000.0, gt=0)
+    retry_lifetime: float = Field(default=5 * 24 * 3600.0, gt=0)
+    retry_jitter: float = Field(default=0.1, ge=0, lt=1)
+    relay_backoff: float = Field(default=30.0, gt=0)
+    relay_backoff_max: float = Field(default=300.0, gt=0)
     web: WebConfig = Field(default_factory=WebConfig)
 
 

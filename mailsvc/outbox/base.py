@@ -15,7 +15,10 @@ when final with a mix, otherwise ``queued``/``sending``/``deferred``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import asyncio
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -23,6 +26,8 @@ from typing import Literal
 from ..message import Envelope
 
 __all__ = [
+    "FINAL_STATES",
+    "PENDING_STATES",
     "ClaimedMessage",
     "EnqueueResult",
     "MessageStatus",
@@ -30,10 +35,66 @@ __all__ = [
     "RecipientOutcome",
     "RecipientStatus",
     "RecipientState",
+    "derive_state",
+    "fingerprint",
 ]
 
 RecipientState = Literal["queued", "sending", "delivered", "deferred", "failed", "expired"]
 FINAL_STATES: frozenset[str] = frozenset({"delivered", "failed", "expired"})
+PENDING_STATES: frozenset[str] = frozenset({"queued", "sending", "deferred"})
+# Message states that count as "done" (no worker will touch the message again).
+FINAL_MESSAGE_STATES: frozenset[str] = frozenset({"delivered", "failed", "partial"})
+DEFAULT_MAX_PENDING = 100_000
+DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
+
+
+def derive_state(states: Iterable[str]) -> str:
+    """A message's state from its recipients' states (see the module docstring).
+
+    >>> derive_state(["delivered", "deferred"])
+    'deferred'
+    >>> derive_state(["delivered", "failed"])
+    'partial'
+    """
+    seen = list(states)
+    if not seen:
+        return "failed"
+    if all(s == "delivered" for s in seen):
+        return "delivered"
+    if all(s in FINAL_STATES for s in seen):
+        return "partial" if "delivered" in seen else "failed"
+    if "sending" in seen:
+        return "sending"
+    if "deferred" in seen:
+        return "deferred"
+    return "queued"
+
+
+# Parts of a rendered message that differ between two renderings of the same
+# request: the minted Message-ID, the Date, and random MIME boundaries.
+_VOLATILE_HEADER = re.compile(rb"^(message-id|date):[^\r\n]*(\r?\n[ \t][^\r\n]*)*\r?\n", re.I | re.M)
+_BOUNDARY = re.compile(rb'boundary="?([^";\r\n]+)"?', re.I)
+
+
+def fingerprint(envelopes: Sequence[Envelope]) -> str:
+    """A digest of what a request asked to send, stable across re-renderings.
+
+    Why not hash the bytes: an idempotent retry builds the message again, which
+    mints a new Message-ID and Date and new MIME boundaries; those are masked so
+    the same request gives the same fingerprint and a different one does not.
+    """
+    h = hashlib.sha256()
+    for env in envelopes:
+        head, sep, body = env.data.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, body = env.data.partition(b"\n\n")
+        data = _VOLATILE_HEADER.sub(b"", head + sep) + body
+        for i, boundary in enumerate(dict.fromkeys(_BOUNDARY.findall(data))):
+            data = data.replace(boundary, b"=b%d=" % i)
+        for part in (env.sender, "\x00".join(env.recipients), "\x00".join(env.mail_options), "\x00".join(env.rcpt_options)):
+            h.update(part.encode("utf-8") + b"\x01")
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +165,15 @@ class Outbox(abc.ABC):
         *,
         idempotency_key: str | None = None,
         batch: bool = False,
+        fingerprint: str | None = None,
     ) -> EnqueueResult:
         """Store all envelopes in one transaction or none.
+
+        ``idempotency_key`` seen within the idempotency window (24 h) returns the
+        first call's result with ``duplicate=True`` and stores nothing. Whether
+        the content matches is judged by ``fingerprint`` when the caller passes
+        one (e.g. a hash of the request body), else by :func:`fingerprint` of the
+        envelopes. ``batch=True`` mints a ``batch_id`` shared by all of them.
 
         Raises :class:`OutboxFullError` past the pending limit,
         :class:`IdempotencyConflictError` for a reused key with other content,
@@ -123,6 +191,23 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     async def release(self, ids: Sequence[str], owner: str) -> None:
         """Give leased messages back untouched (graceful stop)."""
+
+    async def record_many(self, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
+        """Record several messages' outcomes; implementations do it in one transaction.
+
+        Why: a commit with ``synchronous=FULL`` costs an fsync, so a worker
+        finishing hundreds of messages a second records them in groups.
+        """
+        for id, outcomes in items:
+            await self.record(id, owner, outcomes)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new mail may be due, or after ``timeout`` seconds.
+
+        The default just sleeps (a poll); SQLite wakes in-process workers at
+        once on enqueue, PostgreSQL can use LISTEN/NOTIFY.
+        """
+        await asyncio.sleep(timeout)
 
     @abc.abstractmethod
     async def status(self, id: str) -> MessageStatus:

@@ -1,0 +1,483 @@
+"""The embedded outbox: one SQLite file in WAL mode with ``synchronous=FULL``.
+
+Why these settings: WAL lets status readers run while a worker writes, and
+``synchronous=FULL`` syncs the WAL on every commit so an accepted message
+survives power loss, not only a crash of this process. Every write runs in
+``BEGIN IMMEDIATE`` so that two processes (the service and ``mailsvc worker``)
+sharing the file serialise on SQLite's write lock instead of failing half-way.
+
+Schema (mirrors the PostgreSQL one): ``messages`` is the queue, with ``due_at``
+meaning "when a worker may take it" (the next attempt while queued/deferred,
+the lease expiry while sending, NULL once final), so one partial index serves
+every claim and a dead worker's lease simply comes due again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+
+from ..errors import IdempotencyConflictError, MessageError, NotFoundError, OutboxError, OutboxFullError
+from ..message import Envelope
+from .base import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_MAX_PENDING,
+    FINAL_STATES,
+    ClaimedMessage,
+    EnqueueResult,
+    MessageStatus,
+    Outbox,
+    RecipientOutcome,
+    RecipientStatus,
+    derive_state,
+)
+from .base import fingerprint as envelope_fingerprint
+
+__all__ = ["SqliteOutbox"]
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    pk           INTEGER PRIMARY KEY,
+    id           TEXT    NOT NULL UNIQUE,
+    message_id   TEXT    NOT NULL,
+    batch_id     TEXT,
+    state        TEXT    NOT NULL DEFAULT 'queued',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    created_at   REAL    NOT NULL,
+    updated_at   REAL    NOT NULL,
+    due_at       REAL,
+    lease_owner  TEXT,
+    sender       TEXT    NOT NULL,
+    data         BLOB    NOT NULL,
+    mail_options TEXT    NOT NULL DEFAULT '[]',
+    rcpt_options TEXT    NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch_id) WHERE batch_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS recipients (
+    msg             INTEGER NOT NULL REFERENCES messages (pk) ON DELETE CASCADE,
+    position        INTEGER NOT NULL,
+    address         TEXT    NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'queued',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_code       INTEGER,
+    last_reply      TEXT    NOT NULL DEFAULT '',
+    updated_at      REAL    NOT NULL,
+    next_attempt_at REAL,
+    PRIMARY KEY (msg, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    ids         TEXT NOT NULL,
+    batch_id    TEXT,
+    created_at  REAL NOT NULL
+);
+"""
+_PENDING_SQL = "('queued', 'sending', 'deferred')"
+# Undelivered = not final = has a due time; the partial index answers this without a table scan.
+_COUNT_PENDING = "SELECT count(*) FROM messages WHERE due_at IS NOT NULL"
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.timestamp()
+
+
+def path_from_url(url: str | None) -> Path:
+    """``sqlite:///var/x.db`` -> ``var/x.db`` (relative); ``sqlite:////abs/x.db`` -> ``/abs/x.db``."""
+    if not url:
+        return Path("var/mailsvc.sqlite3")
+    if not url.startswith("sqlite:///"):
+        raise OutboxError(f"MAILSVC_DATABASE_URL: {url!r} is not a sqlite:///path URL")
+    rest = url.removeprefix("sqlite:///")
+    if not rest:
+        raise OutboxError("MAILSVC_DATABASE_URL: sqlite:/// needs a file path, e.g. sqlite:///var/mailsvc.sqlite3")
+    return Path(rest)
+
+
+class SqliteOutbox(Outbox):
+    """The outbox in one SQLite file.
+
+    >>> outbox = SqliteOutbox("var/mailsvc.sqlite3", max_pending=50_000)
+    >>> # async with outbox: result = await outbox.enqueue([envelope])
+
+    ``busy_timeout`` is how long a write waits for another process's write lock
+    before failing with :class:`OutboxError`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self.max_pending = max_pending
+        self.idempotency_ttl = idempotency_ttl
+        self.busy_timeout = busy_timeout
+        self._db: aiosqlite.Connection | None = None
+        self._lock: asyncio.Lock | None = None
+        self._work: asyncio.Event | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        self._lock = asyncio.Lock()
+        self._work = asyncio.Event()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"cannot open the outbox database {str(self.path)!r}: {exc}") from exc
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.executescript(_SCHEMA)
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            await db.close()
+            raise OutboxError(f"cannot prepare the outbox database {str(self.path)!r}: {exc}") from exc
+        self._db = db
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise OutboxError("the outbox is not open: call await outbox.open() (or use async with)")
+        return self._db
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; any failure rolls back and becomes OutboxError."""
+        db = self.db
+        assert self._lock is not None
+        async with self._lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise OutboxError(f"the outbox database {str(self.path)!r} cannot be written: {exc}") from exc
+            try:
+                yield db
+                await db.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    raise OutboxError(f"the outbox database {str(self.path)!r} cannot be written: {exc}") from exc
+                raise
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A consistent snapshot for multi-query reads."""
+        db = self.db
+        assert self._lock is not None
+        async with self._lock:
+            try:
+                await db.execute("BEGIN")
+                try:
+                    yield db
+                finally:
+                    await db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read the outbox database {str(self.path)!r}: {exc}") from exc
+
+    # -- enqueue ---------------------------------------------------------------
+    async def enqueue(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+        fingerprint: str | None = None,
+    ) -> EnqueueResult:
+        envelopes = list(envelopes)
+        if not envelopes:
+            raise MessageError("messages", "nothing to enqueue: pass at least one message")
+        for i, env in enumerate(envelopes):
+            if not env.recipients:
+                raise MessageError(f"messages[{i}].recipients", "a message needs at least one recipient")
+        digest = None
+        if idempotency_key is not None:
+            digest = fingerprint or envelope_fingerprint(envelopes)
+        now = time.time()
+        async with self._write() as db:
+            if idempotency_key is not None:
+                replay = await self._idempotent_replay(db, idempotency_key, digest or "", now)
+                if replay is not None:
+                    return replay
+            async with db.execute(_COUNT_PENDING) as cur:
+                row = await cur.fetchone()
+            pending = int(row[0]) if row else 0
+            if pending + len(envelopes) > self.max_pending:
+                raise OutboxFullError(pending, self.max_pending)
+            batch_id = uuid.uuid4().hex if batch else None
+            ids = [uuid.uuid4().hex for _ in envelopes]
+            cur = await db.execute("SELECT coalesce(max(pk), 0) FROM messages")
+            row = await cur.fetchone()
+            await cur.close()
+            first_pk = (int(row[0]) if row else 0) + 1
+            await db.executemany(
+                "INSERT INTO messages (pk, id, message_id, batch_id, created_at, updated_at, due_at, sender, data,"
+                " mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        first_pk + i, ids[i], env.message_id, batch_id, now, now, now, env.sender, env.data,
+                        json.dumps(list(env.mail_options)), json.dumps(list(env.rcpt_options)),
+                    )
+                    for i, env in enumerate(envelopes)
+                ],
+            )
+            await db.executemany(
+                "INSERT INTO recipients (msg, position, address, updated_at) VALUES (?, ?, ?, ?)",
+                [
+                    (first_pk + i, pos, rcpt, now)
+                    for i, env in enumerate(envelopes)
+                    for pos, rcpt in enumerate(env.recipients)
+                ],
+            )
+            if idempotency_key is not None:
+                await db.execute(
+                    "INSERT INTO idempotency (key, fingerprint, ids, batch_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (idempotency_key, digest, json.dumps(ids), batch_id, now),
+                )
+        assert self._work is not None
+        self._work.set()
+        return EnqueueResult(ids=ids, batch_id=batch_id)
+
+    async def _idempotent_replay(
+        self, db: aiosqlite.Connection, key: str, digest: str, now: float
+    ) -> EnqueueResult | None:
+        async with db.execute(
+            "SELECT fingerprint, ids, batch_id, created_at FROM idempotency WHERE key = ?", (key,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        if row[3] < now - self.idempotency_ttl:
+            await db.execute("DELETE FROM idempotency WHERE key = ?", (key,))
+            return None
+        if row[0] != digest:
+            raise IdempotencyConflictError(key)
+        return EnqueueResult(ids=json.loads(row[1]), batch_id=row[2], duplicate=True)
+
+    # -- workers ---------------------------------------------------------------
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+        now = time.time()
+        async with self._write() as db:
+            async with db.execute(
+                "SELECT pk, id, message_id, attempts, created_at, sender, data, mail_options, rcpt_options"
+                " FROM messages WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+                (now, limit),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            if not rows:
+                return []
+            pks = [r[0] for r in rows]
+            marks = ",".join("?" * len(pks))
+            async with db.execute(
+                f"SELECT msg, address FROM recipients WHERE msg IN ({marks}) AND state IN {_PENDING_SQL}"
+                " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY msg, position",
+                (*pks, now),
+            ) as cur:
+                due: dict[int, list[str]] = {}
+                for msg, address in await cur.fetchall():
+                    due.setdefault(msg, []).append(address)
+            await db.execute(
+                f"UPDATE recipients SET state = 'sending' WHERE msg IN ({marks}) AND state IN {_PENDING_SQL}"
+                " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+                (*pks, now),
+            )
+            await db.executemany(
+                "UPDATE messages SET state = 'sending', lease_owner = ?, due_at = ?, updated_at = ? WHERE pk = ?",
+                [(owner, now + lease_seconds, now, pk) for pk in pks if pk in due],
+            )
+            # A message due with no due recipient should not exist; repair its due_at rather than spin.
+            for pk in pks:
+                if pk not in due:
+                    await self._settle(db, pk, now)
+        claimed = []
+        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts in rows:
+            if pk not in due:
+                continue
+            env = Envelope(
+                sender=sender,
+                recipients=tuple(due[pk]),
+                data=bytes(data),
+                message_id=message_id,
+                mail_options=tuple(json.loads(mopts)),
+                rcpt_options=tuple(json.loads(ropts)),
+            )
+            created = _dt(created_at)
+            assert created is not None
+            claimed.append(ClaimedMessage(id=id_, envelope=env, attempts=attempts, first_queued_at=created))
+        return claimed
+
+    async def _settle(self, db: aiosqlite.Connection, pk: int, now: float) -> None:
+        """Recompute a message's state and due time from its recipients; drop the lease.
+
+        Recipients still marked ``sending`` were not attempted: they go back to
+        ``queued`` (never tried) or ``deferred`` (tried before), keeping their time.
+        """
+        await db.execute(
+            "UPDATE recipients SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END"
+            " WHERE msg = ? AND state = 'sending'",
+            (pk,),
+        )
+        async with db.execute(
+            "SELECT state, next_attempt_at FROM recipients WHERE msg = ?", (pk,)
+        ) as cur:
+            rows = list(await cur.fetchall())
+        state = derive_state(r[0] for r in rows)
+        pending_times = [r[1] if r[1] is not None else now for r in rows if r[0] not in FINAL_STATES]
+        due_at = min(pending_times) if pending_times else None
+        await db.execute(
+            "UPDATE messages SET state = ?, due_at = ?, lease_owner = NULL, updated_at = ? WHERE pk = ?",
+            (state, due_at, now, pk),
+        )
+
+    async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
+        await self.record_many(owner, [(id, outcomes)])
+
+    async def record_many(self, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
+        if not items:
+            return
+        now = time.time()
+        async with self._write() as db:
+            for id_, outcomes in items:
+                async with db.execute("SELECT pk, lease_owner FROM messages WHERE id = ?", (id_,)) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    raise NotFoundError("message", id_)
+                pk, lease_owner = row
+                for o in outcomes:
+                    if o.state not in FINAL_STATES and o.state != "deferred":
+                        raise OutboxError(f"cannot record state {o.state!r} for {o.recipient}: not an outcome")
+                # Never overwrite a final state: a delivered recipient stays delivered.
+                await db.executemany(
+                    "UPDATE recipients SET state = ?, attempts = attempts + 1, last_code = ?, last_reply = ?,"
+                    " updated_at = ?, next_attempt_at = ? WHERE msg = ? AND address = ?"
+                    " AND state NOT IN ('delivered', 'failed', 'expired')",
+                    [
+                        (o.state, o.code, o.reply[:1000], now,
+                         _ts(o.next_attempt_at) if o.state == "deferred" else None, pk, o.recipient)
+                        for o in outcomes
+                    ],
+                )
+                await db.execute("UPDATE messages SET attempts = attempts + 1 WHERE pk = ?", (pk,))
+                if lease_owner == owner or lease_owner is None:
+                    await self._settle(db, pk, now)
+                else:
+                    # Another worker took the message after our lease expired: leave its lease alone.
+                    await self._restate(db, pk, now)
+
+    async def _restate(self, db: aiosqlite.Connection, pk: int, now: float) -> None:
+        async with db.execute("SELECT state FROM recipients WHERE msg = ?", (pk,)) as cur:
+            state = derive_state(r[0] for r in await cur.fetchall())
+        final = state in ("delivered", "failed", "partial")
+        await db.execute(
+            "UPDATE messages SET state = ?, updated_at = ?,"
+            " due_at = CASE WHEN ? THEN NULL ELSE due_at END WHERE pk = ?",
+            (state, now, final, pk),
+        )
+
+    async def release(self, ids: Sequence[str], owner: str) -> None:
+        if not ids:
+            return
+        now = time.time()
+        async with self._write() as db:
+            for id_ in ids:
+                async with db.execute(
+                    "SELECT pk FROM messages WHERE id = ? AND lease_owner = ?", (id_, owner)
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    await self._settle(db, row[0], now)
+        assert self._work is not None
+        self._work.set()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        assert self._work is not None
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._work.clear()
+
+    # -- status ----------------------------------------------------------------
+    async def status(self, id: str) -> MessageStatus:
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT pk, id, message_id, batch_id, state, created_at FROM messages WHERE id = ?", (id,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFoundError("message", id)
+            async with db.execute(
+                "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at"
+                " FROM recipients WHERE msg = ? ORDER BY position",
+                (row[0],),
+            ) as cur:
+                rcpts = list(await cur.fetchall())
+        created = _dt(row[5])
+        assert created is not None
+        return MessageStatus(
+            id=row[1],
+            message_id=row[2],
+            batch_id=row[3],
+            state=row[4],
+            created_at=created,
+            recipients=[
+                RecipientStatus(
+                    recipient=r[0], state=r[1], attempts=r[2], last_code=r[3], last_reply=r[4],
+                    updated_at=_dt(r[5]) or created,
+                    next_attempt_at=_dt(r[6]) if r[1] == "deferred" else None,
+                )
+                for r in rcpts
+            ],
+        )
+
+    async def batch_status(self, batch_id: str) -> dict[str, int]:
+        async with self._read() as db:
+            async with db.execute(
+                "SELECT state, count(*) FROM messages WHERE batch_id = ? GROUP BY state", (batch_id,)
+            ) as cur:
+                counts = {state: int(n) for state, n in await cur.fetchall()}
+        if not counts:
+            raise NotFoundError("batch", batch_id)
+        return counts
+
+    async def pending_count(self) -> int:
+        async with self._read() as db:
+            async with db.execute(_COUNT_PENDING) as cur:
+                row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def ping(self) -> None:
+        """Take the write lock and let go: proves the file is writable now, writes nothing."""
+        async with self._write() as db:
+            await db.execute("SELECT 1")
