@@ -44,6 +44,19 @@ class Settings(BaseSettings):
     MAILSVC_DEV_INBOX_MAX: int = Field(default=1000, ge=1)
     MAILSVC_WORKERS: int = Field(default=1, ge=0, le=64)
     MAILSVC_TEMPLATES: Path = Path(__file__).resolve().parent / "templates"
+    # Outbox and delivery workers (seconds; Postfix-like retry schedule)
+    MAILSVC_MAX_PENDING: int = Field(default=100_000, ge=1)
+    MAILSVC_IDEMPOTENCY_TTL: float = Field(default=24 * 3600.0, gt=0)
+    MAILSVC_LEASE_SECONDS: float = Field(default=300.0, gt=0)
+    MAILSVC_CLAIM_BATCH: int = Field(default=100, ge=1, le=10_000)
+    MAILSVC_WORKER_CONCURRENCY: int = Field(default=100, ge=1, le=10_000)
+    MAILSVC_POLL_INTERVAL: float = Field(default=1.0, gt=0)
+    MAILSVC_RETRY_FIRST: float = Field(default=300.0, gt=0)
+    MAILSVC_RETRY_MAX: float = Field(default=4000.0, gt=0)
+    MAILSVC_RETRY_LIFETIME: float = Field(default=5 * 24 * 3600.0, gt=0)
+    MAILSVC_RETRY_JITTER: float = Field(default=0.1, ge=0, lt=1)
+    MAILSVC_RELAY_BACKOFF: float = Field(default=30.0, gt=0)
+    MAILSVC_RELAY_BACKOFF_MAX: float = Field(default=300.0, gt=0)
 
     # Web layer (who may send, how much)
     MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys
@@ -98,6 +111,18 @@ class Settings(BaseSettings):
             workers=self.MAILSVC_WORKERS,
             templates=self.MAILSVC_TEMPLATES,
             web=self.web_config(),
+            max_pending=self.MAILSVC_MAX_PENDING,
+            idempotency_ttl=self.MAILSVC_IDEMPOTENCY_TTL,
+            lease_seconds=self.MAILSVC_LEASE_SECONDS,
+            claim_batch=self.MAILSVC_CLAIM_BATCH,
+            worker_concurrency=self.MAILSVC_WORKER_CONCURRENCY,
+            poll_interval=self.MAILSVC_POLL_INTERVAL,
+            retry_first=self.MAILSVC_RETRY_FIRST,
+            retry_max=self.MAILSVC_RETRY_MAX,
+            retry_lifetime=self.MAILSVC_RETRY_LIFETIME,
+            retry_jitter=self.MAILSVC_RETRY_JITTER,
+            relay_backoff=self.MAILSVC_RELAY_BACKOFF,
+            relay_backoff_max=self.MAILSVC_RELAY_BACKOFF_MAX,
         )
 
 
