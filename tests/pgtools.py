@@ -1,0 +1,91 @@
+"""Real PostgreSQL for tests: a fresh schema (or database) per test on the server at ``PG_URL``.
+
+Why a schema per test: each test sees an empty outbox without the cost of
+``CREATE DATABASE``; the URL carries ``search_path`` (asyncpg passes unknown
+query parameters as server settings), so every connection of the pool, and any
+subprocess given the URL, lands in the same schema.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+__all__ = ["PG_URL", "fresh_database", "fresh_schema", "require_postgres", "unreachable_reason"]
+
+PG_URL = os.environ.get("MAILSVC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+_reason: str | None = None
+_checked = False
+
+
+async def unreachable_reason() -> str | None:
+    """None when the server answers; else why not (checked once per test session)."""
+    global _reason, _checked
+    if not _checked:
+        try:
+            conn = await asyncpg.connect(PG_URL, timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            _reason = f"PostgreSQL at {PG_URL} is unreachable ({exc}); set MAILSVC_TEST_POSTGRES_URL"
+        else:
+            await conn.close()
+        _checked = True
+    return _reason
+
+
+async def require_postgres() -> None:
+    """Skip the calling test, with the reason, only when the server cannot be reached."""
+    reason = await unreachable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def _with_path(url: str, *, path: str | None = None, query: str | None = None) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=path if path is not None else parts.path, query=query or parts.query))
+
+
+@asynccontextmanager
+async def fresh_schema(prefix: str = "t") -> AsyncIterator[str]:
+    """Create an empty schema; yield a URL whose connections use it; drop it afterwards."""
+    await require_postgres()
+    name = f"mailsvc_{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_URL, timeout=10)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_path(PG_URL, query=f"search_path={name}")
+    finally:
+        admin = await asyncpg.connect(PG_URL, timeout=10)
+        try:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await admin.close()
+
+
+@asynccontextmanager
+async def fresh_database(prefix: str = "t") -> AsyncIterator[str]:
+    """Create an empty database (for multi-process tests); yield its URL; drop it afterwards."""
+    await require_postgres()
+    name = f"mailsvc_{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_URL, timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_path(PG_URL, path=f"/{name}")
+    finally:
+        admin = await asyncpg.connect(PG_URL, timeout=10)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
