@@ -1,0 +1,232 @@
+"""Bulk-send benchmark: mailsvc against its peers and Postfix's ``smtp-source``, in one command.
+
+    .venv/bin/python bench/run.py              # 5,000 messages, 3 interleaved rounds
+    .venv/bin/python bench/run.py --n 500 --rounds 1 --senders mailsvc,smtp-source
+
+Why it is shaped like this:
+- every sender is its own process (its CPU time and peak RSS are its own, and a
+  crash or leak cannot colour the next run), and rounds are interleaved so that
+  a noisy minute hurts every sender alike;
+- the sink counts what arrived, and a run that lost or failed messages is
+  flagged and left out of the median;
+- the peers live in ``bench/.venv-peers`` so they never become our dependencies.
+
+It installs what it needs (Debian's ``postfix`` for ``smtp-sink``/``smtp-source``,
+without starting the Postfix daemon; the peers' venv) unless ``--no-install``.
+Senders whose tools are missing are skipped with a note, so the smoke test runs
+it anywhere with ``--sink aiosmtpd``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from report import Run, markdown_table, summarise  # noqa: E402
+from sinks import AiosmtpdSink, Sink, SmtpSink, smtp_sink_binary  # noqa: E402
+
+PEERS_VENV = HERE / ".venv-peers"
+PEERS_PY = PEERS_VENV / "bin" / "python"
+SENDERS_DIR = HERE / "senders"
+RUN_LIMIT = 900.0  # seconds before a sender is killed (and its run marked failed)
+
+
+@dataclass(frozen=True)
+class Sender:
+    key: str
+    label: str
+    argv: Callable[[int, int], list[str]]  # (port, n) -> command line
+    missing: Callable[[], str | None]  # why it cannot run here, or None
+    reports: bool = True  # prints workload.Clock's JSON line
+
+
+def _py(python: Path | str, script: str, variant: str = "") -> Callable[[int, int], list[str]]:
+    def argv(port: int, n: int) -> list[str]:
+        return [str(python), str(SENDERS_DIR / script), "--port", str(port), "--n", str(n), "--variant", variant]
+
+    return argv
+
+
+def _smtp_source(port: int, n: int) -> list[str]:
+    binary = smtp_sink_binary("smtp-source") or "smtp-source"
+    return [binary, "-s", "10", "-d", "-m", str(n), "-l", "2000", "-N",
+            "-f", "news@bench.example", "-t", "user@bench.example", f"127.0.0.1:{port}"]
+
+
+def _need_peers() -> str | None:
+    return None if PEERS_PY.exists() else f"no {PEERS_VENV.relative_to(ROOT)} (run without --no-install)"
+
+
+def _need_smtp_source() -> str | None:
+    return None if smtp_sink_binary("smtp-source") else "smtp-source not installed (Debian package postfix)"
+
+
+SENDERS: list[Sender] = [
+    Sender("smtp-source", "Postfix smtp-source, 10 reused connections (C)", _smtp_source, _need_smtp_source, reports=False),
+    Sender("flask-mail-threads", "Flask-Mail, a thread + connection per message (seed)",
+           _py(PEERS_PY, "flask_mail_sender.py", "threads"), _need_peers),
+    Sender("flask-mail-connect", "Flask-Mail, one mail.connect() reused",
+           _py(PEERS_PY, "flask_mail_sender.py", "connect"), _need_peers),
+    Sender("fastapi-mail", "fastapi-mail, list send over one connection",
+           _py(PEERS_PY, "fastapi_mail_sender.py"), _need_peers),
+    Sender("mailsvc-plain", "mailsvc send_many, 4 conns, no pipelining",
+           _py(sys.executable, "mailsvc_sender.py", "plain"), lambda: None),
+    Sender("mailsvc", "mailsvc send_many, 4 conns (pipelining if offered)",
+           _py(sys.executable, "mailsvc_sender.py"), lambda: None),
+]
+
+
+# -- installing -------------------------------------------------------------------
+def ensure_postfix() -> None:
+    """Debian's postfix brings smtp-sink/smtp-source; the debconf answer keeps the daemon unconfigured."""
+    if smtp_sink_binary() and smtp_sink_binary("smtp-source"):
+        return
+    if os.geteuid() != 0:
+        print("note: not root, cannot apt-get install postfix; smtp-sink/smtp-source runs are skipped", file=sys.stderr)
+        return
+    print("installing Debian's postfix for smtp-sink/smtp-source (daemon not started)...", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["debconf-set-selections"], input=b"postfix postfix/main_mailer_type select No configuration\n",
+                   check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", "postfix"], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def ensure_peers() -> None:
+    """The peers get a venv of their own so Flask-Mail and fastapi-mail never enter our dependency tree."""
+    if PEERS_PY.exists():
+        return
+    print(f"creating {PEERS_VENV} with the peers (Flask-Mail, fastapi-mail)...", file=sys.stderr)
+    base = getattr(sys, "_base_executable", None) or "python3"
+    subprocess.run([base, "-m", "venv", str(PEERS_VENV)], check=True)
+    subprocess.run([str(PEERS_PY), "-m", "pip", "install", "-q", "-r", str(HERE / "peers-requirements.txt")], check=True)
+
+
+# -- running ----------------------------------------------------------------------
+def run_one(sender: Sender, sink: Sink, n: int) -> Run:
+    """Run one sender process to completion; wall/CPU/RSS from the process, arrivals from the sink."""
+    before = sink.count()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(sender.argv(sink.port, n), stdout=out, stderr=err, cwd=ROOT)
+        killer = threading.Timer(RUN_LIMIT, proc.kill)
+        killer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        killer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    got = sink.wait_for(before + n, quiet=2.0) - before
+    report: dict[str, float] = {}
+    if sender.reports:
+        for line in reversed(stdout.splitlines()):
+            if line.startswith("{"):
+                report = json.loads(line)
+                break
+    if proc.returncode != 0 or (sender.reports and not report):
+        print(f"  {sender.key} exited {proc.returncode}: {stderr.strip()[-600:]}", file=sys.stderr)
+    return Run(
+        sender=sender.key,
+        n=n,
+        seconds=float(report.get("seconds", wall)),
+        cpu_seconds=float(report.get("cpu_seconds", usage.ru_utime + usage.ru_stime)),
+        peak_rss_kb=usage.ru_maxrss,
+        sink_delta=got,
+        accepted=int(report.get("accepted", got)),
+        failed=int(report.get("failed", 0 if proc.returncode == 0 else n)),
+        exit_code=proc.returncode,
+    )
+
+
+def machine() -> str:
+    def version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.strip() or "?"
+        except (OSError, subprocess.SubprocessError):
+            return "not installed"
+
+    from importlib.metadata import version as pkg
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+    peers = version([str(PEERS_PY), "-c", "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' "
+                     "for p in ('Flask-Mail', 'fastapi-mail', 'aiosmtplib', 'Flask', 'Jinja2')))"]) if PEERS_PY.exists() else "not installed"
+    return "\n".join([
+        f"- machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}",
+        f"- python: {platform.python_version()} ({sys.executable})",
+        f"- mailsvc commit: {version(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'])}; "
+        f"aiosmtplib {pkg('aiosmtplib')}, Jinja2 {pkg('jinja2')}, aiosmtpd {pkg('aiosmtpd')}",
+        f"- peers venv: {peers}",
+        f"- postfix: {version(['dpkg-query', '-W', '-f=${Version}', 'postfix'])}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="mailsvc bulk-send benchmark")
+    p.add_argument("--n", type=int, default=5000, help="messages per run (default 5000)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default 3)")
+    p.add_argument("--senders", default="", help="comma-separated keys: " + ", ".join(s.key for s in SENDERS))
+    p.add_argument("--sink", choices=("auto", "smtp-sink", "aiosmtpd"), default="auto")
+    p.add_argument("--no-install", action="store_true", help="do not apt-get postfix or create the peers' venv")
+    p.add_argument("--json", type=Path, help="also write every run as JSON here")
+    p.add_argument("--output", type=Path, help="also write the Markdown report here")
+    args = p.parse_args(argv)
+
+    if not args.no_install:
+        ensure_postfix()
+        ensure_peers()
+    wanted = set(filter(None, args.senders.split(","))) or {s.key for s in SENDERS}
+    unknown = wanted - {s.key for s in SENDERS}
+    if unknown:
+        p.error(f"--senders: unknown {', '.join(sorted(unknown))}")
+    senders = []
+    for s in SENDERS:
+        if s.key in wanted:
+            if (why := s.missing()) is not None:
+                print(f"skipping {s.key}: {why}", file=sys.stderr)
+            else:
+                senders.append(s)
+    use_postfix = args.sink == "smtp-sink" or (args.sink == "auto" and smtp_sink_binary() is not None)
+    sink: Sink = SmtpSink() if use_postfix else AiosmtpdSink()
+
+    runs: list[Run] = []
+    with sink:
+        print(f"sink: {sink.name} on 127.0.0.1:{sink.port}; {args.n} messages x {args.rounds} rounds", file=sys.stderr)
+        for rnd in range(args.rounds):
+            k = rnd % max(1, len(senders))
+            for s in senders[k:] + senders[:k]:
+                run = run_one(s, sink, args.n)
+                runs.append(run)
+                flag = "" if run.ok else f"  (lost {run.lost}, failed {run.failed}, exit {run.exit_code})"
+                print(f"  round {rnd + 1} {s.key:20} {run.rate:9,.0f} msg/s{flag}", file=sys.stderr)
+
+    labels = {s.key: s.label for s in SENDERS}
+    table = markdown_table(summarise(runs, labels))
+    text = (f"{args.n} messages of ~2 KB per run, one recipient each, to {sink.name} on 127.0.0.1; "
+            f"median of {args.rounds} interleaved rounds.\n\n{machine()}\n\n{table}\n")
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""mailsvc's ``Mail.send_many`` of personalised text+HTML messages (the project's venv).
+
+Each message is rendered from the same Jinja2 templates as the peers'
+(``mail.render_message``), then the whole batch goes to ``send_many``, which
+spreads it over ``MAIL_POOL_SIZE`` connections.
+
+``--variant plain`` turns the SMTP PIPELINING fast path off so that one run
+can show what it is worth; ``--variant pool=N`` changes the pool size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent.parent))  # the checkout, installed or not
+
+import workload  # noqa: E402
+
+from mailsvc import Mail, MailConfig  # noqa: E402
+
+
+def _disable_pipelining() -> None:
+    """Benchmark-only switch: route every send through aiosmtplib's plain ``sendmail``."""
+    try:
+        from mailsvc.transports import pipelining
+    except ImportError:
+        return
+    pipelining.PIPELINING_ENABLED = False
+
+
+async def main() -> None:
+    args = workload.parse_args(__doc__ or "")
+    pool = 4
+    for part in filter(None, args.variant.split(",")):
+        if part == "plain":
+            _disable_pipelining()
+        elif part.startswith("pool="):
+            pool = int(part.removeprefix("pool="))
+    config = MailConfig(server=args.host, port=args.port, default_sender=workload.SENDER, pool_size=pool, timeout=60)
+    mail = Mail(config=config, templates=workload.TEMPLATES)
+    clock = workload.Clock()
+    msgs = [mail.render_message(workload.TEMPLATE, ctx, recipients=[rcpt]) for rcpt, ctx in workload.contexts(args.n)]
+    results = await mail.send_many(msgs)
+    await mail.state.aclose()
+    ok = sum(1 for r in results if r.ok)
+    clock.report(f"mailsvc send_many {args.variant}".strip(), ok, len(results) - ok)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
