@@ -1,0 +1,304 @@
+"""Delivery workers: claim due messages from the outbox, send them, record each recipient.
+
+Why this shape: a worker keeps up to ``concurrency`` messages in flight over the
+core library's connection pool (bulk mail keeps ``send_many``'s concurrency), and
+records outcomes in groups (one fsync for many messages). It never trusts its own
+memory for safety: every claimed message carries a lease, so a worker killed at
+any instant leaves messages that come due again when the lease expires.
+
+Graceful stop (:meth:`Worker.stop`, SIGTERM/SIGINT in ``mailsvc worker``): stop
+claiming, let messages already on the wire finish (each under ``MAIL_TIMEOUT``),
+give the not-yet-started ones back with :meth:`Outbox.release`, flush the records.
+
+    >>> group = WorkerGroup.from_service(outbox, mail_config, service)  # doctest: +SKIP
+    >>> await group.start(); ...; await group.stop()                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import MailConfig, ServiceConfig
+from .errors import DeliveryError, OutboxError
+from .extension import MailState
+from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
+from .results import RecipientResult, SendResult
+from .retry import RelayBackoff, RetryPolicy
+
+__all__ = ["Worker", "WorkerGroup", "WorkerStats", "default_owner"]
+
+log = logging.getLogger("mailsvc.worker")
+
+
+def default_owner() -> str:
+    """A lease owner unique to this worker: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    claimed: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    expired: int = 0
+    released: int = 0
+
+
+class Worker:
+    """One claim loop. Several may share a :class:`MailState` (pool) and a :class:`RelayBackoff`."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        mail: MailState,
+        policy: RetryPolicy | None = None,
+        *,
+        backoff: RelayBackoff | None = None,
+        owner: str | None = None,
+        claim_batch: int = 100,
+        concurrency: int = 100,
+        lease_seconds: float = 300.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.outbox = outbox
+        self.mail = mail
+        self.policy = policy or RetryPolicy()
+        self.backoff = backoff or RelayBackoff(self.policy)
+        self.owner = owner or default_owner()
+        self.claim_batch = claim_batch
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.stats = WorkerStats()
+        self._stopping: asyncio.Event | None = None
+        self._records: list[tuple[str, list[RecipientOutcome]]] = []
+        self._records_ready: asyncio.Event | None = None
+        self._inflight: dict[asyncio.Task[None], str] = {}
+        self._on_wire: set[str] = set()
+        self._to_release: list[str] = []
+
+    def stop(self) -> None:
+        """Ask the loop to stop (safe from a signal handler); :meth:`run` then winds down."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    # -- the loop --------------------------------------------------------------
+    async def run(self) -> None:
+        """Claim, send and record until :meth:`stop`; returns after a graceful wind-down."""
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        self._records_ready = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            while not self.stopping:
+                pause = self.backoff.remaining()
+                if pause > 0:
+                    await self._sleep_until_stop(asyncio.sleep(pause))
+                    continue
+                free = self.concurrency - len(self._inflight)
+                # Claim in batches (each claim is a commit); wait while only a few slots are free.
+                if self._inflight and free < max(1, min(self.claim_batch, self.concurrency) // 2):
+                    await self._sleep_until_stop(asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED))
+                    continue
+                want = min(free, self.claim_batch)
+                try:
+                    claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+                except OutboxError as exc:
+                    log.error("claim failed, retrying in %ss: %s", self.poll_interval, exc)
+                    await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
+                    continue
+                self.stats.claimed += len(claimed)
+                for msg in claimed:
+                    task = asyncio.create_task(self._deliver(msg))
+                    self._inflight[task] = msg.id
+                    task.add_done_callback(self._inflight.pop)  # type: ignore[arg-type]
+                if len(claimed) < want:
+                    await self._sleep_until_stop(self.outbox.wait_for_work(self.poll_interval))
+        finally:
+            await self._wind_down()
+            self._records_ready.set()
+            await flusher
+
+    async def _sleep_until_stop(self, aw: Coroutine[Any, Any, Any]) -> None:
+        assert self._stopping is not None
+        waiter = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (waiter, stopper):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _wind_down(self) -> None:
+        """Cancel what has not reached the wire, wait for what has, release the rest."""
+        for task, id_ in list(self._inflight.items()):
+            if id_ not in self._on_wire:
+                task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        ids, self._to_release = self._to_release, []
+        recorded = {i for i, _ in self._records}
+        ids = [i for i in ids if i not in recorded]
+        if ids:
+            try:
+                await self.outbox.release(ids, self.owner)
+                self.stats.released += len(ids)
+            except OutboxError as exc:
+                log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
+
+    # -- one message -------------------------------------------------------------
+    async def _deliver(self, msg: ClaimedMessage) -> None:
+        try:
+            if self.stopping or self.backoff.remaining() > 0:
+                self._to_release.append(msg.id)
+                return
+            result = await self._send(msg)
+        except asyncio.CancelledError:
+            self._to_release.append(msg.id)
+            raise
+        except Exception as exc:  # a bug, not a reply: defer rather than lose or spin
+            log.exception("unexpected error delivering %s", msg.id)
+            result = SendResult.all_failed(msg.envelope.message_id, msg.envelope.recipients, f"internal error: {exc}")
+        finally:
+            self._on_wire.discard(msg.id)
+        now = datetime.now(UTC)
+        outcomes = [self.policy.outcome(r, msg.attempts + 1, msg.first_queued_at, now) for r in result.recipients]
+        for o in outcomes:
+            setattr(self.stats, o.state, getattr(self.stats, o.state) + 1)
+        log.info(
+            "delivery %s %s", msg.id,
+            " ".join(f"{o.recipient}={o.state}{'' if o.code is None else f'/{o.code}'}" for o in outcomes),
+        )
+        self._records.append((msg.id, outcomes))
+        assert self._records_ready is not None
+        self._records_ready.set()
+
+    async def _send(self, msg: ClaimedMessage) -> SendResult:
+        """Send over the pool; a failure before the connection was up is the relay's, never a 5xx verdict."""
+        env = msg.envelope
+        if self.mail.config.suppress_send:
+            return self.mail.suppressed(env)
+        connected = False
+        try:
+            async with self.mail.pool.connection() as conn:
+                connected = True
+                self._on_wire.add(msg.id)
+                result = await conn.send(env)
+        except DeliveryError as exc:
+            pause = self.backoff.trouble()
+            stage = "sending" if connected else "connecting"
+            log.warning("relay trouble while %s (%s); pausing %.3gs", stage, exc, pause)
+            # No reply to the message itself: transient whatever the code (an auth 535 or a
+            # 554 greeting is about the relay, not about this recipient).
+            return SendResult(
+                env.message_id,
+                tuple(RecipientResult(r, "failed", exc.code, str(exc)) for r in env.recipients),
+            )
+        if any(r.code == 421 for r in result.recipients):
+            self.backoff.trouble()
+        else:
+            self.backoff.ok()
+        return result
+
+    # -- recording ---------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        assert self._records_ready is not None
+        final_tries = 3
+        while True:
+            await self._records_ready.wait()
+            self._records_ready.clear()
+            done = self.stopping and not self._inflight
+            await self._flush()
+            if done and (not self._records or final_tries <= 0):
+                if self._records:
+                    log.error("gave up recording %d outcomes; their leases will expire and they will be retried",
+                              len(self._records))
+                return
+            if self._records:  # the flush failed; try again shortly
+                final_tries -= done
+                await asyncio.sleep(self.poll_interval)
+                self._records_ready.set()
+
+    async def _flush(self) -> None:
+        items, self._records = self._records, []
+        if not items:
+            return
+        try:
+            await self.outbox.record_many(self.owner, items)
+        except OutboxError as exc:
+            log.error("could not record %d outcomes, will retry: %s", len(items), exc)
+            self._records = items + self._records
+
+
+class WorkerGroup:
+    """``n`` workers sharing one pool and one relay backoff; what the app and ``mailsvc worker`` run."""
+
+    def __init__(self, workers: list[Worker], mail: MailState) -> None:
+        self.workers = workers
+        self.mail = mail
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def from_service(cls, outbox: Outbox, mail_config: MailConfig, service: ServiceConfig,
+                     count: int | None = None) -> WorkerGroup:
+        mail = MailState(mail_config)
+        policy = RetryPolicy.from_service(service)
+        backoff = RelayBackoff(policy)
+        n = count if count is not None else max(service.workers, 1)
+        workers = [
+            Worker(
+                outbox, mail, policy, backoff=backoff,
+                claim_batch=service.claim_batch,
+                concurrency=service.worker_concurrency,
+                lease_seconds=service.lease_seconds,
+                poll_interval=service.poll_interval,
+            )
+            for _ in range(n)
+        ]
+        return cls(workers, mail)
+
+    async def start(self) -> None:
+        for w in self.workers:
+            w._stopping = asyncio.Event()
+            self._tasks.append(asyncio.create_task(w.run(), name=f"mailsvc-worker-{w.owner}"))
+
+    def request_stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+    async def wait(self) -> None:
+        """Until every worker has stopped (after :meth:`request_stop`)."""
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                log.error("worker ended with an error: %r", r)
+
+    async def stop(self) -> None:
+        self.request_stop()
+        try:
+            await self.wait()
+        finally:
+            await self.mail.aclose()
+
+    @property
+    def stats(self) -> WorkerStats:
+        total = WorkerStats()
+        for w in self.workers:
+            for name in WorkerStats.__slots__:
+                setattr(total, name, getattr(total, name) + getattr(w.stats, name))
+        return total
