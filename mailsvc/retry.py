@@ -117,7 +117,7 @@ class RelayBackoff:
     def trouble(self, now: float | None = None) -> float:
         """Record relay trouble; return the pause in seconds."""
         now = time.monotonic() if now is None else now
-        pause = min(self.policy.relay_first * 2**self._strikes, self.policy.relay_maximum)
+        pause = float(min(self.policy.relay_first * 2**self._strikes, self.policy.relay_maximum))
         self._strikes += 1
         self.until = max(self.until, now + pause)
         return pause
