@@ -50,7 +50,7 @@ from .base import (
 )
 from .base import fingerprint as envelope_fingerprint
 
-__all__ = ["NOTIFY_CHANNEL", "PostgresOutbox", "asyncpg_dsn"]
+__all__ = ["NOTIFY_CHANNEL", "PostgresOutbox", "asyncpg_dsn", "upgrade_schema"]
 
 log = logging.getLogger("mailsvc.outbox.postgres")
 
@@ -63,6 +63,16 @@ def asyncpg_dsn(url: str) -> str:
     if not sep or scheme.split("+")[0] not in {"postgresql", "postgres"}:
         raise OutboxError(f"MAILSVC_DATABASE_URL: {url.split('@')[-1]!r} is not a postgresql:// URL")
     return f"postgresql://{rest}"
+
+
+async def upgrade_schema(url: str) -> list[migrations.Migration]:
+    """Apply missing migrations to the database at ``url`` (``mailsvc db upgrade``); return them."""
+    with _translate("upgrade the outbox schema"):
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=30)
+        try:
+            return await migrations.upgrade(conn)
+        finally:
+            await conn.close()
 
 
 class PostgresOutbox(Outbox):

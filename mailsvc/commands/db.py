@@ -1,0 +1,107 @@
+"""``mailsvc db``: create or upgrade the outbox schema, and apply the retention policy.
+
+Why a command when nodes also migrate on start-up: operators upgrade the schema
+once, deliberately, before rolling out new code (``db upgrade``), and run
+retention from cron or a timer (``db purge``) if they prefer that to the
+workers doing it. Both are safe to run from several machines at once: upgrades
+serialise on an advisory lock, and purges skip rows someone else holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from ..errors import MailError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("db", help="outbox schema and retention", description="Manage the outbox database.")
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = dbsub.add_parser(
+        "upgrade",
+        help="create or upgrade the outbox schema (safe to run on several nodes at once)",
+        description="Apply every missing schema migration to MAILSVC_DATABASE_URL.",
+    )
+    up.set_defaults(handler=run_upgrade)
+    purge = dbsub.add_parser(
+        "purge",
+        help="delete delivered/failed messages older than N days (PostgreSQL)",
+        description="Delete final messages (and their bodies) older than --days, in small batches.",
+    )
+    purge.add_argument("--days", type=float, required=True, help="keep final messages younger than this many days")
+    purge.add_argument("--batch-size", type=int, default=500, help="rows per DELETE transaction (default 500)")
+    purge.set_defaults(handler=run_purge)
+
+
+def _database_url() -> str:
+    from ..cli import load_project_settings
+
+    url: str = load_project_settings().service_config().database_url
+    return url
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://", "postgresql+"))
+
+
+def _where(url: str) -> str:
+    """The URL without credentials, for messages."""
+    return url.rpartition("@")[2] if "@" in url else url
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_FAILED, EXIT_OK
+
+    url = _database_url()
+    try:
+        applied = asyncio.run(_upgrade(url))
+    except (MailError, RuntimeError) as exc:
+        print(f"mailsvc: db upgrade failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if applied is None:
+        print(f"outbox schema at {_where(url)} is ready (SQLite creates it on open)")
+    elif applied:
+        print(f"outbox schema at {_where(url)}: applied {', '.join(applied)}")
+    else:
+        print(f"outbox schema at {_where(url)} is up to date")
+    return EXIT_OK
+
+
+async def _upgrade(url: str) -> list[str] | None:
+    """Names of the migrations applied now ([] when current); None for SQLite."""
+    if not _is_postgres(url):
+        from ..outbox import open_outbox
+
+        async with open_outbox(url):
+            return None
+    from ..outbox.postgres import upgrade_schema
+
+    return [f"{m.version:04d}_{m.name}" for m in await upgrade_schema(url)]
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+    url = _database_url()
+    if not _is_postgres(url):
+        print("mailsvc: db purge: retention is implemented for the PostgreSQL outbox only", file=sys.stderr)
+        return EXIT_USAGE
+    if args.days < 0 or args.batch_size < 1:
+        print("mailsvc: db purge: --days must be >= 0 and --batch-size >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        deleted = asyncio.run(_purge(url, args.days, args.batch_size))
+    except MailError as exc:
+        print(f"mailsvc: db purge failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"deleted {deleted} delivered/failed messages older than {args.days:g} days")
+    return EXIT_OK
+
+
+async def _purge(url: str, days: float, batch_size: int) -> int:
+    from ..outbox.postgres import PostgresOutbox
+
+    async with PostgresOutbox(url, migrate=False, pool_size=1) as outbox:
+        return await outbox.purge(days, batch_size=batch_size)
