@@ -17,7 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-__all__ = ["PG_URL", "fresh_database", "fresh_schema", "require_postgres", "unreachable_reason"]
+from mailsvc.outbox.base import Outbox
+
+__all__ = ["PG_URL", "fresh_database", "fresh_schema", "postgres_outbox", "require_postgres", "unreachable_reason"]
 
 PG_URL = os.environ.get("MAILSVC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -89,3 +91,29 @@ async def fresh_database(prefix: str = "t") -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def postgres_outbox(tmp_path: object, **options: object) -> Outbox:
+    """Contract-suite factory: an opened PostgresOutbox in a new schema, dropped again on close."""
+    from mailsvc.outbox.postgres import PostgresOutbox
+
+    await require_postgres()
+    name = f"mailsvc_c_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_URL, timeout=10)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{name}"')
+    finally:
+        await admin.close()
+
+    class ThrowawayPostgresOutbox(PostgresOutbox):
+        async def close(self) -> None:
+            await super().close()
+            conn = await asyncpg.connect(PG_URL, timeout=10)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            finally:
+                await conn.close()
+
+    outbox = ThrowawayPostgresOutbox(_with_path(PG_URL, query=f"search_path={name}"), pool_size=4, **options)  # type: ignore[arg-type]
+    await outbox.open()
+    return outbox

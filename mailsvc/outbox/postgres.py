@@ -104,6 +104,7 @@ class PostgresOutbox(Outbox):
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._work: asyncio.Event | None = None
+        self._listen_lock: asyncio.Lock | None = None
 
     # -- lifecycle ------------------------------------------------------------
     async def open(self) -> None:
@@ -119,6 +120,7 @@ class PostgresOutbox(Outbox):
                     if not await migrations.applied_versions(conn):
                         raise OutboxError("the outbox schema does not exist; run `mailsvc db upgrade`")
         self._work = asyncio.Event()
+        self._listen_lock = asyncio.Lock()
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
@@ -327,8 +329,13 @@ class PostgresOutbox(Outbox):
         self._work.clear()
 
     async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
+        """One LISTEN connection per outbox, shared by every worker of the process."""
+        assert self._listen_lock is not None
+        async with self._listen_lock:
+            if self._listener is None or self._listener.is_closed():
+                await self._listen()
+
+    async def _listen(self) -> None:
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
