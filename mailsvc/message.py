@@ -29,7 +29,7 @@ __all__ = ["Attachment", "Envelope", "Message", "default_msgid_domain", "normali
 # Built once: 7bit transfer encodings so no server needs 8BITMIME, CRLF on the wire.
 _POLICY_7BIT = _policy.SMTP.clone(cte_type="7bit")
 _POLICY_UTF8 = _policy.SMTPUTF8
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 # Headers whose value the MIME structure owns; letting callers set them would break it.
 _STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version", "bcc", "content-disposition"}
 _MANAGED = {"from", "to", "cc", "subject", "date", "message-id", "reply-to"}
@@ -74,7 +74,7 @@ class Attachment:
     def resolved_content_type(self) -> tuple[str, str]:
         ctype = self.content_type or (mimetypes.guess_type(self.filename or "")[0]) or "application/octet-stream"
         maintype, _, subtype = ctype.partition("/")
-        if not maintype or not subtype or not _HEADER_NAME.match(maintype) or not _HEADER_NAME.match(subtype.split(";")[0].strip()):
+        if not maintype or not subtype or not _HEADER_NAME.fullmatch(maintype) or not _HEADER_NAME.fullmatch(subtype.split(";")[0].strip()):
             raise MessageError("attachments.content_type", f"{ctype!r} is not a MIME type like 'image/png'")
         return maintype.lower(), subtype.split(";")[0].strip().lower()
 
@@ -222,7 +222,7 @@ class Message:
         bcc = parse_address_list(self.bcc, "bcc")
         reply_to = parse_address_list(self.reply_to, "reply_to")
         for name, value in self.extra_headers.items():
-            if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
                 raise BadHeaderError("extra_headers", f"{name!r} is not a valid header name")
             if name.lower() in _STRUCTURAL:
                 raise MessageError("extra_headers", f"{name} is set by the MIME structure and cannot be overridden")
@@ -232,7 +232,7 @@ class Message:
             check_header(f"attachments[{i}].content_type", att.content_type or "")
             check_header(f"attachments[{i}].disposition", att.disposition or "")
             for k, v in (att.headers or {}).items():
-                if not _HEADER_NAME.match(k):
+                if not _HEADER_NAME.fullmatch(k):
                     raise BadHeaderError(f"attachments[{i}].headers", f"{k!r} is not a valid header name")
                 check_header(f"attachments[{i}].headers.{k}", v)
             att.resolved_content_type()
@@ -313,7 +313,10 @@ class Message:
 
     def _add_attachments(self, m: EmailMessage, ascii_names: bool) -> None:
         html_part = _find_html(m)
-        for att in self.attachments:
+        # Inline parts first: once the root turns multipart/mixed, an html-only root can
+        # no longer become multipart/related, so the order of attach() calls must not matter.
+        ordered = sorted(self.attachments, key=lambda a: not (a.is_inline and html_part is not None))
+        for att in ordered:
             maintype, subtype = att.resolved_content_type()
             data = att.data.encode("utf-8") if isinstance(att.data, str) else bytes(att.data)
             filename = _ascii_filename(att.filename) if (ascii_names and att.filename) else att.filename

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import ssl
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -59,6 +60,13 @@ class RecordingHandler:
         return "250 Message accepted"
 
 
+@dataclass
+class ConnectionCounter:
+    """Counts TCP connections the server accepted (one SMTP session each)."""
+
+    count: int = 0
+
+
 class Authenticator:
     def __init__(self, username: str, password: str) -> None:
         self.username, self.password = username.encode(), password.encode()
@@ -67,7 +75,7 @@ class Authenticator:
     def __call__(self, server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
         self.attempts += 1
         ok = getattr(auth_data, "login", None) == self.username and getattr(auth_data, "password", None) == self.password
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # handled=True would leave the client unanswered
 
 
 @asynccontextmanager
@@ -80,12 +88,13 @@ async def smtp_server(
     authenticator: Authenticator | None = None,
     auth_require_tls: bool = True,
     greeting_reply: str | None = None,
+    connections: ConnectionCounter | None = None,
 ) -> AsyncIterator[int]:
     """Serve ``handler`` on 127.0.0.1; yields the port the OS chose."""
     loop = asyncio.get_running_loop()
 
-    def factory() -> SMTPServerProtocol:
-        proto = SMTPServerProtocol(
+    def _protocol() -> SMTPServerProtocol:
+        return SMTPServerProtocol(
             handler,
             hostname="mx.test",
             tls_context=tls_context,
@@ -96,6 +105,15 @@ async def smtp_server(
             enable_SMTPUTF8=True,
             loop=loop,
         )
+
+    def factory() -> SMTPServerProtocol:
+        if connections is not None:
+            connections.count += 1
+        with warnings.catch_warnings():
+            # aiosmtpd warns when AUTH is allowed without TLS; tests do that on purpose
+            # (implicit TLS, which aiosmtpd does not count as TLS, and stripped STARTTLS).
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS", UserWarning)
+            proto = _protocol()
         if greeting_reply is not None:
             async def _greet(*a: Any, **k: Any) -> None:
                 proto._set_rset_state()

@@ -1,0 +1,192 @@
+"""SMTP delivery against real aiosmtpd servers: plain, implicit TLS, STARTTLS, AUTH, and faults.
+
+Faults are injected on the server (RecordingHandler), never by patching aiosmtplib.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from mailsvc import ConnectionFailedError, DeliveryError, Message, TransportSecurityError
+from mailsvc.transports import SMTPTransport
+from tests.helpers import PASSWORD, USER, config, standalone
+from tests.servers import Authenticator, ConnectionCounter, RecordingHandler, smtp_server
+
+
+def msg(to: str = "ann@example.com", **kw: object) -> Message:
+    return Message("Hello", recipients=[to], body="hi there", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["plain", "ssl", "starttls"])
+@pytest.mark.parametrize("auth", [False, True])
+async def test_modes_deliver(mode: str, auth: bool, server_ssl_context: ssl.SSLContext, ca_file: str) -> None:
+    handler = RecordingHandler()
+    authenticator = Authenticator(USER, PASSWORD) if auth else None
+    server_kw: dict[str, object] = {"authenticator": authenticator, "auth_require_tls": mode == "starttls"}
+    client_kw: dict[str, object] = {}
+    if mode == "ssl":
+        server_kw["ssl_context"] = server_ssl_context
+        client_kw.update(use_ssl=True, ca_file=ca_file)
+    elif mode == "starttls":
+        server_kw["tls_context"] = server_ssl_context
+        server_kw["require_starttls"] = True
+        client_kw.update(use_tls=True, ca_file=ca_file)
+    if auth:
+        client_kw.update(username=USER, password=PASSWORD)
+    async with smtp_server(handler, **server_kw) as port:  # type: ignore[arg-type]
+        async with standalone(config(port, **client_kw)) as mail:
+            result = await mail.send(msg())
+    assert result.ok and result.delivered == ["ann@example.com"]
+    [got] = handler.received
+    assert got.mail_from == "shop@example.com" and got.rcpt_tos == ["ann@example.com"]
+    assert got.message["Subject"] == "Hello"
+    assert got.message.get_content().strip() == "hi there"
+    if authenticator is not None:
+        assert authenticator.attempts == 1
+
+
+async def test_wrong_password_is_a_delivery_error_with_the_reply() -> None:
+    handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
+    async with smtp_server(handler, authenticator=authenticator, auth_require_tls=False) as port:
+        async with standalone(config(port, username=USER, password="wrong")) as mail:
+            with pytest.raises(DeliveryError) as err:
+                await mail.send(msg())
+    assert err.value.code == 535
+    assert "MAIL_USERNAME" in str(err.value) and "wrong" not in str(err.value)
+    assert handler.received == []
+
+
+async def test_starttls_stripped_fails_before_auth() -> None:
+    """The server would happily take AUTH in clear; the client must not get that far."""
+    handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
+    async with smtp_server(handler, authenticator=authenticator, auth_require_tls=False) as port:
+        async with standalone(config(port, use_tls=True, username=USER, password=PASSWORD)) as mail:
+            with pytest.raises(TransportSecurityError) as err:
+                await mail.send(msg())
+    assert "STARTTLS" in str(err.value)
+    assert authenticator.attempts == 0
+    assert handler.received == []
+
+
+@pytest.mark.parametrize("mode", ["ssl", "starttls"])
+async def test_untrusted_certificate_fails_without_plaintext_fallback(mode: str, server_ssl_context: ssl.SSLContext) -> None:
+    handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
+    counter = ConnectionCounter()
+    server_kw: dict[str, object] = {"ssl_context": server_ssl_context} if mode == "ssl" else {"tls_context": server_ssl_context}
+    client_kw = {"use_ssl": True} if mode == "ssl" else {"use_tls": True}
+    async with smtp_server(
+        handler, authenticator=authenticator, auth_require_tls=False, connections=counter, **server_kw  # type: ignore[arg-type]
+    ) as port:
+        async with standalone(config(port, username=USER, password=PASSWORD, **client_kw)) as mail:
+            with pytest.raises(TransportSecurityError) as err:
+                await mail.send(msg())
+            results = await mail.send_many([msg()])
+    assert "certificate" in str(err.value).lower()
+    assert results[0].recipients[0].status == "failed"
+    assert counter.count == 2  # one attempt per send, never a second plaintext try
+    assert authenticator.attempts == 0
+    assert handler.received == []
+
+
+async def test_validate_certs_off_is_an_explicit_opt_out(server_ssl_context: ssl.SSLContext) -> None:
+    handler = RecordingHandler()
+    async with smtp_server(handler, ssl_context=server_ssl_context) as port:
+        async with standalone(config(port, use_ssl=True, validate_certs=False)) as mail:
+            assert (await mail.send(msg())).ok
+    assert len(handler.received) == 1
+
+
+async def test_nothing_listening_is_connection_failed() -> None:
+    async with smtp_server(RecordingHandler()) as port:
+        pass  # the port is closed again: nothing listens there now
+    async with standalone(config(port)) as mail:
+        with pytest.raises(ConnectionFailedError):
+            await mail.send(msg())
+
+
+async def test_greeting_refusal_carries_code() -> None:
+    async with smtp_server(RecordingHandler(), greeting_reply="554 go away") as port:
+        transport = SMTPTransport(config(port))
+        with pytest.raises(ConnectionFailedError) as err:
+            await transport.open()
+    assert err.value.code == 554 and "go away" in (err.value.reply or "")
+    assert not transport.is_open
+
+
+@pytest.mark.parametrize("reply, code", [("451 4.3.0 try again later", 451), ("554 5.7.1 spam", 554)])
+async def test_data_reply_4xx_5xx_is_refused_with_code(reply: str, code: int) -> None:
+    handler = RecordingHandler(data_reply=reply)
+    async with smtp_server(handler) as port:
+        async with standalone(config(port)) as mail:
+            [result] = await mail.send_many([msg()])
+            with pytest.raises(DeliveryError) as err:
+                await mail.send(msg())
+    [r] = result.recipients
+    assert (r.status, r.code) == ("refused", code)
+    assert r.reply in reply
+    assert r.transient is (code < 500)
+    assert err.value.code == code and err.value.reply and err.value.reply in reply
+    assert handler.received == []
+
+
+async def test_partial_refusal_is_in_the_return_value() -> None:
+    handler = RecordingHandler(refuse={"bad@example.com": "550 5.1.1 no such user"})
+    async with smtp_server(handler) as port:
+        async with standalone(config(port)) as mail:
+            result = await mail.send(Message("Hi", recipients=["ann@example.com", "bad@example.com"], body="x"))
+            with pytest.raises(DeliveryError) as err:
+                await mail.send(msg("bad@example.com"))
+    assert result.delivered == ["ann@example.com"]
+    bad = result.refused["bad@example.com"]
+    assert (bad.status, bad.code, bad.reply) == ("refused", 550, "5.1.1 no such user")
+    assert err.value.code == 550 and err.value.reply == "5.1.1 no such user"
+    assert [r.rcpt_tos for r in handler.received] == [["ann@example.com"]]
+
+
+async def test_drop_mid_data_fails_and_connection_is_replaced() -> None:
+    handler = RecordingHandler(drop_after_data=True)
+    counter = ConnectionCounter()
+    async with smtp_server(handler, connections=counter) as port:
+        async with standalone(config(port, pool_size=1)) as mail:
+            [dropped] = await mail.send_many([msg()])
+            handler.drop_after_data = False
+            ok = await mail.send(msg("bob@example.com"))
+            again = await mail.send(msg("carl@example.com"))
+    [r] = dropped.recipients
+    assert r.status == "failed" and r.code is None and r.reply
+    assert ok.ok and again.ok
+    assert counter.count == 2  # the broken connection was replaced once, then reused
+    assert [x.rcpt_tos for x in handler.received] == [["bob@example.com"], ["carl@example.com"]]
+
+
+async def test_stalling_server_hits_overall_deadline_and_pool_recovers() -> None:
+    handler = RecordingHandler(stall_seconds=1.5)
+    counter = ConnectionCounter()
+    async with smtp_server(handler, connections=counter) as port:
+        async with standalone(config(port, timeout=0.5, pool_size=1)) as mail:
+            [stalled] = await mail.send_many([msg()])
+            with pytest.raises(ConnectionFailedError) as err:
+                await mail.send(msg())
+            handler.stall_seconds = 0.0
+            ok = await mail.send(msg("bob@example.com"))
+    [r] = stalled.recipients
+    assert r.status == "failed" and "MAIL_TIMEOUT" in r.reply
+    assert "MAIL_TIMEOUT" in str(err.value)
+    assert ok.ok
+    assert counter.count == 3
+    assert [x.rcpt_tos for x in handler.received][-1] == ["bob@example.com"]
+
+
+async def test_transport_reopens_after_server_closed_idle_connection() -> None:
+    handler = RecordingHandler()
+    async with smtp_server(handler) as port:
+        transport = SMTPTransport(config(port))
+        async with transport:
+            assert transport.is_open
+            assert (await transport.send(msg().build(default_sender="shop@example.com"))).ok
+            assert transport.sent == 1
+        assert not transport.is_open
+        await transport.close()  # safe twice
+    assert len(handler.received) == 1
