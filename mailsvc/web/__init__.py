@@ -1,11 +1,61 @@
-"""Placeholder: filled in by its issue."""
+"""The web layer: browser form, JSON API, OpenAPI docs, readiness, and their error shape.
+
+Layout (one job per module)::
+
+    schemas    pydantic models shared by form, API and /openapi.json
+    problems   RFC 9457 problem details
+    auth       API keys, session sign-in, CSRF, the open-relay guard
+    ratelimit  per-key token buckets
+    sandbox    request-supplied Jinja strings, sandboxed and capped
+    compose    models -> envelopes -> one atomic enqueue
+    api, forms, openapi, health   the routes
+
+``register`` refuses to start an open relay (a real relay and no keys) with a
+:class:`~mailsvc.errors.ConfigError` naming ``MAILSVC_API_KEYS``.
+"""
 
 from __future__ import annotations
 
-from quart import Quart
+import secrets
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
 
 from ..config import ServiceConfig
+from . import api, forms, health, openapi
+from .auth import check_startup
+from .problems import ProblemException, problem_response
+from .state import WEB_KEY, WebState
+
+__all__ = ["register"]
 
 
 def register(app: Quart, service: ServiceConfig) -> None:
-    """Attach this part's routes and lifespan hooks to ``app``."""
+    """Attach the form, API, docs and readiness routes, and the problem+json error handlers."""
+    check_startup(service)
+    web = service.web
+    secure = web.secure_cookies if web.secure_cookies is not None else not service.dev_mode
+    app.secret_key = web.secret_key.get_secret_value() if web.secret_key else secrets.token_urlsafe(32)
+    app.config.update(
+        MAX_CONTENT_LENGTH=web.max_request_bytes,
+        MAX_FORM_MEMORY_SIZE=min(web.max_request_bytes, 4 * 1024 * 1024),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure,
+        SESSION_COOKIE_NAME="mailsvc_session",
+    )
+    app.extensions[WEB_KEY] = WebState.from_service(service)
+    for bp in (api.bp, forms.bp, openapi.bp, health.bp):
+        app.register_blueprint(bp)
+
+    @app.errorhandler(ProblemException)
+    async def _problem(exc: ProblemException) -> Response:
+        return problem_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def _http(exc: HTTPException) -> Response | HTTPException:
+        """Routing errors (404, 405) and 413 on the API as problem+json; pages keep Quart's default."""
+        if request.path.startswith("/api/") and exc.code is not None:
+            detail = exc.description if exc.code != 413 else f"the request is larger than {web.max_request_bytes} bytes"
+            return problem_response(ProblemException(exc.code, detail))
+        return exc

@@ -1,0 +1,149 @@
+"""The JSON API: ``/api/messages``, ``/api/messages/bulk``, ``/api/messages/<id>``, ``/api/batches/<id>``.
+
+Every route authenticates, rate-limits, parses strictly (415 non-JSON, 400 bad
+JSON, 413 too large, 422 invalid fields) and only then touches the outbox, so a
+refused request has queued nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from quart import Blueprint, Response, request
+
+from ..errors import OutboxError
+from ..outbox import MessageStatus
+from . import compose
+from .problems import FieldError, ProblemException, errors_from_validation
+from .schemas import Accepted, BatchAccepted, BatchStatusOut, BulkIn, MessageIn, MessageStatusOut, RecipientStatusOut
+from .state import web_state
+
+__all__ = ["bp", "status_out"]
+
+bp = Blueprint("mailsvc_api", __name__)
+M = TypeVar("M", bound=BaseModel)
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+async def read_json() -> Any:
+    """The body as JSON: 415 unless declared JSON, 413 past the size cap (Quart), 400 if malformed."""
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ProblemException(415, f"send the body as application/json (got {mimetype or 'no Content-Type'})")
+    raw = await request.get_data(as_text=False)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProblemException(400, f"the body is not valid JSON: {exc}"[:300]) from None
+
+
+def validate(model: type[M], data: Any) -> M:
+    """Validate with this deployment's limits; 413 when what is wrong is a size, else 422."""
+    if not isinstance(data, dict):
+        raise ProblemException(422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")])
+    try:
+        return model.model_validate(data, context=web_state().check_context())
+    except ValidationError as exc:
+        errors = errors_from_validation(exc)
+        too_large = any(e.get("type") == "too_large" for e in exc.errors(include_url=False))
+        status = 413 if too_large else 422
+        raise ProblemException(status, "some fields are invalid; nothing was queued", errors=errors) from None
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ProblemException(422, errors=[FieldError(field="Idempotency-Key", reason="1 to 200 printable ASCII characters")])
+    return key
+
+
+def _accepted(body: BaseModel, location: str, duplicate: bool) -> Response:
+    resp = Response(body.model_dump_json(), status=202, content_type="application/json", headers={"Location": location})
+    if duplicate:
+        resp.headers["Idempotent-Replayed"] = "true"
+    return resp
+
+
+@bp.post("/api/messages")
+async def send_message() -> Response:
+    ws = web_state()
+    principal = ws.api_principal()
+    m = validate(MessageIn, await read_json())
+    key = idempotency_key()
+    envelope = compose.build_single(ws.mail, m)
+    result = await compose.enqueue(
+        ws.outbox(), [envelope], principal=principal.id, idempotency_key=key,
+        fingerprint=compose.fingerprint_of("message", m.model_dump_json()), batch=False,
+    )
+    id_ = result.ids[0]
+    return _accepted(Accepted(id=id_), f"/api/messages/{id_}", result.duplicate)
+
+
+@bp.post("/api/messages/bulk")
+async def send_bulk() -> Response:
+    ws = web_state()
+    principal = ws.api_principal()
+    b = validate(BulkIn, await read_json())
+    key = idempotency_key()
+    envelopes = await compose.build_bulk_async(ws.mail, b, ws.config.max_render_chars)
+    result = await compose.enqueue(
+        ws.outbox(), envelopes, principal=principal.id, idempotency_key=key,
+        fingerprint=compose.fingerprint_of("bulk", b.model_dump_json()), batch=True,
+    )
+    assert result.batch_id is not None
+    body = BatchAccepted(batch_id=result.batch_id, count=len(result.ids))
+    return _accepted(body, f"/api/batches/{result.batch_id}", result.duplicate)
+
+
+def status_out(s: MessageStatus) -> MessageStatusOut:
+    return MessageStatusOut(
+        id=s.id,
+        message_id=s.message_id,
+        batch_id=s.batch_id,
+        state=s.state,
+        created_at=s.created_at.isoformat(),
+        recipients=[
+            RecipientStatusOut(
+                recipient=r.recipient, state=r.state, attempts=r.attempts, last_code=r.last_code,
+                last_reply=r.last_reply, updated_at=r.updated_at.isoformat(),
+                next_attempt_at=r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+            )
+            for r in s.recipients
+        ],
+    )
+
+
+def _check_id(kind: str, ident: str) -> None:
+    if not _ID.match(ident):
+        raise ProblemException(404, f"no {kind} with id {ident[:80]!r}")
+
+
+@bp.get("/api/messages/<id>")
+async def message_status(id: str) -> Response:
+    ws = web_state()
+    ws.api_principal(allow_session=True)
+    _check_id("message", id)
+    try:
+        s = await ws.outbox().status(id)
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    return Response(status_out(s).model_dump_json(), content_type="application/json")
+
+
+@bp.get("/api/batches/<id>")
+async def batch_status(id: str) -> Response:
+    ws = web_state()
+    ws.api_principal(allow_session=True)
+    _check_id("batch", id)
+    try:
+        counts = await ws.outbox().batch_status(id)
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    body = BatchStatusOut(batch_id=id, total=sum(counts.values()), counts=counts)
+    return Response(body.model_dump_json(), content_type="application/json")

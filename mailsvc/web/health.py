@@ -1,0 +1,64 @@
+"""``GET /readyz``: ready when the outbox is writable; also says whether the relay answered lately.
+
+Why the relay does not decide readiness: with the relay down, accepted mail
+still waits safely in the outbox, so the service should keep accepting it. The
+relay probe (a TCP connect with a short deadline) is cached so that a busy
+load balancer does not turn into a connection storm against the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from quart import Blueprint, Response, current_app
+
+from ..errors import OutboxError
+
+__all__ = ["bp"]
+
+bp = Blueprint("mailsvc_health", __name__)
+_CACHE_SECONDS = 30.0
+_PROBE_TIMEOUT = 2.0
+_KEY = "mailsvc.web.relay_probe"
+
+
+async def _relay_reachable() -> dict[str, Any]:
+    cached: dict[str, Any] | None = current_app.extensions.get(_KEY)
+    now = time.monotonic()
+    if cached is not None and now - cached["_at"] < _CACHE_SECONDS:
+        return {k: v for k, v in cached.items() if not k.startswith("_")}
+    config = current_app.extensions["mailsvc"].config
+    result: dict[str, Any] = {"host": config.server, "port": config.port}
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(config.server, config.port), _PROBE_TIMEOUT)
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), _PROBE_TIMEOUT)
+        except (OSError, TimeoutError):
+            pass
+        result["reachable"] = True
+    except (OSError, TimeoutError) as exc:
+        result["reachable"] = False
+        result["error"] = type(exc).__name__
+    current_app.extensions[_KEY] = {**result, "_at": now}
+    return result
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    outbox = current_app.extensions.get("mailsvc.outbox")
+    body: dict[str, Any] = {"outbox": "ok", "relay": await _relay_reachable()}
+    status = 200
+    if outbox is None:
+        body["outbox"], status = "not open", 503
+    else:
+        try:
+            await outbox.ping()
+            body["pending"] = await outbox.pending_count()
+        except OutboxError as exc:
+            body["outbox"], status = f"unavailable: {exc}", 503
+    body["status"] = "ready" if status == 200 else "not ready"
+    return Response(json.dumps(body), status=status, content_type="application/json")

@@ -1,0 +1,144 @@
+"""``/openapi.json`` from the same pydantic models that validate requests, and ``/docs`` rendering it.
+
+Why built by hand from ``model_json_schema``: the document cannot disagree with
+validation, and the docs page is rendered on the server from that document, so
+it needs no external script or stylesheet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from quart import Blueprint, Response, render_template
+
+from .problems import Problem
+from .schemas import (
+    Accepted,
+    BatchAccepted,
+    BatchStatusOut,
+    BulkIn,
+    MessageIn,
+    MessageStatusOut,
+)
+
+__all__ = ["bp", "openapi_document"]
+
+bp = Blueprint("mailsvc_openapi", __name__)
+
+_MODELS: list[type[BaseModel]] = [MessageIn, BulkIn, Accepted, BatchAccepted, MessageStatusOut, BatchStatusOut, Problem]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _problem(description: str, retry: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/problem+json": {"schema": _ref(Problem)}}}
+    if retry:
+        out["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return out
+
+
+_ERRORS = {
+    "401": _problem("missing or invalid API key"),
+    "429": _problem("rate limit for this key exceeded", retry=True),
+}
+_POST_ERRORS = {
+    "400": _problem("malformed JSON"),
+    "413": _problem("request or attachment too large"),
+    "415": _problem("body is not application/json"),
+    "422": _problem("invalid fields (listed in errors); nothing queued"),
+    "503": _problem("outbox full or unavailable", retry=True),
+    **_ERRORS,
+}
+_IDEM = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 200},
+         "description": "retries with the same key (within 24 h) return the first answer and queue nothing"}
+
+
+def _json(model: type[BaseModel], description: str, location: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+    if location:
+        out["headers"] = {"Location": {"schema": {"type": "string"}, "description": "status URL"}}
+    return out
+
+
+def openapi_document() -> dict[str, Any]:
+    _, defs = models_json_schema([(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}")
+    schemas = defs.get("$defs", {})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailsvc", "version": "1", "description": "Queue email for durable delivery."},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "a key from MAILSVC_API_KEYS"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/messages": {"post": {
+                "summary": "Queue one message",
+                "operationId": "sendMessage",
+                "parameters": [_IDEM],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(MessageIn)}}},
+                "responses": {"202": _json(Accepted, "queued", location=True), **_POST_ERRORS},
+            }},
+            "/api/messages/bulk": {"post": {
+                "summary": "Queue one personalised message per recipient entry, all or none",
+                "operationId": "sendBulk",
+                "parameters": [_IDEM],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BulkIn)}}},
+                "responses": {"202": _json(BatchAccepted, "batch queued", location=True), **_POST_ERRORS},
+            }},
+            "/api/messages/{id}": {"get": {
+                "summary": "A message's state and each recipient's state, attempts and last reply",
+                "operationId": "messageStatus",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(MessageStatusOut, "status"), "404": _problem("unknown id"), **_ERRORS},
+            }},
+            "/api/batches/{id}": {"get": {
+                "summary": "Counts of a batch's messages per state",
+                "operationId": "batchStatus",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(BatchStatusOut, "counts"), "404": _problem("unknown id"), **_ERRORS},
+            }},
+        },
+    }
+
+
+@bp.get("/openapi.json")
+async def openapi_json() -> dict[str, Any]:
+    return openapi_document()
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
+    if "anyOf" in schema:
+        return " | ".join(_type_of(s) for s in schema["anyOf"])
+    t = schema.get("type", "any")
+    if t == "array":
+        return f"list of {_type_of(schema.get('items', {}))}"
+    if t == "object" and "additionalProperties" in schema and isinstance(schema["additionalProperties"], dict):
+        return f"object of {_type_of(schema['additionalProperties'])}"
+    return str(t)
+
+
+@bp.get("/docs")
+async def docs() -> Response:
+    doc = openapi_document()
+    schemas = []
+    for name, schema in doc["components"]["schemas"].items():
+        required = set(schema.get("required", []))
+        props = [
+            {"name": p, "type": _type_of(s), "required": p in required, "description": s.get("description", "")}
+            for p, s in schema.get("properties", {}).items()
+        ]
+        schemas.append({"name": name, "description": (schema.get("description") or "").split("\n\n")[0], "props": props})
+    operations = [
+        {"path": path, "method": method.upper(), "op": op,
+         "body": _type_of(op["requestBody"]["content"]["application/json"]["schema"]) if "requestBody" in op else None}
+        for path, item in doc["paths"].items() for method, op in item.items()
+    ]
+    html = await render_template("docs.html", operations=operations, schemas=schemas)
+    return Response(html, content_type="text/html; charset=utf-8")

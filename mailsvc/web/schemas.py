@@ -1,0 +1,314 @@
+"""Pydantic models shared by the browser form, the JSON API and the OpenAPI document.
+
+Why one set of models: the form, the API and ``/openapi.json`` cannot drift apart
+when all three come from these classes. Checks that depend on settings (limits,
+the domain allow-list, which templates exist) read a :class:`CheckContext`
+passed as pydantic's validation ``context``; without one (schema generation,
+unit use) only the context-free checks run.
+
+>>> MessageIn.model_validate({"to": "ann@example.com", "subject": "Hi", "text": "Hello"}).to
+['ann@example.com']
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ..addresses import parse_address
+from ..config import WebConfig
+from ..errors import MessageError
+from ..rendering import TemplateRenderer, template_name_ok
+
+__all__ = [
+    "Accepted",
+    "AttachmentIn",
+    "BatchAccepted",
+    "BatchStatusOut",
+    "BulkIn",
+    "BulkRecipient",
+    "CheckContext",
+    "MessageIn",
+    "MessageStatusOut",
+    "RecipientStatusOut",
+    "split_addresses",
+]
+
+_BAD = re.compile(r"[\r\n\x00]")
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
+_MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+# Headers the service sets itself; letting a request set them would allow spoofing or break MIME.
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "from", "sender", "to", "cc", "bcc", "subject", "date", "message-id", "reply-to", "return-path",
+        "received", "content-type", "content-transfer-encoding", "mime-version", "content-disposition",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckContext:
+    """What validation needs to know about this deployment."""
+
+    web: WebConfig
+    renderer: TemplateRenderer | None = None
+
+
+def _ctx(info: ValidationInfo) -> CheckContext | None:
+    c = info.context
+    return c if isinstance(c, CheckContext) else None
+
+
+def _no_ctl(v: str) -> str:
+    if _BAD.search(v):
+        raise ValueError("must not contain CR, LF or NUL characters (header injection)")
+    return v
+
+
+def domain_allowed(domain: str, allowed: tuple[str, ...]) -> bool:
+    """Exact match or a subdomain of an allowed entry; entries may be Unicode or IDNA."""
+    if not allowed:
+        return True
+    domain = domain.lower().rstrip(".")
+    for entry in allowed:
+        e = entry.strip().lower().rstrip(".")
+        try:
+            e = e.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+        if domain == e or domain.endswith("." + e):
+            return True
+    return False
+
+
+def _address(v: str, info: ValidationInfo) -> str:
+    try:
+        parsed = parse_address(v, "address")
+    except MessageError as exc:
+        raise ValueError(exc.reason) from None
+    ctx = _ctx(info)
+    if ctx is not None and info.field_name != "sender" and info.field_name != "reply_to":
+        domain = parsed.envelope.rpartition("@")[2]
+        if not domain_allowed(domain, ctx.web.allowed_domains):
+            raise PydanticCustomError("domain_not_allowed", "recipient domain {domain} is not on the allow-list",
+                                      {"domain": domain})
+    return v
+
+
+def _one_or_list(v: Any) -> Any:
+    return [v] if isinstance(v, str) else v
+
+
+Address = Annotated[str, Field(max_length=998), AfterValidator(_address)]
+AddressList = Annotated[
+    list[Address],
+    BeforeValidator(_one_or_list, json_schema_input_type=str | list[str]),
+]
+HeaderText = Annotated[str, Field(max_length=998), AfterValidator(_no_ctl)]
+
+
+def _template_name(v: str, info: ValidationInfo) -> str:
+    if not template_name_ok(v):
+        raise ValueError("template names are letters, digits, '_', '-' and '/' (no dots)")
+    ctx = _ctx(info)
+    if ctx is not None:
+        if ctx.renderer is None or not ctx.renderer.exists(v):
+            raise PydanticCustomError("unknown_template", "no template named {name}", {"name": v})
+    return v
+
+
+TemplateName = Annotated[str, Field(max_length=200), AfterValidator(_template_name)]
+
+
+def _header_name(v: str) -> str:
+    if not _HEADER_NAME.match(v):
+        raise ValueError(f"{v!r} is not a valid header name")
+    if v.lower() in FORBIDDEN_HEADERS:
+        raise ValueError(f"{v} is set by the service and cannot be given")
+    return v
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
+class AttachmentIn(BaseModel):
+    """A file, base64-encoded in ``content`` (never a path: nothing on the server is read)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: Annotated[HeaderText, Field(min_length=1, max_length=255)]
+    content_type: str = "application/octet-stream"
+    content: str = Field(description="base64 (standard alphabet, padded)")
+
+    def data(self) -> bytes:
+        return base64.b64decode(self.content, validate=True)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> AttachmentIn:
+        if not _MIME.match(self.content_type):
+            raise PydanticCustomError("mime_type", "content_type {ct!r} is not a MIME type like 'image/png'",
+                                      {"ct": self.content_type[:80]})
+        try:
+            raw = base64.b64decode(self.content, validate=True)
+        except (binascii.Error, ValueError):
+            raise PydanticCustomError("base64", "content is not valid base64") from None
+        ctx = _ctx(info)
+        if ctx is not None and len(raw) > ctx.web.max_attachment_bytes:
+            raise PydanticCustomError(
+                "too_large", "attachment is {size} bytes; the limit is {limit}",
+                {"size": len(raw), "limit": ctx.web.max_attachment_bytes},
+            )
+        return self
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sender: Address | None = Field(default=None, description="From; only when the service allows it")
+    reply_to: AddressList = Field(default_factory=list)
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
+    headers: dict[HeaderName, HeaderText] = Field(default_factory=dict, max_length=50)
+
+    def _check_sender(self, info: ValidationInfo) -> None:
+        ctx = _ctx(info)
+        if ctx is not None and self.sender is not None and not ctx.web.allow_sender:
+            raise PydanticCustomError("sender_not_allowed", "sender: this service does not let requests set From")
+
+
+class MessageIn(_Common):
+    """``POST /api/messages``: literal subject/text/html, or a named ``template`` with ``context``."""
+
+    to: Annotated[AddressList, Field(min_length=1)]
+    cc: AddressList = Field(default_factory=list)
+    bcc: AddressList = Field(default_factory=list)
+    subject: HeaderText | None = None
+    text: str | None = None
+    html: str | None = None
+    template: TemplateName | None = Field(default=None, description="a template under templates/email/")
+    context: dict[str, Any] = Field(default_factory=dict, description="variables for the template")
+
+    @model_validator(mode="after")
+    def _shape(self, info: ValidationInfo) -> MessageIn:
+        self._check_sender(info)
+        if self.template is not None and (self.subject is not None or self.text is not None or self.html is not None):
+            raise PydanticCustomError("either_or", "template: give either template + context or subject/text/html, not both")
+        if self.template is None:
+            if self.subject is None:
+                raise PydanticCustomError("missing_subject", "subject: required unless a template is given")
+            if self.text is None and self.html is None:
+                raise PydanticCustomError("missing_body", "text: give text, html or both (or a template)")
+        ctx = _ctx(info)
+        n = len(self.to) + len(self.cc) + len(self.bcc)
+        if ctx is not None and n > ctx.web.max_recipients:
+            raise PydanticCustomError("too_many", "to: {n} recipients; the limit per message is {limit}",
+                                      {"n": n, "limit": ctx.web.max_recipients})
+        return self
+
+
+class BulkRecipient(BaseModel):
+    """One personalised message of a batch: its own recipients and template variables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: Annotated[AddressList, Field(min_length=1, max_length=100)]
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class BulkIn(_Common):
+    """``POST /api/messages/bulk``: one template (named, or subject/text/html as Jinja strings) for many.
+
+    Inline strings are rendered in Jinja's sandbox with each recipient's ``context``.
+    """
+
+    template: TemplateName | None = None
+    subject: Annotated[str, Field(max_length=998)] | None = Field(default=None, description="Jinja template string")
+    text: str | None = Field(default=None, description="Jinja template string")
+    html: str | None = Field(default=None, description="Jinja template string (autoescaped)")
+    recipients: Annotated[list[BulkRecipient], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _shape(self, info: ValidationInfo) -> BulkIn:
+        self._check_sender(info)
+        if self.template is not None and (self.subject is not None or self.text is not None or self.html is not None):
+            raise PydanticCustomError("either_or", "template: give either template or subject/text/html, not both")
+        if self.template is None:
+            if self.subject is None:
+                raise PydanticCustomError("missing_subject", "subject: required unless a template is given")
+            if self.text is None and self.html is None:
+                raise PydanticCustomError("missing_body", "text: give text, html or both (or a template)")
+        ctx = _ctx(info)
+        if ctx is not None and len(self.recipients) > ctx.web.max_batch:
+            raise PydanticCustomError("too_many", "recipients: {n} messages; the limit per batch is {limit}",
+                                      {"n": len(self.recipients), "limit": ctx.web.max_batch})
+        return self
+
+
+class Accepted(BaseModel):
+    id: str
+    status: Literal["queued"] = "queued"
+
+
+class BatchAccepted(BaseModel):
+    batch_id: str
+    count: int
+    status: Literal["queued"] = "queued"
+
+
+class RecipientStatusOut(BaseModel):
+    recipient: str
+    state: str
+    attempts: int
+    last_code: int | None
+    last_reply: str
+    updated_at: str
+    next_attempt_at: str | None = None
+
+
+class MessageStatusOut(BaseModel):
+    id: str
+    message_id: str
+    batch_id: str | None
+    state: str
+    created_at: str
+    recipients: list[RecipientStatusOut]
+
+
+class BatchStatusOut(BaseModel):
+    batch_id: str
+    total: int
+    counts: dict[str, int]
+
+
+def split_addresses(value: str) -> list[str]:
+    """Split the form's comma-separated field, keeping commas inside quotes or <...> intact."""
+    out: list[str] = []
+    buf: list[str] = []
+    quoted = angle = False
+    for ch in value:
+        if ch == '"' and not angle:
+            quoted = not quoted
+        elif ch == "<" and not quoted:
+            angle = True
+        elif ch == ">" and not quoted:
+            angle = False
+        if ch in ",;" and not quoted and not angle:
+            out.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    out.append("".join(buf))
+    return [a.strip() for a in out if a.strip()]
