@@ -8,10 +8,14 @@ subprocess given the URL, lands in the same schema.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -93,27 +97,45 @@ async def fresh_database(prefix: str = "t") -> AsyncIterator[str]:
             await admin.close()
 
 
-async def postgres_outbox(tmp_path: object, **options: object) -> Outbox:
-    """Contract-suite factory: an opened PostgresOutbox in a new schema, dropped again on close."""
+_contract_schemas: set[str] = set()
+
+
+def _drop_contract_schemas() -> None:
+    """At exit: drop the schemas the contract suite made (a test may reopen its outbox, so not on close)."""
+    if not _contract_schemas:
+        return
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL, timeout=10)
+        try:
+            for name in sorted(_contract_schemas):
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+async def postgres_outbox(tmp_path: object, **options: Any) -> Outbox:
+    """Contract-suite factory: an opened PostgresOutbox in the schema of this test.
+
+    Every call with the same ``tmp_path`` (one test) shares one schema, as two
+    nodes share one database; the schemas are dropped when the test run ends.
+    """
     from mailsvc.outbox.postgres import PostgresOutbox
 
     await require_postgres()
-    name = f"mailsvc_c_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_URL, timeout=10)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{name}"')
-    finally:
-        await admin.close()
-
-    class ThrowawayPostgresOutbox(PostgresOutbox):
-        async def close(self) -> None:
-            await super().close()
-            conn = await asyncpg.connect(PG_URL, timeout=10)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-            finally:
-                await conn.close()
-
-    outbox = ThrowawayPostgresOutbox(_with_path(PG_URL, query=f"search_path={name}"), pool_size=4, **options)  # type: ignore[arg-type]
+    name = "mailsvc_c_" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    if name not in _contract_schemas:
+        if not _contract_schemas:
+            atexit.register(_drop_contract_schemas)
+        _contract_schemas.add(name)
+        admin = await asyncpg.connect(PG_URL, timeout=10)
+        try:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            await admin.execute(f'CREATE SCHEMA "{name}"')
+        finally:
+            await admin.close()
+    outbox = PostgresOutbox(_with_path(PG_URL, query=f"search_path={name}"), pool_size=4, **options)
     await outbox.open()
     return outbox

@@ -200,7 +200,7 @@ class PostgresOutbox(Outbox):
                 SELECT m.id, m.message_id, m.attempts, m.created_at
                 FROM mailsvc_message m
                 WHERE m.due_at <= now()
-                ORDER BY m.due_at
+                ORDER BY m.due_at, m.seq
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED
                 """,
@@ -449,7 +449,8 @@ async def _insert(conn: asyncpg.Connection, ids: list[str], batch_id: str | None
     await conn.execute(
         """
         INSERT INTO mailsvc_message (id, message_id, batch_id, due_at)
-        SELECT id, mid, $3, now() FROM unnest($1::text[], $2::text[]) AS t(id, mid)
+        SELECT id, mid, $3, now() FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(id, mid, n)
+        ORDER BY n
         """,
         ids, [e.message_id for e in envelopes], batch_id,
     )

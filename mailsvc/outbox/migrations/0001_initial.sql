@@ -5,6 +5,7 @@
 
 CREATE TABLE mailsvc_message (
     id               text PRIMARY KEY,
+    seq              bigint GENERATED ALWAYS AS IDENTITY,  -- enqueue order: FIFO among equally due
     message_id       text        NOT NULL,
     batch_id         text,
     state            text        NOT NULL DEFAULT 'queued',
@@ -15,7 +16,7 @@ CREATE TABLE mailsvc_message (
     lease_owner      text,
     lease_expires_at timestamptz
 );
-CREATE INDEX mailsvc_message_due ON mailsvc_message (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX mailsvc_message_due ON mailsvc_message (due_at, seq) WHERE due_at IS NOT NULL;
 CREATE INDEX mailsvc_message_batch ON mailsvc_message (batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX mailsvc_message_final ON mailsvc_message (updated_at) WHERE due_at IS NULL;
 
