@@ -1,0 +1,244 @@
+"""The outbox contract, run against every implementation in ``tests/outbox_impls.py``.
+
+One suite, many backends (Django's backend tests, httpx's transports): the web
+layer and the workers rely on exactly these behaviours, whatever stores the mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailsvc import Message
+from mailsvc.errors import IdempotencyConflictError, MessageError, NotFoundError, OutboxFullError
+from mailsvc.message import Envelope
+from mailsvc.outbox import Outbox, RecipientOutcome
+from tests.outbox_impls import IMPLEMENTATIONS
+
+MakeOutbox = Callable[..., Awaitable[Outbox]]
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+async def make_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeOutbox]:
+    """Build outboxes of one implementation with chosen options; all are closed afterwards."""
+    factory = IMPLEMENTATIONS[request.param]
+    opened: list[Outbox] = []
+
+    async def make(**options: Any) -> Outbox:
+        outbox = await factory(tmp_path, **options)
+        opened.append(outbox)
+        return outbox
+
+    yield make
+    for outbox in opened:
+        await outbox.close()
+
+
+@pytest.fixture
+async def outbox(make_outbox: MakeOutbox) -> Outbox:
+    return await make_outbox()
+
+
+def envelope(subject: str = "Hello", recipients: tuple[str, ...] = ("ann@example.com",), body: str = "hi",
+             attachment: bytes | None = None) -> Envelope:
+    msg = Message(subject, recipients=list(recipients), body=body, html=f"<p>{body}</p>", sender="shop@example.com")
+    if attachment is not None:
+        msg.attach("a.bin", "application/octet-stream", attachment)
+    return msg.build()
+
+
+def bulk(n: int) -> list[Envelope]:
+    """``n`` distinct messages, fast: one MIME build, then a Message-ID and recipient each."""
+    base = envelope("Bulk")
+    return [
+        dataclasses.replace(
+            base, recipients=(f"u{i}@example.com",), message_id=f"<bulk{i}@test>",
+            data=base.data.replace(base.message_id.encode(), f"<bulk{i}@test>".encode()),
+        )
+        for i in range(n)
+    ]
+
+
+def outcome(rcpt: str, state: str, code: int | None = None, at: float | None = None) -> RecipientOutcome:
+    when = datetime.now(UTC) + timedelta(seconds=at) if at is not None else None
+    return RecipientOutcome(rcpt, state, code, f"{code} reply" if code else "", when)  # type: ignore[arg-type]
+
+
+async def test_enqueue_stores_every_recipient_queued(outbox: Outbox) -> None:
+    env = envelope(recipients=("ann@example.com", "bob@example.com"))
+    result = await outbox.enqueue([env])
+    assert len(result.ids) == 1 and result.batch_id is None and not result.duplicate
+    status = await outbox.status(result.ids[0])
+    assert status.state == "queued"
+    assert status.message_id == env.message_id
+    assert [(r.recipient, r.state, r.attempts) for r in status.recipients] == [
+        ("ann@example.com", "queued", 0), ("bob@example.com", "queued", 0)]
+    assert await outbox.pending_count() == 1
+
+
+async def test_claim_returns_exactly_what_was_accepted(outbox: Outbox) -> None:
+    msg = Message("Hi", recipients=["ann@example.com"], body="x", sender="shop@example.com",
+                  mail_options=["BODY=8BITMIME"], rcpt_options=["NOTIFY=NEVER"])
+    msg.attach("data.bin", "application/octet-stream", bytes(range(256)) * 100)
+    env = msg.build()
+    await outbox.enqueue([env])
+    [claimed] = await outbox.claim("w1", 10, 60)
+    assert claimed.envelope == env
+    assert claimed.attempts == 0
+
+
+async def test_bulk_batch_is_one_unit_with_counts(outbox: Outbox) -> None:
+    envs = bulk(3000)
+    result = await outbox.enqueue(envs, batch=True)
+    assert len(set(result.ids)) == 3000 and result.batch_id is not None
+    assert await outbox.batch_status(result.batch_id) == {"queued": 3000}
+    assert await outbox.pending_count() == 3000
+
+
+async def test_empty_enqueue_is_refused(outbox: Outbox) -> None:
+    with pytest.raises(MessageError):
+        await outbox.enqueue([])
+
+
+async def test_unknown_ids_are_not_found(outbox: Outbox) -> None:
+    with pytest.raises(NotFoundError):
+        await outbox.status("nope")
+    with pytest.raises(NotFoundError):
+        await outbox.batch_status("nope")
+
+
+async def test_idempotency_key_replays_first_result(outbox: Outbox) -> None:
+    first = await outbox.enqueue([envelope()], idempotency_key="k1")
+    # A retry of the same request builds the message again: new Message-ID, Date and boundaries.
+    again = await outbox.enqueue([envelope()], idempotency_key="k1")
+    assert again.ids == first.ids and again.duplicate
+    assert await outbox.pending_count() == 1
+
+
+async def test_idempotency_key_with_other_content_is_an_error(outbox: Outbox) -> None:
+    await outbox.enqueue([envelope(body="one")], idempotency_key="k1")
+    with pytest.raises(IdempotencyConflictError, match="k1"):
+        await outbox.enqueue([envelope(body="two")], idempotency_key="k1")
+    assert await outbox.pending_count() == 1
+
+
+async def test_idempotency_key_concurrent_gives_one_message(make_outbox: MakeOutbox) -> None:
+    a = await make_outbox()
+    b = await make_outbox()  # a second connection, as a second node or process would have
+    results = await asyncio.gather(*(
+        (a if i % 2 else b).enqueue([envelope()], idempotency_key="same") for i in range(10)))
+    assert len({tuple(r.ids) for r in results}) == 1
+    assert sum(not r.duplicate for r in results) == 1
+    assert await a.pending_count() == 1
+
+
+async def test_idempotency_window_expires(make_outbox: MakeOutbox) -> None:
+    outbox = await make_outbox(idempotency_ttl=0.2)
+    first = await outbox.enqueue([envelope()], idempotency_key="k")
+    await asyncio.sleep(0.3)
+    later = await outbox.enqueue([envelope()], idempotency_key="k")
+    assert later.ids != first.ids and not later.duplicate
+
+
+async def test_backpressure_refuses_whole_request(make_outbox: MakeOutbox) -> None:
+    outbox = await make_outbox(max_pending=5)
+    with pytest.raises(OutboxFullError) as info:
+        await outbox.enqueue([envelope(f"n{i}") for i in range(6)], batch=True)
+    assert info.value.limit == 5
+    assert await outbox.pending_count() == 0
+    await outbox.enqueue([envelope(f"n{i}") for i in range(5)])
+    with pytest.raises(OutboxFullError):
+        await outbox.enqueue([envelope()])
+    assert await outbox.pending_count() == 5
+
+
+async def test_claim_leases_and_expired_lease_is_reclaimed(outbox: Outbox) -> None:
+    ids = (await outbox.enqueue([envelope(f"n{i}") for i in range(3)])).ids
+    first = await outbox.claim("w1", 2, 0.3)
+    assert len(first) == 2
+    rest = await outbox.claim("w2", 10, 60)
+    assert [m.id for m in rest] == [i for i in ids if i not in {m.id for m in first}]
+    assert await outbox.claim("w2", 10, 60) == []
+    assert (await outbox.status(first[0].id)).state == "sending"
+    await asyncio.sleep(0.4)  # w1 "died": its lease runs out
+    again = await outbox.claim("w3", 10, 60)
+    assert {m.id for m in again} == {m.id for m in first}
+
+
+async def test_reopening_does_not_reset_live_leases(make_outbox: MakeOutbox, tmp_path: Path) -> None:
+    outbox = await make_outbox()
+    await outbox.enqueue([envelope()])
+    assert len(await outbox.claim("w1", 10, 60)) == 1
+    await outbox.close()
+    reopened = await make_outbox()
+    assert await reopened.claim("w2", 10, 60) == []
+
+
+async def test_record_per_recipient_and_retry_only_the_deferred(outbox: Outbox) -> None:
+    rcpts = ("ok@example.com", "bad@example.com", "later@example.com")
+    [id_] = (await outbox.enqueue([envelope(recipients=rcpts)])).ids
+    [msg] = await outbox.claim("w1", 10, 60)
+    await outbox.record(id_, "w1", [
+        outcome("ok@example.com", "delivered", 250),
+        outcome("bad@example.com", "failed", 550),
+        outcome("later@example.com", "deferred", 451, at=0.2),
+    ])
+    status = await outbox.status(id_)
+    assert status.state == "deferred"
+    by = {r.recipient: r for r in status.recipients}
+    assert (by["ok@example.com"].state, by["ok@example.com"].last_code) == ("delivered", 250)
+    assert (by["bad@example.com"].state, by["bad@example.com"].last_reply) == ("failed", "550 reply")
+    assert by["later@example.com"].state == "deferred" and by["later@example.com"].next_attempt_at is not None
+    assert all(r.attempts == 1 for r in status.recipients)
+    assert await outbox.claim("w1", 10, 60) == []  # not due yet
+    await asyncio.sleep(0.3)
+    [retry] = await outbox.claim("w2", 10, 60)
+    assert retry.envelope.recipients == ("later@example.com",) and retry.attempts == 1
+    await outbox.record(id_, "w2", [outcome("later@example.com", "delivered", 250)])
+    status = await outbox.status(id_)
+    assert status.state == "partial"
+    assert [r.attempts for r in status.recipients] == [1, 1, 2]
+    assert await outbox.pending_count() == 0
+
+
+async def test_final_states_are_never_overwritten(outbox: Outbox) -> None:
+    [id_] = (await outbox.enqueue([envelope()])).ids
+    await outbox.claim("w1", 10, 0.1)
+    await asyncio.sleep(0.2)
+    await outbox.claim("w2", 10, 60)  # w1's lease expired and w2 took over
+    await outbox.record(id_, "w2", [outcome("ann@example.com", "delivered", 250)])
+    await outbox.record(id_, "w1", [outcome("ann@example.com", "deferred", 451, at=0)])  # late, stale
+    status = await outbox.status(id_)
+    assert status.state == "delivered" and status.recipients[0].last_code == 250
+    assert await outbox.claim("w3", 10, 60) == []
+
+
+async def test_all_recipients_final_without_delivery_is_failed(outbox: Outbox) -> None:
+    result = await outbox.enqueue([envelope(recipients=("a@example.com", "b@example.com"))], batch=True)
+    await outbox.claim("w1", 10, 60)
+    await outbox.record(result.ids[0], "w1", [outcome("a@example.com", "failed", 550),
+                                              outcome("b@example.com", "expired", 451)])
+    assert (await outbox.status(result.ids[0])).state == "failed"
+    assert result.batch_id is not None
+    assert await outbox.batch_status(result.batch_id) == {"failed": 1}
+
+
+async def test_release_gives_messages_back_untouched(outbox: Outbox) -> None:
+    [id_] = (await outbox.enqueue([envelope()])).ids
+    await outbox.claim("w1", 10, 60)
+    await outbox.release([id_], "w2")  # not the owner: no effect
+    assert await outbox.claim("w2", 10, 60) == []
+    await outbox.release([id_], "w1")
+    status = await outbox.status(id_)
+    assert status.state == "queued" and status.recipients[0].attempts == 0
+    assert [m.id for m in await outbox.claim("w2", 10, 60)] == [id_]
+
+
+async def test_ping_succeeds_on_a_writable_store(outbox: Outbox) -> None:
+    await outbox.ping()
