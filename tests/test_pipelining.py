@@ -1,0 +1,197 @@
+"""SMTP PIPELINING fast path: the same outcome as aiosmtplib's plain ``sendmail``, in fewer round trips.
+
+Every scenario runs twice against real aiosmtpd servers, once through the plain
+path and once through the pipelined one, and compares what the client got back
+(return value or exception, code, message, recipients) and what the server
+received. The server reports whether RCPT TO was already waiting in its input
+when it read MAIL FROM, which is how we know the commands really went together.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosmtplib
+import pytest
+import trustme
+from aiosmtpd.smtp import Envelope as ServerEnvelope
+from aiosmtpd.smtp import Session
+
+from mailsvc.transports import pipelining
+from tests.servers import Authenticator, RecordingHandler, smtp_server
+
+
+@dataclass
+class PipeliningHandler(RecordingHandler):
+    """RecordingHandler that can advertise PIPELINING and notes how MAIL arrived."""
+
+    advertise: bool = True
+    refuse_sender: str | None = None
+    pipelined_mails: int = 0
+    lockstep_mails: int = 0
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: ServerEnvelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.advertise:
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server: Any, session: Session, envelope: ServerEnvelope, address: str, mail_options: list[str]) -> str:
+        if b"RCPT TO" in bytes(server._reader._buffer):
+            self.pipelined_mails += 1
+        else:
+            self.lockstep_mails += 1
+        if self.refuse_sender:
+            return self.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+
+MESSAGE = (
+    b"From: a@example.com\r\nTo: b@example.com\r\nSubject: pipelined\r\n\r\n"
+    b"first line\r\n.leading dot\r\n..two dots\r\nbare LF\nend"
+)
+
+
+def _outcome(result: Any) -> Any:
+    """A comparable form of a return value or an aiosmtplib exception."""
+    if isinstance(result, aiosmtplib.SMTPRecipientsRefused):
+        return ("RecipientsRefused", [(e.code, e.message, e.recipient) for e in result.recipients])
+    if isinstance(result, aiosmtplib.SMTPResponseException):
+        return (type(result).__name__, result.code, result.message)
+    if isinstance(result, BaseException):
+        return (type(result).__name__,)
+    refused, reply = result
+    return ({k: tuple(v) for k, v in refused.items()}, reply)
+
+
+async def _send(
+    handler: PipeliningHandler,
+    recipients: Sequence[str],
+    *,
+    enabled: bool,
+    message: bytes = MESSAGE,
+    sender: str = "a@example.com",
+    mail_options: Sequence[str] = (),
+    then_send_another: bool = True,
+    **server: Any,
+) -> tuple[Any, Any]:
+    """Send once (and then once more on the same connection, to prove it stayed in step)."""
+    pipelining.PIPELINING_ENABLED = enabled
+    try:
+        async with smtp_server(handler, **{k: v for k, v in server.items() if k not in ("client", "login")}) as port:
+            client_kw = {"start_tls": False, "timeout": 10, **server.get("client", {})}
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, **client_kw)
+            await smtp.connect()
+            if "login" in server:
+                await smtp.login(*server["login"])
+            try:
+                first: Any = await pipelining.sendmail(smtp, sender, recipients, message, mail_options=mail_options)
+            except (aiosmtplib.SMTPException, ValueError) as exc:
+                first = exc
+            second: Any = None
+            if then_send_another and smtp.is_connected:
+                handler.refuse, handler.data_reply, handler.refuse_sender = {}, None, None
+                second = await pipelining.sendmail(smtp, "a@example.com", ["z@example.com"], b"Subject: 2\r\n\r\nagain\r\n")
+            smtp.close()
+            return _outcome(first), second and _outcome(second)
+    finally:
+        pipelining.PIPELINING_ENABLED = True
+
+
+SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "all accepted": ({}, ["b@example.com", "c@example.com"]),
+    "one refused": ({"refuse": {"c@example.com": "550 5.1.1 no such user"}}, ["b@example.com", "c@example.com", "d@example.com"]),
+    "all refused": ({"refuse": {"b@example.com": "550 no", "c@example.com": "451 try later"}}, ["b@example.com", "c@example.com"]),
+    "data rejected": ({"data_reply": "554 5.7.1 spam"}, ["b@example.com"]),
+    "sender refused": ({"refuse_sender": "553 5.7.1 not yours"}, ["b@example.com"]),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+async def test_pipelined_outcome_equals_plain(name: str) -> None:
+    handler_kw, recipients = SCENARIOS[name]
+    plain_h, piped_h = PipeliningHandler(**handler_kw), PipeliningHandler(**handler_kw)
+    plain = await _send(plain_h, recipients, enabled=False)
+    piped = await _send(piped_h, recipients, enabled=True)
+    assert piped == plain
+    assert [(r.mail_from, r.rcpt_tos, r.data) for r in piped_h.received] == [
+        (r.mail_from, r.rcpt_tos, r.data) for r in plain_h.received
+    ]
+    assert plain_h.pipelined_mails == 0 and plain_h.lockstep_mails == 2
+    assert piped_h.pipelined_mails == 2 and piped_h.lockstep_mails == 0
+
+
+async def test_dot_stuffing_and_line_endings_arrive_intact() -> None:
+    handler = PipeliningHandler()
+    await _send(handler, ["b@example.com"], enabled=True, then_send_another=False)
+    (got,) = handler.received
+    assert got.data == MESSAGE.replace(b"bare LF\n", b"bare LF\r\n") + b"\r\n"
+    assert handler.pipelined_mails == 1
+
+
+async def test_server_without_pipelining_gets_plain_sendmail() -> None:
+    handler = PipeliningHandler(advertise=False, refuse={"c@example.com": "550 no"})
+    without = await _send(handler, ["b@example.com", "c@example.com"], enabled=True)
+    reference = await _send(PipeliningHandler(refuse={"c@example.com": "550 no"}), ["b@example.com", "c@example.com"], enabled=False)
+    assert without == reference
+    assert handler.pipelined_mails == 0 and handler.lockstep_mails == 2
+    assert [r.rcpt_tos for r in handler.received] == [["b@example.com"], ["z@example.com"]]
+
+
+async def test_smtputf8_envelope_is_pipelined() -> None:
+    handler = PipeliningHandler()
+    result = await _send(handler, ["zoë@example.com"], enabled=True, mail_options=["SMTPUTF8"], then_send_another=False)
+    assert result[0] == ({}, "Message accepted")
+    assert handler.received[0].rcpt_tos == ["zoë@example.com"]
+    assert handler.pipelined_mails == 1
+
+
+async def test_injected_option_is_refused_before_anything_is_written() -> None:
+    plain_h, piped_h = PipeliningHandler(), PipeliningHandler()
+    plain = await _send(plain_h, ["b@example.com"], enabled=False, mail_options=["BODY=7BIT\r\nRSET"])
+    piped = await _send(piped_h, ["b@example.com"], enabled=True, mail_options=["BODY=7BIT\r\nRSET"])
+    assert piped == plain
+    assert piped[0] == ("ValueError",)
+    # Only the follow-up message reached the server, and the connection stayed in step for it.
+    assert [r.rcpt_tos for r in piped_h.received] == [["z@example.com"]]
+    assert piped_h.pipelined_mails == 1 and piped_h.lockstep_mails == 0
+
+
+async def test_address_rewriting_is_aiosmtplibs() -> None:
+    """aiosmtplib reduces an address to what parseaddr finds; we quote it with its own function."""
+    plain_h, piped_h = PipeliningHandler(), PipeliningHandler()
+    plain = await _send(plain_h, ["Bee <b@example.com>"], enabled=False)
+    piped = await _send(piped_h, ["Bee <b@example.com>"], enabled=True)
+    assert piped == plain
+    assert piped_h.received[0].rcpt_tos == plain_h.received[0].rcpt_tos == ["b@example.com"]
+
+
+async def test_connection_dropped_after_data_is_the_same_error() -> None:
+    plain = await _send(PipeliningHandler(drop_after_data=True), ["b@example.com"], enabled=False)
+    piped = await _send(PipeliningHandler(drop_after_data=True), ["b@example.com"], enabled=True)
+    assert piped == plain == (("SMTPServerDisconnected",), None)
+
+
+async def test_pipelining_after_starttls_and_auth(server_ssl_context: ssl.SSLContext, ca: trustme.CA) -> None:
+    """aiosmtplib's STARTTLS and AUTH stay in place: we pipeline on the upgraded connection."""
+    handler = PipeliningHandler()
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    result = await _send(
+        handler,
+        ["b@example.com", "c@example.com"],
+        enabled=True,
+        tls_context=server_ssl_context,
+        require_starttls=True,
+        authenticator=Authenticator("user", "pass"),
+        client={"start_tls": True, "tls_context": client_ctx},
+        login=("user", "pass"),
+    )
+    assert result == (({}, "Message accepted"), ({}, "Message accepted"))
+    assert handler.pipelined_mails == 2
+    assert handler.received[0].rcpt_tos == ["b@example.com", "c@example.com"]
