@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mailsvc.outbox import Outbox, open_outbox
+from tests.pgtools import postgres_outbox
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]
 
@@ -25,4 +26,5 @@ async def sqlite_outbox(tmp_path: Path, **options: Any) -> Outbox:
 
 IMPLEMENTATIONS: dict[str, OutboxFactory] = {
     "sqlite": sqlite_outbox,
+    "postgres": postgres_outbox,  # a schema per test on MAILSVC_TEST_POSTGRES_URL; skips if unreachable
 }
