@@ -13,7 +13,7 @@ import mimetypes
 import re
 import socket
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy as _policy
@@ -187,11 +187,33 @@ class Message:
         self.attachments.append(Attachment(filename, content_type, data if data is not None else b"", disposition, headers))
 
     def has_bad_headers(self) -> bool:
-        try:
-            self.check()
-        except BadHeaderError:
-            return True
+        """Flask-Mail's check: does any header-bound value hold CR, LF or NUL? (No sender needed.)"""
+        for value in self._header_values():
+            try:
+                check_header("header", value)
+            except BadHeaderError:
+                return True
         return False
+
+    def _header_values(self) -> Iterator[str]:
+        def addresses(v: object) -> Iterator[str]:
+            if isinstance(v, str):
+                yield v
+            elif isinstance(v, (list, tuple)):
+                for item in v:
+                    yield from addresses(item)
+
+        yield self.subject
+        for v in (self.sender, self.recipients, self.cc, self.bcc, self.reply_to):
+            yield from addresses(v)
+        for name, value in self.extra_headers.items():
+            yield from (str(name), str(value))
+        for att in self.attachments:
+            yield from (att.filename or "", att.content_type or "", att.disposition or "")
+            for k, v in (att.headers or {}).items():
+                yield from (k, v)
+        yield from self.mail_options
+        yield from self.rcpt_options
 
     def as_bytes(self, default_sender: AddressLike | None = None) -> bytes:
         return self.build(default_sender=default_sender).data
