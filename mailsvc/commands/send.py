@@ -1,0 +1,179 @@
+"""``mailsvc send``: queue one message from the shell and print its id.
+
+Why through the outbox and not straight to SMTP: a message sent from a script
+gets the same durability, retries and status (``mailsvc status ID``) as one
+sent through the API; the service's workers (or ``mailsvc worker``) deliver it.
+
+    mailsvc send ann@example.com --subject Hi --body "Hello Ann" --attach report.pdf
+    mailsvc send ann@example.com --template welcome --context '{"name": "Ann", "url": "https://x"}'
+    echo "Hello" | mailsvc send ann@example.com --subject Hi --body -
+
+Exit codes: 0 queued (the id is printed), 1 the outbox refused or failed,
+2 bad usage or input (nothing queued).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import mimetypes
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import MailError, MessageError, OutboxError, TemplateError
+
+__all__ = ["InputError", "build_envelopes", "enqueue", "load_context", "register", "run"]
+
+
+class InputError(Exception):
+    """Bad command-line input; ``str()`` names the option and why (exit code 2)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "send",
+        help="queue one message and print its id",
+        description="Queue one message in the outbox and print its id. Body text, HTML, or a template "
+        "from templates/email/ with a JSON context; attachments by path.",
+        epilog="Exit codes: 0 queued, 1 outbox refused or failed, 2 bad usage or input (nothing queued).",
+    )
+    p.add_argument("to", nargs="+", metavar="ADDRESS", help="recipient address(es), e.g. 'Ann <ann@example.com>'")
+    p.add_argument("-s", "--subject", help="subject (overrides the template's subject)")
+    p.add_argument("-b", "--body", help="plain-text body; '-' reads it from standard input")
+    p.add_argument("--html", help="HTML body; '-' reads it from standard input")
+    p.add_argument("-t", "--template", help="template name under templates/email/ (instead of --body/--html)")
+    p.add_argument("-c", "--context", help="template context: a JSON object, or @file.json")
+    p.add_argument("--cc", action="append", default=[], metavar="ADDRESS", help="Cc recipient (repeatable)")
+    p.add_argument("--bcc", action="append", default=[], metavar="ADDRESS", help="Bcc recipient (repeatable)")
+    p.add_argument("--from", dest="sender", metavar="ADDRESS", help="sender (default MAIL_DEFAULT_SENDER)")
+    p.add_argument("--reply-to", metavar="ADDRESS", help="Reply-To address")
+    p.add_argument("-a", "--attach", action="append", default=[], metavar="PATH", help="attach a file (repeatable)")
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)")
+    p.add_argument("--idempotency-key", metavar="KEY", help="re-running with the same key queues nothing new")
+    p.set_defaults(handler=run)
+
+
+def load_context(raw: str | None, option: str = "--context") -> dict[str, Any]:
+    """A JSON object given inline or as ``@path``."""
+    if raw is None:
+        return {}
+    text = raw
+    if raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"{option}: cannot read {raw[1:]!r}: {exc.strerror}") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{option}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"{option}: must be a JSON object like '{{\"name\": \"Ann\"}}'")
+    return value
+
+
+def _stdin_or(value: str | None) -> str | None:
+    return sys.stdin.read() if value == "-" else value
+
+
+def _attachments(paths: Sequence[str]) -> list[Any]:
+    from ..message import Attachment
+
+    out = []
+    for raw in paths:
+        path = Path(raw)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"--attach: cannot read {raw!r}: {exc.strerror}") from exc
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        out.append(Attachment(path.name, ctype, data, "attachment"))
+    return out
+
+
+def _headers(items: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise InputError(f"--header: {item!r} must look like 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Any]:
+    """Validate everything and build the wire form; raises InputError/MailError before any queueing."""
+    from ..message import Message
+    from ..rendering import TemplateRenderer
+
+    body, html = _stdin_or(args.body), _stdin_or(args.html)
+    if args.template and (body is not None or html is not None):
+        raise InputError("--template: give either a template or --body/--html, not both")
+    if args.context and not args.template:
+        raise InputError("--context: only used with --template")
+    subject = args.subject
+    if args.template:
+        renderer = TemplateRenderer(Path(settings.MAILSVC_TEMPLATES) / "email")
+        tpl_subject, body, html = renderer.render_parts(args.template, load_context(args.context))
+        subject = subject if subject is not None else tpl_subject
+    if body is None and html is None:
+        raise InputError("--body: give a body (--body, --html or --template)")
+    if not subject:
+        raise InputError("--subject: a subject is required (or a template with a subject file)")
+    config = settings.mail_config()
+    msg = Message(
+        subject,
+        recipients=list(args.to),
+        body=body,
+        html=html,
+        sender=args.sender,
+        cc=args.cc,
+        bcc=args.bcc,
+        reply_to=args.reply_to,
+        attachments=_attachments(args.attach),
+        extra_headers=_headers(args.header),
+    )
+    envelope = msg.build(
+        default_sender=config.default_sender,
+        msgid_domain=config.message_id_domain,
+        ascii_attachments=config.ascii_attachments,
+    )
+    return [envelope]
+
+
+async def enqueue(url: str, envelopes: Sequence[Any], *, batch: bool = False, idempotency_key: str | None = None) -> Any:
+    """Open the outbox, enqueue in one transaction, close; returns the EnqueueResult."""
+    from ..outbox import open_outbox
+
+    async with open_outbox(url) as outbox:
+        return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key)
+
+
+def fail(code: int, message: str) -> int:
+    print(f"mailsvc: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_project_settings
+
+    settings = load_project_settings()
+    try:
+        envelopes = build_envelopes(args, settings)
+    except InputError as exc:
+        return fail(EXIT_USAGE, str(exc))
+    except TemplateError as exc:
+        return fail(EXIT_USAGE, f"--template: {exc}")
+    except MessageError as exc:
+        return fail(EXIT_USAGE, f"{exc.field}: {exc.reason}")
+    try:
+        result = asyncio.run(enqueue(settings.MAILSVC_DATABASE_URL, envelopes, idempotency_key=args.idempotency_key))
+    except OutboxError as exc:
+        return fail(EXIT_FAILED, f"not queued: {exc}")
+    except MailError as exc:  # ConfigError for a bad MAILSVC_DATABASE_URL, MessageError from the outbox
+        return fail(EXIT_USAGE, str(exc))
+    print(result.ids[0])
+    return EXIT_OK
