@@ -13,6 +13,7 @@ import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from email import policy
 from email.message import EmailMessage
 from typing import Any
@@ -27,8 +28,9 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
 
-    @property
+    @cached_property
     def message(self) -> EmailMessage:
+        """Parsed once with the stdlib parser (policy.default), so assertions see real structure."""
         return email.message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
 
 
