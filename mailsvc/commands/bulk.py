@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import MailError, MessageError, NotFoundError, OutboxError, TemplateError
-from .send import InputError, fail
+from .send import InputError, fail, outbox_from
 
 __all__ = ["Row", "read_rows", "register", "run"]
 
@@ -213,12 +213,10 @@ def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[li
     return envelopes, errors
 
 
-async def _wait(url: str, batch_id: str, total: int, poll: float, timeout: float | None) -> dict[str, int]:
-    from ..outbox import open_outbox
-
+async def _wait(settings: Any, batch_id: str, total: int, poll: float, timeout: float | None) -> dict[str, int]:
     progress = Progress("Delivering", total)
     deadline = None if timeout is None else time.monotonic() + timeout
-    async with open_outbox(url) as outbox:
+    async with outbox_from(settings) as outbox:
         while True:
             counts = await outbox.batch_status(batch_id)
             done = sum(n for state, n in counts.items() if state in _FINAL)
@@ -257,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Enqueuing {len(envelopes)} messages as one batch...", file=sys.stderr)
     try:
         result = asyncio.run(
-            enqueue(settings.MAILSVC_DATABASE_URL, envelopes, batch=True, idempotency_key=args.idempotency_key)
+            enqueue(settings, envelopes, batch=True, idempotency_key=args.idempotency_key)
         )
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"nothing queued: {exc}")
@@ -269,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.wait:
         return EXIT_OK
     try:
-        counts = asyncio.run(_wait(settings.MAILSVC_DATABASE_URL, result.batch_id, len(result.ids), args.poll, args.timeout))
+        counts = asyncio.run(_wait(settings, result.batch_id, len(result.ids), args.poll, args.timeout))
     except NotFoundError as exc:
         return fail(EXIT_NOT_FOUND, str(exc))
     except OutboxError as exc:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import MailError, MessageError, OutboxError, TemplateError
 
-__all__ = ["InputError", "build_envelopes", "enqueue", "load_context", "register", "run"]
+__all__ = ["InputError", "build_envelopes", "enqueue", "load_context", "outbox_from", "register", "run"]
 
 
 class InputError(Exception):
@@ -144,11 +144,18 @@ def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Any]:
     return [envelope]
 
 
-async def enqueue(url: str, envelopes: Sequence[Any], *, batch: bool = False, idempotency_key: str | None = None) -> Any:
-    """Open the outbox, enqueue in one transaction, close; returns the EnqueueResult."""
+def outbox_from(settings: Any) -> Any:
+    """The project's outbox, unopened, with the same limits (MAILSVC_MAX_PENDING, ...) as the service."""
     from ..outbox import open_outbox
+    from ..runtime import outbox_options
 
-    async with open_outbox(url) as outbox:
+    service = settings.service_config()
+    return open_outbox(service.database_url, **outbox_options(service))
+
+
+async def enqueue(settings: Any, envelopes: Sequence[Any], *, batch: bool = False, idempotency_key: str | None = None) -> Any:
+    """Open the outbox, enqueue in one transaction, close; returns the EnqueueResult."""
+    async with outbox_from(settings) as outbox:
         return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key)
 
 
@@ -170,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     except MessageError as exc:
         return fail(EXIT_USAGE, f"{exc.field}: {exc.reason}")
     try:
-        result = asyncio.run(enqueue(settings.MAILSVC_DATABASE_URL, envelopes, idempotency_key=args.idempotency_key))
+        result = asyncio.run(enqueue(settings, envelopes, idempotency_key=args.idempotency_key))
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"not queued: {exc}")
     except MailError as exc:  # ConfigError for a bad MAILSVC_DATABASE_URL, MessageError from the outbox

@@ -1,0 +1,218 @@
+"""``mailsvc send`` and ``mailsvc bulk`` against a real SQLite outbox (and, end to end, real delivery)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import os
+import sys
+from collections.abc import Iterator
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailsvc.app import create_app
+from mailsvc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from mailsvc.config import MailConfig, ServiceConfig
+from mailsvc.outbox import open_outbox
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh outbox URL; the CLI reads the project's settings.py from the repo root."""
+    url = f"sqlite:///{tmp_path}/o.sqlite3"
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("MAILSVC_DATABASE_URL", url)
+    monkeypatch.delenv("MAIL_SERVER", raising=False)
+    yield url
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def outbox_call(url: str, method: str, *args: Any) -> Any:
+    async def go() -> Any:
+        async with open_outbox(url) as outbox:
+            return await getattr(outbox, method)(*args)
+
+    return asyncio.run(go())
+
+
+def claimed(url: str) -> list[Any]:
+    """Everything queued, read back through the outbox contract (claim leases it to this test)."""
+    return outbox_call(url, "claim", "test", 10_000, 60.0)  # type: ignore[no-any-return]
+
+
+def test_send_queues_one_message_with_attachment(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"%PDF-1.4 fake")
+    code, out, err = run_cli(
+        capsys, "send", "Ann <ann@example.com>", "bob@example.com", "--subject", "Quarterly",
+        "--body", "See attached.", "--cc", "cc@example.com", "--bcc", "hidden@example.com",
+        "--attach", str(report), "--header", "X-Campaign: q3",
+    )
+    assert code == EXIT_OK, err
+    message_id = out.strip()
+    status = outbox_call(db, "status", message_id)
+    assert sorted(r.recipient for r in status.recipients) == [
+        "ann@example.com", "bob@example.com", "cc@example.com", "hidden@example.com"]
+    assert {r.state for r in status.recipients} == {"queued"}
+
+    [item] = claimed(db)
+    msg = email.message_from_bytes(item.envelope.data, policy=policy.default)
+    assert msg["Subject"] == "Quarterly" and msg["X-Campaign"] == "q3" and msg["Bcc"] is None
+    [attachment] = list(msg.iter_attachments())
+    assert attachment.get_filename() == "report.pdf" and attachment.get_content() == b"%PDF-1.4 fake"
+
+
+def test_send_renders_a_template_with_context(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    context = tmp_path / "ctx.json"
+    context.write_text(json.dumps({"name": "Zoë", "url": "https://example.com/in"}))
+    code, out, err = run_cli(capsys, "send", "zoe@example.com", "--template", "welcome", "--context", f"@{context}")
+    assert code == EXIT_OK, err
+    [item] = claimed(db)
+    msg = email.message_from_bytes(item.envelope.data, policy=policy.default)
+    assert msg["Subject"] == "Welcome aboard, Zoë!"
+    assert "Sign in at https://example.com/in." in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert item.id == out.strip()
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["send", "not-an-address", "-s", "Hi", "-b", "x"], "recipients[0]"),
+        (["send", "a@example.com", "-b", "x"], "--subject"),
+        (["send", "a@example.com", "-s", "Hi"], "--body"),
+        (["send", "a@example.com", "-s", "Hi", "-b", "x", "--attach", "/nonexistent/file.pdf"], "--attach"),
+        (["send", "a@example.com", "-t", "welcome", "-c", '{"name": "Ann"}'], "'url' is undefined"),
+        (["send", "a@example.com", "-t", "welcome", "-c", "[1, 2]"], "--context: must be a JSON object"),
+        (["send", "a@example.com", "-t", "welcome", "-c", "{oops"], "--context: not valid JSON"),
+        (["send", "a@example.com", "-t", "nope"], "unknown template"),
+        (["send", "a@example.com", "-t", "welcome", "-b", "x"], "not both"),
+        (["send", "a@example.com", "-s", "Hi\r\nBcc: victim@example.com", "-b", "x"], "subject"),
+        (["send", "a@example.com", "-s", "Hi", "-b", "x", "--header", "no colon"], "--header"),
+    ],
+)
+def test_send_bad_input_exits_2_and_queues_nothing(
+    db: str, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == EXIT_USAGE and out == ""
+    assert says in err and err.startswith("mailsvc: ")
+    assert outbox_call(db, "pending_count") == 0
+
+
+def test_send_exits_1_when_the_outbox_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("MAILSVC_DATABASE_URL", f"sqlite:///{blocker}/o.sqlite3")
+    code, out, err = run_cli(capsys, "send", "a@example.com", "-s", "Hi", "-b", "x")
+    assert code == EXIT_FAILED and out == "" and "not queued" in err
+
+
+def test_send_exits_1_under_backpressure(db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MAILSVC_MAX_PENDING", "1")
+    assert run_cli(capsys, "send", "a@example.com", "-s", "Hi", "-b", "x")[0] == EXIT_OK
+    code, out, err = run_cli(capsys, "send", "a@example.com", "-s", "Hi", "-b", "x")
+    assert code == EXIT_FAILED and "MAILSVC_MAX_PENDING" in err
+    assert outbox_call(db, "pending_count") == 1
+
+
+def test_send_idempotency_key_queues_once(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["send", "a@example.com", "-s", "Hi", "-b", "x", "--idempotency-key", "k-1"]
+    first, second = run_cli(capsys, *argv), run_cli(capsys, *argv)
+    assert first[0] == second[0] == EXIT_OK and first[1] == second[1]
+    assert outbox_call(db, "pending_count") == 1
+
+
+def test_bulk_csv_is_one_batch(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "people.csv"
+    rows.write_text("email,name,url\n" + "".join(f"user{i}@example.com,User {i},https://x/{i}\n" for i in range(120)))
+    code, out, err = run_cli(capsys, "bulk", str(rows), "--template", "welcome")
+    assert code == EXIT_OK, err
+    batch_id = out.strip()
+    assert outbox_call(db, "batch_status", batch_id) == {"queued": 120}
+    assert "Preparing [" in err and "120/120" in err  # the progress bar
+    items = claimed(db)
+    subjects = {email.message_from_bytes(i.envelope.data, policy=policy.default)["Subject"] for i in items}
+    assert subjects == {f"Welcome aboard, User {i}!" for i in range(120)}
+    assert all(len(i.envelope.recipients) == 1 for i in items)  # no one sees another's address
+
+
+def test_bulk_jsonl_both_shapes(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = tmp_path / "people.jsonl"
+    rows.write_text(
+        json.dumps({"to": "Ann <ann@example.com>", "context": {"name": "Ann", "url": "u"}}) + "\n\n"
+        + json.dumps({"email": "bob@example.com", "name": "Bob", "url": "u"}) + "\n"
+    )
+    code, out, err = run_cli(capsys, "bulk", str(rows), "-t", "welcome", "--subject", "Hello!")
+    assert code == EXIT_OK, err
+    assert outbox_call(db, "batch_status", out.strip()) == {"queued": 2}
+    recipients = sorted(r for i in claimed(db) for r in i.envelope.recipients)
+    assert recipients == ["ann@example.com", "bob@example.com"]
+
+
+@pytest.mark.parametrize(
+    "name, content, says",
+    [
+        ("bad.csv", "email,name,url\nann@example.com,Ann,u\nnot-an-address,Bob,u\n", "line 3: recipients[0]"),
+        ("bad.csv", "email,name\nann@example.com,Ann\n", "line 2: variable missing from context: 'url'"),
+        ("bad.csv", "name,url\nAnn,u\n", "needs an 'email' (or 'to') column"),
+        ("bad.csv", "email,name,url\nann@example.com,Ann,u,extra\n", "line 2: more values"),
+        ("bad.jsonl", '{"to": "a@example.com", "context": {"name": "A", "url": "u"}}\n{"to": \n', "line 2: not valid JSON"),
+        ("bad.jsonl", '{"context": {"name": "A"}}\n', "line 1: to: needs an address"),
+        ("bad.txt", "email\na@example.com\n", "--format"),
+        ("empty.csv", "email,name,url\n", "no recipient rows"),
+    ],
+)
+def test_bulk_bad_rows_exit_2_and_queue_nothing(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: str, says: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    code, out, err = run_cli(capsys, "bulk", str(path), "-t", "welcome")
+    assert code == EXIT_USAGE and out == ""
+    assert says in err
+    assert outbox_call(db, "pending_count") == 0
+
+
+def test_every_subcommand_has_help() -> None:
+    for command in ("send", "bulk"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+
+
+async def test_bulk_wait_follows_real_delivery_to_the_dev_inbox(tmp_path: Path) -> None:
+    """A real ``mailsvc bulk --wait`` process while the service's worker delivers to its dev inbox."""
+    url = f"sqlite:///{tmp_path}/o.sqlite3"
+    rows = tmp_path / "people.csv"
+    rows.write_text("email,name,url\n" + "".join(f"user{i}@example.com,User {i},https://x/{i}\n" for i in range(25)))
+    app = create_app(
+        MailConfig(default_sender="app@example.com"),
+        ServiceConfig(database_url=url, dev_smtp_port=0, workers=1, poll_interval=0.05, templates=REPO / "templates"),
+    )
+    async with app.test_app() as served:
+        env = os.environ | {"MAILSVC_DATABASE_URL": url}
+        env.pop("MAIL_SERVER", None)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailsvc.cli", "bulk", str(rows), "-t", "welcome", "--wait", "--poll", "0.05",
+            "--timeout", "120", cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == EXIT_OK, err.decode()
+        assert "Delivering [" in err.decode() and "all 25 delivered" in err.decode()
+        listing = await (await served.test_client().get("/api/inbox?limit=100")).get_json()
+    assert listing["total"] == 25
+    assert {m["subject"] for m in listing["messages"]} == {f"Welcome aboard, User {i}!" for i in range(25)}
