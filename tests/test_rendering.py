@@ -1,0 +1,112 @@
+"""Templates: the shipped ones render, HTML is autoescaped, missing variables and names are our errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from quart import Quart
+
+from mailsvc import Mail, Message, TemplateError, TemplateRenderer
+from tests.helpers import config, standalone
+from tests.servers import RecordingHandler, smtp_server
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "email"
+
+
+@pytest.fixture(scope="module")
+def renderer() -> TemplateRenderer:
+    return TemplateRenderer(TEMPLATES)
+
+
+def test_shipped_templates_are_listed(renderer: TemplateRenderer) -> None:
+    assert {"thank_you", "welcome"} <= set(renderer.names())
+
+
+@pytest.mark.parametrize("name", ["thank_you", "welcome"])
+def test_shipped_templates_render_with_their_samples(renderer: TemplateRenderer, name: str) -> None:
+    context = json.loads((TEMPLATES / f"{name}.sample.json").read_text())
+    msg = renderer.render_message(name, context, recipients=["ann@example.com"])
+    assert isinstance(msg, Message)
+    assert msg.subject and "Ann" in msg.subject and "\n" not in msg.subject
+    assert msg.body and "Ann" in msg.body
+    assert msg.html and "Ann" in msg.html
+
+
+def test_welcome_has_its_own_text_part(renderer: TemplateRenderer) -> None:
+    msg = renderer.render_message("welcome", {"name": "Ann", "url": "https://example.com/login"}, recipients=["a@example.com"])
+    assert msg.subject == "Welcome aboard, Ann!"
+    assert msg.body == "Hi Ann,\n\nYour account is ready. Sign in at https://example.com/login."
+    assert '<a href="https://example.com/login">' in (msg.html or "")
+
+
+def test_html_only_template_gets_a_derived_text_part(renderer: TemplateRenderer) -> None:
+    assert not (TEMPLATES / "thank_you.txt").exists()
+    msg = renderer.render_message(
+        "thank_you", {"name": "Ann", "subject": "Opening hours", "message": "Open on Sundays?"}, recipients=["a@example.com"]
+    )
+    assert msg.body is not None
+    assert "<" not in msg.body and "Hello Ann," in msg.body
+    assert "about Opening hours" in msg.body and "Open on Sundays?" in msg.body
+    assert "font-family" not in msg.body
+
+
+def test_html_is_autoescaped_text_and_subject_are_not(renderer: TemplateRenderer) -> None:
+    evil = '<script>alert("x")</script> & Co'
+    msg = renderer.render_message("thank_you", {"name": evil, "subject": "", "message": ""}, recipients=["a@example.com"])
+    assert "<script>" not in (msg.html or "")
+    assert "&lt;script&gt;" in (msg.html or "") and "&amp; Co" in (msg.html or "")
+    assert evil in msg.subject  # plain-text subject: no HTML entities in it
+    welcome = renderer.render_message("welcome", {"name": evil, "url": "x"}, recipients=["a@example.com"])
+    assert evil in (welcome.body or "")
+
+
+def test_missing_variable_names_template_and_variable(renderer: TemplateRenderer) -> None:
+    with pytest.raises(TemplateError) as err:
+        renderer.render_message("welcome", {"name": "Ann"}, recipients=["a@example.com"])
+    assert err.value.template == "welcome"
+    assert "url" in str(err.value) and "welcome" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["no_such_template", "../settings", "welcome.html", "", "a//b"])
+def test_unknown_template_is_a_template_error(renderer: TemplateRenderer, name: str) -> None:
+    with pytest.raises(TemplateError) as err:
+        renderer.render_message(name, {}, recipients=["a@example.com"])
+    assert err.value.template == name
+
+
+def test_syntax_error_reports_line(tmp_path: Path) -> None:
+    (tmp_path / "broken.txt").write_text("line one\n{% if %}\n")
+    with pytest.raises(TemplateError) as err:
+        TemplateRenderer(tmp_path).render_message("broken", {}, recipients=["a@example.com"])
+    assert err.value.template == "broken" and err.value.line == 2
+
+
+def test_fields_override_subject_and_pass_through(renderer: TemplateRenderer) -> None:
+    msg = renderer.render_message("welcome", {"name": "Ann", "url": "u"}, subject="Custom", recipients=["a@example.com"],
+                                  cc=["b@example.com"])
+    assert msg.subject == "Custom" and msg.cc == ["b@example.com"]
+
+
+async def test_rendered_message_sent_through_mail_app() -> None:
+    handler = RecordingHandler()
+    async with smtp_server(handler) as port:
+        app = Quart(__name__)
+        app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_DEFAULT_SENDER="shop@example.com",
+                          MAIL_TEMPLATE_FOLDER=str(TEMPLATES))
+        mail = Mail(app)
+        async with app.test_app():
+            msg = mail.render_message("thank_you", {"name": "Zoë", "subject": "Hours", "message": "Hi"},
+                                      recipients=["zoe@example.com"])
+            assert (await mail.send(msg)).ok
+    m = handler.received[0].message
+    assert m["Subject"] == "Thank you for your message, Zoë"
+    assert [p.get_content_type() for p in m.iter_parts()] == ["text/plain", "text/html"]
+    assert "Hello Zoë," in m.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+async def test_mail_without_templates_is_a_clear_error() -> None:
+    async with standalone(config(1)) as mail:
+        with pytest.raises(RuntimeError, match="MAIL_TEMPLATE_FOLDER"):
+            mail.render_message("welcome", {})
