@@ -63,6 +63,7 @@ class Worker:
         policy: RetryPolicy | None = None,
         *,
         backoff: RelayBackoff | None = None,
+        gate: asyncio.Semaphore | None = None,
         owner: str | None = None,
         claim_batch: int = 100,
         concurrency: int = 100,
@@ -73,6 +74,9 @@ class Worker:
         self.mail = mail
         self.policy = policy or RetryPolicy()
         self.backoff = backoff or RelayBackoff(self.policy)
+        # Slots for sends, as many as the pool has connections: a message takes one, then checks the
+        # relay is not paused, and only then may open a connection (so a pause stops the queue behind).
+        self._gate = gate
         self.owner = owner or default_owner()
         self.claim_batch = claim_batch
         self.concurrency = concurrency
@@ -101,6 +105,8 @@ class Worker:
         if self._stopping is None:
             self._stopping = asyncio.Event()
         self._records_ready = asyncio.Event()
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.mail.config.pool_size)
         flusher = asyncio.create_task(self._flush_loop())
         try:
             while not self.stopping:
@@ -145,31 +151,29 @@ class Worker:
             await asyncio.gather(waiter, stopper, return_exceptions=True)
 
     async def _wind_down(self) -> None:
-        """Cancel what has not reached the wire, wait for what has, release the rest."""
+        """Cancel what has not reached the wire and wait for what has; the flusher releases the rest."""
         for task, id_ in list(self._inflight.items()):
             if id_ not in self._on_wire:
                 task.cancel()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        ids, self._to_release = self._to_release, []
-        recorded = {i for i, _ in self._records}
-        ids = [i for i in ids if i not in recorded]
-        if ids:
-            try:
-                await self.outbox.release(ids, self.owner)
-                self.stats.released += len(ids)
-            except OutboxError as exc:
-                log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
 
     # -- one message -------------------------------------------------------------
+    def _give_back(self, id_: str) -> None:
+        self._to_release.append(id_)
+        assert self._records_ready is not None
+        self._records_ready.set()
+
     async def _deliver(self, msg: ClaimedMessage) -> None:
+        assert self._gate is not None
         try:
-            if self.stopping or self.backoff.remaining() > 0:
-                self._to_release.append(msg.id)
-                return
-            result = await self._send(msg)
+            async with self._gate:
+                if self.stopping or self.backoff.remaining() > 0:
+                    self._give_back(msg.id)
+                    return
+                result = await self._send(msg)
         except asyncio.CancelledError:
-            self._to_release.append(msg.id)
+            self._give_back(msg.id)
             raise
         except Exception as exc:  # a bug, not a reply: defer rather than lose or spin
             log.exception("unexpected error delivering %s", msg.id)
@@ -236,13 +240,19 @@ class Worker:
 
     async def _flush(self) -> None:
         items, self._records = self._records, []
-        if not items:
-            return
-        try:
-            await self.outbox.record_many(self.owner, items)
-        except OutboxError as exc:
-            log.error("could not record %d outcomes, will retry: %s", len(items), exc)
-            self._records = items + self._records
+        if items:
+            try:
+                await self.outbox.record_many(self.owner, items)
+            except OutboxError as exc:
+                log.error("could not record %d outcomes, will retry: %s", len(items), exc)
+                self._records = items + self._records
+        ids, self._to_release = self._to_release, []
+        if ids:
+            try:
+                await self.outbox.release(ids, self.owner)
+                self.stats.released += len(ids)
+            except OutboxError as exc:
+                log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
 
 
 class WorkerGroup:
@@ -259,10 +269,11 @@ class WorkerGroup:
         mail = MailState(mail_config)
         policy = RetryPolicy.from_service(service)
         backoff = RelayBackoff(policy)
+        gate = asyncio.Semaphore(mail_config.pool_size)
         n = count if count is not None else max(service.workers, 1)
         workers = [
             Worker(
-                outbox, mail, policy, backoff=backoff,
+                outbox, mail, policy, backoff=backoff, gate=gate,
                 claim_batch=service.claim_batch,
                 concurrency=service.worker_concurrency,
                 lease_seconds=service.lease_seconds,

@@ -1,0 +1,85 @@
+"""``mailsvc worker``: delivery workers as a process of their own (run several for more throughput).
+
+Why a separate process: the service can run with ``MAILSVC_WORKERS=0`` and any
+number of these beside it (or on other machines with PostgreSQL). SIGTERM or
+SIGINT stops claiming, lets messages already on the wire finish, gives the rest
+back to the outbox and exits 0; a SIGKILL leaves leases that simply expire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "worker",
+        help="run delivery workers until SIGTERM/SIGINT",
+        description="Claim due messages from the outbox and deliver them over SMTP.",
+    )
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="claim loops in this process (default MAILSVC_WORKERS, at least 1)")
+    p.add_argument("--until-empty", action="store_true",
+                   help="exit once nothing is left to deliver now (for batch jobs and benchmarks)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import EXIT_FAILED, EXIT_OK, load_project_settings
+    from ..errors import MailError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_project_settings()
+    try:
+        asyncio.run(_main(settings.mail_config(), settings.service_config(), args.concurrency, args.until_empty))
+    except MailError as exc:
+        print(f"mailsvc worker: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _main(mail_config: object, service: object, count: int | None, until_empty: bool) -> None:
+    from ..config import MailConfig, ServiceConfig
+    from ..outbox import open_outbox
+    from ..runtime import outbox_options
+    from ..worker import WorkerGroup
+
+    assert isinstance(mail_config, MailConfig) and isinstance(service, ServiceConfig)
+    outbox = open_outbox(service.database_url, **outbox_options(service))
+    await outbox.open()
+    try:
+        group = WorkerGroup.from_service(outbox, mail_config, service, count=count)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, group.request_stop)
+        await group.start()
+        print(f"mailsvc worker: {len(group.workers)} claim loop(s) delivering via "
+              f"{mail_config.server}:{mail_config.port}", file=sys.stderr, flush=True)
+        if until_empty:
+            while not group.workers[0].stopping and await _work_left(outbox, group):
+                await asyncio.sleep(service.poll_interval)
+            group.request_stop()
+        try:
+            await group.wait()
+        finally:
+            await group.mail.aclose()
+        s = group.stats
+        print(f"mailsvc worker: stopped; delivered {s.delivered}, deferred {s.deferred}, failed {s.failed}, "
+              f"expired {s.expired}, released {s.released}", file=sys.stderr, flush=True)
+    finally:
+        await outbox.close()
+
+
+async def _work_left(outbox: object, group: object) -> bool:
+    from ..outbox import Outbox
+    from ..worker import WorkerGroup
+
+    assert isinstance(outbox, Outbox) and isinstance(group, WorkerGroup)
+    if any(w._inflight for w in group.workers):
+        return True
+    return await outbox.pending_count() > 0
