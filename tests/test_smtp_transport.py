@@ -190,3 +190,66 @@ async def test_transport_reopens_after_server_closed_idle_connection() -> None:
         assert not transport.is_open
         await transport.close()  # safe twice
     assert len(handler.received) == 1
+
+
+async def test_wire_bytes_are_safe_and_structure_survives() -> None:
+    """Everything at once, checked on the bytes the server received: line length, CRLF only,
+    dot-stuffing and an SMTP-smuggling attempt, IDNA, RFC 2047/2231, Bcc only in the envelope."""
+    smuggle = "hi\n.\nMAIL FROM:<evil@evil.example>\r\n.\r\nRCPT TO:<victim@evil.example>\n\r.\r"
+    body = smuggle + "\n" + ("long " * 1000) + "\n" + ".leading dot\n"
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 20
+    m = Message(
+        "Grüße — " + "lang " * 300, recipients=[("Zoë", "zoe@bücher.example")], cc=["cc@example.com"],
+        bcc=["hidden@example.com"], body=body, html='<p>' + "x" * 3000 + '</p><img src="cid:logo">',
+        sender=("Café", "shop@example.com"), reply_to="help@example.com",
+    )
+    m.attach("données.bin", "application/octet-stream", png)
+    m.attach("logo.png", "image/png", png, "inline", {"Content-ID": "<logo>"})
+    handler = RecordingHandler()
+    async with smtp_server(handler) as port:
+        async with standalone(config(port)) as mail:
+            assert (await mail.send(m)).ok
+    [got] = handler.received
+    assert sorted(got.rcpt_tos) == ["cc@example.com", "hidden@example.com", "zoe@xn--bcher-kva.example"]
+    assert got.data.endswith(b"\r\n")
+    for line in got.data[:-2].split(b"\r\n"):
+        assert len(line) <= 998
+        assert b"\r" not in line and b"\n" not in line
+    assert b"hidden@example.com" not in got.data
+    parsed = got.message
+    assert "Bcc" not in parsed
+    assert parsed["To"].addresses[0].domain == "xn--bcher-kva.example"
+    assert parsed["To"].addresses[0].display_name == "Zoë"
+    assert parsed["Subject"] == "Grüße — " + "lang " * 300
+    assert parsed["Message-ID"] == m.msgId
+    text = parsed.get_body(("plain",))
+    assert text is not None
+    assert text.get_content().replace("\r\n", "\n") == body.replace("\r\n", "\n").replace("\r", "\n")
+    assert parsed.get_content_type() == "multipart/mixed"
+    alt, binary = list(parsed.iter_parts())
+    plain, related = list(alt.iter_parts())
+    assert related.get_content_type() == "multipart/related"
+    assert [p.get_content_type() for p in related.iter_parts()] == ["text/html", "image/png"]
+    assert list(related.iter_parts())[1].get_content() == png
+    assert binary.get_filename() == "données.bin" and binary.get_content() == png
+
+
+@pytest.mark.parametrize("kind", ["smtp", "memory"])
+async def test_transport_contract(kind: str) -> None:
+    """One contract, every implementation: open, send reports every recipient, close twice."""
+    from mailsvc.transports import MemoryTransport, Transport
+
+    handler = RecordingHandler(refuse={"no@example.com": "550 nope"} if kind == "smtp" else {})
+    envelope = Message("c", recipients=["yes@example.com", "no@example.com"], body="x").build(default_sender="s@example.com")
+    async with smtp_server(handler) as port:
+        transport: Transport = SMTPTransport(config(port)) if kind == "smtp" else MemoryTransport()
+        assert not transport.is_open
+        async with transport:
+            assert transport.is_open
+            result = await transport.send(envelope)
+            assert transport.sent == 1
+        assert not transport.is_open
+        await transport.close()
+    assert result.message_id == envelope.message_id
+    assert [r.recipient for r in result.recipients] == ["yes@example.com", "no@example.com"]
+    assert result.recipients[0].status == "delivered"
