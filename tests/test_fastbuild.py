@@ -1,0 +1,130 @@
+"""The fast builder writes exactly the bytes ``Message.build`` writes (given the same random state).
+
+The boundary is random in both paths; both draw it from the stdlib's
+``_make_boundary`` with ``random``, so seeding ``random`` before each build makes
+the outputs comparable byte for byte. Message-ID and Date are fixed per case.
+"""
+
+from __future__ import annotations
+
+import email
+import random
+from email import policy
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailsvc import Attachment, Message, MessageError, fastbuild
+
+SENDER = "News <news@bench.example>"
+
+
+def _pair(**kw: Any) -> tuple[bytes, bytes]:
+    outs = []
+    for build in (
+        lambda m: m.build(default_sender=SENDER, msgid_domain="bench.example"),
+        lambda m: fastbuild.build(m, default_sender=SENDER, msgid_domain="bench.example"),
+    ):
+        msg = Message(**kw)
+        msg.msgId = "<170000000000.1.2@bench.example>"
+        random.seed(1234)
+        env = build(msg)
+        outs.append((env.data, env.sender, env.recipients, env.mail_options))
+    (a, *ra), (b, *rb) = outs
+    assert ra == rb
+    return a, b
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+CASES: dict[str, dict[str, Any]] = {
+    "text": {"subject": "Hi", "recipients": ["a@b.example"], "body": "Hello\nthere\n", "date": 0},
+    "html only": {"subject": "Hi", "recipients": ["a@b.example"], "html": "<p>Hi</p>", "date": 0},
+    "text and html": {"subject": "Hi", "recipients": ["a@b.example"], "body": "Hi", "html": "<p>Hi</p>", "date": 1.7e9},
+    "empty": {"subject": "", "recipients": ["a@b.example"], "date": 0},
+    "unicode everywhere": {
+        "subject": "Zoë, ton reçu № 42 ✓", "recipients": [("Zoë Ünïcode", "zoe@bücher.example")],
+        "body": "Grüße\n" * 30, "html": "<p>Grüße ✓</p>" * 40, "sender": ("Éditions", "ed@b.example"), "date": 0,
+    },
+    "long lines and dots": {"subject": "x" * 120, "recipients": ["a@b.example"], "body": "y" * 300 + "\n.dot\r\nend\r", "date": 0},
+    "every address header": {
+        "subject": "Hi", "recipients": ["a@b.example", "Ann Smith <ann@b.example>"], "cc": ["c@d.example"],
+        "bcc": ["hidden@d.example"], "reply_to": "r@s.example", "body": "x", "html": "<b>x</b>", "date": 0,
+        "extra_headers": {"X-Campaign": "nov 2026", "List-Unsubscribe": "<https://b.example/u?x=1>", "Sender": "s@b.example"},
+    },
+    "quoted display name": {"subject": "Hi", "recipients": ['"Smith, Ann" <ann@b.example>'], "body": "x", "date": 0},
+    "binary-ish text (base64)": {"subject": "Hi", "recipients": ["a@b.example"], "body": "\u4e2d\u6587" * 200, "date": 0},
+    # Shapes the fast path hands to Message.build: still identical, by construction.
+    "attachment": {
+        "subject": "Hi", "recipients": ["a@b.example"], "body": "see attached", "html": "<p>see</p>", "date": 0,
+        "attachments": [Attachment("r\u00e9sum\u00e9.pdf", "application/pdf", b"%PDF-1.4 fake")],
+    },
+    "inline image": {
+        "subject": "Hi", "recipients": ["a@b.example"], "body": "logo", "html": '<img src="cid:logo">', "date": 0,
+        "attachments": [Attachment("logo.png", "image/png", PNG, "inline", {"Content-ID": "<logo>"})],
+    },
+    "alts": {"subject": "Hi", "recipients": ["a@b.example"], "body": "x", "alts": {"watch-html": "<b>x</b>"}, "date": 0},
+    "latin-1 charset": {"subject": "Hi", "recipients": ["a@b.example"], "body": "caf\u00e9", "charset": "iso-8859-1", "date": 0},
+    "smtputf8": {"subject": "Hi", "recipients": ["z\u00f6e@b.example"], "body": "x", "date": 0},
+    "managed extra header": {"subject": "Hi", "recipients": ["a@b.example"], "body": "x", "date": 0, "extra_headers": {"Reply-To": "r@b.example"}},
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_same_bytes_as_message_build(name: str) -> None:
+    stdlib, fast = _pair(**CASES[name])
+    assert fast == stdlib
+
+
+@pytest.mark.parametrize("name", ["text", "text and html", "unicode everywhere"])
+def test_fast_path_is_taken_for_the_common_shapes(name: str) -> None:
+    assert fastbuild.fast_path_applies(Message(**CASES[name]))
+
+
+@pytest.mark.parametrize("name", ["attachment", "inline image", "alts", "latin-1 charset", "managed extra header"])
+def test_other_shapes_are_handed_to_message_build(name: str) -> None:
+    assert not fastbuild.fast_path_applies(Message(**CASES[name]))
+
+
+def test_parses_back_to_the_same_parts() -> None:
+    stdlib, fast = _pair(**CASES["unicode everywhere"])
+    a = email.message_from_bytes(stdlib, policy=policy.default)
+    b = email.message_from_bytes(fast, policy=policy.default)
+    assert [(p.get_content_type(), p.get_content()) for p in b.walk() if not p.is_multipart()] == [
+        (p.get_content_type(), p.get_content()) for p in a.walk() if not p.is_multipart()
+    ]
+    assert b["Subject"] == "Zoë, ton reçu № 42 ✓"
+
+
+def test_bad_input_is_refused_like_message_build() -> None:
+    with pytest.raises(MessageError) as fast:
+        fastbuild.build(Message("Hi\r\nBcc: x@evil.example", recipients=["a@b.example"], body="x"), default_sender=SENDER)
+    with pytest.raises(MessageError) as plain:
+        Message("Hi\r\nBcc: x@evil.example", recipients=["a@b.example"], body="x").build(default_sender=SENDER)
+    assert (type(fast.value), fast.value.field) == (type(plain.value), plain.value.field)
+
+
+_printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x17F, blacklist_characters="\x7f"), max_size=90)
+_body = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=400)
+_name = st.from_regex(r"[A-Za-z0-9 ,.'\"()-]{0,30}", fullmatch=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subject=_printable, body=st.one_of(st.none(), _body), html=st.one_of(st.none(), _body), name=_name,
+       tag=_printable)
+def test_same_bytes_for_arbitrary_content(subject: str, body: str | None, html: str | None, name: str, tag: str) -> None:
+    kw: dict[str, Any] = {
+        "subject": subject.strip("\r\n"), "recipients": [(name, "reader@bench.example")], "body": body, "html": html,
+        "date": 0, "extra_headers": {"X-Tag": tag},
+    }
+    outcomes = []
+    for build in (Message.build, fastbuild.build):
+        msg = Message(**kw)
+        msg.msgId = "<170000000000.1.2@bench.example>"
+        random.seed(99)
+        try:
+            outcomes.append(build(msg, default_sender=SENDER).data)
+        except ValueError as exc:  # MessageError, or the stdlib's own refusal (both paths alike)
+            outcomes.append(type(exc))
+    assert outcomes[1] == outcomes[0]
