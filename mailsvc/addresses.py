@@ -94,4 +94,4 @@ def parse_address_list(values: AddressLike | list[AddressLike] | tuple[AddressLi
         return []
     if isinstance(values, str) or (isinstance(values, tuple) and len(values) == 2 and all(isinstance(v, str) for v in values) and "@" not in values[0]):
         values = [values]  # type: ignore[list-item]
-    return [parse_address(v, f"{field}[{i}]") for i, v in enumerate(values)]  # type: ignore[arg-type]
+    return [parse_address(v, f"{field}[{i}]") for i, v in enumerate(values)]

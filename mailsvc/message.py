@@ -19,7 +19,7 @@ from datetime import datetime
 from email import policy as _policy
 from email.message import EmailMessage
 from email.utils import format_datetime, formatdate, make_msgid
-from typing import Any
+from typing import Any, cast
 
 from .addresses import AddressLike, ParsedAddress, check_header, parse_address, parse_address_list
 from .errors import BadHeaderError, MessageError
@@ -347,13 +347,13 @@ class Message:
                 html_part.add_related(
                     data, maintype, subtype, cid=att.content_id, filename=filename, disposition="inline"
                 )
-                part = html_part.get_payload()[-1]  # type: ignore[index]
+                part = cast(EmailMessage, html_part.get_payload()[-1])  # type: ignore[index]
             else:
                 kwargs: dict[str, Any] = {"filename": filename, "disposition": (att.disposition or "attachment").lower()}
                 if att.content_id:
                     kwargs["cid"] = att.content_id
                 m.add_attachment(data, maintype, subtype, **kwargs)
-                part = m.get_payload()[-1]  # type: ignore[index]
+                part = cast(EmailMessage, m.get_payload()[-1])  # type: ignore[index]
             for k, v in extra.items():
                 part[k] = v
 
