@@ -29,7 +29,7 @@ from ..message import Attachment, Envelope, Message
 from ..outbox import EnqueueResult, Outbox
 from .problems import FieldError, ProblemException, retry_after
 from .sandbox import InlineTemplate, InlineTemplateError
-from .schemas import AttachmentIn, BulkIn, MessageIn
+from .schemas import AttachmentIn, BulkIn, MessageIn, header_problem
 
 __all__ = ["build_bulk", "build_single", "enqueue", "fingerprint_of", "outbox_problem"]
 
@@ -56,11 +56,18 @@ def _render_named(state: MailState, name: str, context: Mapping[str, Any], field
 
 
 def _build(state: MailState, msg: Message, prefix: str = "") -> Envelope:
+    reason = header_problem(msg.subject)  # a rendered subject is user data too
+    if reason:
+        field = f"{prefix}.subject" if prefix else "subject"
+        raise ProblemException(422, "the message cannot be built as given", errors=[FieldError(field=field, reason=reason)])
     try:
         return state.build(msg)
     except MessageError as exc:
         raise ProblemException(422, "the message cannot be built as given",
                                errors=[FieldError(field=_api_field(exc.field, prefix), reason=exc.reason)]) from None
+    except ValueError as exc:  # the email package's own header checks (e.g. a rendered subject)
+        raise ProblemException(422, "the message cannot be built as given",
+                               errors=[FieldError(field=f"{prefix}.message" if prefix else "message", reason=str(exc))]) from None
 
 
 _FIELD_NAMES = {"recipients": "to", "extra_headers": "headers", "body": "text"}

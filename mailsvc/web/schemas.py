@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -45,10 +47,13 @@ __all__ = [
     "MessageIn",
     "MessageStatusOut",
     "RecipientStatusOut",
+    "header_problem",
     "split_addresses",
 ]
 
-_BAD = re.compile(r"[\r\n\x00]")
+# CR, LF, NUL and every other character str.splitlines() breaks on: the email package
+# refuses them in headers, and some MUAs treat them as line ends.
+_BAD = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 # Headers the service sets itself; letting a request set them would allow spoofing or break MIME.
@@ -73,9 +78,32 @@ def _ctx(info: ValidationInfo) -> CheckContext | None:
     return c if isinstance(c, CheckContext) else None
 
 
-def _no_ctl(v: str) -> str:
+_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+
+
+def header_problem(v: str) -> str | None:
+    """Why ``v`` is unsafe in a header, or None.
+
+    Besides raw line breaks, RFC 2047 encoded-words are decoded: Python's email
+    package (before 3.11.10, CVE-2024-6923) writes a decoded CR/LF back out raw,
+    so ``=?utf-8?q?a=0D=0ABcc:...?=`` would inject a header.
+    """
     if _BAD.search(v):
-        raise ValueError("must not contain CR, LF or NUL characters (header injection)")
+        return "must not contain CR, LF, NUL or other line-break characters (header injection)"
+    for m in _ENCODED_WORD.finditer(v):
+        try:
+            decoded = str(make_header(decode_header(m.group(0))))
+        except (LookupError, ValueError, UnicodeError, HeaderParseError):
+            return "contains an RFC 2047 encoded-word that does not decode; send plain Unicode text"
+        if _BAD.search(decoded):
+            return "contains an RFC 2047 encoded-word hiding a line break (header injection)"
+    return None
+
+
+def _no_ctl(v: str) -> str:
+    reason = header_problem(v)
+    if reason:
+        raise ValueError(reason)
     return v
 
 
@@ -96,6 +124,7 @@ def domain_allowed(domain: str, allowed: tuple[str, ...]) -> bool:
 
 
 def _address(v: str, info: ValidationInfo) -> str:
+    _no_ctl(v)
     try:
         parsed = parse_address(v, "address")
     except MessageError as exc:
