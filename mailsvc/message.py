@@ -130,13 +130,13 @@ class Message:
         rcpt_options: Sequence[str] | None = None,
     ) -> None:
         self.subject = subject
-        self.recipients: list[AddressLike] = list(recipients or [])
+        self.recipients: list[AddressLike] = _as_list(recipients)
         self.body = body
         self.html = html
         self.alts: dict[str, str] = dict(alts or {})
         self.sender = sender
-        self.cc: list[AddressLike] = list(cc or [])
-        self.bcc: list[AddressLike] = list(bcc or [])
+        self.cc: list[AddressLike] = _as_list(cc)
+        self.bcc: list[AddressLike] = _as_list(bcc)
         self.attachments: list[Attachment] = list(attachments or [])
         self.reply_to = reply_to
         self.date = date
@@ -356,6 +356,17 @@ class Message:
                 part = cast(EmailMessage, m.get_payload()[-1])  # type: ignore[index]
             for k, v in extra.items():
                 part[k] = v
+
+
+def _as_list(values: Sequence[AddressLike] | AddressLike | None) -> list[AddressLike]:
+    """``"a@x"`` or ``("Ann", "a@x")`` alone means one recipient, not a list of characters or parts."""
+    if not values:
+        return []
+    if isinstance(values, str):
+        return [values]
+    if isinstance(values, tuple) and len(values) == 2 and all(isinstance(v, str) for v in values) and "@" not in values[0]:
+        return [values]  # type: ignore[list-item]
+    return list(values)
 
 
 def _find_html(m: EmailMessage) -> EmailMessage | None:

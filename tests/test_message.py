@@ -241,3 +241,11 @@ def test_as_string_and_has_bad_headers() -> None:
     assert msg.has_bad_headers()
     with pytest.raises(BadHeaderError):
         msg.as_bytes()
+
+
+def test_single_recipient_not_split_into_characters() -> None:
+    assert Message("Hi", recipients="ann@example.com").recipients == ["ann@example.com"]
+    assert Message("Hi", recipients=("Ann", "ann@example.com")).recipients == [("Ann", "ann@example.com")]  # type: ignore[arg-type]
+    two = Message("Hi", recipients=("a@example.com", "b@example.com"))
+    assert two.send_to == {"a@example.com", "b@example.com"}
+    assert Message("Hi", cc="c@example.com", bcc="d@example.com").send_to == {"c@example.com", "d@example.com"}  # type: ignore[arg-type]

@@ -253,3 +253,21 @@ async def test_transport_contract(kind: str) -> None:
     assert result.message_id == envelope.message_id
     assert [r.recipient for r in result.recipients] == ["yes@example.com", "no@example.com"]
     assert result.recipients[0].status == "delivered"
+
+
+async def test_421_on_rcpt_closes_the_connection_and_next_send_reconnects() -> None:
+    class Closing(RecordingHandler):
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+            if address == "shut@example.com":
+                server.transport.close()  # what a server does after "421 closing"
+                return "421 4.3.2 shutting down"
+            return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    handler, counter = Closing(), ConnectionCounter()
+    async with smtp_server(handler, connections=counter) as port:
+        async with standalone(config(port, pool_size=1)) as mail:
+            [first] = await mail.send_many([msg("shut@example.com")])
+            second = await mail.send(msg("bob@example.com"))
+    assert first.recipients[0].status in ("refused", "failed")
+    assert second.ok
+    assert counter.count == 2

@@ -108,6 +108,11 @@ class SMTPTransport(Transport):
                 pass
         smtp.close()
 
+    def _abort(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            smtp.close()
+
     async def send(self, envelope: Envelope) -> SendResult:
         if self._smtp is None or not self._smtp.is_connected:
             await self.open()
@@ -125,6 +130,8 @@ class SMTPTransport(Transport):
         except SMTPRecipientsRefused as exc:
             self.sent += 1
             by_rcpt = {e.recipient: e for e in exc.recipients}
+            if any(e.code == 421 for e in exc.recipients):
+                await self.close()  # 421: the server is closing this connection
             return SendResult(
                 envelope.message_id,
                 tuple(
@@ -139,11 +146,13 @@ class SMTPTransport(Transport):
                 await self.close()
             return SendResult.all_failed(envelope.message_id, envelope.recipients, exc.message, exc.code)
         except BaseException as exc:
-            await self.close()
+            self._abort()  # mid-transaction the protocol state is unknown: no QUIT, just drop it
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise self._translate(exc, "send") from exc
         self.sent += 1
+        if any(e.code == 421 for e in errors.values()):
+            await self.close()
         return SendResult(
             envelope.message_id,
             tuple(
