@@ -1,0 +1,122 @@
+"""End to end: ``hypercorn asgi:app`` as a real process, httpx as the client, aiosmtpd as the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import RecordingHandler, smtp_server
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "e2e-key"
+
+
+def _free_port() -> int:
+    """hypercorn's CLI cannot report a port-0 bind reliably, so pick one and pass it (small race, accepted)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[tuple[str, RecordingHandler]]:
+    handler = RecordingHandler()
+    async with smtp_server(handler) as smtp_port:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": str(smtp_port),
+            "MAIL_DEFAULT_SENDER": "svc@example.com",
+            "MAILSVC_DATABASE_URL": f"sqlite:///{tmp_path}/outbox.sqlite3",
+            "MAILSVC_API_KEYS": KEY,
+            "MAILSVC_SECURE_COOKIES": "false",
+            "MAILSVC_POLL_INTERVAL": "0.05",
+        }
+        log = (tmp_path / "hypercorn.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
+            cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=base) as client:
+                for _ in range(300):  # wait for start-up (guard, not an assertion on time)
+                    if proc.poll() is not None:
+                        break
+                    try:
+                        if (await client.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.05)
+            assert proc.poll() is None, (tmp_path / "hypercorn.log").read_text()
+            yield base, handler
+        finally:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 15)
+            except TimeoutError:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+async def _wait(handler: RecordingHandler, n: int) -> None:
+    for _ in range(600):
+        if len(handler.received) >= n:
+            return
+        await asyncio.sleep(0.05)
+
+
+def _field(html: str, name: str) -> str:
+    m = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert m, name
+    return m.group(1)
+
+
+async def test_json_and_form_through_real_hypercorn(service: tuple[str, RecordingHandler]) -> None:
+    base, handler = service
+    async with httpx.AsyncClient(base_url=base, follow_redirects=False) as client:
+        r = await client.post("/api/messages", headers={"Authorization": f"Bearer {KEY}"},
+                              json={"to": "Ann <ann@example.com>", "subject": "Via JSON", "text": "hello"})
+        assert r.status_code == 202, r.text
+        id_ = r.json()["id"]
+        r = await client.post("/api/messages", json={"to": "a@example.com", "subject": "s", "text": "t"})
+        assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+
+        # The browser flow: sign in, fetch the form, submit it with an attachment.
+        page = (await client.get("/signin")).text
+        r = await client.post("/signin", data={"csrf_token": _field(page, "csrf_token"), "key": KEY, "next": "/"})
+        assert r.status_code == 302
+        page = (await client.get("/")).text
+        r = await client.post("/", data={"csrf_token": _field(page, "csrf_token"), "nonce": _field(page, "nonce"),
+                                         "email": "bob@example.com, Cy <cy@example.com>", "subject": "Via form",
+                                         "message": "see file", "template": ""},
+                              files={"attachments": ("notes.txt", b"line 1\nline 2\n", "text/plain")})
+        assert r.status_code == 200 and "Message queued" in r.text, r.text
+
+        await _wait(handler, 2)
+        by_subject = {g.message["Subject"]: g for g in handler.received}
+        assert set(by_subject) == {"Via JSON", "Via form"}
+        assert by_subject["Via JSON"].rcpt_tos == ["ann@example.com"]
+        form_mail = by_subject["Via form"]
+        assert sorted(form_mail.rcpt_tos) == ["bob@example.com", "cy@example.com"]
+        [att] = list(form_mail.message.iter_attachments())
+        assert att.get_filename() == "notes.txt" and att.get_content() == "line 1\nline 2\n"
+
+        for _ in range(200):
+            status = (await client.get(f"/api/messages/{id_}", headers={"Authorization": f"Bearer {KEY}"})).json()
+            if status["state"] == "delivered":
+                break
+            await asyncio.sleep(0.05)
+        assert status["state"] == "delivered" and by_subject["Via JSON"].message["Message-ID"] == status["message_id"]
