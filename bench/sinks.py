@@ -43,14 +43,19 @@ class Sink:
         self._count = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._changed = threading.Condition()
+        self._reader: threading.Thread | None = None
 
     def _argv(self) -> list[str]:
         raise NotImplementedError
 
     def start(self) -> Sink:
         self._proc = subprocess.Popen(self._argv(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        threading.Thread(target=self._read, daemon=True).start()
+        self._start_reader()
         return self
+
+    def _start_reader(self) -> None:
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -95,6 +100,10 @@ class Sink:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
 
     def __enter__(self) -> Sink:
         return self.start()
@@ -148,7 +157,7 @@ class AiosmtpdSink(Sink):
             self.stop()
             raise RuntimeError(f"aiosmtpd sink did not start: {line!r}")
         self.port = int(line.split(b"=")[1])
-        threading.Thread(target=self._read, daemon=True).start()
+        self._start_reader()
         return self
 
 

@@ -4,8 +4,9 @@ Each message is rendered from the same Jinja2 templates as the peers'
 (``mail.render_message``), then the whole batch goes to ``send_many``, which
 spreads it over ``MAIL_POOL_SIZE`` connections.
 
-``--variant plain`` turns the SMTP PIPELINING fast path off so that one run
-can show what it is worth; ``--variant pool=N`` changes the pool size.
+Variants (comma-separated) switch the fast paths off so that one run shows
+what each is worth: ``plain`` (no SMTP PIPELINING), ``stdlib`` (every message
+built by ``Message.build`` instead of ``mailsvc.fastbuild``), ``pool=N``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,27 @@ def _disable_pipelining() -> None:
     pipelining.PIPELINING_ENABLED = False
 
 
+def _disable_fastbuild() -> None:
+    """Benchmark-only switch: build every message with the stdlib ``EmailMessage`` path."""
+    from mailsvc.extension import MailState
+    from mailsvc.message import Envelope, Message
+
+    def build(self: MailState, msg: Message) -> Envelope:
+        c = self.config
+        return msg.build(default_sender=c.default_sender, msgid_domain=c.message_id_domain,
+                         ascii_attachments=c.ascii_attachments)
+
+    MailState.build = build  # type: ignore[method-assign]
+
+
 async def main() -> None:
     args = workload.parse_args(__doc__ or "")
     pool = 4
     for part in filter(None, args.variant.split(",")):
         if part == "plain":
             _disable_pipelining()
+        elif part == "stdlib":
+            _disable_fastbuild()
         elif part.startswith("pool="):
             pool = int(part.removeprefix("pool="))
     config = MailConfig(server=args.host, port=args.port, default_sender=workload.SENDER, pool_size=pool, timeout=60)
