@@ -92,7 +92,11 @@ class Mail:
         templates = app.config.get("MAIL_TEMPLATE_FOLDER") or (
             Path(app.root_path) / (app.template_folder or "templates") / "email"
         )
-        state = MailState(MailConfig.from_mapping(app.config), templates)
+        mapping = dict(app.config)
+        if mapping.get("MAIL_SUPPRESS_SEND") is None:
+            # Flask-Mail's default: an app under test (TESTING=True) records but sends nothing.
+            mapping["MAIL_SUPPRESS_SEND"] = app.testing
+        state = MailState(MailConfig.from_mapping(mapping), templates)
         app.extensions["mailsvc"] = state
         app.after_serving(state.aclose)
 

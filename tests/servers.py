@@ -91,6 +91,7 @@ async def smtp_server(
     auth_require_tls: bool = True,
     greeting_reply: str | None = None,
     connections: ConnectionCounter | None = None,
+    smtputf8: bool = True,
 ) -> AsyncIterator[int]:
     """Serve ``handler`` on 127.0.0.1; yields the port the OS chose."""
     loop = asyncio.get_running_loop()
@@ -104,7 +105,7 @@ async def smtp_server(
             authenticator=authenticator,
             auth_required=authenticator is not None,
             auth_require_tls=auth_require_tls,
-            enable_SMTPUTF8=True,
+            enable_SMTPUTF8=smtputf8,
             loop=loop,
         )
 

@@ -203,3 +203,18 @@ def test_uninitialised_app_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="init_app"):
         mail.app = app
         _ = mail.state
+
+
+@pytest.mark.parametrize("testing, suppress, sent", [(True, None, 0), (True, False, 1), (False, None, 1), (False, True, 0)])
+async def test_suppress_send_defaults_to_app_testing_like_flask_mail(
+    testing: bool, suppress: bool | None, sent: int, smtp_port: int, handler: RecordingHandler
+) -> None:
+    app = make_app(TESTING=testing, MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp_port, MAIL_DEFAULT_SENDER="s@example.com")
+    if suppress is not None:
+        app.config["MAIL_SUPPRESS_SEND"] = suppress
+    mail = Mail(app)
+    async with app.test_app():
+        with mail.record_messages() as outbox:
+            await mail.send(Message("Hi", recipients=["a@example.com"], body="x"))
+    assert len(outbox) == 1
+    assert len(handler.received) == sent

@@ -271,3 +271,20 @@ async def test_421_on_rcpt_closes_the_connection_and_next_send_reconnects() -> N
     assert first.recipients[0].status in ("refused", "failed")
     assert second.ok
     assert counter.count == 2
+
+
+@pytest.mark.parametrize("server_has_smtputf8", [True, False])
+async def test_non_ascii_local_part_needs_smtputf8(server_has_smtputf8: bool) -> None:
+    handler = RecordingHandler()
+    async with smtp_server(handler, smtputf8=server_has_smtputf8) as port:
+        async with standalone(config(port, pool_size=1)) as mail:
+            [utf8] = await mail.send_many([Message("Hi", recipients=["zoë@example.com", "ann@example.com"], body="x")])
+            ascii_after = await mail.send(msg("bob@example.com"))
+    assert ascii_after.ok
+    if server_has_smtputf8:
+        assert utf8.ok
+        assert handler.received[0].rcpt_tos == ["zoë@example.com", "ann@example.com"]
+    else:
+        assert [(r.status, r.code) for r in utf8.recipients] == [("refused", 553)] * 2
+        assert not utf8.recipients[0].transient and "SMTPUTF8" in utf8.recipients[0].reply
+        assert [r.rcpt_tos for r in handler.received] == [["bob@example.com"]]

@@ -18,6 +18,7 @@ from aiosmtplib import (
     SMTPConnectResponseError,
     SMTPDataError,
     SMTPException,
+    SMTPNotSupported,
     SMTPRecipientsRefused,
     SMTPResponseException,
     SMTPSenderRefused,
@@ -139,6 +140,12 @@ class SMTPTransport(Transport):
                     else RecipientResult(r, "failed", None, "not attempted")
                     for r in envelope.recipients
                 ),
+            )
+        except SMTPNotSupported as exc:
+            # Raised before MAIL FROM: the connection is fine, the message can never go this way.
+            self.sent += 1
+            return SendResult.all_failed(
+                envelope.message_id, envelope.recipients, f"5.6.7 {exc.message}; non-ASCII addresses need it", 553
             )
         except (SMTPSenderRefused, SMTPDataError) as exc:
             self.sent += 1
