@@ -16,7 +16,7 @@ from quart.typing import TestAppProtocol as Served
 
 from mailsvc import Mail, MailConfig, Message
 from mailsvc.app import create_app
-from mailsvc.config import ServiceConfig
+from mailsvc.config import ServiceConfig, WebConfig
 from mailsvc.devinbox.store import inbox_path_for
 from tests.servers import RecordingHandler, smtp_server
 
@@ -227,7 +227,7 @@ async def test_busy_port_is_a_config_error(tmp_path: Path) -> None:
 
 
 async def test_routes_are_404_with_a_real_relay(tmp_path: Path) -> None:
-    app = make_app(tmp_path, dev_mode=False)
+    app = make_app(tmp_path, dev_mode=False, web=WebConfig(allow_anonymous=True))
     async with app.test_app() as served:
         client = served.test_client()
         for path in ("/inbox", "/inbox/1", "/api/inbox", "/api/inbox/1"):

@@ -12,7 +12,7 @@ from quart.typing import TestClientProtocol as Client
 
 from mailsvc import MailConfig
 from mailsvc.app import create_app
-from mailsvc.config import ServiceConfig
+from mailsvc.config import ServiceConfig, WebConfig
 
 REPO_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -108,7 +108,8 @@ async def test_edits_show_without_restart(client: Client, templates: Path) -> No
 async def test_previews_are_404_with_a_real_relay(tmp_path: Path, templates: Path) -> None:
     app = create_app(
         MailConfig(),
-        ServiceConfig(database_url=f"sqlite:///{tmp_path}/o.sqlite3", dev_mode=False, workers=0, templates=templates),
+        ServiceConfig(database_url=f"sqlite:///{tmp_path}/o.sqlite3", dev_mode=False, workers=0, templates=templates,
+                      web=WebConfig(allow_anonymous=True)),
     )
     async with app.test_app() as served:
         assert (await served.test_client().get("/previews")).status_code == 404

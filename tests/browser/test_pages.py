@@ -1,0 +1,124 @@
+"""The form, the inbox and the previews in a real browser against a real hypercorn.
+
+Each page is screenshotted at 375 px and 1440 px into tests/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def shoot(page: Any, folder: Path, name: str) -> None:
+    """Full-page screenshots at both widths; the page is left at desktop width."""
+    for label, width in (("375", 375), ("1440", 1440)):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.screenshot(path=str(folder / f"{name}-{label}.png"), full_page=True)
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{name} scrolls sideways at {width}px by {overflow}px"
+
+
+def open_in_inbox(page: Any, base_url: str, subject: str) -> None:
+    """Reload /inbox until the delivered message is listed (delivery is asynchronous), then open it."""
+    deadline = time.monotonic() + 30  # a cap on waiting, not a speed assertion
+    while True:
+        page.goto(f"{base_url}/inbox?q={subject}")
+        link = page.get_by_role("link", name=subject)
+        if link.count():
+            break
+        assert time.monotonic() < deadline, f"{subject!r} never reached the inbox"
+        page.wait_for_timeout(100)
+    link.first.click()
+    page.wait_for_load_state()
+
+
+def test_form_to_inbox_with_attachment(page: Any, base_url: str, screenshots: Path) -> None:
+    page.goto(f"{base_url}/")
+    shoot(page, screenshots, "form")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+
+    name = f"Ann {uuid.uuid4().hex[:6]}"
+    page.get_by_label("To", exact=True).fill(f"{name} <ann@example.com>")
+    page.get_by_label("Template").select_option("thank_you")
+    page.get_by_label("Subject", exact=True).fill("Opening hours")
+    page.get_by_label("Message", exact=True).fill("Are you open on Sundays?")
+    notes = b"notes from the browser test\n"
+    page.set_input_files("#attachments", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": notes}])
+    page.get_by_role("button", name="Queue message").click()
+    page.wait_for_selector("#message-id")
+    assert page.locator("#message-id").inner_text().strip()
+    shoot(page, screenshots, "sent")
+
+    subject = f"Thank you for your message, {name}"
+    open_in_inbox(page, base_url, subject)
+    page.goto(f"{base_url}/inbox")
+    shoot(page, screenshots, "inbox")
+    page.get_by_role("link", name=subject).first.click()
+    page.wait_for_load_state()
+    assert page.locator("h1").inner_text() == subject
+
+    iframe = page.locator("iframe.mail")
+    sandbox = iframe.get_attribute("sandbox") or ""
+    assert "allow-scripts" not in sandbox and "allow-same-origin" not in sandbox
+    frame = page.frame_locator("iframe.mail")
+    assert "Thank you for getting in touch" in frame.locator("body").inner_text()
+    assert frame.locator("strong").inner_text() == "Opening hours"
+    shoot(page, screenshots, "message")
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="notes.txt").click()
+    download = download_info.value
+    assert download.suggested_filename == "notes.txt"
+    assert Path(download.path()).read_bytes() == notes
+
+
+def test_message_scripts_never_run(page: Any, base_url: str, screenshots: Path) -> None:
+    subject = f"Scripted {uuid.uuid4().hex[:6]}"
+    html = (
+        "<h2 id='hello'>Hello from HTML</h2>"
+        "<script>document.body.setAttribute('data-pwned', 'script')</script>"
+        "<img src='data:,' onerror=\"document.body.setAttribute('data-pwned', 'onerror')\">"
+        "<img alt='dot' src='data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=='>"
+    )
+    response = page.request.post(f"{base_url}/api/messages",
+                                 data={"to": "bob@example.com", "subject": subject, "html": html, "text": "plain"})
+    assert response.status == 202, response.text()
+    open_in_inbox(page, base_url, subject)
+    frame = page.frame_locator("iframe.mail")
+    assert frame.locator("#hello").inner_text() == "Hello from HTML"  # the frame did load
+    assert frame.locator("body").get_attribute("data-pwned") is None  # no inline script, no handler
+
+    # Even opened on its own (not in the sandboxed iframe), the part runs nothing.
+    page.goto(base_url + (page.locator("iframe.mail").get_attribute("src") or ""))
+    assert page.locator("#hello").inner_text() == "Hello from HTML"
+    assert page.locator("body").get_attribute("data-pwned") is None
+
+
+def test_previews(page: Any, base_url: str, screenshots: Path) -> None:
+    page.goto(f"{base_url}/previews")
+    shoot(page, screenshots, "previews")
+    page.get_by_role("link", name="welcome").click()
+    page.wait_for_load_state()
+    assert page.locator("h1").inner_text() == "welcome"
+    assert "Welcome aboard, Ann!" in page.locator("main").inner_text()
+    frame = page.frame_locator("iframe.mail")
+    assert "Your account is ready." in frame.locator("body").inner_text()
+    assert frame.get_by_role("link", name="Sign in").get_attribute("href") == "https://example.com/login"
+    shoot(page, screenshots, "preview")
