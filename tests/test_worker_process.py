@@ -17,7 +17,7 @@ from mailsvc import Message
 from mailsvc.message import Envelope
 from mailsvc.outbox import RecipientOutcome, SqliteOutbox
 from tests.servers import RecordingHandler
-from tests.smtp_sink import SMTPSink, smtp_sink_path
+from tests.smtp_sink import SMTPSink
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,6 @@ async def wait_for(cond: object, within: float, proc: subprocess.Popen[bytes] | 
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.skipif(smtp_sink_path() is None, reason="needs Postfix's smtp-sink (.ci/run installs it)")
 async def test_sigkill_mid_batch_then_restart_loses_nothing(tmp_path: Path) -> None:
     db = tmp_path / "outbox.sqlite3"
     n = 5000
