@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import random
 from email import policy
+from email.generator import BytesGenerator
 from typing import Any
 
 import pytest
@@ -85,6 +86,24 @@ def test_fast_path_is_taken_for_the_common_shapes(name: str) -> None:
 @pytest.mark.parametrize("name", ["attachment", "inline image", "alts", "latin-1 charset", "managed extra header"])
 def test_other_shapes_are_handed_to_message_build(name: str) -> None:
     assert not fastbuild.fast_path_applies(Message(**CASES[name]))
+
+
+@pytest.mark.parametrize("suffix", [b"\n", b"--\n", b"", b"\r\n", b" \n"])
+def test_boundary_collision_rule_is_the_stdlibs(suffix: bytes) -> None:
+    random.seed(5)
+    drawn = BytesGenerator._make_boundary()
+    text = b"a line\n--" + drawn.encode() + suffix
+    random.seed(5)
+    expected = BytesGenerator._make_boundary(text)
+    random.seed(5)
+    assert fastbuild._make_boundary(text) == expected
+
+
+def test_body_holding_the_boundary_is_still_identical() -> None:
+    random.seed(1234)
+    drawn = BytesGenerator._make_boundary()
+    stdlib, fast = _pair(subject="Hi", recipients=["a@b.example"], body=f"x\n--{drawn}\n--{drawn}--", html="<p>x</p>", date=0)
+    assert fast == stdlib
 
 
 def test_parses_back_to_the_same_parts() -> None:
