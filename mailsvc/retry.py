@@ -77,10 +77,10 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based), jittered."""
-        base = min(self.first * 2 ** max(attempt - 1, 0), self.maximum)
+        base = min(self.first * 2.0 ** max(attempt - 1, 0), self.maximum)
         if self.jitter:
             base *= 1 + random.uniform(-self.jitter, self.jitter)
-        return base
+        return float(base)
 
     def outcome(self, result: RecipientResult, attempt: int, first_queued_at: datetime,
                 now: datetime | None = None) -> RecipientOutcome:

@@ -127,10 +127,11 @@ class Worker:
                     await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
                     continue
                 self.stats.claimed += len(claimed)
+                claimed_at = asyncio.get_running_loop().time()
                 for msg in claimed:
-                    task = asyncio.create_task(self._deliver(msg))
+                    task = asyncio.create_task(self._deliver(msg, claimed_at))
                     self._inflight[task] = msg.id
-                    task.add_done_callback(self._inflight.pop)  # type: ignore[arg-type]
+                    task.add_done_callback(self._inflight.pop)
                 if len(claimed) < want:
                     await self._sleep_until_stop(self.outbox.wait_for_work(self.poll_interval))
         finally:
@@ -164,11 +165,14 @@ class Worker:
         assert self._records_ready is not None
         self._records_ready.set()
 
-    async def _deliver(self, msg: ClaimedMessage) -> None:
+    async def _deliver(self, msg: ClaimedMessage, claimed_at: float) -> None:
         assert self._gate is not None
         try:
             async with self._gate:
-                if self.stopping or self.backoff.remaining() > 0:
+                # Paused relay, stopping, or waited so long for a slot that the lease may lapse
+                # mid-send (another worker would then send it too): give it back unsent.
+                waited = asyncio.get_running_loop().time() - claimed_at
+                if self.stopping or self.backoff.remaining() > 0 or waited > self.lease_seconds / 2:
                     self._give_back(msg.id)
                     return
                 result = await self._send(msg)
@@ -184,10 +188,11 @@ class Worker:
         outcomes = [self.policy.outcome(r, msg.attempts + 1, msg.first_queued_at, now) for r in result.recipients]
         for o in outcomes:
             setattr(self.stats, o.state, getattr(self.stats, o.state) + 1)
-        log.info(
-            "delivery %s %s", msg.id,
-            " ".join(f"{o.recipient}={o.state}{'' if o.code is None else f'/{o.code}'}" for o in outcomes),
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "delivery %s %s", msg.id,
+                " ".join(f"{o.recipient}={o.state}{'' if o.code is None else f'/{o.code}'}" for o in outcomes),
+            )
         self._records.append((msg.id, outcomes))
         assert self._records_ready is not None
         self._records_ready.set()
