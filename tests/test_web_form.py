@@ -126,7 +126,8 @@ async def test_sign_in_required_once_keys_exist(smtp_port: int, handler: Recordi
         assert r.status_code == 401 and "not valid" in await r.get_data(as_text=True)
         r = await svc.client.post("/signin", form={"key": KEY, "next": "/"})
         assert r.status_code == 403
-        cookie = next(c for c in svc.client.cookie_jar)  # type: ignore[attr-defined]
+        assert svc.client.cookie_jar is not None
+        cookie = next(c for c in svc.client.cookie_jar)
         assert cookie.name == "mailsvc_session" and cookie.has_nonstandard_attr("HttpOnly")
         assert await svc.pending() == 0
         fields = await _signed_in_form(svc)

@@ -104,12 +104,12 @@ def build_bulk(state: MailState, b: BulkIn, max_chars: int) -> list[Envelope]:
     """One envelope per recipient entry; all errors collected (up to 20) before refusing."""
     inline: dict[str, InlineTemplate] = {}
     if b.template is None:
-        errors = []
-        for field, source, html in (("subject", b.subject, False), ("text", b.text, False), ("html", b.html, True)):
+        errors: list[FieldError] = []
+        for field, source, is_html in (("subject", b.subject, False), ("text", b.text, False), ("html", b.html, True)):
             if source is None:
                 continue
             try:
-                inline[field] = InlineTemplate.compile(field, source, html=html, max_chars=max_chars)
+                inline[field] = InlineTemplate.compile(field, source, html=is_html, max_chars=max_chars)
             except InlineTemplateError as exc:
                 errors.append(FieldError(field=exc.field, reason=exc.reason))
         if errors:
@@ -117,6 +117,9 @@ def build_bulk(state: MailState, b: BulkIn, max_chars: int) -> list[Envelope]:
     attachments = _attachments(b.attachments)
     envelopes: list[Envelope] = []
     errors = []
+    subject: str
+    text: str | None
+    html: str | None
     for i, r in enumerate(b.recipients):
         where = f"recipients[{i}]"
         try:
