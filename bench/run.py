@@ -160,6 +160,18 @@ def run_one(sender: Sender, sink: Sink, n: int) -> Run:
     )
 
 
+def post_latency(requests: int) -> str:
+    """The second table: bench/post_latency.py (its own servers and sink), quoted as it prints."""
+    print(f"running bench/post_latency.py --requests {requests} ...", file=sys.stderr)
+    try:
+        proc = subprocess.run([sys.executable, str(HERE / "post_latency.py"), "--requests", str(requests)],
+                              capture_output=True, text=True, timeout=RUN_LIMIT, cwd=ROOT)
+        out = proc.stdout.strip() or proc.stderr.strip()[-2000:]
+    except subprocess.TimeoutExpired:
+        out = f"timed out after {RUN_LIMIT:.0f} s"
+    return f"Single-message JSON POSTs (`bench/post_latency.py --requests {requests}`):\n\n```\n{out}\n```\n"
+
+
 def machine() -> str:
     def version(cmd: list[str]) -> str:
         try:
@@ -191,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--senders", default="", help="comma-separated keys: " + ", ".join(s.key for s in SENDERS))
     p.add_argument("--sink", choices=("auto", "smtp-sink", "aiosmtpd"), default="auto")
     p.add_argument("--no-install", action="store_true", help="do not apt-get postfix or create the peers' venv")
+    p.add_argument("--no-post-latency", action="store_true",
+                   help="skip the second table (bench/post_latency.py: single JSON POSTs vs a bare Quart route)")
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
     args = p.parse_args(argv)
@@ -228,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"{args.n} messages of ~2 KB per run, one recipient each, to {sink.name} on 127.0.0.1; "
             f"median of {args.rounds} interleaved rounds.\n\n{machine()}\n\n{table}\n")
     print(text)
+    if not args.no_post_latency and not args.senders and (HERE / "post_latency.py").exists():
+        second = post_latency(min(args.n, 3000))
+        print(second)
+        text += "\n" + second
     if args.output:
         args.output.write_text(text)
     if args.json:
