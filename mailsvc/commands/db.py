@@ -103,5 +103,9 @@ def run_purge(args: argparse.Namespace) -> int:
 async def _purge(url: str, days: float, batch_size: int) -> int:
     from ..outbox.postgres import PostgresOutbox
 
-    async with PostgresOutbox(url, migrate=False, pool_size=1) as outbox:
+    outbox = PostgresOutbox(url, migrate=False, pool_size=1)
+    await outbox.open()
+    try:
         return await outbox.purge(days, batch_size=batch_size)
+    finally:
+        await outbox.close()

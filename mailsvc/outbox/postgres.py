@@ -28,7 +28,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -46,7 +45,6 @@ from .base import (
     Outbox,
     RecipientOutcome,
     RecipientStatus,
-    derive_state,
 )
 from .base import fingerprint as envelope_fingerprint
 
@@ -233,9 +231,7 @@ class PostgresOutbox(Outbox):
                 list(due), owner, float(lease_seconds),
             )
             # A message due with no due recipient should not exist; repair its due_at rather than spin.
-            for i in ids:
-                if i not in due:
-                    await _settle(conn, i, release=True)
+            await _settle(conn, [i for i in ids if i not in due], [])
             bodies = await conn.fetch(
                 "SELECT message_pk, sender, data, mail_options, rcpt_options FROM mailsvc_body "
                 "WHERE message_pk = ANY($1::text[])",
@@ -271,33 +267,43 @@ class PostgresOutbox(Outbox):
             for o in outcomes:
                 if o.state not in FINAL_STATES and o.state != "deferred":
                     raise OutboxError(f"cannot record state {o.state!r} for {o.recipient}: not an outcome")
+        ids = sorted({id_ for id_, _ in items})
+        rows = [(id_, o) for id_, outcomes in items for o in outcomes]
         async with self._tx("record an attempt") as conn:
             # Lock in id order so two workers recording overlapping groups cannot deadlock.
-            for id_, outcomes in sorted(items, key=lambda item: item[0]):
-                lease_owner = await conn.fetchrow(
-                    "SELECT lease_owner FROM mailsvc_message WHERE id = $1 FOR UPDATE", id_
+            holders = {
+                r["id"]: r["lease_owner"]
+                for r in await conn.fetch(
+                    "SELECT id, lease_owner FROM mailsvc_message WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                    ids,
                 )
-                if lease_owner is None:
+            }
+            for id_ in ids:
+                if id_ not in holders:
                     raise NotFoundError("message", id_)
-                if outcomes:
-                    # Never overwrite a final state: a delivered recipient stays delivered.
-                    await conn.executemany(
-                        """
-                        UPDATE mailsvc_recipient
-                        SET state = $3, attempts = attempts + 1, last_code = $4, last_reply = $5,
-                            next_attempt_at = $6, updated_at = now()
-                        WHERE message_pk = $1 AND address = $2 AND state NOT IN ('delivered', 'failed', 'expired')
-                        """,
-                        [
-                            (id_, o.recipient, o.state, o.code, o.reply[:1000],
-                             o.next_attempt_at if o.state == "deferred" else None)
-                            for o in outcomes
-                        ],
-                    )
-                await conn.execute("UPDATE mailsvc_message SET attempts = attempts + 1 WHERE id = $1", id_)
-                holder = lease_owner["lease_owner"]
-                # Another worker took the message after our lease expired: leave its lease alone.
-                await _settle(conn, id_, release=holder is None or holder == owner)
+            if rows:
+                # Never overwrite a final state: a delivered recipient stays delivered.
+                await conn.execute(
+                    """
+                    UPDATE mailsvc_recipient r
+                    SET state = u.state, attempts = r.attempts + 1, last_code = u.code, last_reply = u.reply,
+                        next_attempt_at = u.next_at, updated_at = now()
+                    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[])
+                         AS u(pk, address, state, code, reply, next_at)
+                    WHERE r.message_pk = u.pk AND r.address = u.address
+                      AND r.state NOT IN ('delivered', 'failed', 'expired')
+                    """,
+                    [i for i, _ in rows],
+                    [o.recipient for _, o in rows],
+                    [o.state for _, o in rows],
+                    [o.code for _, o in rows],
+                    [o.reply[:1000] for _, o in rows],
+                    [o.next_attempt_at if o.state == "deferred" else None for _, o in rows],
+                )
+            await conn.execute("UPDATE mailsvc_message SET attempts = attempts + 1 WHERE id = ANY($1::text[])", ids)
+            # Another worker took a message after our lease expired: leave its lease alone.
+            mine = [i for i in ids if holders[i] is None or holders[i] == owner]
+            await _settle(conn, mine, [i for i in ids if i not in set(mine)])
 
     async def release(self, ids: Sequence[str], owner: str) -> None:
         if not ids:
@@ -307,8 +313,7 @@ class PostgresOutbox(Outbox):
                 "SELECT id FROM mailsvc_message WHERE id = ANY($1::text[]) AND lease_owner = $2 ORDER BY id FOR UPDATE",
                 list(ids), owner,
             )
-            for r in rows:
-                await _settle(conn, r["id"], release=True)
+            await _settle(conn, [r["id"] for r in rows], [])
             if rows:
                 await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
 
@@ -415,10 +420,10 @@ class PostgresOutbox(Outbox):
         """
         if older_than_days < 0:
             raise OutboxError(f"retention days: must be >= 0, got {older_than_days}")
-        total = 0
+        total: int = 0
         while True:
             async with self._tx("delete old messages") as conn:
-                n = await conn.fetchval(
+                n: int = await conn.fetchval(
                     """
                     WITH old AS (
                         SELECT id FROM mailsvc_message
@@ -476,46 +481,58 @@ async def _insert(conn: asyncpg.Connection, ids: list[str], batch_id: str | None
     )
 
 
-async def _settle(conn: asyncpg.Connection, id: str, *, release: bool) -> None:
-    """Recompute a message's state and ``due_at`` from its recipients (its row is locked).
+async def _settle(conn: asyncpg.Connection, release: list[str], restate: list[str]) -> None:
+    """Recompute messages' state and ``due_at`` from their recipients (their rows are locked).
 
-    With ``release`` the lease is dropped: recipients still marked ``sending`` were
+    For ``release`` the lease is dropped: recipients still marked ``sending`` were
     not attempted and go back to ``queued`` (never tried) or ``deferred`` (tried
-    before), keeping their time. Without it another worker holds the lease, so only
-    the state is refreshed, and ``due_at`` cleared if the message is now final.
+    before), keeping their time, and the message falls due at its earliest
+    pending recipient. For ``restate`` another worker holds the lease, so only the
+    state is refreshed, and ``due_at`` cleared if the message is now final.
+    The CASE mirrors :func:`mailsvc.outbox.base.derive_state`.
     """
+    if not release and not restate:
+        return
     if release:
         await conn.execute(
             """
             UPDATE mailsvc_recipient SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END
-            WHERE message_pk = $1 AND state = 'sending'
+            WHERE message_pk = ANY($1::text[]) AND state = 'sending'
             """,
-            id,
+            release,
         )
-    rows = await conn.fetch("SELECT state, next_attempt_at FROM mailsvc_recipient WHERE message_pk = $1", id)
-    state = derive_state(r["state"] for r in rows)
-    final = all(r["state"] in FINAL_STATES for r in rows)
-    if not release:
-        await conn.execute(
-            """
-            UPDATE mailsvc_message SET state = $2, updated_at = now(),
-                due_at = CASE WHEN $3::bool THEN NULL ELSE due_at END
-            WHERE id = $1
-            """,
-            id, state, final,
-        )
-        return
-    times: list[datetime | None] = [r["next_attempt_at"] for r in rows if r["state"] not in FINAL_STATES]
-    # NULL next attempt = due now; no pending recipient = final, no due time.
     await conn.execute(
         """
-        UPDATE mailsvc_message
-        SET state = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
-            due_at = CASE WHEN $3::bool THEN NULL
-                          ELSE (SELECT min(coalesce(t, now())) FROM unnest($4::timestamptz[]) AS u(t)) END
-        WHERE id = $1
+        WITH agg AS (
+            SELECT message_pk,
+                   bool_and(state = 'delivered') AS all_delivered,
+                   bool_and(state IN ('delivered', 'failed', 'expired')) AS all_final,
+                   bool_or(state = 'delivered') AS any_delivered,
+                   bool_or(state = 'sending') AS any_sending,
+                   bool_or(state = 'deferred') AS any_deferred,
+                   min(CASE WHEN state NOT IN ('delivered', 'failed', 'expired')
+                            THEN coalesce(next_attempt_at, now()) END) AS next_due
+            FROM mailsvc_recipient
+            WHERE message_pk = ANY($1::text[]) OR message_pk = ANY($2::text[])
+            GROUP BY message_pk
+        )
+        UPDATE mailsvc_message m
+        SET state = CASE WHEN a.all_delivered THEN 'delivered'
+                         WHEN a.all_final AND a.any_delivered THEN 'partial'
+                         WHEN a.all_final THEN 'failed'
+                         WHEN a.any_sending THEN 'sending'
+                         WHEN a.any_deferred THEN 'deferred'
+                         ELSE 'queued' END,
+            due_at = CASE WHEN a.all_final THEN NULL
+                          WHEN m.id = ANY($1::text[]) THEN a.next_due
+                          ELSE m.due_at END,
+            lease_owner = CASE WHEN m.id = ANY($1::text[]) THEN NULL ELSE m.lease_owner END,
+            lease_expires_at = CASE WHEN m.id = ANY($1::text[]) THEN NULL ELSE m.lease_expires_at END,
+            updated_at = now()
+        FROM agg a
+        WHERE m.id = a.message_pk
         """,
-        id, state, final, times,
+        release, restate,
     )
 
 
