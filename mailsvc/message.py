@@ -299,7 +299,10 @@ class Message:
             if name.lower() in _MANAGED:
                 del m[name]
             m[name] = str(value)
-        self._set_body(m)
+        try:
+            self._set_body(m)
+        except (LookupError, UnicodeError) as exc:
+            raise MessageError("charset", f"cannot encode the body as {self.charset!r}: {exc}") from exc
         self._add_attachments(m, ascii_attachments)
         mail_options = list(self.mail_options)
         if smtputf8 and not any(o.upper() == "SMTPUTF8" for o in mail_options):

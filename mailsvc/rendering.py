@@ -74,6 +74,8 @@ class TemplateRenderer:
             raise TemplateError(name, f"variable missing from context: {exc.message}") from exc
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(name, f"syntax error in {filename}: {exc.message}", line=exc.lineno) from exc
+        except jinja2.TemplateError as exc:  # e.g. an {% include %} of a missing file
+            raise TemplateError(name, f"{filename}: {type(exc).__name__}: {exc.message}") from exc
 
     def render_parts(self, name: str, context: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         """Return (subject, text, html); text is derived from html when only html exists."""

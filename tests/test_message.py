@@ -249,3 +249,12 @@ def test_single_recipient_not_split_into_characters() -> None:
     two = Message("Hi", recipients=("a@example.com", "b@example.com"))
     assert two.send_to == {"a@example.com", "b@example.com"}
     assert Message("Hi", cc="c@example.com", bcc="d@example.com").send_to == {"c@example.com", "d@example.com"}  # type: ignore[arg-type]
+
+
+def test_charset() -> None:
+    _, parsed = build(Message("Hi", recipients=["a@example.com"], body="café", charset="iso-8859-1"))
+    assert parsed.get_content_charset() == "iso-8859-1" and parsed.get_content().strip() == "café"
+    for bad in ("no-such-charset", "ascii"):
+        with pytest.raises(MessageError) as err:
+            build(Message("Hi", recipients=["a@example.com"], body="☃", charset=bad))
+        assert err.value.field == "charset"

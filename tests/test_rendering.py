@@ -110,3 +110,10 @@ async def test_mail_without_templates_is_a_clear_error() -> None:
     async with standalone(config(1)) as mail:
         with pytest.raises(RuntimeError, match="MAIL_TEMPLATE_FOLDER"):
             mail.render_message("welcome", {})
+
+
+def test_include_of_missing_template_is_our_error(tmp_path: Path) -> None:
+    (tmp_path / "outer.html").write_text("{% include 'missing.html' %}")
+    with pytest.raises(TemplateError) as err:
+        TemplateRenderer(tmp_path).render_message("outer", {}, recipients=["a@example.com"])
+    assert err.value.template == "outer" and "missing.html" in str(err.value)

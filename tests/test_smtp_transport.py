@@ -5,6 +5,7 @@ Faults are injected on the server (RecordingHandler), never by patching aiosmtpl
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import pytest
@@ -288,3 +289,25 @@ async def test_non_ascii_local_part_needs_smtputf8(server_has_smtputf8: bool) ->
         assert [(r.status, r.code) for r in utf8.recipients] == [("refused", 553)] * 2
         assert not utf8.recipients[0].transient and "SMTPUTF8" in utf8.recipients[0].reply
         assert [r.rcpt_tos for r in handler.received] == [["bob@example.com"]]
+
+
+async def test_server_that_never_greets_hits_the_connect_deadline() -> None:
+    """A TCP listener that accepts and stays silent: the connect must give up at MAIL_TIMEOUT."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with standalone(config(port, timeout=0.3)) as mail:
+            with pytest.raises(ConnectionFailedError) as err:
+                await mail.send(msg())
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    assert "MAIL_TIMEOUT" in str(err.value)
+    assert len(accepted) == 1
