@@ -75,6 +75,8 @@ def _recipients(n: int, bad: dict[int, dict[str, Any]] | None = None) -> list[di
         ({"subject": "s", "text": "{% for i in range(100000000) %}x{% endfor %}", "recipients": _recipients(2)}, "recipients[0].context"),
         ({"subject": "s", "text": "{% for i in range(9000) %}{{ name }}xxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}", "recipients": _recipients(2)},
          "recipients[0].context"),
+        ({"subject": "s", "text": "{% for i in range(9999) %}{% for j in range(9999) %}{% endfor %}{% endfor %}",
+          "recipients": _recipients(2)}, "recipients[0].context"),
         ({"template": "welcome", "recipients": _recipients(3)}, "recipients[0].context"),
         ({"template": "nope", "recipients": _recipients(3)}, "template"),
         ({"subject": "s", "text": "t", "recipients": []}, "recipients"),

@@ -28,7 +28,7 @@ from ..extension import MailState
 from ..message import Attachment, Envelope, Message
 from ..outbox import EnqueueResult, Outbox
 from .problems import FieldError, ProblemException, retry_after
-from .sandbox import InlineTemplate, InlineTemplateError
+from .sandbox import InlineTemplate, InlineTemplateError, request_budget
 from .schemas import AttachmentIn, BulkIn, MessageIn, header_problem
 
 __all__ = ["build_bulk", "build_single", "enqueue", "fingerprint_of", "outbox_problem"]
@@ -115,6 +115,7 @@ def build_bulk(state: MailState, b: BulkIn, max_chars: int) -> list[Envelope]:
         if errors:
             raise ProblemException(422, "a template string does not compile", errors=errors)
     attachments = _attachments(b.attachments)
+    budget = request_budget(len(b.recipients) * max(1, len(inline)))
     envelopes: list[Envelope] = []
     errors = []
     subject: str
@@ -126,7 +127,7 @@ def build_bulk(state: MailState, b: BulkIn, max_chars: int) -> list[Envelope]:
             if b.template is not None:
                 subject, text, html = _render_named(state, b.template, r.context, f"{where}.context")
             else:
-                parts = {f: t.render(r.context, f"{where}.context") for f, t in inline.items()}
+                parts = {f: t.render(r.context, f"{where}.context", budget) for f, t in inline.items()}
                 subject, text, html = parts.get("subject", ""), parts.get("text"), parts.get("html")
             msg = Message(
                 subject=subject.strip(),

@@ -14,17 +14,20 @@ Syntax errors are found once, at compile time, before anything is queued.
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-__all__ = ["InlineTemplate", "InlineTemplateError"]
+__all__ = ["InlineTemplate", "InlineTemplateError", "request_budget"]
 
 _MAX_RANGE = 10_000
 _MAX_REPEAT = 100_000
+_MAX_STEPS = 200_000  # template lines executed per render
 
 
 class InlineTemplateError(ValueError):
@@ -50,6 +53,11 @@ class _Env(SandboxedEnvironment):
                 raise SecurityError("exponent too large")
             return operator.pow(left, right)
         return super().call_binop(context, operator_, left, right)
+
+
+def request_budget(renders: int) -> list[int]:
+    """Steps for a whole request: generous per message, but bounded (about a second of CPU per 10k)."""
+    return [max(_MAX_STEPS, 1000 * renders)]
 
 
 def _bounded_range(*args: int) -> range:
@@ -87,11 +95,41 @@ class InlineTemplate:
         except (RecursionError, MemoryError, ValueError, TypeError) as exc:
             raise InlineTemplateError(field, f"template does not compile: {exc}") from None
 
-    def render(self, context: Mapping[str, Any], where: str | None = None) -> str:
-        """Render with ``context``; errors name ``where`` (e.g. ``recipients[3].context``)."""
+    def render(self, context: Mapping[str, Any], where: str | None = None, shared: list[int] | None = None) -> str:
+        """Render with ``context``; errors name ``where`` (e.g. ``recipients[3].context``).
+
+        Besides the output cap, template code gets a budget of executed lines
+        (counted by a trace function on the template's own frames only), so
+        nested loops that print nothing cannot pin a CPU either. ``shared`` is a
+        budget for a whole request (``[steps]``), spent across its renders.
+        """
         field = where or self.field
         out: list[str] = []
         size = 0
+        steps = [_MAX_STEPS]
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            if event == "line":
+                steps[0] -= 1
+                if steps[0] < 0:
+                    raise SecurityError(f"template runs more than {_MAX_STEPS} steps")
+                if shared is not None:
+                    shared[0] -= 1
+                    if shared[0] < 0:
+                        raise SecurityError("the request's templates run too many steps in total")
+            return local
+
+        def global_(frame: FrameType, event: str, arg: Any) -> Any:
+            return local if frame.f_code.co_filename == "<template>" else None
+
+        previous = sys.gettrace()
+        sys.settrace(global_)
+        try:
+            return self._render(context, field, out, size)
+        finally:
+            sys.settrace(previous)
+
+    def _render(self, context: Mapping[str, Any], field: str, out: list[str], size: int) -> str:
         try:
             for chunk in self._template.generate(dict(context)):
                 size += len(chunk)
