@@ -60,7 +60,7 @@ class Sink:
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         buf = b""
-        while chunk := self._proc.stdout.read1(65536):
+        while chunk := os.read(self._proc.stdout.fileno(), 65536):
             buf += chunk
             *done, buf = re.split(rb"[\r\n]", buf)
             self._consume(done)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import re
 import sys
-from email.contentmanager import _encode_text  # the stdlib's own body heuristics, for identical output
+from email.contentmanager import _encode_text  # type: ignore[attr-defined]  # the stdlib's own body heuristics
 
 from .addresses import AddressLike
 from .message import _MANAGED, _POLICY_7BIT, Envelope, Message, _format_date, normalize_newlines
@@ -33,7 +33,7 @@ __all__ = ["build", "fast_path_applies"]
 _POLICY = _POLICY_7BIT
 _NL = "\r\n"
 _NLCRE = re.compile(r"\r\n|\r|\n")
-_REGISTRY = frozenset(_POLICY.header_factory.registry)  # names with structured parsers
+_REGISTRY = frozenset(_POLICY.header_factory.registry)  # type: ignore[attr-defined]  # names with structured parsers
 _MAXLEN = _POLICY.max_line_length or 78
 
 # Values the stdlib writes back verbatim: short printable ASCII with nothing to
