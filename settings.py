@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     MAILSVC_RETRY_JITTER: float = Field(default=0.1, ge=0, lt=1)
     MAILSVC_RELAY_BACKOFF: float = Field(default=30.0, gt=0)
     MAILSVC_RELAY_BACKOFF_MAX: float = Field(default=300.0, gt=0)
+    MAILSVC_RETENTION_DAYS: float = Field(default=0.0, ge=0)  # PostgreSQL: delete delivered/failed after N days
 
     # Web layer (who may send, how much)
     MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys
@@ -123,6 +124,7 @@ class Settings(BaseSettings):
             retry_jitter=self.MAILSVC_RETRY_JITTER,
             relay_backoff=self.MAILSVC_RELAY_BACKOFF,
             relay_backoff_max=self.MAILSVC_RELAY_BACKOFF_MAX,
+            retention_days=self.MAILSVC_RETENTION_DAYS,
         )
 
 

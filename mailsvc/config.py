@@ -201,6 +201,7 @@ class ServiceConfig(BaseModel):
     retry_jitter: float = Field(default=0.1, ge=0, lt=1)
     relay_backoff: float = Field(default=30.0, gt=0)
     relay_backoff_max: float = Field(default=300.0, gt=0)
+    retention_days: float = Field(default=0.0, ge=0)  # delete final messages after N days (PostgreSQL); 0 = keep
     web: WebConfig = Field(default_factory=WebConfig)
 
 

@@ -25,7 +25,10 @@ log = logging.getLogger("mailsvc.runtime")
 
 def outbox_options(service: ServiceConfig) -> dict[str, Any]:
     """The outbox settings carried by the service config."""
-    return {"max_pending": service.max_pending, "idempotency_ttl": service.idempotency_ttl}
+    options: dict[str, Any] = {"max_pending": service.max_pending, "idempotency_ttl": service.idempotency_ttl}
+    if service.retention_days and service.database_url.startswith(("postgresql", "postgres:")):
+        options["retention_days"] = service.retention_days  # the PostgreSQL outbox purges old final mail itself
+    return options
 
 
 def outbox_for(app: Quart) -> Outbox:

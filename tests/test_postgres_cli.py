@@ -11,6 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from mailsvc.message import Message
+from mailsvc.outbox.base import RecipientOutcome
+from mailsvc.outbox.postgres import PostgresOutbox
 from tests.pgtools import fresh_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +25,8 @@ async def url() -> AsyncIterator[str]:
         yield u
 
 
-async def mailsvc(url: str, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "MAILSVC_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+async def mailsvc(url: str, *args: str, **extra: str) -> tuple[int, str, str]:
+    env = {**os.environ, "MAILSVC_DATABASE_URL": url, "PYTHONPATH": str(ROOT), **extra}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mailsvc.cli", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -59,3 +62,17 @@ async def test_db_purge_counts_what_it_deleted(url: str) -> None:
     assert (rc, out.strip()) == (0, "deleted 0 delivered/failed messages older than 30 days"), err
     rc, _, err = await mailsvc(url, "db", "purge", "--days", "-1")
     assert rc == 2 and "--days" in err
+    rc, _, err = await mailsvc(url, "db", "purge")
+    assert rc == 2 and "MAILSVC_RETENTION_DAYS" in err
+    box = PostgresOutbox(url)
+    await box.open()
+    try:
+        ids = (await box.enqueue([Message(f"m{i}", recipients=["a@example.com"], body="x",
+                                          sender="s@example.com").build() for i in range(2)])).ids
+        await box.claim("w", 10, 60)
+        await box.record_many("w", [(i, [RecipientOutcome("a@example.com", "delivered", 250, "ok")]) for i in ids])
+        await box.pool.execute("UPDATE mailsvc_message SET updated_at = now() - interval '20 days' WHERE id = $1", ids[0])
+    finally:
+        await box.close()
+    rc, out, err = await mailsvc(url, "db", "purge", MAILSVC_RETENTION_DAYS="14")
+    assert (rc, out.strip()) == (0, "deleted 1 delivered/failed messages older than 14 days"), err

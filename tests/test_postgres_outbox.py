@@ -200,3 +200,27 @@ async def test_ping_fails_on_a_read_only_database(url: str) -> None:
             await ro.enqueue([envelope(1)])
     finally:
         await ro.close()
+
+
+async def test_retention_setting_purges_while_the_outbox_is_open(nodes: list[PostgresOutbox], url: str) -> None:
+    box = nodes[0]
+    ids = (await box.enqueue([envelope(i) for i in range(3)])).ids
+    await box.claim("w", 10, 600)
+    await box.record_many("w", [(i, [RecipientOutcome("ann@example.com", "delivered", 250, "ok")]) for i in ids[:2]])
+    await box.release([ids[2]], "w")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("UPDATE mailsvc_message SET updated_at = now() - interval '8 days' WHERE id = $1", ids[0])
+        kept = PostgresOutbox(url, retention_days=7, retention_interval=3600)
+        await kept.open()
+        try:
+            for _ in range(600):  # the first purge runs as the outbox opens, in the background
+                if await conn.fetchval("SELECT count(*) FROM mailsvc_message") < 3:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await kept.close()
+        left = sorted(r["id"] for r in await conn.fetch("SELECT id FROM mailsvc_message"))
+    finally:
+        await conn.close()
+    assert left == sorted(ids[1:])  # delivered but recent, and still queued, are kept

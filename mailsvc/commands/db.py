@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sys
 
+from ..config import ServiceConfig
 from ..errors import MailError
 
 
@@ -30,16 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="delete delivered/failed messages older than N days (PostgreSQL)",
         description="Delete final messages (and their bodies) older than --days, in small batches.",
     )
-    purge.add_argument("--days", type=float, required=True, help="keep final messages younger than this many days")
+    purge.add_argument("--days", type=float, default=None,
+                       help="keep final messages younger than this many days (default MAILSVC_RETENTION_DAYS)")
     purge.add_argument("--batch-size", type=int, default=500, help="rows per DELETE transaction (default 500)")
     purge.set_defaults(handler=run_purge)
 
 
-def _database_url() -> str:
+def _service() -> ServiceConfig:
     from ..cli import load_project_settings
 
-    url: str = load_project_settings().service_config().database_url
-    return url
+    service: ServiceConfig = load_project_settings().service_config()
+    return service
 
 
 def _is_postgres(url: str) -> bool:
@@ -54,7 +56,7 @@ def _where(url: str) -> str:
 def run_upgrade(args: argparse.Namespace) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK
 
-    url = _database_url()
+    url = _service().database_url
     try:
         applied = asyncio.run(_upgrade(url))
     except (MailError, RuntimeError) as exc:
@@ -84,19 +86,24 @@ async def _upgrade(url: str) -> list[str] | None:
 def run_purge(args: argparse.Namespace) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
-    url = _database_url()
+    service = _service()
+    url = service.database_url
+    days = args.days if args.days is not None else service.retention_days
+    if args.days is None and not days:
+        print("mailsvc: db purge: give --days N or set MAILSVC_RETENTION_DAYS", file=sys.stderr)
+        return EXIT_USAGE
     if not _is_postgres(url):
         print("mailsvc: db purge: retention is implemented for the PostgreSQL outbox only", file=sys.stderr)
         return EXIT_USAGE
-    if args.days < 0 or args.batch_size < 1:
+    if days < 0 or args.batch_size < 1:
         print("mailsvc: db purge: --days must be >= 0 and --batch-size >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        deleted = asyncio.run(_purge(url, args.days, args.batch_size))
+        deleted = asyncio.run(_purge(url, days, args.batch_size))
     except MailError as exc:
         print(f"mailsvc: db purge failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"deleted {deleted} delivered/failed messages older than {args.days:g} days")
+    print(f"deleted {deleted} delivered/failed messages older than {days:g} days")
     return EXIT_OK
 
 

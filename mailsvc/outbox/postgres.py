@@ -80,6 +80,9 @@ class PostgresOutbox(Outbox):
     ``idempotency_ttl`` how long a key is remembered (s), ``pool_size`` the
     connections this process may hold; ``migrate=False`` refuses to start on a
     schema nobody created (when only ``mailsvc db upgrade`` may change it).
+    ``retention_days`` > 0 runs :meth:`purge` at open and every
+    ``retention_interval`` seconds while open (every node may: purges skip
+    rows another holds).
     """
 
     def __init__(
@@ -91,6 +94,8 @@ class PostgresOutbox(Outbox):
         pool_size: int = 10,
         migrate: bool = True,
         command_timeout: float = 60.0,
+        retention_days: float = 0.0,
+        retention_interval: float = 3600.0,
     ) -> None:
         self.url = url
         self._dsn = asyncpg_dsn(url)
@@ -99,6 +104,9 @@ class PostgresOutbox(Outbox):
         self.pool_size = pool_size
         self.migrate = migrate
         self.command_timeout = command_timeout
+        self.retention_days = retention_days
+        self.retention_interval = retention_interval
+        self._retention: asyncio.Task[None] | None = None
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._work: asyncio.Event | None = None
@@ -119,8 +127,14 @@ class PostgresOutbox(Outbox):
                         raise OutboxError("the outbox schema does not exist; run `mailsvc db upgrade`")
         self._work = asyncio.Event()
         self._listen_lock = asyncio.Lock()
+        if self.retention_days > 0:
+            self._retention = asyncio.create_task(self._retention_loop(), name="mailsvc-outbox-retention")
 
     async def close(self) -> None:
+        task, self._retention = self._retention, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
             await listener.close(timeout=5)
@@ -411,6 +425,17 @@ class PostgresOutbox(Outbox):
             raise OutboxError("the outbox database is read-only (a standby, or default_transaction_read_only)")
 
     # -- retention ----------------------------------------------------------------
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                deleted = await self.purge(self.retention_days)
+            except OutboxError as exc:
+                log.warning("outbox retention: %s; trying again in %gs", exc, self.retention_interval)
+            else:
+                if deleted:
+                    log.info("outbox retention: deleted %d messages older than %g days", deleted, self.retention_days)
+            await asyncio.sleep(self.retention_interval)
+
     async def purge(self, older_than_days: float, *, batch_size: int = 500) -> int:
         """Delete final messages (and bodies, recipients) older than ``older_than_days``; return how many.
 
