@@ -37,12 +37,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def dev_smtp_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory: pytest.TempPathFactory, dev_smtp_port: int) -> Iterator[str]:
     """``hypercorn asgi:app`` as a real process with nothing configured but where to keep its files."""
     tmp = tmp_path_factory.mktemp("browser-service")
     log_path = tmp / "hypercorn.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "MAILSVC_"))}
-    env |= {"MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/o.sqlite3", "MAILSVC_DEV_SMTP_PORT": str(_free_port()),
+    env |= {"MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/o.sqlite3", "MAILSVC_DEV_SMTP_PORT": str(dev_smtp_port),
             "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -5,14 +5,21 @@ Each page is screenshotted at 375 px and 1440 px into tests/screenshots/ for a p
 
 from __future__ import annotations
 
+import base64
+import smtplib
 import time
 import uuid
+from email.message import EmailMessage
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+
+PNG_1PX = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 @pytest.fixture
@@ -115,6 +122,23 @@ def test_message_scripts_never_run(page: Any, base_url: str, screenshots: Path) 
     page.goto(base_url + (page.locator("iframe.mail").get_attribute("src") or ""))
     assert page.locator("#hello").inner_text() == "Hello from HTML"
     assert page.locator("body").get_attribute("data-pwned") is None
+
+
+def test_inline_image_from_another_app_shows(page: Any, base_url: str, dev_smtp_port: int, screenshots: Path) -> None:
+    """Another local app talks SMTP to the dev inbox directly; its cid: image renders in the frame."""
+    subject = f"Newsletter {uuid.uuid4().hex[:6]}"
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "news@example.com", "carol@example.com", subject
+    msg.set_content("text version")
+    msg.add_alternative('<h2>News</h2><img id="logo" alt="logo" src="cid:logo@news">', subtype="html")
+    msg.get_payload()[1].add_related(PNG_1PX, "image", "png", cid="<logo@news>")  # type: ignore[index]
+    with smtplib.SMTP("127.0.0.1", dev_smtp_port, timeout=30) as smtp:
+        smtp.send_message(msg)
+    open_in_inbox(page, base_url, subject)
+    frame = page.frame_locator("iframe.mail")
+    logo = frame.locator("#logo")
+    logo.wait_for()
+    assert logo.evaluate("img => img.complete && img.naturalWidth") == 1
 
 
 def test_previews(page: Any, base_url: str, screenshots: Path) -> None:
