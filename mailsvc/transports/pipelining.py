@@ -183,11 +183,11 @@ class _ReplyReader:
 
     def __enter__(self) -> _ReplyReader:
         p = self._protocol
+        if p._buffer:  # a partial reply left over cannot belong to this group
+            raise SMTPResponseException(-1, "unexpected data from the server before MAIL")
         self._orig_lost = p.connection_lost
         p.data_received = self._data_received  # type: ignore[method-assign]
         p.connection_lost = self._connection_lost  # type: ignore[method-assign]
-        if p._buffer:  # a partial reply left over cannot belong to this group
-            raise SMTPResponseException(-1, "unexpected data from the server before MAIL")
         return self
 
     def __exit__(self, *exc: Any) -> None:
