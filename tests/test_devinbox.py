@@ -122,7 +122,7 @@ async def test_attachment_and_eml_download(served: Served, send: Send) -> None:
 
     eml = await client.get("/inbox/1.eml")
     assert eml.headers["Content-Type"].startswith("message/rfc822")
-    parsed = email.message_from_bytes(await eml.get_data(), policy=policy.default)
+    parsed = email.message_from_bytes(await eml.get_data(as_text=False), policy=policy.default)
     assert parsed["Message-ID"] == msg.msgId and parsed["Subject"] == "Welcome <Ann>"
     assert detail["text"].strip() == "Hi Ann, plain." and "<b>Ann</b>" in detail["html"]
     assert detail["headers"]["To"] == ["Ann <ann@example.com>"]

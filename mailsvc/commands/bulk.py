@@ -261,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(EXIT_FAILED, f"nothing queued: {exc}")
     except MailError as exc:
         return fail(EXIT_USAGE, str(exc))
+    assert result.batch_id is not None  # enqueue(batch=True) always names the batch
     print(f"batch {result.batch_id}: {len(result.ids)} messages queued" + (" (idempotent replay)" if result.duplicate else ""),
           file=sys.stderr)
     print(result.batch_id)

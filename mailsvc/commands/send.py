@@ -21,9 +21,13 @@ import mimetypes
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MailError, MessageError, OutboxError, TemplateError
+
+if TYPE_CHECKING:
+    from ..message import Envelope
+    from ..outbox import EnqueueResult, Outbox
 
 __all__ = ["InputError", "build_envelopes", "enqueue", "load_context", "outbox_from", "register", "run"]
 
@@ -104,7 +108,7 @@ def _headers(items: Sequence[str]) -> dict[str, str]:
     return headers
 
 
-def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Any]:
+def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Envelope]:
     """Validate everything and build the wire form; raises InputError/MailError before any queueing."""
     from ..message import Message
     from ..rendering import TemplateRenderer
@@ -144,7 +148,7 @@ def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Any]:
     return [envelope]
 
 
-def outbox_from(settings: Any) -> Any:
+def outbox_from(settings: Any) -> Outbox:
     """The project's outbox, unopened, with the same limits (MAILSVC_MAX_PENDING, ...) as the service."""
     from ..outbox import open_outbox
     from ..runtime import outbox_options
@@ -153,7 +157,9 @@ def outbox_from(settings: Any) -> Any:
     return open_outbox(service.database_url, **outbox_options(service))
 
 
-async def enqueue(settings: Any, envelopes: Sequence[Any], *, batch: bool = False, idempotency_key: str | None = None) -> Any:
+async def enqueue(
+    settings: Any, envelopes: Sequence[Envelope], *, batch: bool = False, idempotency_key: str | None = None
+) -> EnqueueResult:
     """Open the outbox, enqueue in one transaction, close; returns the EnqueueResult."""
     async with outbox_from(settings) as outbox:
         return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key)

@@ -121,7 +121,7 @@ def _parts(msg: EmailMessage, bodies: set[int]) -> list[Part]:
 
 
 def _parse(raw: bytes) -> EmailMessage:
-    return email.message_from_bytes(raw, policy=policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(raw, policy=policy.default)
 
 
 def parse(raw: bytes) -> MessageView:

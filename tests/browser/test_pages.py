@@ -131,7 +131,9 @@ def test_inline_image_from_another_app_shows(page: Any, base_url: str, dev_smtp_
     msg["From"], msg["To"], msg["Subject"] = "news@example.com", "carol@example.com", subject
     msg.set_content("text version")
     msg.add_alternative('<h2>News</h2><img id="logo" alt="logo" src="cid:logo@news">', subtype="html")
-    msg.get_payload()[1].add_related(PNG_1PX, "image", "png", cid="<logo@news>")  # type: ignore[index]
+    html_part = msg.get_body(("html",))
+    assert isinstance(html_part, EmailMessage)
+    html_part.add_related(PNG_1PX, "image", "png", cid="<logo@news>")
     with smtplib.SMTP("127.0.0.1", dev_smtp_port, timeout=30) as smtp:
         smtp.send_message(msg)
     open_in_inbox(page, base_url, subject)
