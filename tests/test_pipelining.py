@@ -9,6 +9,7 @@ when it read MAIL FROM, which is how we know the commands really went together.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,3 +196,55 @@ async def test_pipelining_after_starttls_and_auth(server_ssl_context: ssl.SSLCon
     assert result == (({}, "Message accepted"), ({}, "Message accepted"))
     assert handler.pipelined_mails == 2
     assert handler.received[0].rcpt_tos == ["b@example.com", "c@example.com"]
+
+
+# -- replies split or merged on the wire -------------------------------------------------
+async def _scripted_server(chunking: str) -> tuple[asyncio.base_events.Server, int, list[bytes]]:
+    """A tiny real SMTP server that answers a pipelined group in one write, or a byte at a time."""
+    got: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def reply(data: bytes) -> None:
+            if chunking == "bytewise":
+                for i in range(len(data)):
+                    writer.write(data[i:i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            else:
+                writer.write(data)
+                await writer.drain()
+
+        await reply(b"220 scripted ESMTP\r\n")
+        await reader.readline()  # EHLO
+        await reply(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        while True:
+            line = await reader.readline()
+            if not line or line.startswith(b"QUIT"):
+                await reply(b"221 bye\r\n")
+                break
+            assert line.startswith(b"MAIL FROM:")
+            rcpt1, rcpt2, data = await reader.readline(), await reader.readline(), await reader.readline()
+            assert (rcpt1[:8], rcpt2[:8], data) == (b"RCPT TO:", b"RCPT TO:", b"DATA\r\n")
+            # Multi-line reply in the middle, as some servers send.
+            await reply(b"250 sender ok\r\n250-first\r\n250 recipient ok\r\n550 5.1.1 no\r\n354 go ahead\r\n")
+            got.append(await reader.readuntil(b"\r\n.\r\n"))
+            await reply(b"250 2.0.0 queued as X\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], got
+
+
+@pytest.mark.parametrize("chunking", ["merged", "bytewise"])
+async def test_replies_merged_or_split_are_read_in_order(chunking: str) -> None:
+    server, port, got = await _scripted_server(chunking)
+    async with server:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+        await smtp.connect()
+        for _ in range(3):
+            async with asyncio.timeout(10):  # a lost reply would otherwise wait forever (callers set MAIL_TIMEOUT)
+                refused, reply = await pipelining.sendmail(smtp, "a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi")
+            assert reply == "2.0.0 queued as X"
+            assert {k: tuple(v) for k, v in refused.items()} == {"c@example.com": (550, "5.1.1 no")}
+        await smtp.quit()
+    assert got == [b"Subject: x\r\n\r\nhi\r\n.\r\n"] * 3
