@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -87,6 +88,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
 _PENDING_SQL = "('queued', 'sending', 'deferred')"
 # Undelivered = not final = has a due time; the partial index answers this without a table scan.
 _COUNT_PENDING = "SELECT count(*) FROM messages WHERE due_at IS NOT NULL"
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
+    """Slices small enough for SQLite's limit on bound parameters."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -319,7 +325,7 @@ class SqliteOutbox(Outbox):
             # A message due with no due recipient should not exist; repair its due_at rather than spin.
             for pk in pks:
                 if pk not in due:
-                    await self._settle(db, pk, now)
+                    await self._settle(db, [pk], now)
         claimed = []
         for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts in rows:
             if pk not in due:
@@ -337,27 +343,53 @@ class SqliteOutbox(Outbox):
             claimed.append(ClaimedMessage(id=id_, envelope=env, attempts=attempts, first_queued_at=created))
         return claimed
 
-    async def _settle(self, db: aiosqlite.Connection, pk: int, now: float) -> None:
-        """Recompute a message's state and due time from its recipients; drop the lease.
+    async def _recipient_rows(self, db: aiosqlite.Connection, pks: Sequence[int]) -> dict[int, list[tuple[str, float | None]]]:
+        rows: dict[int, list[tuple[str, float | None]]] = {pk: [] for pk in pks}
+        for chunk in _chunks(pks):
+            marks = ",".join("?" * len(chunk))
+            async with db.execute(
+                f"SELECT msg, state, next_attempt_at FROM recipients WHERE msg IN ({marks})", tuple(chunk)
+            ) as cur:
+                for msg, state, next_at in await cur.fetchall():
+                    rows[msg].append((state, next_at))
+        return rows
+
+    async def _settle(self, db: aiosqlite.Connection, pks: Sequence[int], now: float) -> None:
+        """Recompute messages' states and due times from their recipients; drop the leases.
 
         Recipients still marked ``sending`` were not attempted: they go back to
         ``queued`` (never tried) or ``deferred`` (tried before), keeping their time.
         """
-        await db.execute(
-            "UPDATE recipients SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END"
-            " WHERE msg = ? AND state = 'sending'",
-            (pk,),
+        if not pks:
+            return
+        for chunk in _chunks(pks):
+            marks = ",".join("?" * len(chunk))
+            await db.execute(
+                "UPDATE recipients SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END"
+                f" WHERE msg IN ({marks}) AND state = 'sending'",
+                tuple(chunk),
+            )
+        updates = []
+        for pk, rows in (await self._recipient_rows(db, pks)).items():
+            pending_times = [t if t is not None else now for st, t in rows if st not in FINAL_STATES]
+            due_at = min(pending_times) if pending_times else None
+            updates.append((derive_state(st for st, _ in rows), due_at, now, pk))
+        await db.executemany(
+            "UPDATE messages SET state = ?, due_at = ?, lease_owner = NULL, updated_at = ? WHERE pk = ?", updates
         )
-        async with db.execute(
-            "SELECT state, next_attempt_at FROM recipients WHERE msg = ?", (pk,)
-        ) as cur:
-            rows = list(await cur.fetchall())
-        state = derive_state(r[0] for r in rows)
-        pending_times = [r[1] if r[1] is not None else now for r in rows if r[0] not in FINAL_STATES]
-        due_at = min(pending_times) if pending_times else None
-        await db.execute(
-            "UPDATE messages SET state = ?, due_at = ?, lease_owner = NULL, updated_at = ? WHERE pk = ?",
-            (state, due_at, now, pk),
+
+    async def _restate(self, db: aiosqlite.Connection, pks: Sequence[int], now: float) -> None:
+        """Recompute states only (another worker holds the lease); final messages lose their due time."""
+        if not pks:
+            return
+        updates = []
+        for pk, rows in (await self._recipient_rows(db, pks)).items():
+            state = derive_state(st for st, _ in rows)
+            updates.append((state, now, state in ("delivered", "failed", "partial"), pk))
+        await db.executemany(
+            "UPDATE messages SET state = ?, updated_at = ?, due_at = CASE WHEN ? THEN NULL ELSE due_at END"
+            " WHERE pk = ?",
+            updates,
         )
 
     async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
@@ -366,57 +398,58 @@ class SqliteOutbox(Outbox):
     async def record_many(self, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
         if not items:
             return
+        for _, outcomes in items:
+            for o in outcomes:
+                if o.state not in FINAL_STATES and o.state != "deferred":
+                    raise OutboxError(f"cannot record state {o.state!r} for {o.recipient}: not an outcome")
         now = time.time()
         async with self._write() as db:
+            found = await self._lookup(db, [id_ for id_, _ in items])
+            ours: list[int] = []
+            theirs: list[int] = []
+            rcpt_updates: list[tuple[Any, ...]] = []
             for id_, outcomes in items:
-                async with db.execute("SELECT pk, lease_owner FROM messages WHERE id = ?", (id_,)) as cur:
-                    row = await cur.fetchone()
-                if row is None:
+                if id_ not in found:
                     raise NotFoundError("message", id_)
-                pk, lease_owner = row
-                for o in outcomes:
-                    if o.state not in FINAL_STATES and o.state != "deferred":
-                        raise OutboxError(f"cannot record state {o.state!r} for {o.recipient}: not an outcome")
-                # Never overwrite a final state: a delivered recipient stays delivered.
-                await db.executemany(
-                    "UPDATE recipients SET state = ?, attempts = attempts + 1, last_code = ?, last_reply = ?,"
-                    " updated_at = ?, next_attempt_at = ? WHERE msg = ? AND address = ?"
-                    " AND state NOT IN ('delivered', 'failed', 'expired')",
-                    [
-                        (o.state, o.code, o.reply[:1000], now,
-                         _ts(o.next_attempt_at) if o.state == "deferred" else None, pk, o.recipient)
-                        for o in outcomes
-                    ],
+                pk, lease_owner = found[id_]
+                # Another worker took the message after our lease lapsed: leave its lease alone.
+                (ours if lease_owner in (owner, None) else theirs).append(pk)
+                rcpt_updates.extend(
+                    (o.state, o.code, o.reply[:1000], now,
+                     _ts(o.next_attempt_at) if o.state == "deferred" else None, pk, o.recipient)
+                    for o in outcomes
                 )
-                await db.execute("UPDATE messages SET attempts = attempts + 1 WHERE pk = ?", (pk,))
-                if lease_owner == owner or lease_owner is None:
-                    await self._settle(db, pk, now)
-                else:
-                    # Another worker took the message after our lease expired: leave its lease alone.
-                    await self._restate(db, pk, now)
+            # Never overwrite a final state: a delivered recipient stays delivered.
+            await db.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + 1, last_code = ?, last_reply = ?,"
+                " updated_at = ?, next_attempt_at = ? WHERE msg = ? AND address = ?"
+                " AND state NOT IN ('delivered', 'failed', 'expired')",
+                rcpt_updates,
+            )
+            await db.executemany(
+                "UPDATE messages SET attempts = attempts + 1 WHERE pk = ?", [(found[i][0],) for i, _ in items]
+            )
+            await self._settle(db, ours, now)
+            await self._restate(db, theirs, now)
 
-    async def _restate(self, db: aiosqlite.Connection, pk: int, now: float) -> None:
-        async with db.execute("SELECT state FROM recipients WHERE msg = ?", (pk,)) as cur:
-            state = derive_state(r[0] for r in await cur.fetchall())
-        final = state in ("delivered", "failed", "partial")
-        await db.execute(
-            "UPDATE messages SET state = ?, updated_at = ?,"
-            " due_at = CASE WHEN ? THEN NULL ELSE due_at END WHERE pk = ?",
-            (state, now, final, pk),
-        )
+    async def _lookup(self, db: aiosqlite.Connection, ids: Sequence[str]) -> dict[str, tuple[int, str | None]]:
+        found: dict[str, tuple[int, str | None]] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            async with db.execute(
+                f"SELECT id, pk, lease_owner FROM messages WHERE id IN ({marks})", tuple(chunk)
+            ) as cur:
+                for id_, pk, lease_owner in await cur.fetchall():
+                    found[id_] = (pk, lease_owner)
+        return found
 
     async def release(self, ids: Sequence[str], owner: str) -> None:
         if not ids:
             return
         now = time.time()
         async with self._write() as db:
-            for id_ in ids:
-                async with db.execute(
-                    "SELECT pk FROM messages WHERE id = ? AND lease_owner = ?", (id_, owner)
-                ) as cur:
-                    row = await cur.fetchone()
-                if row is not None:
-                    await self._settle(db, row[0], now)
+            found = await self._lookup(db, ids)
+            await self._settle(db, [pk for pk, lease_owner in found.values() if lease_owner == owner], now)
         assert self._work is not None
         self._work.set()
 
