@@ -87,6 +87,8 @@ def _error(exc: BaseException, folder: Path, name: str) -> PreviewError:
     else:
         message = f"{type(exc).__name__}: {exc}"
     rel = path.resolve().relative_to(folder.resolve()).as_posix() if path is not None else None
+    if rel is not None:  # the page already says which file; don't repeat it in the message
+        message = message.replace(f"syntax error in {rel}: ", "syntax error: ", 1)
     return PreviewError(message, rel, line, _excerpt(path, line) if path is not None and line else [])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,8 +48,12 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, dev_smtp_port: int) -> It
     tmp = tmp_path_factory.mktemp("browser-service")
     log_path = tmp / "hypercorn.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "MAILSVC_"))}
+    # The project's templates plus one broken template, so the previews' error page is exercised too.
+    templates = tmp / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    (templates / "email" / "broken.html").write_text("<p>Hello {{ name }}</p>\n<p>{% if %}oops{% endif %}</p>\n")
     env |= {"MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/o.sqlite3", "MAILSVC_DEV_SMTP_PORT": str(dev_smtp_port),
-            "PYTHONUNBUFFERED": "1"}
+            "MAILSVC_TEMPLATES": str(templates), "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", "127.0.0.1:0"],

@@ -123,6 +123,14 @@ def test_message_scripts_never_run(page: Any, base_url: str, screenshots: Path) 
     assert page.locator("#hello").inner_text() == "Hello from HTML"
     assert page.locator("body").get_attribute("data-pwned") is None
 
+    # Delete it with the keyboard only.
+    page.go_back()
+    page.get_by_role("button", name="Delete", exact=True).focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{base_url}/inbox?deleted=1")
+    assert page.get_by_role("status").inner_text() == "Deleted 1 message."
+    assert page.get_by_role("link", name=subject).count() == 0
+
 
 def test_inline_image_from_another_app_shows(page: Any, base_url: str, dev_smtp_port: int, screenshots: Path) -> None:
     """Another local app talks SMTP to the dev inbox directly; its cid: image renders in the frame."""
@@ -154,3 +162,12 @@ def test_previews(page: Any, base_url: str, screenshots: Path) -> None:
     assert "Your account is ready." in frame.locator("body").inner_text()
     assert frame.get_by_role("link", name="Sign in").get_attribute("href") == "https://example.com/login"
     shoot(page, screenshots, "preview")
+
+    page.goto(f"{base_url}/previews")
+    assert "error on line 2" in page.locator("li", has_text="broken").inner_text()
+    response = page.goto(f"{base_url}/previews/broken")
+    assert response is not None and response.status == 422
+    alert = page.get_by_role("alert")
+    assert "broken.html, line 2" in alert.inner_text()
+    assert "{% if %}" in alert.locator("li.hit").inner_text()
+    shoot(page, screenshots, "preview-error")
