@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .config import MailConfig, ServiceConfig
-from .errors import DeliveryError, OutboxError
+from .errors import DeliveryError, NotFoundError, OutboxError
 from .extension import MailState
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
@@ -94,6 +94,11 @@ class Worker:
         """Ask the loop to stop (safe from a signal handler); :meth:`run` then winds down."""
         if self._stopping is not None:
             self._stopping.set()
+
+    @property
+    def busy(self) -> bool:
+        """Messages claimed and not yet recorded or given back."""
+        return bool(self._inflight or self._records or self._to_release)
 
     @property
     def stopping(self) -> bool:
@@ -248,6 +253,15 @@ class Worker:
         if items:
             try:
                 await self.outbox.record_many(self.owner, items)
+            except NotFoundError:
+                # A message vanished (purged by retention): record the others one by one, drop it.
+                for item in items:
+                    try:
+                        await self.outbox.record(item[0], self.owner, item[1])
+                    except NotFoundError:
+                        log.warning("message %s is no longer in the outbox; outcome dropped", item[0])
+                    except OutboxError:
+                        self._records.append(item)
             except OutboxError as exc:
                 log.error("could not record %d outcomes, will retry: %s", len(items), exc)
                 self._records = items + self._records

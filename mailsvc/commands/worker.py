@@ -13,6 +13,12 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import MailConfig, ServiceConfig
+    from ..outbox import Outbox
+    from ..worker import WorkerGroup
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--concurrency", type=int, default=None,
                    help="claim loops in this process (default MAILSVC_WORKERS, at least 1)")
     p.add_argument("--until-empty", action="store_true",
-                   help="exit once nothing is left to deliver now (for batch jobs and benchmarks)")
+                   help="exit once no message is left undelivered (every one delivered, failed or expired; for batch jobs and benchmarks)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(handler=run)
 
@@ -43,13 +49,11 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _main(mail_config: object, service: object, count: int | None, until_empty: bool) -> None:
-    from ..config import MailConfig, ServiceConfig
+async def _main(mail_config: MailConfig, service: ServiceConfig, count: int | None, until_empty: bool) -> None:
     from ..outbox import open_outbox
     from ..runtime import outbox_options
     from ..worker import WorkerGroup
 
-    assert isinstance(mail_config, MailConfig) and isinstance(service, ServiceConfig)
     outbox = open_outbox(service.database_url, **outbox_options(service))
     await outbox.open()
     try:
@@ -75,11 +79,7 @@ async def _main(mail_config: object, service: object, count: int | None, until_e
         await outbox.close()
 
 
-async def _work_left(outbox: object, group: object) -> bool:
-    from ..outbox import Outbox
-    from ..worker import WorkerGroup
-
-    assert isinstance(outbox, Outbox) and isinstance(group, WorkerGroup)
-    if any(w._inflight for w in group.workers):
+async def _work_left(outbox: Outbox, group: WorkerGroup) -> bool:
+    if any(w.busy for w in group.workers):
         return True
     return await outbox.pending_count() > 0
