@@ -254,3 +254,36 @@ async def test_two_nodes_three_workers_one_killed(db_url: str, tmp_path: Path) -
             raise
         finally:
             await stop_all(procs)
+
+
+async def test_same_idempotency_key_posted_to_both_nodes_at_once_gives_one_message(
+    db_url: str, tmp_path: Path
+) -> None:
+    procs: list[Proc] = []
+    async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        env = service_env(db_url, 9)  # no workers: the relay is never contacted
+        try:
+            (node_a, url_a), (node_b, url_b) = await asyncio.gather(
+                start_node("node-a", env, tmp_path), start_node("node-b", env, tmp_path))
+            procs += [node_a, node_b]
+            await asyncio.gather(wait_ready(client, url_a, node_a), wait_ready(client, url_b, node_b))
+            body = {"to": ["ann@example.com"], "subject": "Order 42", "text": "Thanks for your order."}
+            for round_ in range(3):
+                key = f"order-42-{round_}"
+                replies = await asyncio.gather(*(
+                    client.post(f"{(url_a, url_b)[i % 2]}/api/messages", json=body, headers={"Idempotency-Key": key})
+                    for i in range(10)))
+                assert [r.status_code for r in replies] == [202] * 10, [r.text for r in replies]
+                assert len({r.json()["id"] for r in replies}) == 1
+                assert sum("Idempotent-Replayed" not in r.headers for r in replies) == 1
+            conn = await asyncpg.connect(db_url)
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM mailsvc_message") == 3
+            finally:
+                await conn.close()
+        except BaseException:
+            for p in procs:
+                print(p.tail())
+            raise
+        finally:
+            await stop_all(procs)

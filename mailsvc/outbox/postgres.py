@@ -16,6 +16,9 @@ Why these choices (the ones Oban, River, GoodJob and procrastinate made):
   then see the conflict, so there is one message.
 * **Schema** comes from versioned migrations (:mod:`.migrations`) applied under an
   advisory lock on :meth:`open` and by ``mailsvc db upgrade``.
+* **Backpressure** counts undelivered messages inside the enqueue transaction; two
+  nodes enqueueing at the same instant may together pass ``max_pending`` by one
+  request's worth (a soft limit, rather than serialising every enqueue cluster-wide).
 
 >>> outbox = PostgresOutbox("postgresql://postgres@127.0.0.1:5432/test", max_pending=100_000)
 >>> # async with outbox: ids = (await outbox.enqueue([envelope])).ids
