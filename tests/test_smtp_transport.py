@@ -311,3 +311,24 @@ async def test_server_that_never_greets_hits_the_connect_deadline() -> None:
         await server.wait_closed()
     assert "MAIL_TIMEOUT" in str(err.value)
     assert len(accepted) == 1
+
+
+async def test_sender_refused_is_refused_for_every_recipient_and_connection_kept() -> None:
+    class NoSender(RecordingHandler):
+        async def handle_MAIL(self, server, session, envelope, address, mail_options):  # type: ignore[no-untyped-def]
+            if address == "blocked@example.com":
+                return "553 5.7.1 sender not allowed"
+            envelope.mail_from = address
+            return "250 OK"
+
+    handler, counter = NoSender(), ConnectionCounter()
+    async with smtp_server(handler, connections=counter) as port:
+        async with standalone(config(port, pool_size=1)) as mail:
+            with pytest.raises(DeliveryError) as err:
+                await mail.send(Message("x", recipients=["a@example.com", "b@example.com"], body="x",
+                                        sender="blocked@example.com"))
+            ok = await mail.send(msg())
+    result = err.value.result
+    assert err.value.code == 553
+    assert result is not None and [(r.status, r.code) for r in result.recipients] == [("refused", 553)] * 2  # type: ignore[attr-defined]
+    assert ok.ok and counter.count == 1
