@@ -178,7 +178,7 @@ async def enqueue_row(url: str, sink: Sink, n: int, per_batch: int) -> Row:
                                 break
                         except httpx.TransportError:
                             await asyncio.sleep(0.1)
-                batches = [
+                batches: list[dict[str, object]] = [
                     {"subject": "Campaign {{ n }}", "text": "Hello {{ name }}, message {{ n }}.",
                      "recipients": [{"to": [f"user{b}-{i}@example.com"], "context": {"n": i, "name": f"U{i}"}}
                                     for i in range(per_batch)]}
