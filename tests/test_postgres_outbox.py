@@ -224,3 +224,15 @@ async def test_retention_setting_purges_while_the_outbox_is_open(nodes: list[Pos
     finally:
         await conn.close()
     assert left == sorted(ids[1:])  # delivered but recent, and still queued, are kept
+
+
+async def test_a_schema_newer_than_the_code_is_refused(url: str) -> None:
+    box = PostgresOutbox(url)
+    await box.open()
+    await box.pool.execute("INSERT INTO mailsvc_schema_version (version, name) VALUES (99, 'from_the_future')")
+    await box.close()
+    old_node = PostgresOutbox(url)
+    with pytest.raises(OutboxError, match="version 99.*upgrade mailsvc on this node"):
+        await old_node.open()
+    with pytest.raises(OutboxError, match="not open"):
+        await old_node.pending_count()

@@ -117,17 +117,24 @@ class PostgresOutbox(Outbox):
 
     # -- lifecycle ------------------------------------------------------------
     async def open(self) -> None:
+        if self._pool is not None:
+            return
         with _translate("open the outbox"):
-            self._pool = await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=self.pool_size, command_timeout=self.command_timeout
             )
-            if self.migrate:
-                async with self._pool.acquire() as conn:
-                    await migrations.upgrade(conn)
-            else:
-                async with self._pool.acquire() as conn:
-                    if not await migrations.applied_versions(conn):
+            try:
+                async with pool.acquire() as conn:
+                    if self.migrate:
+                        await migrations.upgrade(conn)
+                    elif not await migrations.applied_versions(conn):
                         raise OutboxError("the outbox schema does not exist; run `mailsvc db upgrade`")
+            except BaseException as exc:
+                await pool.close()
+                if isinstance(exc, RuntimeError):  # schema newer than this code
+                    raise OutboxError(str(exc)) from exc
+                raise
+            self._pool = pool
         self._work = asyncio.Event()
         self._listen_lock = asyncio.Lock()
         if self.retention_days > 0:
