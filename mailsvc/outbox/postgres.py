@@ -2,9 +2,10 @@
 
 Why these choices (the ones Oban, River, GoodJob and procrastinate made):
 
-* **Claims** take due rows with ``FOR UPDATE SKIP LOCKED`` in one statement, so
-  any number of workers claim concurrently without ever taking the same message
-  and without waiting on each other.
+* **Claims** lock a batch of due rows with ``FOR UPDATE SKIP LOCKED`` and lease
+  them in the same short transaction, so any number of workers claim concurrently
+  without ever taking the same message and without waiting on each other.
+  Records and releases are set-based too: one statement per step for a whole group.
 * **Leases** are a row's ``lease_owner`` and expiry; ``due_at`` becomes the lease
   expiry, so a worker that dies simply lets its messages fall due again. Nothing
   is reset at start-up.
