@@ -12,6 +12,8 @@ import asyncio
 import atexit
 import hashlib
 import os
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +52,42 @@ async def require_postgres() -> None:
     reason = await unreachable_reason()
     if reason:
         pytest.skip(reason)
+    await _sweep_stale()
+
+
+# Every schema/database a test makes is named mailsvc_<prefix>_<unix time>_<hex>, so what a killed run
+# left behind can be recognised by age and dropped by the next run (no run lasts an hour; a run going on
+# at the same time on this server is younger and left alone).
+_STALE_AFTER = 3600
+_STAMPED = re.compile(r"^mailsvc_[a-z]+_(\d{10})_[0-9a-f]+$")
+_session_stamp = int(time.time())
+_swept = False
+
+
+def _name(prefix: str, suffix: str, stamp: int | None = None) -> str:
+    return f"mailsvc_{prefix}_{stamp if stamp is not None else int(time.time())}_{suffix}"
+
+
+async def _sweep_stale() -> None:
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    cutoff = time.time() - _STALE_AFTER
+    conn = await asyncpg.connect(PG_URL, timeout=10)
+    try:
+        schemas = [r[0] for r in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'mailsvc\\_%'")]
+        dbs = [r[0] for r in await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'mailsvc\\_%'")]
+        for name in schemas:
+            m = _STAMPED.match(name)
+            if m and int(m.group(1)) < cutoff:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        for name in dbs:
+            m = _STAMPED.match(name)
+            if m and int(m.group(1)) < cutoff:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 def _with_path(url: str, *, path: str | None = None, query: str | None = None) -> str:
@@ -61,7 +99,7 @@ def _with_path(url: str, *, path: str | None = None, query: str | None = None) -
 async def fresh_schema(prefix: str = "t") -> AsyncIterator[str]:
     """Create an empty schema; yield a URL whose connections use it; drop it afterwards."""
     await require_postgres()
-    name = f"mailsvc_{prefix}_{uuid.uuid4().hex[:12]}"
+    name = _name(prefix, uuid.uuid4().hex[:12])
     admin = await asyncpg.connect(PG_URL, timeout=10)
     try:
         await admin.execute(f'CREATE SCHEMA "{name}"')
@@ -81,7 +119,7 @@ async def fresh_schema(prefix: str = "t") -> AsyncIterator[str]:
 async def fresh_database(prefix: str = "t") -> AsyncIterator[str]:
     """Create an empty database (for multi-process tests); yield its URL; drop it afterwards."""
     await require_postgres()
-    name = f"mailsvc_{prefix}_{uuid.uuid4().hex[:12]}"
+    name = _name(prefix, uuid.uuid4().hex[:12])
     admin = await asyncpg.connect(PG_URL, timeout=10)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -125,7 +163,7 @@ async def postgres_outbox(tmp_path: object, **options: Any) -> Outbox:
     from mailsvc.outbox.postgres import PostgresOutbox
 
     await require_postgres()
-    name = "mailsvc_c_" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    name = _name("c", hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16], _session_stamp)
     if name not in _contract_schemas:
         if not _contract_schemas:
             atexit.register(_drop_contract_schemas)
