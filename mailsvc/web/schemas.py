@@ -208,9 +208,12 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sender: Address | None = Field(default=None, description="From; only when the service allows it")
-    reply_to: AddressList = Field(default_factory=list)
-    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
-    headers: dict[HeaderName, HeaderText] = Field(default_factory=dict, max_length=50)
+    reply_to: AddressList = Field(default_factory=list, description="one address or a list")
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100,
+                                            description="files, base64-encoded; size capped per attachment")
+    headers: dict[HeaderName, HeaderText] = Field(
+        default_factory=dict, max_length=50,
+        description="extra headers such as List-Unsubscribe; From, To, Subject, Date and MIME headers are refused")
 
     def _check_sender(self, info: ValidationInfo) -> None:
         ctx = _ctx(info)
@@ -221,12 +224,12 @@ class _Common(BaseModel):
 class MessageIn(_Common):
     """``POST /api/messages``: literal subject/text/html, or a named ``template`` with ``context``."""
 
-    to: Annotated[AddressList, Field(min_length=1)]
-    cc: AddressList = Field(default_factory=list)
-    bcc: AddressList = Field(default_factory=list)
-    subject: HeaderText | None = None
-    text: str | None = None
-    html: str | None = None
+    to: Annotated[AddressList, Field(min_length=1, description="'Name <a@b.example>' or 'a@b.example' (IDN domains too), or a list")]
+    cc: AddressList = Field(default_factory=list, description="one address or a list")
+    bcc: AddressList = Field(default_factory=list, description="envelope only: never shown in a header")
+    subject: HeaderText | None = Field(default=None, description="required unless template is given")
+    text: str | None = Field(default=None, description="plain-text body")
+    html: str | None = Field(default=None, description="HTML body")
     template: TemplateName | None = Field(default=None, description="a template under templates/email/")
     context: dict[str, Any] = Field(default_factory=dict, description="variables for the template")
 
