@@ -16,6 +16,7 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from quart import Request, session
@@ -124,7 +125,8 @@ def csrf_token() -> str:
 def verify_csrf(submitted: str | None, request: Request) -> None:
     """403 unless the submitted token matches the session's and any Origin is our own."""
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.rstrip("/") != request.host_url.rstrip("/"):
+    # Host only, not scheme: behind a TLS-terminating proxy the app sees http:// for an https:// page.
+    if origin and (origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()):
         raise ProblemException(403, "cross-site form submission refused (Origin does not match)")
     expected = session.get("csrf")
     if not isinstance(expected, str) or not submitted or not hmac.compare_digest(expected.encode(), submitted.encode("utf-8", "surrogatepass")):
