@@ -20,7 +20,11 @@ def run(args: argparse.Namespace) -> int:
     from ..app import create_app
     from ..cli import load_project_settings
 
+    import logging
+
     settings = load_project_settings()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("mailsvc").setLevel(logging.INFO)  # one line per accepted message and delivery outcome
     app = create_app(settings.mail_config(), settings.service_config())
     config = Config()
     config.bind = [args.bind]
