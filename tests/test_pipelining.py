@@ -10,6 +10,7 @@ when it read MAIL FROM, which is how we know the commands really went together.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import trustme
 from aiosmtpd.smtp import Envelope as ServerEnvelope
 from aiosmtpd.smtp import Session
 
+from mailsvc import Attachment, Mail, MailConfig, Message, SendResult
 from mailsvc.transports import pipelining
 from tests.servers import Authenticator, RecordingHandler, smtp_server
 
@@ -196,6 +198,53 @@ async def test_pipelining_after_starttls_and_auth(server_ssl_context: ssl.SSLCon
     assert result == (({}, "Message accepted"), ({}, "Message accepted"))
     assert handler.pipelined_mails == 2
     assert handler.received[0].rcpt_tos == ["b@example.com", "c@example.com"]
+
+
+# -- through the transport and Mail.send_many (the fast path as callers get it) -------
+def _batch() -> list[Message]:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+    msgs = [
+        Message("text", recipients=["t@example.com"], body="plain\n.dot line\n"),
+        Message("html", recipients=["h@example.com"], html="<p>hi</p>"),
+        Message("both ✓", recipients=[("Zoë", "z@example.com")], body="Grüße\n" * 40, html="<p>Grüße</p>"),
+        Message("attachment", recipients=["a@example.com"], body="see", attachments=[Attachment("r.pdf", "application/pdf", b"%PDF")]),
+        Message("inline", recipients=["i@example.com"], body="logo", html='<img src="cid:logo">',
+                attachments=[Attachment("logo.png", "image/png", png, "inline", {"Content-ID": "<logo>"})]),
+        Message("partly refused", recipients=["ok@example.com", "gone@example.com"], cc=["cc@example.com"], body="x"),
+        Message("all refused", recipients=["gone@example.com"], body="x"),
+        Message("after refusals", recipients=["last@example.com"], body="still in step"),
+    ]
+    for i, m in enumerate(msgs):
+        m.msgId = f"<{i}.batch@example.com>"
+        m.date = 0
+    return msgs
+
+
+async def _send_many(advertise: bool) -> tuple[list[SendResult], PipeliningHandler]:
+    handler = PipeliningHandler(advertise=advertise, refuse={"gone@example.com": "550 5.1.1 gone"})
+    async with smtp_server(handler) as port:
+        mail = Mail(config=MailConfig(server="127.0.0.1", port=port, default_sender="News <news@example.com>", pool_size=1))
+        random.seed(42)  # the MIME boundaries, so both runs build the same bytes
+        results = await mail.send_many(_batch())
+        await mail.state.aclose()
+    return results, handler
+
+
+async def test_send_many_same_results_and_bytes_with_and_without_pipelining() -> None:
+    piped, piped_h = await _send_many(advertise=True)
+    plain, plain_h = await _send_many(advertise=False)
+    assert piped == plain
+    assert [(r.mail_from, r.rcpt_tos, r.data) for r in piped_h.received] == [
+        (r.mail_from, r.rcpt_tos, r.data) for r in plain_h.received
+    ]
+    statuses = [[(r.recipient, r.status, r.code) for r in res.recipients] for res in piped]
+    assert statuses[5] == [("ok@example.com", "delivered", 250), ("gone@example.com", "refused", 550),
+                           ("cc@example.com", "delivered", 250)]
+    assert statuses[6] == [("gone@example.com", "refused", 550)]
+    assert statuses[7] == [("last@example.com", "delivered", 250)]
+    assert len(piped_h.received) == 7
+    assert piped_h.pipelined_mails == 8 and piped_h.lockstep_mails == 0
+    assert plain_h.pipelined_mails == 0 and plain_h.lockstep_mails == 8
 
 
 # -- replies split or merged on the wire -------------------------------------------------

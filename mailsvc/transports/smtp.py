@@ -29,6 +29,7 @@ from ..errors import ConnectionFailedError, DeliveryError, TransportSecurityErro
 from ..message import Envelope, default_msgid_domain
 from ..results import RecipientResult, SendResult
 from .base import Transport
+from .pipelining import sendmail as pipelined_sendmail  # RFC 2920 when offered, else smtp.sendmail
 
 __all__ = ["SMTPTransport"]
 
@@ -121,7 +122,8 @@ class SMTPTransport(Transport):
         assert smtp is not None
         try:
             async with asyncio.timeout(self.config.timeout):
-                errors, _reply = await smtp.sendmail(
+                errors, _reply = await pipelined_sendmail(
+                    smtp,
                     envelope.sender,
                     list(envelope.recipients),
                     envelope.data,
