@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in senders[k:] + senders[:k]:
                 run = run_one(s, sink, args.n)
                 runs.append(run)
+                if args.json:  # after every run, so an interrupted benchmark still leaves its data
+                    args.json.write_text(json.dumps([asdict(r) for r in runs], indent=1))
                 flag = "" if run.ok else f"  (lost {run.lost}, failed {run.failed}, exit {run.exit_code})"
                 print(f"  round {rnd + 1} {s.key:20} {run.rate:9,.0f} msg/s{flag}", file=sys.stderr)
 
