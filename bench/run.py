@@ -207,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the second table (bench/post_latency.py: single JSON POSTs vs a bare Quart route)")
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
+    p.add_argument("--from-json", type=Path, help="only print the table of runs saved earlier with --json")
     args = p.parse_args(argv)
+    labels = {s.key: s.label for s in SENDERS}
+    if args.from_json:
+        saved = [Run(**r) for r in json.loads(args.from_json.read_text())]
+        print(markdown_table(summarise(saved, labels)))
+        return 0
 
     if not args.no_install:
         ensure_postfix()
@@ -239,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
                 flag = "" if run.ok else f"  (lost {run.lost}, failed {run.failed}, exit {run.exit_code})"
                 print(f"  round {rnd + 1} {s.key:20} {run.rate:9,.0f} msg/s{flag}", file=sys.stderr)
 
-    labels = {s.key: s.label for s in SENDERS}
     table = markdown_table(summarise(runs, labels))
     text = (f"{args.n} messages of ~2 KB per run, one recipient each, to {sink.name} on 127.0.0.1; "
             f"median of {args.rounds} interleaved rounds.\n\n{machine()}\n\n{table}\n")

@@ -85,9 +85,11 @@ def main() -> None:
         "MAILSVC_MAX_REQUEST_BYTES": str(512 * 1024 * 1024), "MAILSVC_POLL_INTERVAL": "0.05",
         "MAILSVC_RATE_LIMIT": "100000", "MAILSVC_RATE_BURST": "100000",
     }
+    # Its log (a line per message) goes to a file: an unread pipe would fill and stall the service.
+    log = open(tmp / "service.log", "wb")  # noqa: SIM115 - closed in finally
     server = subprocess.Popen(
         [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{http_port}", "asgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
     )
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -99,7 +101,7 @@ def main() -> None:
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                err = server.stderr.read().decode(errors="replace") if server.stderr else ""
+                err = (tmp / "service.log").read_text(errors="replace")
                 raise SystemExit(f"the service did not start: {err[-2000:]}")
             time.sleep(0.1)
         body = {"template": workload.TEMPLATE,
@@ -127,6 +129,8 @@ def main() -> None:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
+        log.close()
 
 
 if __name__ == "__main__":
