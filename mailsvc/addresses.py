@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.headerregistry import Address as _HeaderAddress
 from email.utils import getaddresses
 
@@ -16,17 +18,42 @@ from email_validator import EmailNotValidError, validate_email
 
 from .errors import AddressError, BadHeaderError
 
-__all__ = ["AddressLike", "ParsedAddress", "check_header", "parse_address", "parse_address_list"]
+__all__ = ["AddressLike", "ParsedAddress", "check_header", "header_problem", "parse_address", "parse_address_list"]
 
 AddressLike = str | tuple[str, str]
 
-_BAD_HEADER_CHARS = re.compile(r"[\r\n\x00]")
+# CR, LF, NUL and every other character str.splitlines() breaks on: the email package
+# refuses them in headers, and some MUAs treat them as line ends.
+_BAD_HEADER_CHARS = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+
+
+def header_problem(value: str) -> str | None:
+    """Why ``value`` is unsafe in a header, or None.
+
+    Besides raw line breaks, RFC 2047 encoded-words are decoded: Python's email
+    package (before 3.11.10, CVE-2024-6923) writes a decoded CR/LF back out raw,
+    so ``=?utf-8?q?a=0D=0ABcc:...?=`` would inject a header.
+    """
+    if _BAD_HEADER_CHARS.search(value):
+        return "must not contain CR, LF, NUL or other line-break characters (header injection)"
+    if "=?" not in value:
+        return None
+    for m in _ENCODED_WORD.finditer(value):
+        try:
+            decoded = str(make_header(decode_header(m.group(0))))
+        except (LookupError, ValueError, UnicodeError, HeaderParseError):
+            return "contains an RFC 2047 encoded-word that does not decode; send plain Unicode text"
+        if _BAD_HEADER_CHARS.search(decoded):
+            return "contains an RFC 2047 encoded-word hiding a line break (header injection)"
+    return None
 
 
 def check_header(field: str, value: str) -> str:
-    """Reject CR, LF and NUL, the characters that let a value inject headers or commands."""
-    if _BAD_HEADER_CHARS.search(value):
-        raise BadHeaderError(field)
+    """Raise BadHeaderError naming ``field`` when ``value`` could inject headers or commands."""
+    reason = header_problem(value)
+    if reason:
+        raise BadHeaderError(field, reason)
     return value
 
 

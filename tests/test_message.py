@@ -258,3 +258,38 @@ def test_charset() -> None:
         with pytest.raises(MessageError) as err:
             build(Message("Hi", recipients=["a@example.com"], body="☃", charset=bad))
         assert err.value.field == "charset"
+
+
+# Every character str.splitlines() breaks on, and encoded-words that decode to a line break
+# (CVE-2024-6923: Python's email package before 3.11.10 writes them back out raw).
+INJECTIONS = [
+    "x\r\nBcc: victim@example.com", "x\nBcc: v@example.com", "x\x00", "x\x0bY", "x\x0cY",
+    "x\x1cY", "x\x85Bcc: v@example.com", "x\u2028Bcc: v@example.com", "x\u2029Y",
+    "=?utf-8?q?a=0D=0ABcc:_victim@example.com?=", "=?utf-8?b?YQ0KWC1JbmplY3RlZDogMQ==?=",
+]
+
+
+@pytest.mark.parametrize("bad", INJECTIONS)
+@pytest.mark.parametrize(
+    ("field", "make"),
+    [
+        ("subject", lambda v: Message(v, recipients=["a@example.com"], body="x")),
+        ("extra_headers.X-Campaign", lambda v: Message("Hi", recipients=["a@example.com"], body="x", extra_headers={"X-Campaign": v})),
+        ("attachments[0].filename", lambda v: Message("Hi", recipients=["a@example.com"], body="x", attachments=[Attachment(v + ".txt", "text/plain", b"x")])),
+    ],
+)
+def test_header_injection_rejected_in_library_path(field: str, make, bad: str) -> None:  # type: ignore[no-untyped-def]
+    """The library refuses what the web layer refuses, with our own error naming the field, never a 500."""
+    msg = make(bad)
+    assert msg.has_bad_headers()
+    with pytest.raises(BadHeaderError) as err:
+        build(msg)
+    assert err.value.field == field
+    assert "header injection" in str(err.value) or "encoded-word" in str(err.value)
+
+
+def test_plain_encoded_word_text_is_allowed() -> None:
+    """An encoded-word that decodes to ordinary text is legitimate (some clients send them)."""
+    data, parsed = build(Message("=?utf-8?q?caf=C3=A9?=", recipients=["a@example.com"], body="x"))
+    assert parsed["Subject"] == "café" or "caf" in parsed["Subject"]
+    assert_wire_safe(data)

@@ -77,6 +77,7 @@ async def _problem(r: Any, status: int) -> dict[str, Any]:
         ({"to": "a@example.com", "template": "welcome", "context": {"name": "=?utf-8?q?=0D=0AX-I:_1?=", "url": "u"}}, "subject"),
         ({**MSG, "headers": {"X-A": "v\nX-Injected: 1"}}, "headers.X-A"),
         ({**MSG, "headers": {"Bad Name": "v"}}, "headers.Bad Name"),
+        ({**MSG, "headers": {"X-Trailing\n": "v"}}, "headers.X-Trailing\n"),
         ({**MSG, "headers": {"From": "boss@example.com"}}, "headers.From"),
         ({**MSG, "headers": {"Bcc": "x@example.com"}}, "headers.Bcc"),
         ({**MSG, "attachments": [{"filename": "a\r\nb.txt", "content": ""}]}, "attachments[0].filename"),
