@@ -101,7 +101,7 @@ async def test_header_injection_refused_before_any_connection(field: str, bad: s
             [result] = await mail.send_many([msg])
     assert err.value.field == EXPECTED_FIELD[field]
     assert not result.ok and all(r.status == "failed" for r in result.recipients)
-    assert "CR, LF or NUL" in result.recipients[0].reply or "header name" in result.recipients[0].reply
+    assert "CR, LF, NUL" in result.recipients[0].reply or "header name" in result.recipients[0].reply
     assert counter.count == 0
     assert handler.received == []
 
