@@ -7,6 +7,7 @@ internationalised domains, header injection), so they live in one place.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from email.errors import HeaderParseError
@@ -16,7 +17,7 @@ from email.utils import getaddresses
 
 from email_validator import EmailNotValidError, validate_email
 
-from .errors import AddressError, BadHeaderError
+from .errors import AddressError, BadHeaderError, MessageError
 
 __all__ = ["AddressLike", "ParsedAddress", "check_header", "header_problem", "parse_address", "parse_address_list"]
 
@@ -75,16 +76,52 @@ class ParsedAddress:
         """RFC 5322 form, quoting the display name when needed (encoding is the MIME layer's job)."""
         if not self.display_name:
             return self.envelope
-        local, _, domain = self.envelope.rpartition("@")
-        return str(_HeaderAddress(display_name=self.display_name, username=local, domain=domain))
+        return _header_form(self.display_name, self.envelope)
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_form(display_name: str, envelope: str) -> str:
+    """Cached: the stdlib's Address object costs more than the rest of a header line (same sender, every message)."""
+    local, _, domain = envelope.rpartition("@")
+    return str(_HeaderAddress(display_name=display_name, username=local, domain=domain))
 
 
 def parse_address(value: AddressLike, field: str = "address") -> ParsedAddress:
     """Parse ``"Name <a@b.example>"``, ``"a@b.example"`` or ``("Name", "a@b.example")``.
 
+    Results are cached (the parse is pure and :class:`ParsedAddress` immutable):
+    a bulk send names the same sender in every message, and validating it costs
+    more than building the message. Errors are not cached; they are raised again
+    naming the caller's ``field``.
+
     >>> parse_address(("Zoë", "zoe@bücher.example")).envelope
     'zoe@xn--bcher-kva.example'
     """
+    try:
+        return _parse_cached(value)
+    except TypeError:  # unhashable, e.g. a tuple holding a list: nothing to cache, same checks
+        return _parse(value, field)
+    except _Invalid as exc:
+        raise exc.error_class(field, exc.reason) from exc.__cause__
+
+
+class _Invalid(Exception):
+    """An address error not yet tied to a field, so that the parse itself can be cached."""
+
+    def __init__(self, error_class: type[MessageError], reason: str) -> None:
+        self.error_class = error_class
+        self.reason = reason
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _parse_cached(value: AddressLike) -> ParsedAddress:
+    try:
+        return _parse(value, "")
+    except MessageError as exc:
+        raise _Invalid(type(exc), exc.reason) from exc.__cause__
+
+
+def _parse(value: AddressLike, field: str) -> ParsedAddress:
     if isinstance(value, tuple):
         if len(value) != 2 or not all(isinstance(v, str) for v in value):
             raise AddressError(field, "a tuple address must be (display name, address)")

@@ -1,0 +1,68 @@
+"""Address parsing is cached; the cache must never change an answer or the field an error names."""
+
+from __future__ import annotations
+
+import pytest
+from email_validator import EmailNotValidError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailsvc import AddressError, BadHeaderError
+from mailsvc.addresses import ParsedAddress, _parse, parse_address
+
+GOOD = ["a@b.example", "Ann <ann@b.example>", ("Zoë", "zoe@bücher.example"), '"Smith, Ann" <ann@b.example>', "ÿ@b.example"]
+
+
+@pytest.mark.parametrize("value", GOOD)
+def test_cached_parse_is_the_uncached_parse(value: str | tuple[str, str]) -> None:
+    first = parse_address(value, "sender")
+    assert first == _parse(value, "sender")
+    assert parse_address(value, "recipients[0]") == first  # second call: from the cache
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [("not an address", AddressError), ("a@b.example\r\nBcc: x@evil.example", BadHeaderError), (("Ann", 3), AddressError)],
+)
+def test_a_repeated_bad_address_names_each_callers_field(value: object, error: type[Exception]) -> None:
+    for field in ("sender", "recipients[0]", "cc[3]"):
+        with pytest.raises(error) as err:
+            parse_address(value, field)  # type: ignore[arg-type]
+        assert type(err.value) is error
+        assert err.value.field == field  # type: ignore[attr-defined]
+        assert str(err.value).startswith(f"{field}: ")
+
+
+def test_invalid_address_keeps_email_validators_reason_as_cause() -> None:
+    for field in ("sender", "reply_to[0]"):
+        with pytest.raises(AddressError) as err:
+            parse_address("ann@nodot", field)
+        assert isinstance(err.value.__cause__, EmailNotValidError)
+        assert "ann@nodot" in err.value.reason
+
+
+def test_unhashable_value_is_refused_not_crashed() -> None:
+    with pytest.raises(AddressError) as err:
+        parse_address(("Ann", ["ann@b.example"]), "to[1]")  # type: ignore[arg-type]
+    assert err.value.field == "to[1]"
+
+
+def test_header_form_of_display_names() -> None:
+    assert parse_address('"Smith, Ann" <ann@b.example>').header == '"Smith, Ann" <ann@b.example>'
+    assert parse_address(("Ann", "ann@b.example")).header == "Ann <ann@b.example>"
+    assert parse_address("ann@b.example").header == "ann@b.example"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.tuples(st.text(max_size=15), st.text(max_size=25)), st.emails()))
+def test_same_answer_cached_or_not(value: str | tuple[str, str]) -> None:
+    def outcome(f: object) -> object:
+        try:
+            p = f()  # type: ignore[operator]
+        except ValueError as exc:
+            return (type(exc), getattr(exc, "field", None), str(exc))
+        assert isinstance(p, ParsedAddress)
+        return p, p.header
+
+    for _ in range(2):
+        assert outcome(lambda: parse_address(value, "x")) == outcome(lambda: _parse(value, "x"))
