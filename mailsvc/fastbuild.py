@@ -20,19 +20,20 @@ given the same random state) and the same parse.
 
 from __future__ import annotations
 
+import binascii
 import random
 import re
 import sys
-from email.contentmanager import _encode_text  # type: ignore[attr-defined]  # the stdlib's own body heuristics
+from email.contentmanager import _encode_base64  # type: ignore[attr-defined]
+from email.quoprimime import _QUOPRI_BODY_ENCODE_MAP  # type: ignore[attr-defined]
 
 from .addresses import AddressLike
-from .message import _MANAGED, _POLICY_7BIT, Envelope, Message, _format_date, normalize_newlines
+from .message import _MANAGED, _POLICY_7BIT, Envelope, Message, _format_date
 
 __all__ = ["build", "fast_path_applies"]
 
 _POLICY = _POLICY_7BIT
 _NL = "\r\n"
-_NLCRE = re.compile(r"\r\n|\r|\n")
 _REGISTRY = frozenset(_POLICY.header_factory.registry)  # type: ignore[attr-defined]  # names with structured parsers
 _MAXLEN = _POLICY.max_line_length or 78
 
@@ -98,11 +99,68 @@ def _make_boundary(text: bytes) -> str:
     return b
 
 
+def _encode_text(text: str) -> tuple[str, str]:
+    """``email.contentmanager._encode_text(text, "utf-8", None, policy)``, with CRLF line ends.
+
+    The same choice (7bit when every line is short ASCII, else quoted-printable
+    or base64 by the stdlib's 10-line sniff) and the same bytes. The stdlib
+    encodes quoted-printable twice (the sniff, then the whole body) and walks
+    every line in Python; a QP line is independent of the others, so here each
+    is translated once in C and only a line that needs a soft break or ends in
+    whitespace goes through the stdlib's per-line rule (``_qp_line``).
+    """
+    lines = text.encode("utf-8").splitlines()
+    if max(map(len, lines), default=0) <= _MAXLEN:
+        body = b"\r\n".join(lines) + b"\r\n"
+        if body.isascii():
+            return "7bit", body.decode("ascii")
+    # Only \r and \n map to themselves among line-break characters (the rest become =XX).
+    quoted = [_qp_line(t) for t in b"\n".join(lines).decode("latin-1").translate(_QUOPRI_BODY_ENCODE_MAP).split("\n")]
+    sniff = b"\r\n".join(lines[:10]) + b"\r\n"
+    sniff_qp_len = sum(map(len, quoted[:10])) + min(len(quoted), 10)  # "\n".join(...) + "\n"
+    if sniff_qp_len > len(binascii.b2a_base64(sniff)):
+        return "base64", _encode_base64(b"\r\n".join(lines) + b"\r\n", _MAXLEN).replace("\n", _NL)
+    return "quoted-printable", ("\n".join(quoted) + "\n").replace("\n", _NL)
+
+
+def _qp_line(line: str) -> str:
+    """One translated line as ``quoprimime.body_encode(..., maxlinelen=78)`` writes it (soft breaks as \\n)."""
+    if len(line) <= _MAXLEN and (not line or line[-1] not in " \t"):
+        return line  # nearly every line: nothing to break, nothing to quote at the end
+    # The stdlib's loop, verbatim but for the names (Lib/email/quoprimime.py, body_encode).
+    pieces: list[str] = []
+    start = 0
+    laststart = len(line) - 1 - _MAXLEN
+    while start <= laststart:
+        stop = start + _MAXLEN - 1
+        if line[stop - 2] == "=":
+            pieces.append(line[start : stop - 1])
+            start = stop - 2
+        elif line[stop - 1] == "=":
+            pieces.append(line[start:stop])
+            start = stop - 1
+        else:
+            pieces.append(line[start:stop] + "=")
+            start = stop
+    if line and line[-1] in " \t":
+        room = start - laststart
+        if room >= 3:
+            q = f"={ord(line[-1]):02X}"
+        elif room == 2:
+            q = line[-1] + "=\n"
+        else:
+            q = f"=\n={ord(line[-1]):02X}"
+        pieces.append(line[start:-1] + q)
+    else:
+        pieces.append(line[start:])
+    return "\n".join(pieces)
+
+
 def _text_part(subtype: str, text: str) -> tuple[str, str]:
     """(content headers, body) of one text part, encoded by the stdlib's own heuristics."""
-    cte, payload = _encode_text(normalize_newlines(text), "utf-8", None, _POLICY)
+    cte, payload = _encode_text(text)
     headers = f'Content-Type: text/{subtype}; charset="utf-8"{_NL}Content-Transfer-Encoding: {cte}{_NL}'
-    return headers, _NL.join(_NLCRE.split(payload))
+    return headers, payload
 
 
 def build(

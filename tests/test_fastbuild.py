@@ -147,3 +147,61 @@ def test_same_bytes_for_arbitrary_content(subject: str, body: str | None, html: 
         except ValueError as exc:  # MessageError, or the stdlib's own refusal (both paths alike)
             outcomes.append(type(exc))
     assert outcomes[1] == outcomes[0]
+
+
+# -- the body encoder: the stdlib's _encode_text, exactly --------------------------------------------------------
+
+def _stdlib_encode_text(text: str) -> tuple[str, str]:
+    """What the plain path writes for one UTF-8 text part: the stdlib's choice and payload, lines ending in CRLF."""
+    from email.contentmanager import _encode_text  # type: ignore[attr-defined]
+
+    from mailsvc.message import _POLICY_7BIT, normalize_newlines
+
+    cte, payload = _encode_text(normalize_newlines(text), "utf-8", None, _POLICY_7BIT)
+    return cte, "\r\n".join(payload.replace("\r\n", "\n").split("\n"))
+
+
+ENCODER_CASES = {
+    "short ascii (7bit)": "Hello\nthere\n",
+    "empty": "",
+    "long ascii line (qp, few lines)": "x" * 300 + "\nend",
+    "long lines, more than the 10-line sniff (qp)": ("y" * 90 + " = z\n") * 25,
+    "trailing space and tab": "a \nb\t\n" + "c" * 77 + " \n" + "d" * 78 + " \n" + "e" * 79 + "\t\n" + "f" * 200 + " ",
+    "escape at every break position": "\n".join("w" * n + "=" * 5 + "v" * 90 for n in range(70, 80)),
+    "non-ascii short lines (qp)": "Grüße ✓\n" * 30,
+    "mostly non-latin (base64)": "\u4e2d\u6587" * 200,
+    "control and line-break-like characters": "a\x0bb\x0cc\x1cd\x85e\u2028f\x00g\r\nh\ri" * 20,
+    "only newlines": "\n\n\r\n\r",
+    # The sniff's tie-break: QP as long as base64 stays QP, one longer turns base64.
+    "sniff tie (qp)": "\u00e9aa",
+    "sniff one longer (base64)": "\u00e9\u00e9a",
+    "sniff of 10 lines one longer (base64)": "\u00e9aaaa\n" * 12,
+    # Trailing whitespace where the last piece has room for 3, 2 or 1 more characters.
+    **{f"trailing {ws!r} at length {n}": ("z" * (n - 1) + ws + "\n") * 3 for n in (153, 154, 155, 156) for ws in " \t"},
+}
+
+
+@pytest.mark.parametrize("name", list(ENCODER_CASES))
+def test_body_encoder_is_the_stdlibs(name: str) -> None:
+    assert fastbuild._encode_text(ENCODER_CASES[name]) == _stdlib_encode_text(ENCODER_CASES[name])
+
+
+def test_body_encoder_cases_cover_every_transfer_encoding() -> None:
+    assert {fastbuild._encode_text(t)[0] for t in ENCODER_CASES.values()} == {"7bit", "quoted-printable", "base64"}
+    assert fastbuild._encode_text(ENCODER_CASES["sniff tie (qp)"])[0] == "quoted-printable"
+    assert fastbuild._encode_text(ENCODER_CASES["sniff one longer (base64)"])[0] == "base64"
+    assert fastbuild._encode_text(ENCODER_CASES["sniff of 10 lines one longer (base64)"])[0] == "base64"
+
+
+_line = st.one_of(
+    st.text(st.sampled_from("ab =\t.-é✓中\x0b\x85"), max_size=12).map(lambda s: "x" * 70 + s),  # around the break
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=200),
+    st.text(st.sampled_from("a= \t"), max_size=170),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(_line, max_size=25), sep=st.sampled_from(["\n", "\r\n", "\r"]))
+def test_body_encoder_same_output_for_arbitrary_text(lines: list[str], sep: str) -> None:
+    text = sep.join(lines)
+    assert fastbuild._encode_text(text) == _stdlib_encode_text(text)
