@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     MAIL_CA_FILE: Path | None = None
     MAIL_POOL_SIZE: int = 4
     MAIL_MESSAGE_ID_DOMAIN: str | None = None
+    MAIL_LOCAL_HOSTNAME: str | None = None  # the name sent in EHLO; the machine's FQDN when unset
+    MAIL_ALLOW_PLAINTEXT_AUTH: bool = False  # AUTH without TLS to a non-loopback relay, on purpose
 
     # Service
     MAILSVC_DATABASE_URL: str = "sqlite:///var/mailsvc.sqlite3"

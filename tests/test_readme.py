@@ -1,0 +1,86 @@
+"""The README's settings table is checked against the code, so it cannot rot.
+
+Every field of ``settings.Settings`` (and every ``MAIL_*`` key ``MailConfig``
+reads from ``app.config``) must have a row; every row must name a real setting;
+and where a row states a plain number or true/false as the default, it must be
+the code's default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mailsvc.config import _KEYS as MAIL_CONFIG_KEYS
+from settings import Settings
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+NOT_SETTINGS_FIELDS = {"MAILSVC_SETTINGS_MODULE"}  # read by the CLI before settings.py exists
+
+
+def settings_table() -> dict[str, str]:
+    """``{name: default cell}`` from the table under ``## Settings`` (``A / B`` rows split in two)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0])
+        defaults = cells[1].split(" / ") if len(names) > 1 else [cells[1]]
+        if len(defaults) != len(names):
+            defaults = [cells[1]] * len(names)
+        rows.update(zip(names, defaults, strict=True))
+    return rows
+
+
+def documented_default(cell: str) -> object:
+    """A comparable default, or None when the cell is prose ("unset", "hostname", ...)."""
+    if cell in ("true", "false"):
+        return cell == "true"
+    number = re.fullmatch(r"(\d+(?:\.\d+)?)( MiB)?(?: \(.*\))?", cell)
+    if number is None:
+        return None
+    value = float(number.group(1))
+    return value * 1024 * 1024 if number.group(2) else value
+
+
+def test_every_setting_has_a_row() -> None:
+    table = settings_table()
+    missing = sorted((set(Settings.model_fields) | set(MAIL_CONFIG_KEYS)) - set(table))
+    assert not missing, f"README.md settings table lacks: {', '.join(missing)}"
+
+
+def test_every_row_names_a_real_setting() -> None:
+    unknown = sorted(set(settings_table()) - set(Settings.model_fields) - set(MAIL_CONFIG_KEYS) - NOT_SETTINGS_FIELDS)
+    assert not unknown, f"README.md documents settings the code does not have: {', '.join(unknown)}"
+
+
+def test_documented_defaults_match_the_code() -> None:
+    table, wrong, checked = settings_table(), [], 0
+    for name, field in Settings.model_fields.items():
+        expected = documented_default(table.get(name, ""))
+        if expected is None:
+            continue  # default described in words ("unset", "hostname", ...)
+        checked += 1
+        actual = field.default
+        same = actual is expected if isinstance(expected, bool) else (
+            isinstance(actual, int | float) and not isinstance(actual, bool) and float(actual) == expected)
+        if not same:
+            wrong.append(f"{name}: README says {table[name]!r}, code says {actual!r}")
+    assert checked >= 20  # the parser still understands the table
+    assert not wrong, "; ".join(wrong)
+
+
+def test_settings_from_the_environment_reach_mail_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The advice in the plaintext-AUTH error (set MAIL_ALLOW_PLAINTEXT_AUTH) works from the environment."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    env = {"MAIL_SERVER": "smtp.example.com", "MAIL_PASSWORD": "pw", "MAIL_ALLOW_PLAINTEXT_AUTH": "true",
+           "MAIL_LOCAL_HOSTNAME": "client.example.com"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = Settings().mail_config()
+    assert cfg.allow_plaintext_auth and cfg.local_hostname == "client.example.com"
