@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -31,15 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="claim loops in this process (default MAILSVC_WORKERS, at least 1)")
     p.add_argument("--until-empty", action="store_true",
                    help="exit once no message is left undelivered (every one delivered, failed or expired; for batch jobs and benchmarks)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="level of mailsvc's own logs (default INFO); SQL drivers and SMTP libraries stay at WARNING")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK, load_project_settings
     from ..errors import MailError
+    from ..logsetup import configure_logging
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level)
     settings = load_project_settings()
     try:
         asyncio.run(_main(settings.mail_config(), settings.service_config(), args.concurrency, args.until_empty))

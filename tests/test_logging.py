@@ -1,0 +1,99 @@
+"""Secrets and bodies never reach the log, even with our level at DEBUG.
+
+A real delivery: a message queued in a real SQLite outbox, taken by a real
+worker and sent over STARTTLS with AUTH to an aiosmtpd server (trustme
+certificate), with the logging set up exactly as ``mailsvc serve`` and
+``mailsvc worker`` set it up, at DEBUG. Every record pytest captured is then
+searched for the password (plain and as the client puts it on the wire) and for
+the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailsvc import MailConfig, Message
+from mailsvc.config import ServiceConfig
+from mailsvc.logsetup import QUIET_LOGGERS, configure_logging
+from mailsvc.outbox import SqliteOutbox
+from mailsvc.worker import WorkerGroup
+from tests.servers import Authenticator, RecordingHandler, smtp_server
+
+USER, PASSWORD = "relay-user", "s3cret-Pa55word-for-logs"
+BODY_MARKER = "confidential-body-7f3a9c"
+FAST = dict(retry_first=0.05, retry_max=0.2, relay_backoff=0.05, relay_backoff_max=0.2, poll_interval=0.02,
+            workers=1, dev_mode=False)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    names = ["", "mailsvc", *QUIET_LOGGERS]
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names}
+    yield
+    for n, (level, handlers) in saved.items():
+        logging.getLogger(n).setLevel(level)
+        logging.getLogger(n).handlers[:] = handlers
+
+
+def password_forms() -> list[str]:
+    """The password as given, and base64 as AUTH LOGIN and AUTH PLAIN put it on the wire."""
+    return [
+        PASSWORD,
+        base64.b64encode(PASSWORD.encode()).decode(),
+        base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode(),
+    ]
+
+
+async def test_debug_logging_of_a_real_authenticated_send_shows_no_password_or_body(
+    restore_logging: None, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+    server_ssl_context: ssl.SSLContext, ca_file: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # root at DEBUG: everything not held back by our setup is captured
+    configure_logging("DEBUG")
+    assert logging.getLogger("mailsvc").getEffectiveLevel() == logging.DEBUG
+
+    handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
+    async with smtp_server(handler, tls_context=server_ssl_context, require_starttls=True,
+                           authenticator=authenticator) as port:
+        config = MailConfig(server="127.0.0.1", port=port, use_tls=True, ca_file=Path(ca_file),
+                            username=USER, password=PASSWORD, timeout=10)  # type: ignore[arg-type]
+        async with SqliteOutbox(tmp_path / "outbox.sqlite3") as outbox:
+            envelope = Message("Quarterly", recipients=["ann@example.com"], sender="shop@example.com",
+                               body=f"Dear Ann, {BODY_MARKER}").build()
+            [id_] = (await outbox.enqueue([envelope])).ids
+            group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
+            await group.start()
+            try:
+                for _ in range(1000):  # a liveness bound (20 s), not a timing assertion
+                    if (await outbox.status(id_)).state == "delivered":
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                await group.stop()
+            assert (await outbox.status(id_)).state == "delivered"
+
+    assert authenticator.attempts == 1 and len(handler.received) == 1
+    assert BODY_MARKER in handler.received[0].message.get_content()
+    assert any(r.name.startswith("mailsvc") for r in caplog.records)  # the capture did see our logs
+    for record in caplog.records:
+        text = f"{record.name} {record.getMessage()} {record.exc_text or ''}"
+        for secret in [*password_forms(), BODY_MARKER]:
+            assert secret not in text, f"{secret!r} logged by {record.name} at {record.levelname}: {text[:300]}"
+    noisy = sorted({r.name for r in caplog.records if r.name.split(".")[0] in {"aiosqlite", "asyncpg", "mail"}
+                    and r.levelno < logging.WARNING})
+    assert not noisy, f"third-party DEBUG/INFO records got through: {noisy}"
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING"])
+def test_third_party_loggers_stay_at_warning(restore_logging: None, level: str) -> None:
+    configure_logging(level)
+    assert logging.getLogger("mailsvc").level == logging.getLevelName(level)
+    for name in ("aiosqlite", "asyncpg", "aiosmtplib", "hpack", "mail.log"):
+        assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING, name
