@@ -99,6 +99,12 @@ def _make_boundary(text: bytes) -> str:
     return b
 
 
+# Characters the stdlib's QP body map writes as themselves; "=" and everything else become =XX.
+_QP_VERBATIM = "".join(chr(c) for c in range(256) if _QUOPRI_BODY_ENCODE_MAP[c] == chr(c))
+_QP_QUOTED = re.compile(f"[^{re.escape(_QP_VERBATIM)}=]")
+_QP_WS = frozenset(" \t")  # a line ending in one of these needs the stdlib's rule ("" is not in it)
+
+
 def _encode_text(text: str) -> tuple[str, str]:
     """``email.contentmanager._encode_text(text, "utf-8", None, policy)``, with CRLF line ends.
 
@@ -114,8 +120,11 @@ def _encode_text(text: str) -> tuple[str, str]:
         body = b"\r\n".join(lines) + b"\r\n"
         if body.isascii():
             return "7bit", body.decode("ascii")
-    # Only \r and \n map to themselves among line-break characters (the rest become =XX).
-    quoted = [_qp_line(t) for t in b"\n".join(lines).decode("latin-1").translate(_QUOPRI_BODY_ENCODE_MAP).split("\n")]
+    latin = b"\n".join(lines).decode("latin-1")
+    # Only "=" needs quoting in most bodies: a C replace instead of the per-character map.
+    # (\r and \n are the only line-break characters the map keeps; the rest become =XX.)
+    translated = latin.translate(_QUOPRI_BODY_ENCODE_MAP) if _QP_QUOTED.search(latin) else latin.replace("=", "=3D")
+    quoted = [t if len(t) <= _MAXLEN and t[-1:] not in _QP_WS else _qp_line(t) for t in translated.split("\n")]
     sniff = b"\r\n".join(lines[:10]) + b"\r\n"
     sniff_qp_len = sum(map(len, quoted[:10])) + min(len(quoted), 10)  # "\n".join(...) + "\n"
     if sniff_qp_len > len(binascii.b2a_base64(sniff)):

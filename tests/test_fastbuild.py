@@ -172,6 +172,7 @@ ENCODER_CASES = {
     "mostly non-latin (base64)": "\u4e2d\u6587" * 200,
     "control and line-break-like characters": "a\x0bb\x0cc\x1cd\x85e\u2028f\x00g\r\nh\ri" * 20,
     "only newlines": "\n\n\r\n\r",
+    "ascii controls and = only": "a\x0bb\x00c\x1f=d\x7f\x0ce\x1c" * 10,
     # The sniff's tie-break: QP as long as base64 stays QP, one longer turns base64.
     "sniff tie (qp)": "\u00e9aa",
     "sniff one longer (base64)": "\u00e9\u00e9a",
