@@ -297,3 +297,45 @@ async def test_replies_merged_or_split_are_read_in_order(chunking: str) -> None:
             assert {k: tuple(v) for k, v in refused.items()} == {"c@example.com": (550, "5.1.1 no")}
         await smtp.quit()
     assert got == [b"Subject: x\r\n\r\nhi\r\n.\r\n"] * 3
+
+
+# -- the shortcuts on the pipelined path give aiosmtplib's own answers --------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.from_regex(pipelining._SIMPLE_ADDRESS, fullmatch=True),
+    st.emails(),
+    st.text(st.sampled_from("ab.@<> \"\\()-=?,;:"), max_size=20),
+))
+def test_quote_is_aiosmtplibs_quote_address(address: str) -> None:
+    from aiosmtplib.email import quote_address
+
+    try:
+        expected: object = quote_address(address)
+    except ValueError as exc:
+        expected = (ValueError, str(exc))
+    try:
+        got: object = pipelining.quote(address)
+    except ValueError as exc:
+        got = (ValueError, str(exc))
+    assert got == expected
+
+
+@pytest.mark.parametrize("message", [
+    MESSAGE, b"", b".", b"a\r\n", b"a\r\n.b\r\n", b".a\r\n", b"a\rb\r\n", b"a\nb\r\n", b"a\r\n\r", b"no end", b"\r\n.\r\n",
+])
+def test_wire_content_is_aiosmtplibs(message: bytes) -> None:
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    normalized = normalize_message_line_endings(message)
+    assert pipelining.wire_content(message) == (PERIOD_REGEX.sub(b"..", normalized) + b".\r\n", len(normalized))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary().map(lambda b: bytes(b"\r\n.a"[x % 4] for x in b)))
+def test_wire_content_is_aiosmtplibs_for_any_line_endings(message: bytes) -> None:
+    test_wire_content_is_aiosmtplibs(message)
