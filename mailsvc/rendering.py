@@ -46,6 +46,10 @@ class TemplateRenderer:
             keep_trailing_newline=False,
             auto_reload=False,
         )
+        # Compiled templates by file name. With auto_reload=False Jinja never re-reads a
+        # file it compiled; remembering that it exists too saves a bulk send four
+        # filesystem lookups per message. Files not found yet are looked for every time.
+        self._compiled: dict[str, jinja2.Template] = {}
 
     def names(self) -> list[str]:
         """Every template that has a subject file or a body part."""
@@ -61,15 +65,26 @@ class TemplateRenderer:
         return sorted(found)
 
     def exists(self, name: str) -> bool:
+        cached = () if self.env.auto_reload else self._compiled
         return template_name_ok(name) and any(
-            (self.folder / f"{name}{s}").is_file() for s in (".txt", ".html")
+            f"{name}{s}" in cached or (self.folder / f"{name}{s}").is_file() for s in (".txt", ".html")
         )
 
-    def _render(self, name: str, filename: str, context: Mapping[str, Any]) -> str | None:
+    def _template(self, filename: str) -> jinja2.Template | None:
+        """The compiled template, or None when the file does not exist (yet)."""
+        if not self.env.auto_reload and (template := self._compiled.get(filename)) is not None:
+            return template
         if not (self.folder / filename).is_file():
             return None
+        template = self.env.get_template(filename)
+        if not self.env.auto_reload:  # the previews set it to show edits at once: no caching then
+            self._compiled[filename] = template
+        return template
+
+    def _render(self, name: str, filename: str, context: Mapping[str, Any]) -> str | None:
         try:
-            return self.env.get_template(filename).render(context)
+            template = self._template(filename)
+            return None if template is None else template.render(context)
         except jinja2.UndefinedError as exc:
             raise TemplateError(name, f"variable missing from context: {exc.message}") from exc
         except jinja2.TemplateSyntaxError as exc:

@@ -117,3 +117,26 @@ def test_include_of_missing_template_is_our_error(tmp_path: Path) -> None:
     with pytest.raises(TemplateError) as err:
         TemplateRenderer(tmp_path).render_message("outer", {}, recipients=["a@example.com"])
     assert err.value.template == "outer" and "missing.html" in str(err.value)
+
+
+def test_parts_added_after_the_first_render_are_found(tmp_path: Path) -> None:
+    """Compiled templates are remembered, missing ones are looked for again (a bulk send stats nothing)."""
+    (tmp_path / "note.txt").write_text("Hi {{ name }}")
+    r = TemplateRenderer(tmp_path)
+    assert r.render_parts("note", {"name": "Ann"}) == ("", "Hi Ann", None)
+    (tmp_path / "note.subject.txt").write_text("For {{ name }}")
+    (tmp_path / "note.html").write_text("<p>{{ name }}</p>")
+    assert r.render_parts("note", {"name": "<b>"}) == ("For <b>", "Hi <b>", "<p>&lt;b&gt;</p>")
+    assert r.exists("note") and not r.exists("other")
+
+
+def test_with_auto_reload_an_edit_shows_at_once(tmp_path: Path) -> None:
+    (tmp_path / "note.txt").write_text("one")
+    r = TemplateRenderer(tmp_path)
+    assert r.render_parts("note", {})[1] == "one"  # compiled and remembered...
+    r.env.auto_reload = True  # ...then switched as the previews page does: the memory must not win
+    assert r.render_parts("note", {})[1] == "one"
+    (tmp_path / "note.txt").write_text("two, longer")  # a different size, so the mtime check cannot miss it
+    assert r.render_parts("note", {})[1] == "two, longer"
+    (tmp_path / "note.txt").unlink()
+    assert not r.exists("note")
