@@ -6,6 +6,7 @@ import asyncio
 import email
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from email import policy
@@ -216,3 +217,44 @@ async def test_bulk_wait_follows_real_delivery_to_the_dev_inbox(tmp_path: Path) 
         listing = await (await served.test_client().get("/api/inbox?limit=100")).get_json()
     assert listing["total"] == 25
     assert {m["subject"] for m in listing["messages"]} == {f"Welcome aboard, User {i}!" for i in range(25)}
+
+
+HEAVY = ("quart", "hypercorn", "pydantic", "aiosmtplib", "aiosqlite", "asyncpg", "jinja2", "email_validator")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["send", "--help"], ["bulk", "--help"], ["db", "--help"],
+                                  ["serve", "--help"], ["status", "--help"], ["worker", "--help"]])
+def test_help_imports_no_heavy_library(argv: list[str]) -> None:
+    """``mailsvc --help`` only parses arguments: Quart, pydantic and the drivers load inside the commands.
+
+    Checked by what is imported (sys.modules in a fresh interpreter), not by timing it.
+    """
+    code = (
+        "import sys\n"
+        "from mailsvc.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_public_names_load_lazily_and_stay_the_same_objects() -> None:
+    code = (
+        "import sys, mailsvc\n"
+        "assert 'quart' not in sys.modules, 'import mailsvc loaded quart'\n"
+        "from mailsvc import Mail, Message, Attachment, BadHeaderError, MailConfig\n"
+        "import mailsvc.extension, mailsvc.message, mailsvc.config\n"
+        "assert Mail is mailsvc.extension.Mail and Message is mailsvc.message.Message\n"
+        "assert MailConfig is mailsvc.config.MailConfig and 'quart' in sys.modules\n"
+        "assert set(mailsvc.__all__) <= set(dir(mailsvc))\n"
+        "try:\n"
+        "    mailsvc.NoSuchName\n"
+        "except AttributeError:\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
-from ..config import ServiceConfig
 from ..errors import MailError
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
