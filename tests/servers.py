@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from email import policy
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP as SMTPServerProtocol
 from aiosmtpd.smtp import AuthResult, Envelope, Session
@@ -31,7 +31,7 @@ class Received:
     @cached_property
     def message(self) -> EmailMessage:
         """Parsed once with the stdlib parser (policy.default), so assertions see real structure."""
-        return email.message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+        return email.message_from_bytes(self.data, policy=policy.default)
 
 
 @dataclass
@@ -58,7 +58,10 @@ class RecordingHandler:
             return "250 never seen"
         if self.data_reply:
             return self.data_reply
-        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        # aiosmtpd fills these once DATA is reached; bytes because the server runs with decode_data=False.
+        mail_from = cast(str, envelope.mail_from)
+        data = cast(bytes, envelope.original_content or envelope.content)
+        self.received.append(Received(mail_from, list(envelope.rcpt_tos), data))
         return "250 Message accepted"
 
 
@@ -119,9 +122,10 @@ async def smtp_server(
             proto = _protocol()
         if greeting_reply is not None:
             async def _greet(*a: Any, **k: Any) -> None:
-                proto._set_rset_state()
+                proto._set_rset_state()  # type: ignore[no-untyped-call]
                 await proto.push(greeting_reply)
-                proto.transport.close()
+                if proto.transport is not None:  # set once the connection is made, before this runs
+                    proto.transport.close()
             proto._handle_client = _greet  # type: ignore[method-assign]
         return proto
 

@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     config.errorlog = logging.getLogger("hypercorn.error")  # through our root handler, not a second one
     config.errorlog.setLevel(logging.INFO)  # "Running on ..."
     config.accesslog = "-"
-    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+    asyncio.run(serve(app, config))
     return 0
