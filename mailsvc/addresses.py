@@ -16,6 +16,7 @@ from email.headerregistry import Address as _HeaderAddress
 from email.utils import getaddresses
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH, LOCAL_PART_MAX_LENGTH
 
 from .errors import AddressError, BadHeaderError, MessageError
 
@@ -130,6 +131,8 @@ def _parse(value: AddressLike, field: str) -> ParsedAddress:
         check_header(field, addr)
     elif isinstance(value, str):
         check_header(field, value)
+        if _PLAIN.fullmatch(value):  # what getaddresses would return; it costs more than the rest
+            return _checked("", value, field)
         parsed = getaddresses([value])
         if len(parsed) != 1 or not parsed[0][1]:
             raise AddressError(field, f"{value!r} is not one email address")
@@ -139,17 +142,54 @@ def _parse(value: AddressLike, field: str) -> ParsedAddress:
             raise AddressError(field, f"{value!r} is not a valid email address")
     else:
         raise AddressError(field, f"expected a string or (name, address) tuple, got {type(value).__name__}")
+    return _checked(name, addr, field)
+
+
+def _checked(name: str, addr: str, field: str) -> ParsedAddress:
+    """``addr`` validated by email_validator, its domain in IDNA form."""
+    local, domain = _plain_address(addr.strip()) or _validated(addr, field)
+    return ParsedAddress(display_name=name.strip(), envelope=f"{local}@{domain}", smtputf8=not local.isascii())
+
+
+def _validated(addr: str, field: str) -> tuple[str, str]:
     try:
         checked = validate_email(addr.strip(), check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise AddressError(field, f"{addr!r} is not a valid email address: {exc}") from exc
-    domain = checked.ascii_domain
-    local = checked.local_part
-    return ParsedAddress(
-        display_name=name.strip(),
-        envelope=f"{local}@{domain}",
-        smtputf8=not local.isascii(),
-    )
+    return checked.local_part, checked.ascii_domain
+
+
+# A dot-atom local part at an ASCII domain: what bulk recipients nearly always look like.
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_PLAIN = re.compile(rf"({_LOCAL})@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
+
+
+def _plain_address(addr: str) -> tuple[str, str] | None:
+    """(local part, ASCII domain) as ``validate_email`` returns them, for plain addresses only; else None.
+
+    Why: each recipient of a bulk send is new, so the parse cache cannot help, and
+    email_validator spends most of its time on the domain, which recipients share.
+    Here a dot-atom local part (which email_validator returns unchanged unless it
+    is a role name like ``postmaster`` that it lowercases) is paired with the
+    cached verdict on the domain. Anything else, and any invalid domain, goes to
+    ``validate_email`` itself, so its errors stay its own.
+    """
+    m = _PLAIN.fullmatch(addr)
+    if m is None or len(addr) > EMAIL_MAX_LENGTH or "xn--" in addr.lower():  # IDNA: lengths differ once decoded
+        return None
+    local = m.group(1)
+    if len(local) > LOCAL_PART_MAX_LENGTH or local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES:
+        return None
+    domain = _ascii_domain(m.group(2))
+    return None if domain is None else (local, domain)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ascii_domain(domain: str) -> str | None:
+    try:
+        return validate_email(f"a@{domain}", check_deliverability=False, allow_smtputf8=True).ascii_domain
+    except EmailNotValidError:
+        return None
 
 
 def parse_address_list(values: AddressLike | list[AddressLike] | tuple[AddressLike, ...] | None, field: str) -> list[ParsedAddress]:

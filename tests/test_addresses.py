@@ -66,3 +66,56 @@ def test_same_answer_cached_or_not(value: str | tuple[str, str]) -> None:
 
     for _ in range(2):
         assert outcome(lambda: parse_address(value, "x")) == outcome(lambda: _parse(value, "x"))
+
+
+# -- the plain-address shortcut answers exactly as getaddresses + validate_email --------------------------------
+
+def _reference(value: str | tuple[str, str]) -> object:
+    """parse_address as written before the shortcuts: the stdlib's parser, then email_validator on every address."""
+    from email.utils import getaddresses
+
+    from email_validator import validate_email
+
+    if isinstance(value, tuple):
+        name, addr = value
+    else:
+        [(name, addr)] = getaddresses([value])
+    try:
+        v = validate_email(addr.strip(), check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        return ("invalid", str(exc))
+    return ParsedAddress(name.strip(), f"{v.local_part}@{v.ascii_domain}", not v.local_part.isascii())
+
+
+def _ours(value: str | tuple[str, str]) -> object:
+    try:
+        return _parse(value, "x")
+    except AddressError as exc:
+        assert isinstance(exc.__cause__, EmailNotValidError), exc
+        return ("invalid", str(exc.__cause__))
+
+
+_atom = st.text(st.sampled_from("abcXYZ019!#$%&'*+/=?^_`{|}~-"), min_size=1, max_size=8)
+_label = st.one_of(st.text(st.sampled_from("abcXYZ019-"), min_size=1, max_size=10), st.sampled_from(
+    ["xn--bcher-kva", "XN--BCHER-KVA", "test", "local", "localhost", "invalid", "example", "123", "com", "a" * 63, "a" * 64]
+))
+_plain = st.builds(
+    lambda local, labels: f"{'.'.join(local)}@{'.'.join(labels)}",
+    st.one_of(st.lists(_atom, min_size=1, max_size=4), st.sampled_from([["Postmaster"], ["ABUSE"], ["x" * 64], ["x" * 65]]).map(list)),
+    st.lists(_label, min_size=1, max_size=5),
+)
+
+
+@pytest.mark.parametrize("value", [
+    "user1@bench.example", "User.Name+tag@Example.COM", "postmaster@b.example", "a@b", "a@localhost", "a@x.test",
+    "a@-b.example", "a@b-.example", "a@b.123", "a@xn--bcher-kva.example", "x" * 65 + "@b.example",
+    "a@" + ".".join(["b" * 63] * 4), "abcdefghij@" + ".".join(["b" * 62] * 4), ("Ann", "ann@b.example"), ("", "A@B.EXAMPLE"),
+])
+def test_plain_addresses_get_the_validators_answer(value: str | tuple[str, str]) -> None:
+    assert _ours(value) == _reference(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_plain, st.emails(), st.tuples(st.sampled_from(["", "Ann"]), _plain)))
+def test_plain_address_shortcut_is_exact(value: str | tuple[str, str]) -> None:
+    assert _ours(value) == _reference(value)
