@@ -171,3 +171,28 @@ def test_previews(page: Any, base_url: str, screenshots: Path) -> None:
     assert "broken.html, line 2" in alert.inner_text()
     assert "{% if %}" in alert.locator("li.hit").inner_text()
     shoot(page, screenshots, "preview-error")
+
+
+def _luminance(css_rgb: str) -> float:
+    r, g, b = (int(x) / 255 for x in css_rgb[css_rgb.index("(") + 1:css_rgb.index(")")].split(",")[:3])
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_form_fields_are_readable_widths_with_visible_edges(page: Any, base_url: str) -> None:
+    """At 1440 px a field is at most 40rem (640 px) wide; at 375 px it fills the card; its edge has 3:1 contrast."""
+    page.goto(f"{base_url}/")
+    fields = ["#email", "#template", "#subject", "#message"]
+    for width in (1440, 375):
+        page.set_viewport_size({"width": width, "height": 900})
+        for sel in fields:
+            box = page.locator(sel).bounding_box()
+            assert box is not None
+            if width == 1440:
+                assert box["width"] <= 640.5, f"{sel} is {box['width']}px wide at 1440px"
+            else:
+                assert box["width"] >= 375 - 2 * 40, f"{sel} is only {box['width']}px wide at 375px"
+        border, background = page.locator("#subject").evaluate(
+            "el => [getComputedStyle(el).borderTopColor, getComputedStyle(el).backgroundColor]")
+        lighter, darker = sorted((_luminance(border), _luminance(background)), reverse=True)
+        assert (lighter + 0.05) / (darker + 0.05) >= 3, f"field edge {border} on {background} is too faint"
