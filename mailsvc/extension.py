@@ -7,7 +7,6 @@ pool is created lazily inside the running loop and closed in ``after_serving``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -151,12 +150,8 @@ class Mail:
             state.record(msg)
         if state.config.suppress_send:
             return [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
-        pool = state.pool
-
-        async def one(item: Envelope | SendResult) -> SendResult:
-            return item if isinstance(item, SendResult) else await pool.send(item)
-
-        return list(await asyncio.gather(*(one(e) for e in envelopes)))
+        sent = iter(await state.pool.send_many([e for e in envelopes if isinstance(e, Envelope)]))
+        return [e if isinstance(e, SendResult) else next(sent) for e in envelopes]
 
     async def send_message(self, *args: Any, **kwargs: Any) -> SendResult:
         """Flask-Mail's shortcut: ``await mail.send_message("Hi", recipients=[...], body="...")``."""

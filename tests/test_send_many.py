@@ -96,3 +96,44 @@ async def test_one_failed_message_does_not_stop_the_others() -> None:
 async def test_empty_batch() -> None:
     async with standalone(config(1)) as mail:
         assert await mail.send_many([]) == []
+
+
+async def test_send_many_reconnects_after_max_emails() -> None:
+    """Workers hold a connection across messages, but MAIL_MAX_EMAILS still bounds each one."""
+    handler, counter = RecordingHandler(), ConnectionCounter()
+    async with smtp_server(handler, connections=counter) as port:
+        async with standalone(config(port, max_emails=3, pool_size=2)) as mail:
+            results = await mail.send_many([Message(f"n{i}", recipients=[f"u{i}@example.com"], body="x") for i in range(12)])
+    assert [r.ok for r in results] == [True] * 12
+    assert sorted(r.message["Subject"] for r in handler.received) == sorted(f"n{i}" for i in range(12))
+    assert counter.count == 4  # 12 messages, 3 per connection
+
+
+async def test_send_many_goes_on_after_421_closes_a_connection() -> None:
+    """A server closing the connection (421) fails that message only; the next ones take a new connection."""
+
+    class Closing(RecordingHandler):
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            if "bye@example.com" in envelope.rcpt_tos:
+                return "421 4.3.2 shutting down"
+            return await super().handle_DATA(server, session, envelope)
+
+    handler, counter = Closing(), ConnectionCounter()
+    targets = ["a@example.com", "bye@example.com", "b@example.com", "c@example.com", "bye@example.com", "d@example.com"]
+    async with smtp_server(handler, connections=counter) as port:
+        async with standalone(config(port, pool_size=1)) as mail:
+            results = await mail.send_many([Message("x", recipients=[t], body="x") for t in targets])
+    assert [(r.recipients[0].status, r.recipients[0].code) for r in results] == [
+        ("delivered", 250), ("refused", 421), ("delivered", 250), ("delivered", 250), ("refused", 421), ("delivered", 250),
+    ]
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+    assert counter.count == 3
+
+
+async def test_send_many_to_an_unreachable_server_fails_each_message() -> None:
+    async with smtp_server(RecordingHandler()) as port:
+        pass  # the port is closed again: nothing listens there
+    async with standalone(config(port, pool_size=2, timeout=5.0)) as mail:
+        results = await mail.send_many([Message("x", recipients=[f"u{i}@example.com"], body="x") for i in range(5)])
+    assert [[r.status for r in res.recipients] for res in results] == [["failed"]] * 5
+    assert all(res.recipients[0].code is None and res.recipients[0].reply for res in results)

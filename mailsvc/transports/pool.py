@@ -8,7 +8,7 @@ A connection that raised is closed and replaced, never handed out again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from ..errors import DeliveryError
@@ -60,6 +60,36 @@ class ConnectionPool:
                 return await conn.send(envelope)
         except DeliveryError as exc:
             return SendResult.all_failed(envelope.message_id, envelope.recipients, str(exc), exc.code)
+
+    async def send_many(self, envelopes: Sequence[Envelope]) -> list[SendResult]:
+        """``[await self.send(e) for e in envelopes]``, concurrently over at most ``size`` connections.
+
+        Why not a task per envelope: each would queue on the semaphore and take and
+        return a connection for one message, which costs more CPU than building it.
+        Here each worker holds a connection and takes the next envelope when free.
+        Every envelope is tried once, as with :meth:`send`: a connection-level
+        failure fails that envelope only, and the worker goes on with a fresh
+        connection (also after ``MAIL_MAX_EMAILS``).
+        """
+        results: list[SendResult | None] = [None] * len(envelopes)
+        todo = iter(range(len(envelopes)))  # shared: a worker that is free takes the next index
+
+        async def worker() -> None:
+            i = next(todo, None)
+            while i is not None:
+                try:
+                    async with self.connection() as conn:
+                        while i is not None and conn.is_open and (self._max is None or conn.sent < self._max):
+                            results[i] = await conn.send(envelopes[i])
+                            i = next(todo, None)
+                except DeliveryError as exc:
+                    assert i is not None
+                    results[i] = SendResult.all_failed(envelopes[i].message_id, envelopes[i].recipients, str(exc), exc.code)
+                    i = next(todo, None)
+
+        await asyncio.gather(*(worker() for _ in range(min(self._size, len(envelopes)))))
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
 
     async def aclose(self) -> None:
         self._closed = True
