@@ -81,10 +81,22 @@ class TemplateRenderer:
             self._compiled[filename] = template
         return template
 
-    def _render(self, name: str, filename: str, context: Mapping[str, Any]) -> str | None:
+    def _render(self, name: str, filename: str, variables: dict[str, Any]) -> str | None:
+        """``template.render(context)``, given the globals and context already merged into ``variables``.
+
+        Why: ``render`` copies the context and merges it with the globals for each of
+        a message's three parts; the merge is done once per message here and shared
+        (templates write their own variables to their own context, never to this dict).
+        Errors go through Jinja's ``handle_exception`` as ``render`` does.
+        """
         try:
             template = self._template(filename)
-            return None if template is None else template.render(context)
+            if template is None:
+                return None
+            try:
+                return self.env.concat(template.root_render_func(template.new_context(variables, shared=True)))
+            except Exception:
+                self.env.handle_exception()
         except jinja2.UndefinedError as exc:
             raise TemplateError(name, f"variable missing from context: {exc.message}") from exc
         except jinja2.TemplateSyntaxError as exc:
@@ -96,9 +108,10 @@ class TemplateRenderer:
         """Return (subject, text, html); text is derived from html when only html exists."""
         if not self.exists(name):
             raise TemplateError(name, f"unknown template; expected {name}.txt or {name}.html in {self.folder}")
-        subject = (self._render(name, f"{name}.subject.txt", context) or "").strip()
-        text = self._render(name, f"{name}.txt", context)
-        html = self._render(name, f"{name}.html", context)
+        variables = dict(self.env.globals, **context)
+        subject = (self._render(name, f"{name}.subject.txt", variables) or "").strip()
+        text = self._render(name, f"{name}.txt", variables)
+        html = self._render(name, f"{name}.html", variables)
         if text is None and html is not None:
             text = html_to_text(html)
         return subject, text, html

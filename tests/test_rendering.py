@@ -140,3 +140,32 @@ def test_with_auto_reload_an_edit_shows_at_once(tmp_path: Path) -> None:
     assert r.render_parts("note", {})[1] == "two, longer"
     (tmp_path / "note.txt").unlink()
     assert not r.exists("note")
+
+
+def test_parts_do_not_see_each_others_variables(tmp_path: Path) -> None:
+    """The parts share one merged context; what one part sets stays in that part, as with Template.render."""
+    (tmp_path / "n.subject.txt").write_text('{% set name = "from subject" %}{{ name }} {{ range(2)|list }}')
+    (tmp_path / "n.txt").write_text("{{ name }}{% set items = [] %}")
+    (tmp_path / "n.html").write_text("{{ name }} {{ items|length }}")
+    r = TemplateRenderer(tmp_path)
+    r.env.globals["site"] = "s"
+    context = {"name": "Ann", "items": [1, 2]}
+    expected = tuple(
+        None if t is None else t.render(context)
+        for t in (r.env.get_template("n.subject.txt"), r.env.get_template("n.txt"), r.env.get_template("n.html"))
+    )
+    assert r.render_parts("n", context) == ("from subject [0, 1]", "Ann", "Ann 2") == (expected[0], expected[1], expected[2])
+    assert context == {"name": "Ann", "items": [1, 2]}
+
+
+def test_runtime_error_in_a_part_is_our_error_with_jinjas_traceback(tmp_path: Path) -> None:
+    (tmp_path / "n.txt").write_text("line one\n{{ missing.attr }}\n")
+    with pytest.raises(TemplateError) as err:
+        TemplateRenderer(tmp_path).render_parts("n", {})
+    assert "missing" in err.value.reason
+    frames = []
+    tb = err.value.__cause__.__traceback__ if err.value.__cause__ else None
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    assert (str(tmp_path / "n.txt"), 2) in frames  # Jinja rewrote the traceback to the template's line
