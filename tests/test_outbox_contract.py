@@ -242,3 +242,65 @@ async def test_release_gives_messages_back_untouched(outbox: Outbox) -> None:
 
 async def test_ping_succeeds_on_a_writable_store(outbox: Outbox) -> None:
     await outbox.ping()
+
+
+# -- enqueue_stream: a batch stored a chunk at a time, still one transaction -------------------------
+async def _chunks(envs: list[Envelope], size: int, fail_after: int | None = None,
+                  started: list[int] | None = None) -> AsyncIterator[list[Envelope]]:
+    for n, i in enumerate(range(0, len(envs), size)):
+        if started is not None:
+            started.append(n)
+        if fail_after is not None and n == fail_after:
+            raise ValueError("the caller's build failed")
+        yield envs[i:i + size]
+
+
+async def test_stream_stores_every_chunk_as_one_batch(outbox: Outbox) -> None:
+    envs = bulk(1200)
+    result = await outbox.enqueue_stream(1200, _chunks(envs, 250), batch=True)
+    assert len(set(result.ids)) == 1200 and result.batch_id is not None and not result.duplicate
+    assert await outbox.batch_status(result.batch_id) == {"queued": 1200}
+    # In order: the n-th id is the n-th envelope, exactly as accepted.
+    status = await outbox.status(result.ids[1100])
+    assert status.message_id == envs[1100].message_id and [r.recipient for r in status.recipients] == ["u1100@example.com"]
+    claimed = await outbox.claim("w", 2000, 60)
+    assert sorted(c.envelope.message_id for c in claimed) == sorted(e.message_id for e in envs)
+
+
+async def test_stream_failing_midway_stores_nothing(outbox: Outbox) -> None:
+    with pytest.raises(ValueError, match="build failed"):
+        await outbox.enqueue_stream(1000, _chunks(bulk(1000), 100, fail_after=5), batch=True, idempotency_key="k",
+                                    fingerprint="f1")
+    assert await outbox.pending_count() == 0
+    # The key was not taken by the failed request.
+    again = await outbox.enqueue_stream(3, _chunks(bulk(3), 2), idempotency_key="k", fingerprint="f1")
+    assert not again.duplicate and len(again.ids) == 3
+
+
+async def test_stream_count_must_match(outbox: Outbox) -> None:
+    with pytest.raises(MessageError, match="told 10"):
+        await outbox.enqueue_stream(10, _chunks(bulk(9), 4))
+    with pytest.raises(MessageError):
+        await outbox.enqueue_stream(0, _chunks([], 4))
+    assert await outbox.pending_count() == 0
+
+
+async def test_stream_checks_pending_limit_before_building(make_outbox: MakeOutbox) -> None:
+    outbox = await make_outbox(max_pending=5)
+    started: list[int] = []
+    with pytest.raises(OutboxFullError):
+        await outbox.enqueue_stream(6, _chunks(bulk(6), 2, started=started), batch=True)
+    assert started == [] and await outbox.pending_count() == 0
+
+
+async def test_stream_idempotent_replay_builds_nothing(outbox: Outbox) -> None:
+    first = await outbox.enqueue_stream(5, _chunks(bulk(5), 2), batch=True, idempotency_key="k", fingerprint="f")
+    started: list[int] = []
+    again = await outbox.enqueue_stream(5, _chunks(bulk(5), 2, started=started), batch=True,
+                                        idempotency_key="k", fingerprint="f")
+    assert again.duplicate and again.ids == first.ids and again.batch_id == first.batch_id and started == []
+    with pytest.raises(IdempotencyConflictError):
+        await outbox.enqueue_stream(5, _chunks(bulk(5), 2), batch=True, idempotency_key="k", fingerprint="other")
+    with pytest.raises(MessageError, match="fingerprint"):
+        await outbox.enqueue_stream(5, _chunks(bulk(5), 2), idempotency_key="k2")
+    assert await outbox.pending_count() == 5

@@ -18,11 +18,12 @@ import abc
 import asyncio
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from ..errors import MessageError
 from ..message import Envelope
 
 __all__ = [
@@ -95,6 +96,27 @@ def fingerprint(envelopes: Sequence[Envelope]) -> str:
             h.update(part.encode("utf-8") + b"\x01")
         h.update(hashlib.sha256(data).digest())
     return h.hexdigest()
+
+
+def check_envelopes(envelopes: Sequence[Envelope], start: int = 0) -> None:
+    """Every envelope needs a recipient (``start``: index of the first one in the whole enqueue)."""
+    for i, env in enumerate(envelopes, start):
+        if not env.recipients:
+            raise MessageError(f"messages[{i}].recipients", "a message needs at least one recipient")
+
+
+def check_count(expected: int, got: int) -> None:
+    """What :meth:`Outbox.enqueue_stream` was promised is what arrived (else nothing is stored)."""
+    if expected < 1 or got == 0:
+        raise MessageError("messages", "nothing to enqueue: pass at least one message")
+    if got != expected:
+        raise MessageError("messages", f"enqueue_stream was told {expected} messages and got {got}; nothing was stored")
+
+
+def need_fingerprint(idempotency_key: str | None, fingerprint: str | None) -> str:
+    if idempotency_key is not None and not fingerprint:
+        raise MessageError("fingerprint", "enqueue_stream needs the request's fingerprint with an idempotency key")
+    return fingerprint or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +201,35 @@ class Outbox(abc.ABC):
         :class:`IdempotencyConflictError` for a reused key with other content,
         :class:`OutboxError` when storage fails (nothing is half-written).
         """
+
+    async def enqueue_stream(
+        self,
+        count: int,
+        chunks: AsyncIterator[Sequence[Envelope]],
+        *,
+        fingerprint: str | None = None,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> EnqueueResult:
+        """:meth:`enqueue` for a batch too big to hold rendered at once: every chunk in one transaction, or none.
+
+        Why: a 100,000-message batch is ~300 MB rendered; built and stored a chunk
+        at a time it never is all in memory. ``count`` is how many envelopes the
+        chunks will yield (checked against the pending limit before the first
+        chunk is asked for, and against what arrived before the commit).
+        ``fingerprint`` is required with ``idempotency_key`` (the caller hashes
+        the request, since the envelopes are not all at hand); a replayed key
+        returns before ``chunks`` is started. An exception raised by ``chunks``
+        rolls everything back and propagates unchanged.
+
+        This default gathers the chunks and calls :meth:`enqueue` (correct, not
+        memory-bounded); the SQLite and PostgreSQL outboxes stream.
+        """
+        envelopes: list[Envelope] = []
+        async for chunk in chunks:
+            envelopes.extend(chunk)
+        check_count(count, len(envelopes))
+        return await self.enqueue(envelopes, idempotency_key=idempotency_key, batch=batch, fingerprint=fingerprint)
 
     @abc.abstractmethod
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:

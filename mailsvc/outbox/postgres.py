@@ -49,6 +49,9 @@ from .base import (
     Outbox,
     RecipientOutcome,
     RecipientStatus,
+    check_count,
+    check_envelopes,
+    need_fingerprint,
 )
 from .base import fingerprint as envelope_fingerprint
 
@@ -210,6 +213,56 @@ class PostgresOutbox(Outbox):
             if pending + len(envelopes) > self.max_pending:
                 raise OutboxFullError(pending, self.max_pending)
             await _insert(conn, ids, batch_id, envelopes)
+            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        return EnqueueResult(ids=ids, batch_id=batch_id)
+
+    async def enqueue_stream(
+        self,
+        count: int,
+        chunks: AsyncIterator[Sequence[Envelope]],
+        *,
+        fingerprint: str | None = None,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> EnqueueResult:
+        digest = need_fingerprint(idempotency_key, fingerprint)
+        check_count(count, count)  # at least one
+        batch_id = uuid.uuid4().hex if batch else None
+        async with self._tx("enqueue") as conn:
+            if idempotency_key is not None:
+                # Take the key first (a concurrent request with it waits here); its ids come at the end.
+                claimed = await conn.fetchval(
+                    """
+                    INSERT INTO mailsvc_idempotency AS k (key, fingerprint, ids, batch_id)
+                    VALUES ($1, $2, '{}', $3)
+                    ON CONFLICT (key) DO UPDATE
+                        SET fingerprint = EXCLUDED.fingerprint, ids = EXCLUDED.ids,
+                            batch_id = EXCLUDED.batch_id, created_at = now()
+                        WHERE k.created_at < now() - make_interval(secs => $4)
+                    RETURNING true
+                    """,
+                    idempotency_key, digest, batch_id, float(self.idempotency_ttl),
+                )
+                if not claimed:
+                    row = await conn.fetchrow(
+                        "SELECT fingerprint, ids, batch_id FROM mailsvc_idempotency WHERE key = $1", idempotency_key
+                    )
+                    assert row is not None
+                    if row["fingerprint"] != digest:
+                        raise IdempotencyConflictError(idempotency_key)
+                    return EnqueueResult(ids=list(row["ids"]), batch_id=row["batch_id"], duplicate=True)
+            pending = await conn.fetchval("SELECT count(*) FROM mailsvc_message WHERE due_at IS NOT NULL")
+            if pending + count > self.max_pending:
+                raise OutboxFullError(pending, self.max_pending)
+            ids: list[str] = []
+            async for chunk in chunks:
+                check_envelopes(chunk, len(ids))
+                chunk_ids = [uuid.uuid4().hex for _ in chunk]
+                await _insert(conn, chunk_ids, batch_id, chunk)
+                ids.extend(chunk_ids)
+            check_count(count, len(ids))
+            if idempotency_key is not None:
+                await conn.execute("UPDATE mailsvc_idempotency SET ids = $2 WHERE key = $1", idempotency_key, ids)
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
         return EnqueueResult(ids=ids, batch_id=batch_id)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import IdempotencyConflictError, MessageError, NotFoundError, OutboxError, OutboxFullError
+from ..errors import IdempotencyConflictError, NotFoundError, OutboxError, OutboxFullError
 from ..message import Envelope
 from .base import (
     DEFAULT_IDEMPOTENCY_TTL,
@@ -39,7 +39,10 @@ from .base import (
     Outbox,
     RecipientOutcome,
     RecipientStatus,
+    check_count,
+    check_envelopes,
     derive_state,
+    need_fingerprint,
 )
 from .base import fingerprint as envelope_fingerprint
 
@@ -93,6 +96,18 @@ _COUNT_PENDING = "SELECT count(*) FROM messages WHERE due_at IS NOT NULL"
 def _chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
     """Slices small enough for SQLite's limit on bound parameters."""
     return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope]]:
+    yield envelopes
+
+
+def _json_list(items: Sequence[str]) -> str:
+    return json.dumps(list(items)) if items else "[]"
+
+
+def _json_tuple(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text)) if text != "[]" else ()
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -222,50 +237,50 @@ class SqliteOutbox(Outbox):
         fingerprint: str | None = None,
     ) -> EnqueueResult:
         envelopes = list(envelopes)
-        if not envelopes:
-            raise MessageError("messages", "nothing to enqueue: pass at least one message")
-        for i, env in enumerate(envelopes):
-            if not env.recipients:
-                raise MessageError(f"messages[{i}].recipients", "a message needs at least one recipient")
-        digest = None
-        if idempotency_key is not None:
-            digest = fingerprint or envelope_fingerprint(envelopes)
+        check_count(len(envelopes), len(envelopes))  # at least one
+        check_envelopes(envelopes)
+        digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else None
+        return await self.enqueue_stream(
+            len(envelopes), _one(envelopes), fingerprint=digest, idempotency_key=idempotency_key, batch=batch
+        )
+
+    async def enqueue_stream(
+        self,
+        count: int,
+        chunks: AsyncIterator[Sequence[Envelope]],
+        *,
+        fingerprint: str | None = None,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> EnqueueResult:
+        digest = need_fingerprint(idempotency_key, fingerprint)
+        check_count(count, count)  # at least one
         now = time.time()
+        # One write transaction while the chunks are built: SQLite has one writer at a time, so
+        # other writes (claims, single POSTs) wait for the commit; PostgreSQL's do not.
         async with self._write() as db:
             if idempotency_key is not None:
-                replay = await self._idempotent_replay(db, idempotency_key, digest or "", now)
+                replay = await self._idempotent_replay(db, idempotency_key, digest, now)
                 if replay is not None:
                     return replay
             async with db.execute(_COUNT_PENDING) as cur:
                 row = await cur.fetchone()
             pending = int(row[0]) if row else 0
-            if pending + len(envelopes) > self.max_pending:
+            if pending + count > self.max_pending:
                 raise OutboxFullError(pending, self.max_pending)
             batch_id = uuid.uuid4().hex if batch else None
-            ids = [uuid.uuid4().hex for _ in envelopes]
+            ids: list[str] = []
             cur = await db.execute("SELECT coalesce(max(pk), 0) FROM messages")
             row = await cur.fetchone()
             await cur.close()
-            first_pk = (int(row[0]) if row else 0) + 1
-            await db.executemany(
-                "INSERT INTO messages (pk, id, message_id, batch_id, created_at, updated_at, due_at, sender, data,"
-                " mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        first_pk + i, ids[i], env.message_id, batch_id, now, now, now, env.sender, env.data,
-                        json.dumps(list(env.mail_options)), json.dumps(list(env.rcpt_options)),
-                    )
-                    for i, env in enumerate(envelopes)
-                ],
-            )
-            await db.executemany(
-                "INSERT INTO recipients (msg, position, address, updated_at) VALUES (?, ?, ?, ?)",
-                [
-                    (first_pk + i, pos, rcpt, now)
-                    for i, env in enumerate(envelopes)
-                    for pos, rcpt in enumerate(env.recipients)
-                ],
-            )
+            next_pk = (int(row[0]) if row else 0) + 1
+            async for chunk in chunks:
+                check_envelopes(chunk, len(ids))
+                chunk_ids = [uuid.uuid4().hex for _ in chunk]
+                await self._insert(db, next_pk, chunk_ids, batch_id, now, chunk)
+                next_pk += len(chunk)
+                ids.extend(chunk_ids)
+            check_count(count, len(ids))
             if idempotency_key is not None:
                 await db.execute(
                     "INSERT INTO idempotency (key, fingerprint, ids, batch_id, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -274,6 +289,31 @@ class SqliteOutbox(Outbox):
         assert self._work is not None
         self._work.set()
         return EnqueueResult(ids=ids, batch_id=batch_id)
+
+    @staticmethod
+    async def _insert(
+        db: aiosqlite.Connection, first_pk: int, ids: list[str], batch_id: str | None, now: float,
+        envelopes: Sequence[Envelope],
+    ) -> None:
+        await db.executemany(
+            "INSERT INTO messages (pk, id, message_id, batch_id, created_at, updated_at, due_at, sender, data,"
+            " mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    first_pk + i, ids[i], env.message_id, batch_id, now, now, now, env.sender, env.data,
+                    _json_list(env.mail_options), _json_list(env.rcpt_options),
+                )
+                for i, env in enumerate(envelopes)
+            ],
+        )
+        await db.executemany(
+            "INSERT INTO recipients (msg, position, address, updated_at) VALUES (?, ?, ?, ?)",
+            [
+                (first_pk + i, pos, rcpt, now)
+                for i, env in enumerate(envelopes)
+                for pos, rcpt in enumerate(env.recipients)
+            ],
+        )
 
     async def _idempotent_replay(
         self, db: aiosqlite.Connection, key: str, digest: str, now: float
@@ -335,8 +375,8 @@ class SqliteOutbox(Outbox):
                 recipients=tuple(due[pk]),
                 data=bytes(data),
                 message_id=message_id,
-                mail_options=tuple(json.loads(mopts)),
-                rcpt_options=tuple(json.loads(ropts)),
+                mail_options=_json_tuple(mopts),
+                rcpt_options=_json_tuple(ropts),
             )
             created = _dt(created_at)
             assert created is not None

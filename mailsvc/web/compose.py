@@ -8,10 +8,10 @@ nothing is queued; then one ``enqueue`` call commits all of it or none.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import jinja2
@@ -29,12 +29,12 @@ from ..message import Attachment, Envelope, Message
 from ..outbox import EnqueueResult, Outbox
 from .problems import FieldError, ProblemException, retry_after
 from .sandbox import InlineTemplate, InlineTemplateError, request_budget
-from .schemas import AttachmentIn, BulkIn, MessageIn, header_problem
+from .bulkstream import BulkRequest
+from .schemas import AttachmentIn, BulkHead, BulkRecipient, MessageIn, header_problem
 
-__all__ = ["build_bulk", "build_single", "enqueue", "fingerprint_of", "outbox_problem"]
+__all__ = ["BulkBuilder", "build_single", "enqueue", "enqueue_bulk", "fingerprint_of", "outbox_problem"]
 
 log = logging.getLogger("mailsvc.web")
-_MAX_REPORTED = 20  # field errors listed for one bulk request
 
 
 def _attachments(items: Sequence[AttachmentIn]) -> list[Attachment]:
@@ -100,55 +100,59 @@ def build_single(state: MailState, m: MessageIn) -> Envelope:
     return _build(state, msg)
 
 
-def build_bulk(state: MailState, b: BulkIn, max_chars: int) -> list[Envelope]:
-    """One envelope per recipient entry; all errors collected (up to 20) before refusing."""
-    inline: dict[str, InlineTemplate] = {}
-    if b.template is None:
-        errors: list[FieldError] = []
-        for field, source, is_html in (("subject", b.subject, False), ("text", b.text, False), ("html", b.html, True)):
-            if source is None:
-                continue
-            try:
-                inline[field] = InlineTemplate.compile(field, source, html=is_html, max_chars=max_chars)
-            except InlineTemplateError as exc:
-                errors.append(FieldError(field=exc.field, reason=exc.reason))
-        if errors:
-            raise ProblemException(422, "a template string does not compile", errors=errors)
-    attachments = _attachments(b.attachments)
-    budget = request_budget(len(b.recipients) * max(1, len(inline)))
-    envelopes: list[Envelope] = []
-    errors = []
-    subject: str
-    text: str | None
-    html: str | None
-    for i, r in enumerate(b.recipients):
+class BulkBuilder:
+    """Renders and builds a bulk request's messages one at a time (the head's templates compiled once).
+
+    Raises :class:`ProblemException` (422) at construction when an inline template
+    does not compile, and from :meth:`build_one` naming ``recipients[i]``'s field.
+    """
+
+    def __init__(self, state: MailState, head: BulkHead, count: int, max_chars: int) -> None:
+        self.state = state
+        self.head = head
+        self.inline: dict[str, InlineTemplate] = {}
+        if head.template is None:
+            errors: list[FieldError] = []
+            for field, source, is_html in (("subject", head.subject, False), ("text", head.text, False),
+                                           ("html", head.html, True)):
+                if source is None:
+                    continue
+                try:
+                    self.inline[field] = InlineTemplate.compile(field, source, html=is_html, max_chars=max_chars)
+                except InlineTemplateError as exc:
+                    errors.append(FieldError(field=exc.field, reason=exc.reason))
+            if errors:
+                raise ProblemException(422, "a template string does not compile", errors=errors)
+        self.attachments = _attachments(head.attachments)
+        self.budget = request_budget(count * max(1, len(self.inline)))
+        self.reply_to = list(head.reply_to) or None
+        self.headers = dict(head.headers)
+
+    def build_one(self, i: int, r: BulkRecipient) -> Envelope:
         where = f"recipients[{i}]"
+        head = self.head
+        subject: str
+        text: str | None
+        html: str | None
         try:
-            if b.template is not None:
-                subject, text, html = _render_named(state, b.template, r.context, f"{where}.context")
+            if head.template is not None:
+                subject, text, html = _render_named(self.state, head.template, r.context, f"{where}.context")
             else:
-                parts = {f: t.render(r.context, f"{where}.context", budget) for f, t in inline.items()}
+                parts = {f: t.render(r.context, f"{where}.context", self.budget) for f, t in self.inline.items()}
                 subject, text, html = parts.get("subject", ""), parts.get("text"), parts.get("html")
-            msg = Message(
-                subject=subject.strip(),
-                recipients=list(r.to),
-                body=text,
-                html=html,
-                sender=b.sender,
-                reply_to=list(b.reply_to) or None,  # type: ignore[arg-type]
-                attachments=list(attachments),
-                extra_headers=dict(b.headers),
-            )
-            envelopes.append(_build(state, msg, where))
         except InlineTemplateError as exc:
-            errors.append(FieldError(field=exc.field, reason=exc.reason))
-        except ProblemException as exc:
-            errors.extend(exc.errors)
-        if len(errors) >= _MAX_REPORTED:
-            break
-    if errors:
-        raise ProblemException(422, "some messages of the batch cannot be built; nothing was queued", errors=errors)
-    return envelopes
+            raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
+        msg = Message(
+            subject=subject.strip(),
+            recipients=list(r.to),
+            body=text,
+            html=html,
+            sender=head.sender,
+            reply_to=self.reply_to,  # type: ignore[arg-type]
+            attachments=list(self.attachments),
+            extra_headers=dict(self.headers),
+        )
+        return _build(self.state, msg, where)
 
 
 def fingerprint_of(route: str, body: str) -> str:
@@ -196,8 +200,20 @@ async def enqueue(
     return result
 
 
-async def build_bulk_async(state: MailState, b: BulkIn, max_chars: int) -> list[Envelope]:
-    """Big batches are built off the event loop so other requests keep being answered."""
-    if len(b.recipients) <= 50:
-        return build_bulk(state, b, max_chars)
-    return await asyncio.to_thread(build_bulk, state, b, max_chars)
+async def enqueue_bulk(outbox: Outbox, request: BulkRequest, state: MailState, max_chars: int, *,
+                       principal: str, idempotency_key: str | None) -> EnqueueResult:
+    """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
+    scoped = f"{principal}:{idempotency_key}" if idempotency_key is not None else None
+    chunks = request.chunks(state, max_chars)
+    try:
+        async with aclosing(chunks):
+            result = await outbox.enqueue_stream(request.count, chunks, fingerprint=request.fingerprint,
+                                                 idempotency_key=scoped, batch=True)
+    except OutboxError as exc:
+        raise outbox_problem(exc) from None
+    if result.duplicate:
+        log.info("idempotent replay batch=%s key=%s", result.batch_id, principal)
+    else:
+        # One line per batch (a line per message cost more than storing it); ids are in the outbox.
+        log.info("accepted batch=%s messages=%d key=%s", result.batch_id, len(result.ids), principal)
+    return result

@@ -39,6 +39,7 @@ __all__ = [
     "AttachmentIn",
     "BatchAccepted",
     "BatchStatusOut",
+    "BulkHead",
     "BulkIn",
     "BulkRecipient",
     "CheckContext",
@@ -233,20 +234,16 @@ class BulkRecipient(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
-class BulkIn(_Common):
-    """``POST /api/messages/bulk``: one template (named, or subject/text/html as Jinja strings) for many.
-
-    Inline strings are rendered in Jinja's sandbox with each recipient's ``context``.
-    """
+class BulkHead(_Common):
+    """Everything of a bulk request but its recipients (validated before they are walked one by one)."""
 
     template: TemplateName | None = None
     subject: Annotated[str, Field(max_length=998)] | None = Field(default=None, description="Jinja template string")
     text: str | None = Field(default=None, description="Jinja template string")
     html: str | None = Field(default=None, description="Jinja template string (autoescaped)")
-    recipients: Annotated[list[BulkRecipient], Field(min_length=1)]
 
     @model_validator(mode="after")
-    def _shape(self, info: ValidationInfo) -> BulkIn:
+    def _shape(self, info: ValidationInfo) -> BulkHead:
         self._check_sender(info)
         if self.template is not None and (self.subject is not None or self.text is not None or self.html is not None):
             raise PydanticCustomError("either_or", "template: give either template or subject/text/html, not both")
@@ -255,6 +252,21 @@ class BulkIn(_Common):
                 raise PydanticCustomError("missing_subject", "subject: required unless a template is given")
             if self.text is None and self.html is None:
                 raise PydanticCustomError("missing_body", "text: give text, html or both (or a template)")
+        return self
+
+
+class BulkIn(BulkHead):
+    """``POST /api/messages/bulk``: one template (named, or subject/text/html as Jinja strings) for many.
+
+    Inline strings are rendered in Jinja's sandbox with each recipient's ``context``.
+    The route walks the recipients one at a time (``web/bulkstream.py``) with
+    :class:`BulkHead` and :class:`BulkRecipient`; this model is the document of the whole body.
+    """
+
+    recipients: Annotated[list[BulkRecipient], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _count(self, info: ValidationInfo) -> BulkIn:
         ctx = _ctx(info)
         if ctx is not None and len(self.recipients) > ctx.web.max_batch:
             raise PydanticCustomError("too_many", "recipients: {n} messages; the limit per batch is {limit}",

@@ -1,0 +1,265 @@
+"""A bulk request walked a recipient at a time: parsed, checked, rendered and stored in chunks.
+
+Why: a 100,000-recipient body is ~75 MB of JSON, ~290 MB once parsed into
+Python objects and ~300 MB more once rendered. Here the body stays text: its
+top-level fields are parsed, and the ``recipients`` array is walked twice with
+the json module's own scanner, one element at a time. The first walk validates
+every entry (so a bad address is a 422 before anything is rendered or locked),
+counts them and hashes them for the idempotency fingerprint; the second renders
+and MIME-builds a chunk at a time, off the event loop, feeding
+:meth:`Outbox.enqueue_stream`, which stores every chunk in one transaction. So a
+batch is still accepted whole or not at all, and the 202 still comes after
+the commit.
+
+    >>> body = BulkBody.parse('{"subject": "Hi", "text": "x", "recipients": [{"to": "a@b.example"}]}')
+    >>> body.head, [r for _, r in body.recipients()]
+    ({'subject': 'Hi', 'text': 'x'}, [{'to': 'a@b.example'}])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..extension import MailState
+from ..message import Envelope
+from .problems import FieldError, ProblemException, errors_from_validation
+from .schemas import BulkHead, BulkRecipient, CheckContext
+
+__all__ = ["BulkBody", "BulkRequest", "CHUNK"]
+
+CHUNK = 250  # messages rendered and stored together: ~1 MB of MIME at a time
+_MAX_REPORTED = 20
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+_scan = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner json.loads uses: (value, end) at an index
+_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+class _Malformed(ValueError):
+    pass
+
+
+class BulkBody:
+    """The top-level object of a JSON text, with the ``recipients`` array left unparsed."""
+
+    def __init__(self, text: str, head: Any, recipients_at: int | None) -> None:
+        self.text = text
+        self.head = head
+        self.recipients_at = recipients_at  # index of its "[", or None (absent, or not an array)
+
+    @classmethod
+    def parse(cls, text: str) -> BulkBody:
+        """Raise ``ValueError`` saying where, for a text that is not JSON."""
+        try:
+            return cls._parse(text)
+        except json.JSONDecodeError:
+            raise
+        except StopIteration as exc:
+            raise ValueError(f"Expecting value: char {exc.value}") from None
+        except _Malformed as exc:
+            raise ValueError(f"Unexpected character: char {exc.args[0] if exc.args else '?'}") from None
+        except IndexError:
+            raise ValueError("Unexpected end of the body") from None
+
+    @classmethod
+    def _parse(cls, text: str) -> BulkBody:
+        i = _WS.match(text, 0).end()  # type: ignore[union-attr]
+        if text[i:i + 1] != "{":
+            value, end = _scan(text, i)  # not an object: BulkRequest.check refuses it with 422
+            if _WS.match(text, end).end() != len(text):  # type: ignore[union-attr]
+                raise _Malformed(i)
+            return cls(text, value, None)
+        head: dict[str, Any] = {}
+        recipients_at: int | None = None
+        i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+        if text[i] == "}":
+            i += 1
+        else:
+            while True:
+                if text[i] != '"':
+                    raise _Malformed(i)
+                key, i = _scanstring(text, i + 1)
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]
+                if text[i] != ":":
+                    raise _Malformed(i)
+                i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+                if key == "recipients" and text[i] == "[":
+                    head.pop(key, None)
+                    recipients_at = i
+                    i = _skip_array(text, i)
+                else:
+                    if key == "recipients":
+                        recipients_at = None
+                    head[key], i = _scan(text, i)
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]
+                c = text[i]
+                i += 1
+                if c == "}":
+                    break
+                if c != ",":
+                    raise _Malformed(i)
+                i = _WS.match(text, i).end()  # type: ignore[union-attr]
+        if _WS.match(text, i).end() != len(text):  # type: ignore[union-attr]
+            raise _Malformed(i)
+        return cls(text, head, recipients_at)
+
+    def recipients(self, start: int | None = None) -> Iterator[tuple[int | None, Any]]:
+        """``(where the next element starts, element)`` for each element; ``None`` after the last one.
+
+        ``start`` resumes at an index an earlier walk handed back; by default the walk begins at the ``[``.
+        """
+        text = self.text
+        if start is None:
+            if self.recipients_at is None:
+                return
+            i = _WS.match(text, self.recipients_at + 1).end()  # type: ignore[union-attr]
+            if text[i] == "]":
+                return
+        else:
+            i = start
+        while True:
+            value, i = _scan(text, i)
+            i = _WS.match(text, i).end()  # type: ignore[union-attr]
+            c = text[i]
+            if c == "]":
+                yield None, value
+                return
+            if c != ",":
+                raise _Malformed(i)
+            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            yield i, value
+
+
+def _skip_array(text: str, i: int) -> int:
+    """The index after the array that starts at ``i``, checking it is well-formed (elements are dropped)."""
+    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+    if text[i] == "]":
+        return i + 1
+    while True:
+        _, i = _scan(text, i)
+        i = _WS.match(text, i).end()  # type: ignore[union-attr]
+        c = text[i]
+        i += 1
+        if c == "]":
+            return i
+        if c != ",":
+            raise _Malformed(i)
+        i = _WS.match(text, i).end()  # type: ignore[union-attr]
+
+
+class BulkRequest:
+    """A validated bulk request: its head model, its recipient count, its fingerprint.
+
+    Built by :meth:`check` (the first walk); :meth:`chunks` is the second walk.
+    """
+
+    def __init__(self, body: BulkBody, head: BulkHead, count: int, fingerprint: str, context: CheckContext) -> None:
+        self.body = body
+        self.head = head
+        self.count = count
+        self.fingerprint = fingerprint
+        self.context = context
+
+    @classmethod
+    def check(cls, body: BulkBody, context: CheckContext) -> BulkRequest:
+        """Validate everything that can be checked without rendering; 422 (413 for sizes) with every field."""
+        if not isinstance(body.head, dict):
+            raise ProblemException(422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")])
+        errors: list[FieldError] = []
+        too_large = False
+        head_data = dict(body.head)
+        if "recipients" in head_data:  # there, but not an array
+            errors.append(FieldError(field="recipients", reason="Input should be a valid list"))
+            del head_data["recipients"]
+        elif body.recipients_at is None:
+            errors.append(FieldError(field="recipients", reason="Field required"))
+        head: BulkHead | None = None
+        try:
+            head = BulkHead.model_validate(head_data, context=context)
+        except ValidationError as exc:
+            errors = errors_from_validation(exc) + errors
+            too_large = _too_large(exc)
+        # The idempotency fingerprint: the hash fingerprint_of("bulk", BulkIn.model_dump_json()) gives,
+        # fed a recipient at a time (recipients is BulkIn's last field).
+        digest = hashlib.sha256(b"bulk\x00")
+        if head is not None:
+            head_json = head.model_dump_json()
+            digest.update((head_json[:-1] + (',"recipients":[' if head_json != "{}" else '"recipients":[')).encode())
+        count = 0
+        for _, raw in body.recipients(None):
+            try:
+                r = BulkRecipient.model_validate(raw, context=context)
+            except ValidationError as exc:
+                if len(errors) < _MAX_REPORTED:
+                    errors.extend(errors_from_validation(exc, prefix=f"recipients[{count}]"))
+                too_large = too_large or _too_large(exc)
+            else:
+                if not errors:
+                    digest.update(((",") if count else "").encode() + r.model_dump_json().encode("utf-8", "surrogatepass"))
+            count += 1
+        digest.update(b"]}")
+        if body.recipients_at is not None and count == 0:
+            errors.append(FieldError(field="recipients", reason="List should have at least 1 item after validation, not 0"))
+        if count > context.web.max_batch:
+            errors.append(FieldError(field="recipients",
+                                     reason=f"{count} messages; the limit per batch is {context.web.max_batch}"))
+        if errors or head is None:
+            raise ProblemException(413 if too_large else 422, "some fields are invalid; nothing was queued",
+                                   errors=errors[:_MAX_REPORTED + 5])
+        return cls(body, head, count, digest.hexdigest(), context)
+
+    async def chunks(self, state: MailState, max_chars: int, size: int = CHUNK) -> AsyncGenerator[list[Envelope], None]:
+        """Render and build ``size`` messages at a time in a thread; the next chunk is built while one is stored.
+
+        Raises :class:`ProblemException` (422, up to 20 fields) after the last chunk when any message
+        failed to build; nothing is yielded after the first failure, so the caller's transaction rolls back.
+        """
+        from .compose import BulkBuilder  # compose imports this module
+
+        builder = BulkBuilder(state, self.head, self.count, max_chars)  # 422 here if a template does not compile
+
+        def build(start: int | None, index: int) -> tuple[list[Envelope], list[FieldError], int | None, int]:
+            envelopes: list[Envelope] = []
+            failed: list[FieldError] = []
+            nxt: int | None = None
+            for nxt, raw in self.body.recipients(start):
+                r = BulkRecipient.model_validate(raw, context=self.context)
+                try:
+                    envelopes.append(builder.build_one(index, r))
+                except ProblemException as exc:
+                    failed.extend(exc.errors)
+                index += 1
+                if index % size == 0:
+                    break
+            return envelopes, failed, nxt, index
+
+        errors: list[FieldError] = []
+        job: asyncio.Future[tuple[list[Envelope], list[FieldError], int | None, int]] | None
+        job = asyncio.ensure_future(asyncio.to_thread(build, None, 0))
+        try:
+            while job is not None:
+                envelopes, failed, nxt, index = await job
+                job = None
+                errors.extend(failed)
+                if nxt is not None and len(errors) < _MAX_REPORTED:
+                    job = asyncio.ensure_future(asyncio.to_thread(build, nxt, index))
+                if not errors:
+                    yield envelopes
+        finally:
+            if job is not None:
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
+        if errors:
+            raise ProblemException(422, "some messages of the batch cannot be built; nothing was queued",
+                                   errors=errors[:_MAX_REPORTED])
+
+
+def _too_large(exc: ValidationError) -> bool:
+    return any(e.get("type") == "too_large" for e in exc.errors(include_url=False))
