@@ -25,7 +25,7 @@ from ..errors import (
     TemplateError,
 )
 from ..extension import MailState
-from ..message import Attachment, Envelope, Message
+from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..outbox import EnqueueResult, Outbox
 from .problems import FieldError, ProblemException, retry_after
 from .sandbox import InlineTemplate, InlineTemplateError, request_budget
@@ -127,6 +127,9 @@ class BulkBuilder:
         self.budget = request_budget(count * max(1, len(self.inline)))
         self.reply_to = list(head.reply_to) or None
         self.headers = dict(head.headers)
+        # The Message-ID domain once per request: without MAIL_MESSAGE_ID_DOMAIN each build asks the
+        # OS for the hostname, a syscall that, in a build thread, also gives up the GIL (~5% of a batch).
+        self.msgid_domain = state.config.message_id_domain or default_msgid_domain()
 
     def build_one(self, i: int, r: BulkRecipient) -> Envelope:
         where = f"recipients[{i}]"
@@ -152,6 +155,7 @@ class BulkBuilder:
             attachments=list(self.attachments),
             extra_headers=dict(self.headers),
         )
+        msg.mint_message_id(self.msgid_domain)  # what the build would mint, with the domain looked up once
         return _build(self.state, msg, where)
 
 
