@@ -4,7 +4,10 @@ Why this shape: a worker keeps up to ``concurrency`` messages in flight over the
 core library's connection pool (bulk mail keeps ``send_many``'s concurrency), and
 records outcomes in groups (one fsync for many messages). It never trusts its own
 memory for safety: every claimed message carries a lease, so a worker killed at
-any instant leaves messages that come due again when the lease expires.
+any instant leaves messages that come due again when the lease expires. While
+it holds messages (queued for a connection, or on a slow wire) it renews their
+leases every third of ``lease_seconds``, so a live worker's send is never taken
+and repeated by another one.
 
 Graceful stop (:meth:`Worker.stop`, SIGTERM/SIGINT in ``mailsvc worker``): stop
 claiming, let messages already on the wire finish (each under ``MAIL_TIMEOUT``),
@@ -21,7 +24,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +54,7 @@ class WorkerStats:
     failed: int = 0
     expired: int = 0
     released: int = 0
+    renewed: int = 0  # lease renewals of messages still in hand (slow sends, queues for a connection)
 
 
 class Worker:
@@ -89,6 +93,9 @@ class Worker:
         self._inflight: dict[asyncio.Task[None], str] = {}
         self._on_wire: set[str] = set()
         self._to_release: list[str] = []
+        # Messages this worker holds a lease on (claimed, not yet recorded or released) -> loop time
+        # the lease was last granted; renewed every lease_seconds / 3 while they are in hand.
+        self._leased: dict[str, float] = {}
 
     def stop(self) -> None:
         """Ask the loop to stop (safe from a signal handler); :meth:`run` then winds down."""
@@ -113,6 +120,7 @@ class Worker:
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.mail.config.pool_size)
         flusher = asyncio.create_task(self._flush_loop())
+        renewer = asyncio.create_task(self._renew_loop())
         try:
             while not self.stopping:
                 pause = self.backoff.remaining()
@@ -134,7 +142,8 @@ class Worker:
                 self.stats.claimed += len(claimed)
                 claimed_at = asyncio.get_running_loop().time()
                 for msg in claimed:
-                    task = asyncio.create_task(self._deliver(msg, claimed_at))
+                    self._leased[msg.id] = claimed_at
+                    task = asyncio.create_task(self._deliver(msg))
                     self._inflight[task] = msg.id
                     task.add_done_callback(self._inflight.pop)
                 if len(claimed) < want:
@@ -143,6 +152,8 @@ class Worker:
             await self._wind_down()
             self._records_ready.set()
             await flusher
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
 
     async def _sleep_until_stop(self, aw: Coroutine[Any, Any, Any]) -> None:
         assert self._stopping is not None
@@ -170,13 +181,14 @@ class Worker:
         assert self._records_ready is not None
         self._records_ready.set()
 
-    async def _deliver(self, msg: ClaimedMessage, claimed_at: float) -> None:
+    async def _deliver(self, msg: ClaimedMessage) -> None:
         assert self._gate is not None
         try:
             async with self._gate:
-                # Paused relay, stopping, or waited so long for a slot that the lease may lapse
+                # Paused relay, stopping, or the lease not renewed for so long that it may lapse
                 # mid-send (another worker would then send it too): give it back unsent.
-                waited = asyncio.get_running_loop().time() - claimed_at
+                loop_now = asyncio.get_running_loop().time()
+                waited = loop_now - self._leased.get(msg.id, loop_now - self.lease_seconds)
                 if self.stopping or self.backoff.remaining() > 0 or waited > self.lease_seconds / 2:
                     self._give_back(msg.id)
                     return
@@ -253,12 +265,15 @@ class Worker:
         if items:
             try:
                 await self.outbox.record_many(self.owner, items)
+                self._forget(id_ for id_, _ in items)
             except NotFoundError:
                 # A message vanished (purged by retention): record the others one by one, drop it.
                 for item in items:
                     try:
                         await self.outbox.record(item[0], self.owner, item[1])
+                        self._forget([item[0]])
                     except NotFoundError:
+                        self._forget([item[0]])
                         log.warning("message %s is no longer in the outbox; outcome dropped", item[0])
                     except OutboxError:
                         self._records.append(item)
@@ -269,9 +284,40 @@ class Worker:
         if ids:
             try:
                 await self.outbox.release(ids, self.owner)
+                self._forget(ids)
                 self.stats.released += len(ids)
             except OutboxError as exc:
                 log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
+
+
+    def _forget(self, ids: Iterable[str]) -> None:
+        for id_ in ids:
+            self._leased.pop(id_, None)
+
+    async def _renew_loop(self) -> None:
+        """Every third of a lease, renew the leases of everything still in hand (until cancelled).
+
+        A message whose lease another worker took meanwhile is not renewed; its
+        time is not refreshed, so if it has not reached the wire it is given
+        back unsent (:meth:`_deliver`), and its outcome, if it was sent, is
+        recorded without touching the other worker's lease (``Outbox.record``).
+        """
+        interval = max(self.lease_seconds / 3, 0.01)
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._leased)
+            if not ids:
+                continue
+            granted_at = asyncio.get_running_loop().time()
+            try:
+                kept = await self.outbox.extend(ids, self.owner, self.lease_seconds)
+            except OutboxError as exc:
+                log.warning("could not renew %d leases (they may lapse): %s", len(ids), exc)
+                continue
+            for id_ in kept:
+                if id_ in self._leased:
+                    self._leased[id_] = granted_at
+            self.stats.renewed += len(kept)
 
 
 class WorkerGroup:

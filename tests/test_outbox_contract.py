@@ -304,3 +304,27 @@ async def test_stream_idempotent_replay_builds_nothing(outbox: Outbox) -> None:
     with pytest.raises(MessageError, match="fingerprint"):
         await outbox.enqueue_stream(5, _chunks(bulk(5), 2), idempotency_key="k2")
     assert await outbox.pending_count() == 5
+
+
+async def test_extend_renews_only_the_owner_s_live_leases(outbox: Outbox) -> None:
+    ids = (await outbox.enqueue(bulk(3))).ids
+    mine = await outbox.claim("w1", 2, 0.3)  # two leased briefly by w1
+    assert sorted(await outbox.extend([c.id for c in mine] + [ids[2]], "w1", 60)) == sorted(c.id for c in mine)
+    assert await outbox.extend([c.id for c in mine], "w2", 60) == []  # not w2's
+    await asyncio.sleep(0.5)  # past the first lease: renewed, so nobody else may take them
+    assert [c.id for c in await outbox.claim("w2", 10, 60)] == [ids[2]]
+    # Recorded: no lease left to renew.
+    await outbox.record(mine[0].id, "w1", [outcome(mine[0].envelope.recipients[0], "delivered", 250)])
+    assert await outbox.extend([mine[0].id], "w1", 60) == []
+    assert await outbox.extend([], "w1", 60) == []
+
+
+async def test_extend_does_not_take_back_a_lease_another_worker_holds(outbox: Outbox) -> None:
+    [first] = (await outbox.enqueue([envelope()])).ids
+    await outbox.claim("w1", 1, 0.1)
+    await asyncio.sleep(0.3)  # w1's lease lapses
+    [again] = await outbox.claim("w2", 1, 60)
+    assert again.id == first
+    assert await outbox.extend([first], "w1", 60) == []
+    await outbox.record(first, "w2", [outcome("ann@example.com", "delivered", 250)])
+    assert (await outbox.status(first)).state == "delivered"

@@ -246,15 +246,16 @@ async def test_graceful_stop_finishes_in_flight_and_releases_the_rest(
     assert len(handler.received) == states.count("delivered") == group.stats.delivered
 
 
-async def test_message_waiting_past_half_its_lease_is_given_back_not_sent_twice(
+async def test_message_waiting_past_its_lease_for_a_connection_keeps_it_and_is_sent_once(
     outbox: SqliteOutbox, smtp_port: int, handler: RecordingHandler
 ) -> None:
-    """One connection, 40 slow sends, a 1 s lease and two claim loops: without the give-back,
-    messages still queued for a slot when their lease lapses would be claimed and sent again."""
+    """One connection, 40 slow sends (~2 s in all), a 1 s lease and two claim loops: messages
+    still queued for a slot when their first lease would lapse must not be claimed and sent
+    again. The worker renews the leases of what it holds (before renewal, it gave them back)."""
     handler.stall_seconds = 0.05
     ids = (await outbox.enqueue(bulk(40))).ids
     async with workers(outbox, smtp_port, pool_size=1, lease_seconds=1.0, workers=2) as group:
         for id_ in ids:
             await until(outbox, id_, lambda s: s.state == "delivered", within=60)
-    assert group.stats.released > 0
+    assert group.stats.renewed > 0
     assert sorted(message_ids(handler)) == sorted(f"<bulk{i}@test>" for i in range(40))

@@ -243,6 +243,17 @@ class Outbox(abc.ABC):
     async def release(self, ids: Sequence[str], owner: str) -> None:
         """Give leased messages back untouched (graceful stop)."""
 
+    async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
+        """Renew the lease of messages ``owner`` still holds to ``lease_seconds`` from now; return their ids.
+
+        Why: a send slower than the lease (a stalled relay, a queue for a
+        connection) would otherwise come due again mid-send, and another worker
+        would send it too. A message whose lease already went to another worker,
+        or that is recorded or released, is left alone and not returned.
+        The default renews nothing (callers then give back what waited too long).
+        """
+        return []
+
     async def record_many(self, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
         """Record several messages' outcomes; implementations do it in one transaction.
 

@@ -383,6 +383,21 @@ class PostgresOutbox(Outbox):
             mine = [i for i in ids if holders[i] is None or holders[i] == owner]
             await _settle(conn, mine, [i for i in ids if i not in set(mine)])
 
+    async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
+        if not ids:
+            return []
+        async with self._tx("extend leases") as conn:
+            rows = await conn.fetch(
+                """
+                UPDATE mailsvc_message
+                SET lease_expires_at = now() + make_interval(secs => $3), due_at = now() + make_interval(secs => $3)
+                WHERE id = ANY($1::text[]) AND lease_owner = $2 AND state = 'sending'
+                RETURNING id
+                """,
+                list(ids), owner, float(lease_seconds),
+            )
+        return [r["id"] for r in rows]
+
     async def release(self, ids: Sequence[str], owner: str) -> None:
         if not ids:
             return

@@ -483,6 +483,22 @@ class SqliteOutbox(Outbox):
                     found[id_] = (pk, lease_owner)
         return found
 
+    async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
+        if not ids:
+            return []
+        now = time.time()
+        kept: list[str] = []
+        async with self._write() as db:
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                async with db.execute(
+                    f"UPDATE messages SET due_at = ? WHERE id IN ({marks}) AND lease_owner = ? AND state = 'sending'"
+                    " RETURNING id",
+                    (now + lease_seconds, *chunk, owner),
+                ) as cur:
+                    kept.extend(r[0] for r in await cur.fetchall())
+        return kept
+
     async def release(self, ids: Sequence[str], owner: str) -> None:
         if not ids:
             return
