@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS messages (
     rcpt_options TEXT    NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (due_at) WHERE due_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch_id) WHERE batch_id IS NOT NULL;
+-- Counts per state of a batch (GET /api/batches/<id>, polled while it is sent) from the index alone.
+DROP INDEX IF EXISTS messages_batch;
+CREATE INDEX IF NOT EXISTS messages_batch_state ON messages (batch_id, state) WHERE batch_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS recipients (
     msg             INTEGER NOT NULL REFERENCES messages (pk) ON DELETE CASCADE,
     position        INTEGER NOT NULL,
