@@ -328,3 +328,21 @@ async def test_extend_does_not_take_back_a_lease_another_worker_holds(outbox: Ou
     assert await outbox.extend([first], "w1", 60) == []
     await outbox.record(first, "w2", [outcome("ann@example.com", "delivered", 250)])
     assert (await outbox.status(first)).state == "delivered"
+
+
+async def test_concurrent_enqueues_each_get_their_own_answer(make_outbox: MakeOutbox) -> None:
+    """Many enqueues at once (SQLite commits them together): each is stored or refused on its own."""
+    outbox = await make_outbox(max_pending=6)
+    calls = [outbox.enqueue([envelope(f"n{i}")]) for i in range(8)]
+    calls += [outbox.enqueue([envelope(body="one")], idempotency_key="k"),
+              outbox.enqueue([envelope(body="two")], idempotency_key="k"),
+              outbox.enqueue([envelope(body="one")], idempotency_key="k")]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    stored = [r for r in results if not isinstance(r, BaseException) and not r.duplicate]
+    # Exactly 6 where enqueues are serialised (SQLite); PostgreSQL's limit is approximate under concurrency.
+    assert len(stored) >= 6 and await outbox.pending_count() == len(stored)
+    assert all(isinstance(r, (OutboxFullError, IdempotencyConflictError)) for r in results if isinstance(r, BaseException))
+    keyed = [r for r in results[8:] if not isinstance(r, BaseException)]
+    assert len({tuple(r.ids) for r in keyed}) <= 1  # one message for the key, whoever got it
+    for r in stored:
+        assert (await outbox.status(r.ids[0])).state == "queued"

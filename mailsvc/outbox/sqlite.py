@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,20 @@ def _chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+_GROUP_MAX = 100  # enqueues of more messages than this take a transaction of their own
+
+
+@dataclass(slots=True)
+class _Join:
+    """One enqueue waiting for the next group commit."""
+
+    envelopes: list[Envelope]
+    key: str | None
+    digest: str
+    batch: bool
+    future: asyncio.Future[EnqueueResult]
+
+
 async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope]]:
     yield envelopes
 
@@ -157,6 +172,8 @@ class SqliteOutbox(Outbox):
         self._db: aiosqlite.Connection | None = None
         self._lock: asyncio.Lock | None = None
         self._work: asyncio.Event | None = None
+        self._joining: list[_Join] = []
+        self._committer: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
@@ -242,9 +259,103 @@ class SqliteOutbox(Outbox):
         check_count(len(envelopes), len(envelopes))  # at least one
         check_envelopes(envelopes)
         digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else None
-        return await self.enqueue_stream(
-            len(envelopes), _one(envelopes), fingerprint=digest, idempotency_key=idempotency_key, batch=batch
-        )
+        if len(envelopes) > _GROUP_MAX:
+            return await self.enqueue_stream(
+                len(envelopes), _one(envelopes), fingerprint=digest, idempotency_key=idempotency_key, batch=batch
+            )
+        # Group commit: requests that arrive while a transaction is open share the next one (one fsync
+        # for all, each in its own savepoint). Every caller still gets its ids only after the commit.
+        fut: asyncio.Future[EnqueueResult] = asyncio.get_running_loop().create_future()
+        self._joining.append(_Join(envelopes, idempotency_key, digest or "", batch, fut))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_groups())
+        return await asyncio.shield(fut)  # a cancelled caller's message may still be committed, never half
+
+    async def _commit_groups(self) -> None:
+        while self._joining:
+            group: list[_Join] = []
+            outcomes: list[EnqueueResult | Exception] = []
+            try:
+                async with self._write() as db:
+                    group, self._joining = self._joining, []
+                    outcomes = await self._enqueue_group(db, group)
+            except Exception as exc:  # the transaction failed: nobody's message is stored
+                if not group:  # it failed to begin: those waiting for it fail with it
+                    group, self._joining = self._joining, []
+                for j in group:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            except BaseException:
+                if not group:
+                    group, self._joining = self._joining, []
+                for j in group:
+                    if not j.future.done():
+                        j.future.set_exception(OutboxError("the outbox was closing; nothing was stored"))
+                raise
+            assert self._work is not None
+            self._work.set()
+            for j, outcome in zip(group, outcomes, strict=True):
+                if j.future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    j.future.set_exception(outcome)
+                else:
+                    j.future.set_result(outcome)
+
+    async def _enqueue_group(self, db: aiosqlite.Connection, group: list[_Join]) -> list[EnqueueResult | Exception]:
+        """Every request's checks in order, then all their rows in one set of INSERTs.
+
+        A request is refused (full, reused key) before it writes anything, so no
+        savepoints are needed; a key used twice in one group is answered from the group.
+        """
+        now = time.time()
+        async with db.execute(_COUNT_PENDING) as cur:
+            row = await cur.fetchone()
+        pending = int(row[0]) if row else 0
+        async with db.execute("SELECT coalesce(max(pk), 0) FROM messages") as cur:
+            row = await cur.fetchone()
+        first_pk = (int(row[0]) if row else 0) + 1
+        outcomes: list[EnqueueResult | Exception] = []
+        ids: list[str] = []
+        batch_ids: list[str | None] = []
+        envelopes: list[Envelope] = []
+        keys: dict[str, tuple[str, EnqueueResult]] = {}
+        for j in group:
+            try:
+                if j.key is not None:
+                    if j.key in keys:
+                        digest, first = keys[j.key]
+                        if digest != j.digest:
+                            raise IdempotencyConflictError(j.key)
+                        outcomes.append(EnqueueResult(ids=first.ids, batch_id=first.batch_id, duplicate=True))
+                        continue
+                    replay = await self._idempotent_replay(db, j.key, j.digest, now)
+                    if replay is not None:
+                        outcomes.append(replay)
+                        continue
+                if pending + len(j.envelopes) > self.max_pending:
+                    raise OutboxFullError(pending, self.max_pending)
+            except (OutboxFullError, IdempotencyConflictError) as exc:
+                outcomes.append(exc)
+                continue
+            batch_id = uuid.uuid4().hex if j.batch else None
+            result = EnqueueResult(ids=[uuid.uuid4().hex for _ in j.envelopes], batch_id=batch_id)
+            pending += len(result.ids)
+            ids.extend(result.ids)
+            batch_ids.extend(batch_id for _ in j.envelopes)
+            envelopes.extend(j.envelopes)
+            if j.key is not None:
+                keys[j.key] = (j.digest, result)
+            outcomes.append(result)
+        if envelopes:
+            await self._insert(db, first_pk, ids, batch_ids, now, envelopes)
+        if keys:
+            await db.executemany(
+                "INSERT INTO idempotency (key, fingerprint, ids, batch_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(k, d, json.dumps(r.ids), r.batch_id, now) for k, (d, r) in keys.items()],
+            )
+        return outcomes
 
     async def enqueue_stream(
         self,
@@ -294,15 +405,17 @@ class SqliteOutbox(Outbox):
 
     @staticmethod
     async def _insert(
-        db: aiosqlite.Connection, first_pk: int, ids: list[str], batch_id: str | None, now: float,
+        db: aiosqlite.Connection, first_pk: int, ids: list[str], batch_id: str | None | list[str | None], now: float,
         envelopes: Sequence[Envelope],
     ) -> None:
+        """Rows for ``envelopes`` from ``first_pk`` on; ``batch_id`` one for all or one per envelope."""
+        batch_ids = batch_id if isinstance(batch_id, list) else [batch_id] * len(envelopes)
         await db.executemany(
             "INSERT INTO messages (pk, id, message_id, batch_id, created_at, updated_at, due_at, sender, data,"
             " mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    first_pk + i, ids[i], env.message_id, batch_id, now, now, now, env.sender, env.data,
+                    first_pk + i, ids[i], env.message_id, batch_ids[i], now, now, now, env.sender, env.data,
                     _json_list(env.mail_options), _json_list(env.rcpt_options),
                 )
                 for i, env in enumerate(envelopes)
