@@ -10,6 +10,7 @@ an immutable :class:`Envelope` of sender, recipients and bytes.
 from __future__ import annotations
 
 import mimetypes
+import functools
 import re
 import socket
 import unicodedata
@@ -40,8 +41,12 @@ def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+@functools.cache
 def default_msgid_domain() -> str:
-    """Hostname without a DNS lookup (``make_msgid``'s default calls ``getfqdn``, which can block)."""
+    """Hostname without a DNS lookup (``make_msgid``'s default calls ``getfqdn``, which can block).
+
+    Cached for the process, as Django caches its DNS_NAME: bulk sends paid a system call per message.
+    """
     host = socket.gethostname()
     return host if host and re.fullmatch(r"[A-Za-z0-9.-]+", host) else "mailsvc.localdomain"
 
