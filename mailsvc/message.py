@@ -9,8 +9,8 @@ an immutable :class:`Envelope` of sender, recipients and bytes.
 
 from __future__ import annotations
 
-import mimetypes
 import functools
+import mimetypes
 import re
 import socket
 import unicodedata
