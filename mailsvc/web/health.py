@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..errors import OutboxError
 __all__ = ["bp"]
 
 bp = Blueprint("mailsvc_health", __name__)
+log = logging.getLogger(__name__)
 _CACHE_SECONDS = 30.0
 _PROBE_TIMEOUT = 2.0
 _KEY = "mailsvc.web.relay_probe"
@@ -59,6 +61,8 @@ async def readyz() -> Response:
             await outbox.ping()
             body["pending"] = await outbox.pending_count()
         except OutboxError as exc:
-            body["outbox"], status = f"unavailable: {exc}", 503
+            # The detail (file path, driver error) is for the operator's log, not for anonymous callers.
+            log.warning("readyz: outbox unavailable: %s", exc)
+            body["outbox"], status = "unavailable: the outbox cannot be written (details in the service log)", 503
     body["status"] = "ready" if status == 200 else "not ready"
     return Response(json.dumps(body), status=status, content_type="application/json")
