@@ -27,6 +27,7 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     app.config.update(mail_config.to_mapping())
     app.config["MAIL_TEMPLATE_FOLDER"] = str(service.templates.resolve() / "email")
     app.extensions["mailsvc.service"] = service
+    app.jinja_env.globals["dev_inbox"] = service.dev_mode  # pages link to /inbox only where it exists
     Mail(app)
 
     @app.get("/healthz")

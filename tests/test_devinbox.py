@@ -68,6 +68,8 @@ async def test_dev_mode_points_delivery_at_the_embedded_server(served: Served) -
     assert port and port != 8025
     assert app.extensions["mailsvc"].config.server == "127.0.0.1"
     assert app.extensions["mailsvc"].config.port == port
+    html = await (await served.test_client().get("/")).get_data(as_text=True)
+    assert 'href="/inbox"' in html  # the nav leads to it in dev mode
 
 
 async def test_captured_message_is_listed_and_shown(served: Served, send: Send) -> None:
@@ -233,5 +235,8 @@ async def test_routes_are_404_with_a_real_relay(tmp_path: Path) -> None:
         for path in ("/inbox", "/inbox/1", "/api/inbox", "/api/inbox/1"):
             assert (await client.get(path)).status_code == 404, path
         assert (await client.post("/inbox/delete")).status_code in (404, 405)
+        for page in ("/", "/previews"):  # no link to a page that answers 404
+            html = (await (await client.get(page)).get_data(as_text=True))
+            assert 'href="/inbox"' not in html, page
     assert "mailsvc.devinbox" not in app.extensions
     assert not (tmp_path / "devinbox.sqlite3").exists()
