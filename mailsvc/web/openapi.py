@@ -7,8 +7,10 @@ it needs no external script or stylesheet.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from markupsafe import Markup, escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint, Response, render_template
@@ -124,6 +126,14 @@ def _type_of(schema: dict[str, Any]) -> str:
     return str(t)
 
 
+_LITERAL = re.compile(r"``(.+?)``")
+
+
+def _prose(text: str) -> Markup:
+    """Docstring text for the page: escaped, with reST ``literals`` shown as code rather than backticks."""
+    return Markup(_LITERAL.sub(r"<code>\1</code>", str(escape(text))))
+
+
 @bp.get("/docs")
 async def docs() -> Response:
     doc = openapi_document()
@@ -131,10 +141,10 @@ async def docs() -> Response:
     for name, schema in doc["components"]["schemas"].items():
         required = set(schema.get("required", []))
         props = [
-            {"name": p, "type": _type_of(s), "required": p in required, "description": s.get("description", "")}
+            {"name": p, "type": _type_of(s), "required": p in required, "description": _prose(s.get("description", ""))}
             for p, s in schema.get("properties", {}).items()
         ]
-        schemas.append({"name": name, "description": (schema.get("description") or "").split("\n\n")[0], "props": props})
+        schemas.append({"name": name, "description": _prose((schema.get("description") or "").split("\n\n")[0]), "props": props})
     operations = [
         {"path": path, "method": method.upper(), "op": op,
          "body": _type_of(op["requestBody"]["content"]["application/json"]["schema"]) if "requestBody" in op else None}
