@@ -106,6 +106,28 @@ async def test_invalid_fields_are_422_and_queue_nothing(
         assert await svc.pending() == 0
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({**MSG, "to": []}, "to", "must have at least one entry"),
+        ({"to": "a@example.com", "subject": "s"}, "text", None),
+        ({**MSG, "unknown": 1}, "unknown", "is not a field this API knows; remove it"),
+        ({**MSG, "subject": 5}, "subject", "must be a string"),
+    ],
+)
+async def test_errors_are_worded_for_people(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path, body: dict[str, Any], field: str, reason: str | None
+) -> None:
+    """Problem details say why in plain words, not pydantic's internals ("List should have at least 1 item ...")."""
+    async with running(smtp_port, handler, tmp_path, workers=0) as svc:
+        problem = await _problem(await svc.client.post("/api/messages", json=body, headers=AUTH), 422)
+        reasons = {e["field"]: e["reason"] for e in problem["errors"]}
+        assert field in reasons, problem
+        if reason is not None:
+            assert reasons[field] == reason
+        assert not any("should" in r or "after validation" in r for r in reasons.values()), reasons
+
+
 async def test_request_errors(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     async with running(smtp_port, handler, tmp_path, workers=0, max_request_bytes=4096,
                        max_attachment_bytes=10) as svc:

@@ -176,10 +176,10 @@ class BulkRequest:
         too_large = False
         head_data = dict(body.head)
         if "recipients" in head_data:  # there, but not an array
-            errors.append(FieldError(field="recipients", reason="Input should be a valid list"))
+            errors.append(FieldError(field="recipients", reason="must be a list"))
             del head_data["recipients"]
         elif body.recipients_at is None:
-            errors.append(FieldError(field="recipients", reason="Field required"))
+            errors.append(FieldError(field="recipients", reason="is required"))
         head: BulkHead | None = None
         try:
             head = BulkHead.model_validate(head_data, context=context)
@@ -206,7 +206,7 @@ class BulkRequest:
             count += 1
         digest.update(b"]}")
         if body.recipients_at is not None and count == 0:
-            errors.append(FieldError(field="recipients", reason="List should have at least 1 item after validation, not 0"))
+            errors.append(FieldError(field="recipients", reason="must have at least one entry"))
         if count > context.web.max_batch:
             errors.append(FieldError(field="recipients",
                                      reason=f"{count} messages; the limit per batch is {context.web.max_batch}"))

@@ -100,7 +100,7 @@ def errors_from_validation(exc: ValidationError, prefix: str = "") -> list[Field
         path = _loc_to_path(loc)
         if prefix:
             path = f"{prefix}.{path}" if path != "body" else prefix
-        reason = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        reason = plain_reason(err)
         m = _LEADING_FIELD.match(reason)
         if path == "body" and m:  # a whole-model check names its field as "field: why"
             path, reason = m.group(1), reason[m.end():]
@@ -108,6 +108,29 @@ def errors_from_validation(exc: ValidationError, prefix: str = "") -> list[Field
             seen.add((path, reason))
             result.append(FieldError(field=path, reason=reason))
     return result
+
+
+def plain_reason(err: Mapping[str, Any]) -> str:
+    """pydantic's message in words a form user understands ("is required", not "Field required")."""
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a field this API knows; remove it"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    if kind == "too_short":
+        n = ctx.get("min_length")
+        return "must have at least one entry" if n == 1 else f"must have at least {n} entries"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} entries"
+    if kind in ("list_type", "string_type", "dict_type", "model_type", "model_attributes_type"):
+        return {"list_type": "must be a list", "string_type": "must be a string",
+                "dict_type": "must be an object", "model_type": "must be an object",
+                "model_attributes_type": "must be an object"}[kind]
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 _LEADING_FIELD = re.compile(r"^([a-z_]+): ")
