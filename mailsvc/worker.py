@@ -287,6 +287,7 @@ class Worker:
                 self._forget(ids)
                 self.stats.released += len(ids)
             except OutboxError as exc:
+                self._forget(ids)  # stop renewing them, so that their leases do expire
                 log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
 
 

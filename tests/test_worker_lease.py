@@ -68,3 +68,43 @@ async def test_send_longer_than_the_lease_is_renewed_not_duplicated(
     assert a.stats.renewed > 0 and b.stats.claimed == 0
     status = await first.status(id_)
     assert [(r.state, r.attempts) for r in status.recipients] == [("delivered", 1)]
+
+
+async def test_a_give_back_whose_release_failed_is_not_renewed_forever(tmp_path: Path) -> None:
+    """A message given back unsent whose release failed (database locked by another process) must
+    have its lease left to lapse, as the worker logs; renewing it would keep it from ever being sent."""
+    import sqlite3
+
+    from mailsvc.outbox import SqliteOutbox
+
+    handler = RecordingHandler()
+    path = tmp_path / "outbox.sqlite3"
+    env = Message("Hi", recipients=["ann@example.com"], body="hi", sender="shop@example.com").build()
+    service = ServiceConfig(workers=1, lease_seconds=1.5, poll_interval=0.02, relay_backoff=1.0,
+                            relay_backoff_max=1.0, claim_batch=10, worker_concurrency=10, dev_mode=False)
+    async with SqliteOutbox(path, busy_timeout=0.05) as ob, smtp_server(handler) as port:
+        [id_] = (await ob.enqueue([env])).ids
+        group = WorkerGroup.from_service(ob, MailConfig(server="127.0.0.1", port=port, timeout=5, pool_size=1), service)
+        w = group.workers[0]
+        assert w._gate is not None
+        await w._gate.acquire()  # the one connection slot is busy: the claimed message waits for it
+        await group.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        try:
+            while w.stats.claimed == 0:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            other = sqlite3.connect(path, isolation_level=None)  # another process holds the write lock
+            other.execute("BEGIN IMMEDIATE")
+            w.backoff.trouble()  # relay paused: the message is given back unsent, and its release fails
+            w._gate.release()
+            await asyncio.sleep(0.3)
+            other.execute("ROLLBACK")
+            other.close()
+            while (await ob.status(id_)).state != "delivered":
+                assert loop.time() < deadline, await ob.status(id_)
+                await asyncio.sleep(0.05)
+        finally:
+            await group.stop()
+    assert len(handler.received) == 1
