@@ -264,7 +264,8 @@ class SqliteOutbox(Outbox):
                 len(envelopes), _one(envelopes), fingerprint=digest, idempotency_key=idempotency_key, batch=batch
             )
         # Group commit: requests that arrive while a transaction is open share the next one (one fsync
-        # for all, each in its own savepoint). Every caller still gets its ids only after the commit.
+        # for all; each request is checked before anything is written, and a failed INSERT fails the
+        # whole group, committing nothing). Every caller still gets its ids only after the commit.
         fut: asyncio.Future[EnqueueResult] = asyncio.get_running_loop().create_future()
         self._joining.append(_Join(envelopes, idempotency_key, digest or "", batch, fut))
         if self._committer is None or self._committer.done():
