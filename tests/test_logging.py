@@ -97,3 +97,48 @@ def test_third_party_loggers_stay_at_warning(restore_logging: None, level: str) 
     assert logging.getLogger("mailsvc").level == logging.getLevelName(level)
     for name in ("aiosqlite", "asyncpg", "aiosmtplib", "hpack", "mail.log"):
         assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING, name
+
+
+async def test_delivery_log_names_every_message_once_in_lines_of_at_most_fifty(
+    restore_logging: None, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+) -> None:
+    """Outcomes are logged a group at a time (one record per flush, split at 50), never losing one."""
+    caplog.set_level(logging.INFO, logger="mailsvc.worker")
+    handler = RecordingHandler()
+    async with smtp_server(handler) as port:
+        config = MailConfig(server="127.0.0.1", port=port, timeout=10)
+        async with SqliteOutbox(tmp_path / "outbox.sqlite3") as outbox:
+            envelopes = [Message(f"n{i}", recipients=[f"r{i}@example.com"], sender="shop@example.com",
+                                 body="hi").build() for i in range(120)]
+            ids = (await outbox.enqueue(envelopes, batch=True)).ids
+            group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
+            await group.start()
+            try:
+                for _ in range(1000):  # a liveness bound (20 s), not a timing assertion
+                    if await outbox.pending_count() == 0:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                await group.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "mailsvc.worker" and r.getMessage().startswith("delivery ")]
+    assert lines
+    named = [entry.split(" ")[0] for line in lines for entry in line[len("delivery "):].split("; ")]
+    assert sorted(named) == sorted(ids)
+    assert all(line.count("; ") < 50 for line in lines)
+    for i, id_ in enumerate(ids):
+        assert any(f"{id_} r{i}@example.com=delivered/250" in line for line in lines)
+
+
+def test_a_big_group_of_outcomes_is_split_into_lines_of_fifty(caplog: pytest.LogCaptureFixture) -> None:
+    from mailsvc.extension import MailState
+    from mailsvc.outbox.base import RecipientOutcome
+    from mailsvc.worker import Worker
+
+    caplog.set_level(logging.INFO, logger="mailsvc.worker")
+    worker = Worker(None, MailState(MailConfig()))  # type: ignore[arg-type]  # logging needs no outbox
+    worker._to_log = [(f"id{i}", [RecipientOutcome(f"r{i}@example.com", "deferred", 451, "later")])
+                      for i in range(120)]
+    worker._log_outcomes()
+    lines = [r.getMessage() for r in caplog.records if r.name == "mailsvc.worker"]
+    assert [line.count("; ") + 1 for line in lines] == [50, 50, 20]
+    assert "id119 r119@example.com=deferred/451" in lines[-1] and not worker._to_log

@@ -293,3 +293,17 @@ def test_plain_encoded_word_text_is_allowed() -> None:
     data, parsed = build(Message("=?utf-8?q?caf=C3=A9?=", recipients=["a@example.com"], body="x"))
     assert parsed["Subject"] == "café" or "caf" in parsed["Subject"]
     assert_wire_safe(data)
+
+
+def test_date_header_is_the_stdlib_format_of_the_current_second() -> None:
+    """The Date header is formatted once per second (a bulk batch shares it), as ``formatdate`` would."""
+    import time
+    from email.utils import formatdate
+
+    from mailsvc.message import _format_date
+
+    before = int(time.time())
+    got = _format_date(None)
+    after = int(time.time())
+    assert got in {formatdate(s, localtime=True) for s in range(before, after + 1)}
+    assert _format_date(1_700_000_000.75) == formatdate(1_700_000_000.75, localtime=True)

@@ -169,3 +169,47 @@ def test_runtime_error_in_a_part_is_our_error_with_jinjas_traceback(tmp_path: Pa
         frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
         tb = tb.tb_next
     assert (str(tmp_path / "n.txt"), 2) in frames  # Jinja rewrote the traceback to the template's line
+
+
+DOTTED = [
+    "{{ d.url }}", "{{ d.items }}", "{{ d['items'] }}", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}",
+    "{{ d.get('url') }}", "{{ d.keys()|list }}", "{{ d.nested.deeper }}", "{{ d.missing is defined }}",
+    "{{ d.url|upper }}", "{{ lst.0 }}", "{{ s.upper() }}",
+]
+
+
+@pytest.mark.parametrize("source", DOTTED)
+@pytest.mark.parametrize("sandboxed", [False, True])
+def test_dotted_names_on_dicts_resolve_as_plain_jinja_does(source: str, sandboxed: bool) -> None:
+    """The dict fast path (DictItemsFirst) keeps Jinja's precedence: dict methods win, then keys."""
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from mailsvc.web.sandbox import InlineTemplate
+
+    context = {"d": {"url": "https://x.example/?a=1&b=2", "items": "a key named items", "keys": 3,
+                     "nested": {"deeper": "<b>"}},
+               "lst": ["zero"], "s": "text"}
+    plain = (SandboxedEnvironment if sandboxed else jinja2.Environment)(undefined=jinja2.StrictUndefined)
+    expected = plain.from_string(source).render(context)
+    if sandboxed:
+        got = InlineTemplate.compile("text", source, html=False, max_chars=10_000).render(context)
+    else:
+        got = TemplateRenderer(Path(".")).env.from_string(source).render(context)
+    assert got == expected
+
+
+def test_a_missing_key_is_still_an_undefined_variable(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text("Hello {{ user.name }}")
+    r = TemplateRenderer(tmp_path)
+    assert r.render_parts("t", {"user": {"name": "Ann"}})[1] == "Hello Ann"
+    with pytest.raises(TemplateError, match="name"):
+        r.render_parts("t", {"user": {"nom": "Ann"}})
+
+
+def test_the_sandbox_still_refuses_dunder_attributes_of_dicts() -> None:
+    from mailsvc.web.sandbox import InlineTemplate, InlineTemplateError
+
+    t = InlineTemplate.compile("text", "{{ d.__class__.__mro__ }}", html=False, max_chars=1000)
+    with pytest.raises(InlineTemplateError):
+        t.render({"d": {"__class__": "not this"}})

@@ -23,6 +23,8 @@ import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+from ..rendering import DictItemsFirst
+
 __all__ = ["InlineTemplate", "InlineTemplateError", "request_budget"]
 
 _MAX_RANGE = 10_000
@@ -39,7 +41,7 @@ class InlineTemplateError(ValueError):
         super().__init__(f"{field}: {reason}")
 
 
-class _Env(SandboxedEnvironment):
+class _Env(DictItemsFirst, SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
