@@ -23,7 +23,7 @@ QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiosmtplib", "mail.log", "hpack", "h2"
 
 
 def configure_logging(level: int | str = logging.INFO, *, attach_to: str = "") -> None:
-    """Log ``mailsvc.*`` at ``level`` (one line per accepted message and delivery outcome at INFO).
+    """Log ``mailsvc.*`` at ``level`` (at INFO: a line per accepted request, a line per group of delivery outcomes).
 
     Other libraries log at WARNING, or at ``level`` when it is more verbose, except
     :data:`QUIET_LOGGERS`, which never go below WARNING. A handler is added to the

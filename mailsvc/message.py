@@ -393,6 +393,7 @@ def _date_of_second(second: int) -> str:
     """A Date header depends only on the whole second: a batch built in one second formats it once.
 
     ``formatdate(localtime=True)`` looks up the local zone on every call (~7% of building a bulk message).
+    A zone change (``time.tzset``) shows from the next second on.
     """
     return formatdate(second, localtime=True)
 
@@ -404,7 +405,8 @@ def _ascii_filename(name: str) -> str:
 
 def _format_date(date: float | datetime | None) -> str:
     if date is None:
-        return _date_of_second(int(time.time()))
+        # +0.5 µs: formatdate's datetime.fromtimestamp rounds to the microsecond, so .9999995 is the next second.
+        return _date_of_second(int(time.time() + 5e-7))
     if isinstance(date, datetime):
         return format_datetime(date if date.tzinfo else date.astimezone())
     return formatdate(date, localtime=True)

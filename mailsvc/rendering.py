@@ -43,11 +43,11 @@ class DictItemsFirst:
     """
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_ATTRIBUTES:
             try:
                 return obj[attribute]
-            except KeyError:
-                pass
+            except (TypeError, LookupError):  # what Jinja (and its sandbox) catch around obj[attribute]
+                return self.undefined(obj=obj, name=attribute)  # type: ignore[attr-defined]
         return super().getattr(obj, attribute)  # type: ignore[misc]
 
 

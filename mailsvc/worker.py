@@ -154,7 +154,10 @@ class Worker:
         finally:
             await self._wind_down()
             self._records_ready.set()
-            await flusher
+            try:
+                await flusher
+            finally:
+                self._log_outcomes()  # what a flusher that died (a bug) left unlogged
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
 
@@ -210,6 +213,8 @@ class Worker:
             setattr(self.stats, o.state, getattr(self.stats, o.state) + 1)
         self._records.append((msg.id, outcomes))
         self._to_log.append((msg.id, outcomes))
+        if len(self._to_log) >= _LOG_GROUP:  # a full line: log it now, whatever the flusher is doing
+            self._log_outcomes()
         assert self._records_ready is not None
         self._records_ready.set()
 
@@ -294,8 +299,11 @@ class Worker:
                         log.warning("message %s is no longer in the outbox; outcome dropped", item[0])
                     except OutboxError:
                         self._records.append(item)
-            except OutboxError as exc:
-                log.error("could not record %d outcomes, will retry: %s", len(items), exc)
+            except Exception as exc:  # OutboxError, or a bug: keep them and retry rather than drop them
+                if isinstance(exc, OutboxError):
+                    log.error("could not record %d outcomes, will retry: %s", len(items), exc)
+                else:
+                    log.exception("unexpected error recording %d outcomes, will retry", len(items))
                 self._records = items + self._records
         ids, self._to_release = self._to_release, []
         if ids:

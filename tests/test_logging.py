@@ -142,3 +142,45 @@ def test_a_big_group_of_outcomes_is_split_into_lines_of_fifty(caplog: pytest.Log
     lines = [r.getMessage() for r in caplog.records if r.name == "mailsvc.worker"]
     assert [line.count("; ") + 1 for line in lines] == [50, 50, 20]
     assert "id119 r119@example.com=deferred/451" in lines[-1] and not worker._to_log
+
+
+class _FlakyRecordOutbox(SqliteOutbox):
+    """A real SQLite outbox whose first record_many fails with a bug (not an OutboxError)."""
+
+    failed = False
+
+    async def record_many(self, owner, items):  # type: ignore[no-untyped-def]
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in recording")
+        return await super().record_many(owner, items)
+
+
+async def test_a_bug_while_recording_loses_no_log_line_and_no_record(
+    restore_logging: None, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailsvc.worker")
+    handler = RecordingHandler()
+    async with smtp_server(handler) as port:
+        config = MailConfig(server="127.0.0.1", port=port, timeout=10)
+        flaky = _FlakyRecordOutbox(tmp_path / "outbox.sqlite3")
+        async with flaky as outbox:
+            envelopes = [Message(f"n{i}", recipients=[f"r{i}@example.com"], sender="shop@example.com",
+                                 body="hi").build() for i in range(30)]
+            ids = (await outbox.enqueue(envelopes, batch=True)).ids
+            group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
+            await group.start()
+            try:
+                for _ in range(1000):  # a liveness bound (20 s), not a timing assertion
+                    if await outbox.pending_count() == 0:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                await group.stop()
+            states = {(await outbox.status(i)).state for i in ids}
+    assert flaky.failed and states == {"delivered"}
+    assert len(handler.received) == 30
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("delivery ")]
+    named = [entry.split(" ")[0] for line in lines for entry in line[len("delivery "):].split("; ")]
+    assert sorted(named) == sorted(ids)
+    assert any("unexpected error recording" in r.getMessage() for r in caplog.records)

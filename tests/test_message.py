@@ -307,3 +307,13 @@ def test_date_header_is_the_stdlib_format_of_the_current_second() -> None:
     after = int(time.time())
     assert got in {formatdate(s, localtime=True) for s in range(before, after + 1)}
     assert _format_date(1_700_000_000.75) == formatdate(1_700_000_000.75, localtime=True)
+
+
+@pytest.mark.parametrize("now", [1_700_000_000.0, 1_700_000_000.4999, 1_700_000_000.9999997, 1_700_000_001.9999994])
+def test_date_header_rounds_like_formatdate_at_the_end_of_a_second(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+    from email.utils import formatdate
+
+    from mailsvc import message
+
+    monkeypatch.setattr(message.time, "time", lambda: now)
+    assert message._format_date(None) == formatdate(now, localtime=True)

@@ -213,3 +213,40 @@ def test_the_sandbox_still_refuses_dunder_attributes_of_dicts() -> None:
     t = InlineTemplate.compile("text", "{{ d.__class__.__mro__ }}", html=False, max_chars=1000)
     with pytest.raises(InlineTemplateError):
         t.render({"d": {"__class__": "not this"}})
+
+
+class _AwkwardKey(str):
+    """A key equal in hash to "url" whose comparison fails, as only a Python-built context can hold."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        self.error = error
+
+    def __new__(cls, error: type[Exception]) -> _AwkwardKey:
+        return super().__new__(cls, "url")
+
+    def __hash__(self) -> int:
+        return hash("url")
+
+    def __eq__(self, other: object) -> bool:
+        raise self.error("boom")
+
+
+@pytest.mark.parametrize("error", [TypeError, IndexError, KeyError])
+@pytest.mark.parametrize("sandboxed", [False, True])
+def test_dict_fast_path_fails_soft_where_jinja_does(error: type[Exception], sandboxed: bool) -> None:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from mailsvc.web.sandbox import _Env
+
+    plain = SandboxedEnvironment() if sandboxed else jinja2.Environment()
+    ours = _Env() if sandboxed else TemplateRenderer(Path(".")).env
+    obj = {_AwkwardKey.__new__(_AwkwardKey, error): 1}
+    obj_key = next(iter(obj))
+    obj_key.error = error  # set after hashing: the dict is built before comparisons start failing
+    for env in (plain, ours):
+        assert isinstance(env.getattr(obj, "url"), jinja2.Undefined)
+    with pytest.raises(TypeError):
+        plain.getattr({1: "x"}, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ours.getattr({1: "x"}, 1)  # type: ignore[arg-type]
