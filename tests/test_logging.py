@@ -22,7 +22,7 @@ import pytest
 from mailsvc import MailConfig, Message
 from mailsvc.config import ServiceConfig
 from mailsvc.logsetup import QUIET_LOGGERS, configure_logging
-from mailsvc.outbox import SqliteOutbox
+from mailsvc.outbox import Outbox, SqliteOutbox
 from mailsvc.worker import WorkerGroup
 from tests.servers import Authenticator, RecordingHandler, smtp_server
 
@@ -99,6 +99,28 @@ def test_third_party_loggers_stay_at_warning(restore_logging: None, level: str) 
         assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING, name
 
 
+async def _deliver_batch(outbox: Outbox, config: MailConfig, n: int) -> list[str]:
+    """Queue ``n`` one-recipient messages (r{i}@example.com) and run a worker group until none is pending."""
+    envelopes = [Message(f"n{i}", recipients=[f"r{i}@example.com"], sender="shop@example.com",
+                         body="hi").build() for i in range(n)]
+    ids = (await outbox.enqueue(envelopes, batch=True)).ids
+    group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
+    await group.start()
+    try:
+        for _ in range(1000):  # a liveness bound (20 s), not a timing assertion
+            if await outbox.pending_count() == 0:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await group.stop()
+    return ids
+
+
+def _logged_ids(lines: list[str]) -> list[str]:
+    """The message ids named by "delivery id rcpt=state/code; id ..." lines."""
+    return [entry.split(" ")[0] for line in lines for entry in line[len("delivery "):].split("; ")]
+
+
 async def test_delivery_log_names_every_message_once_in_lines_of_at_most_fifty(
     restore_logging: None, caplog: pytest.LogCaptureFixture, tmp_path: Path,
 ) -> None:
@@ -108,21 +130,10 @@ async def test_delivery_log_names_every_message_once_in_lines_of_at_most_fifty(
     async with smtp_server(handler) as port:
         config = MailConfig(server="127.0.0.1", port=port, timeout=10)
         async with SqliteOutbox(tmp_path / "outbox.sqlite3") as outbox:
-            envelopes = [Message(f"n{i}", recipients=[f"r{i}@example.com"], sender="shop@example.com",
-                                 body="hi").build() for i in range(120)]
-            ids = (await outbox.enqueue(envelopes, batch=True)).ids
-            group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
-            await group.start()
-            try:
-                for _ in range(1000):  # a liveness bound (20 s), not a timing assertion
-                    if await outbox.pending_count() == 0:
-                        break
-                    await asyncio.sleep(0.02)
-            finally:
-                await group.stop()
+            ids = await _deliver_batch(outbox, config, 120)
     lines = [r.getMessage() for r in caplog.records if r.name == "mailsvc.worker" and r.getMessage().startswith("delivery ")]
     assert lines
-    named = [entry.split(" ")[0] for line in lines for entry in line[len("delivery "):].split("; ")]
+    named = _logged_ids(lines)
     assert sorted(named) == sorted(ids)
     assert all(line.count("; ") < 50 for line in lines)
     for i, id_ in enumerate(ids):
@@ -165,22 +176,11 @@ async def test_a_bug_while_recording_loses_no_log_line_and_no_record(
         config = MailConfig(server="127.0.0.1", port=port, timeout=10)
         flaky = _FlakyRecordOutbox(tmp_path / "outbox.sqlite3")
         async with flaky as outbox:
-            envelopes = [Message(f"n{i}", recipients=[f"r{i}@example.com"], sender="shop@example.com",
-                                 body="hi").build() for i in range(30)]
-            ids = (await outbox.enqueue(envelopes, batch=True)).ids
-            group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
-            await group.start()
-            try:
-                for _ in range(1000):  # a liveness bound (20 s), not a timing assertion
-                    if await outbox.pending_count() == 0:
-                        break
-                    await asyncio.sleep(0.02)
-            finally:
-                await group.stop()
+            ids = await _deliver_batch(outbox, config, 30)
             states = {(await outbox.status(i)).state for i in ids}
     assert flaky.failed and states == {"delivered"}
     assert len(handler.received) == 30
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("delivery ")]
-    named = [entry.split(" ")[0] for line in lines for entry in line[len("delivery "):].split("; ")]
+    named = _logged_ids(lines)
     assert sorted(named) == sorted(ids)
     assert any("unexpected error recording" in r.getMessage() for r in caplog.records)
