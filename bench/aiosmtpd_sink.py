@@ -22,7 +22,9 @@ class CountingHandler:
         self.count = 0
         self.pipelining = pipelining
 
-    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         if self.pipelining:
             responses.insert(1, "250-PIPELINING")
@@ -42,7 +44,9 @@ async def main() -> None:
     handler = CountingHandler(args.pipelining)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.bench", enable_SMTPUTF8=True, loop=loop), host="127.0.0.1", port=0,
+        lambda: SMTP(handler, hostname="sink.bench", enable_SMTPUTF8=True, loop=loop),
+        host="127.0.0.1",
+        port=0,
         backlog=1024,
     )
     sys.stdout.write(f"port={server.sockets[0].getsockname()[1]}\n")

@@ -39,15 +39,23 @@ def main() -> None:
     with SmtpSink() as sink:
         out = subprocess.run(
             [sys.executable, str(HERE / "senders" / "service_sender.py"), "--port", str(sink.port), "--n", str(args.n)],
-            env=env, check=True, capture_output=True, text=True,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         report = json.loads(out.strip().splitlines()[-1])
         at_sink = sink.wait_for(args.n)
     peak_mb = report["service_peak_rss_kb"] / 1024
-    print(f"{args.n:,} recipients: accepted (202) after {report['accepted_seconds']:.1f} s, all delivered after "
-          f"{report['seconds']:.1f} s ({report['accepted'] / report['seconds']:,.0f} msg/s); sink counted {at_sink:,}")
-    print(f"service CPU {report['service_cpu_seconds']:.1f} s ({1000 * report['service_cpu_seconds'] / args.n:.3f} ms/msg); "
-          f"peak RSS {peak_mb:.0f} MB (target < {TARGET_MB} MB: {'met' if peak_mb < TARGET_MB else 'NOT met'})")
+    print(
+        f"{args.n:,} recipients: accepted (202) after {report['accepted_seconds']:.1f} s, all delivered after "
+        f"{report['seconds']:.1f} s ({report['accepted'] / report['seconds']:,.0f} msg/s); sink counted {at_sink:,}"
+    )
+    print(
+        f"service CPU {report['service_cpu_seconds']:.1f} s "
+        f"({1000 * report['service_cpu_seconds'] / args.n:.3f} ms/msg); "
+        f"peak RSS {peak_mb:.0f} MB (target < {TARGET_MB} MB: {'met' if peak_mb < TARGET_MB else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -39,17 +39,27 @@ def batch(n: int, size: int) -> list[Envelope]:
     msg = Message("Your weekly digest", recipients=["x@example.com"], body="x" * size, sender="news@example.com")
     base = msg.build()
     return [
-        dataclasses.replace(base, recipients=(f"reader{i}@example.com",), message_id=f"<bench{i}@bench>",
-                            data=base.data.replace(base.message_id.encode(), f"<bench{i}@bench>".encode()))
+        dataclasses.replace(
+            base,
+            recipients=(f"reader{i}@example.com",),
+            message_id=f"<bench{i}@bench>",
+            data=base.data.replace(base.message_id.encode(), f"<bench{i}@bench>".encode()),
+        )
         for i in range(n)
     ]
 
 
 async def deliver_in_process(outbox: Outbox, port: int, args: argparse.Namespace) -> None:
-    service = ServiceConfig(poll_interval=0.02, claim_batch=args.claim_batch, worker_concurrency=args.concurrency,
-                            dev_mode=False, workers=args.loops)
-    group = WorkerGroup.from_service(outbox, MailConfig(server="127.0.0.1", port=port, pool_size=args.pool_size),
-                                     service)
+    service = ServiceConfig(
+        poll_interval=0.02,
+        claim_batch=args.claim_batch,
+        worker_concurrency=args.concurrency,
+        dev_mode=False,
+        workers=args.loops,
+    )
+    group = WorkerGroup.from_service(
+        outbox, MailConfig(server="127.0.0.1", port=port, pool_size=args.pool_size), service
+    )
     await group.start()
     try:
         while await outbox.pending_count():
@@ -60,12 +70,25 @@ async def deliver_in_process(outbox: Outbox, port: int, args: argparse.Namespace
 
 def deliver_in_processes(url: str, port: int, args: argparse.Namespace, workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "MAILSVC_"))}
-    env.update(PYTHONPATH=str(REPO), MAILSVC_SETTINGS_MODULE="settings", MAIL_SERVER="127.0.0.1",
-               MAIL_PORT=str(port), MAILSVC_DATABASE_URL=url, MAIL_POOL_SIZE=str(args.pool_size),
-               MAILSVC_POLL_INTERVAL="0.02", MAILSVC_CLAIM_BATCH=str(args.claim_batch),
-               MAILSVC_WORKER_CONCURRENCY=str(args.concurrency))
-    procs = [subprocess.Popen([sys.executable, "-m", "mailsvc.cli", "worker", "--until-empty", "--log-level", "ERROR"],
-                              cwd=workdir, env=env) for _ in range(args.processes)]
+    env.update(
+        PYTHONPATH=str(REPO),
+        MAILSVC_SETTINGS_MODULE="settings",
+        MAIL_SERVER="127.0.0.1",
+        MAIL_PORT=str(port),
+        MAILSVC_DATABASE_URL=url,
+        MAIL_POOL_SIZE=str(args.pool_size),
+        MAILSVC_POLL_INTERVAL="0.02",
+        MAILSVC_CLAIM_BATCH=str(args.claim_batch),
+        MAILSVC_WORKER_CONCURRENCY=str(args.concurrency),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mailsvc.cli", "worker", "--until-empty", "--log-level", "ERROR"],
+            cwd=workdir,
+            env=env,
+        )
+        for _ in range(args.processes)
+    ]
     for p in procs:
         if p.wait() != 0:
             raise SystemExit(f"a worker process exited with {p.returncode}")

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from sinks import AiosmtpdSink, Sink, SmtpSink, smtp_sink_binary  # noqa: E402
 
-BARE_APP = '''
+BARE_APP = """
 from quart import Quart, request
 app = Quart(__name__)
 
@@ -50,7 +50,7 @@ app = Quart(__name__)
 async def accept():
     data = await request.get_json()
     return {"id": "x", "status": "queued", "n": len(data)}, 202
-'''
+"""
 BODY = {"to": "Ann <ann@example.com>", "subject": "Benchmark", "text": "Hello from the benchmark.\n" * 10}
 
 
@@ -129,8 +129,10 @@ async def paced(base: str, headers: dict[str, str], n: int, rate: float) -> tupl
 def report(name: str, elapsed: float, lat: list[float], failures: int) -> None:
     lat_ms = sorted(x * 1000 for x in lat)
     p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]
-    print(f"{name:<44} {len(lat) / elapsed:8.0f} req/s   p50 {statistics.median(lat_ms):6.2f} ms   "
-          f"p99 {p99:6.2f} ms   max {lat_ms[-1]:7.2f} ms   non-202: {failures}")
+    print(
+        f"{name:<44} {len(lat) / elapsed:8.0f} req/s   p50 {statistics.median(lat_ms):6.2f} ms   "
+        f"p99 {p99:6.2f} ms   max {lat_ms[-1]:7.2f} ms   non-202: {failures}"
+    )
 
 
 def start_sink() -> Sink:
@@ -142,8 +144,12 @@ async def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1, help="in-process delivery workers (0: enqueue only)")
-    ap.add_argument("--rate", type=float, default=0.0,
-                    help="requests/s of the paced run (default: half the bare route's saturation rate)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="requests/s of the paced run (default: half the bare route's saturation rate)",
+    )
     args = ap.parse_args()
     sink = start_sink()
     results = []
@@ -152,17 +158,30 @@ async def main() -> None:
             bare_rate = 0.0
             for name in ("bare Quart route", "mailsvc POST /api/messages"):
                 port = free_port()
-                env = {**os.environ, "PYTHONPATH": str(ROOT), "MAIL_SERVER": "127.0.0.1", "MAIL_PORT": str(sink.port),
-                       "MAIL_DEFAULT_SENDER": "bench@example.com", "MAILSVC_API_KEYS": "bench-key",
-                       "MAILSVC_RATE_LIMIT": "0", "MAILSVC_WORKERS": str(args.workers),
-                       "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3", "MAILSVC_MAX_PENDING": "10000000"}
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": str(ROOT),
+                    "MAIL_SERVER": "127.0.0.1",
+                    "MAIL_PORT": str(sink.port),
+                    "MAIL_DEFAULT_SENDER": "bench@example.com",
+                    "MAILSVC_API_KEYS": "bench-key",
+                    "MAILSVC_RATE_LIMIT": "0",
+                    "MAILSVC_WORKERS": str(args.workers),
+                    "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3",
+                    "MAILSVC_MAX_PENDING": "10000000",
+                }
                 target = "asgi:app"
                 if name.startswith("bare"):
                     Path(tmp, "bare_app.py").write_text(BARE_APP)
                     target = "bare_app:app"
                     env["PYTHONPATH"] = f"{tmp}{os.pathsep}{ROOT}"
-                proc = subprocess.Popen([sys.executable, "-m", "hypercorn", target, "--bind", f"127.0.0.1:{port}"],
-                                        cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "hypercorn", target, "--bind", f"127.0.0.1:{port}"],
+                    cwd=tmp,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 base = f"http://127.0.0.1:{port}"
                 headers = {"Authorization": "Bearer bench-key"}
                 try:
@@ -179,8 +198,10 @@ async def main() -> None:
             delivered = sink.count()
     finally:
         sink.stop()
-    print(f"{args.requests} single-message POSTs per run; {args.workers} in-process worker(s); "
-          f"delivered to the sink meanwhile: {delivered}")
+    print(
+        f"{args.requests} single-message POSTs per run; {args.workers} in-process worker(s); "
+        f"delivered to the sink meanwhile: {delivered}"
+    )
     for r in results:
         report(*r)
 

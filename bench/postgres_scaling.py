@@ -101,8 +101,16 @@ def env_for(db_url: str, smtp_port: int) -> dict[str, str]:
 
 async def spawn(args: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailsvc.cli", *args, cwd=ROOT, env=env, pass_fds=pass_fds,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "mailsvc.cli",
+        *args,
+        cwd=ROOT,
+        env=env,
+        pass_fds=pass_fds,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
@@ -120,8 +128,12 @@ async def stop(procs: list[asyncio.subprocess.Process]) -> None:
 
 def envelopes(n: int) -> list[Envelope]:
     return [
-        Message(f"Campaign {i}", recipients=[f"user{i}@example.com"], sender="shop@example.com",
-                body=f"Hello user {i},\n\nthis is message {i} of the benchmark.\n" * 5).build(msgid_domain="bench")
+        Message(
+            f"Campaign {i}",
+            recipients=[f"user{i}@example.com"],
+            sender="shop@example.com",
+            body=f"Hello user {i},\n\nthis is message {i} of the benchmark.\n" * 5,
+        ).build(msgid_domain="bench")
         for i in range(n)
     ]
 
@@ -179,9 +191,14 @@ async def enqueue_row(url: str, sink: Sink, n: int, per_batch: int) -> Row:
                         except httpx.TransportError:
                             await asyncio.sleep(0.1)
                 batches: list[dict[str, object]] = [
-                    {"subject": "Campaign {{ n }}", "text": "Hello {{ name }}, message {{ n }}.",
-                     "recipients": [{"to": [f"user{b}-{i}@example.com"], "context": {"n": i, "name": f"U{i}"}}
-                                    for i in range(per_batch)]}
+                    {
+                        "subject": "Campaign {{ n }}",
+                        "text": "Hello {{ name }}, message {{ n }}.",
+                        "recipients": [
+                            {"to": [f"user{b}-{i}@example.com"], "context": {"n": i, "name": f"U{i}"}}
+                            for i in range(per_batch)
+                        ],
+                    }
                     for b in range(max(1, n // per_batch))
                 ]
                 sem = asyncio.Semaphore(4)  # two requests in flight per node
@@ -206,8 +223,12 @@ async def main() -> None:
     p.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL server (a database per row is created on it)")
     p.add_argument("--n", type=int, default=5000, help="messages per row (default 5000)")
     p.add_argument("--workers", default="1,2,4", help="worker process counts, comma-separated (default 1,2,4)")
-    p.add_argument("--sink", choices=["smtp-sink", "aiosmtpd"], default=None,
-                   help="SMTP sink (default smtp-sink when installed, else aiosmtpd)")
+    p.add_argument(
+        "--sink",
+        choices=["smtp-sink", "aiosmtpd"],
+        default=None,
+        help="SMTP sink (default smtp-sink when installed, else aiosmtpd)",
+    )
     p.add_argument("--no-enqueue", action="store_true", help="skip the enqueue-through-two-nodes row")
     args = p.parse_args()
     use = args.sink or ("smtp-sink" if smtp_sink_binary() else "aiosmtpd")
@@ -220,8 +241,10 @@ async def main() -> None:
         if not args.no_enqueue:
             rows.append(await enqueue_row(args.url, sink, args.n, 500))
             print(f"  {rows[-1].what}: {rows[-1].rate:,.0f} msg/s", file=sys.stderr, flush=True)
-    print(f"\nPostgreSQL outbox, {args.n} messages per row, sink: {sink.name}; "
-          f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs\n")
+    print(
+        f"\nPostgreSQL outbox, {args.n} messages per row, sink: {sink.name}; "
+        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs\n"
+    )
     print("| row | messages | seconds | msg/s | arrived at sink |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -64,8 +64,22 @@ def _py(python: Path | str, script: str, variant: str = "") -> Callable[[int, in
 
 def _smtp_source(port: int, n: int) -> list[str]:
     binary = smtp_sink_binary("smtp-source") or "smtp-source"
-    return [binary, "-s", "10", "-d", "-m", str(n), "-l", "2000", "-N",
-            "-f", "news@bench.example", "-t", "user@bench.example", f"127.0.0.1:{port}"]
+    return [
+        binary,
+        "-s",
+        "10",
+        "-d",
+        "-m",
+        str(n),
+        "-l",
+        "2000",
+        "-N",
+        "-f",
+        "news@bench.example",
+        "-t",
+        "user@bench.example",
+        f"127.0.0.1:{port}",
+    ]
 
 
 def _need_peers() -> str | None:
@@ -77,21 +91,51 @@ def _need_smtp_source() -> str | None:
 
 
 SENDERS: list[Sender] = [
-    Sender("smtp-source", "Postfix smtp-source, 10 reused connections (C)", _smtp_source, _need_smtp_source, reports=False),
-    Sender("flask-mail-threads", "Flask-Mail, a thread + connection per message (seed)",
-           _py(PEERS_PY, "flask_mail_sender.py", "threads"), _need_peers),
-    Sender("flask-mail-connect", "Flask-Mail, one mail.connect() reused",
-           _py(PEERS_PY, "flask_mail_sender.py", "connect"), _need_peers),
-    Sender("fastapi-mail", "fastapi-mail, list send over one connection",
-           _py(PEERS_PY, "fastapi_mail_sender.py"), _need_peers),
-    Sender("mailsvc-stdlib-plain", "mailsvc send_many, 4 conns, stdlib MIME, no pipelining",
-           _py(sys.executable, "mailsvc_sender.py", "plain,stdlib"), lambda: None),
-    Sender("mailsvc-stdlib", "mailsvc send_many, 4 conns, stdlib MIME, pipelining",
-           _py(sys.executable, "mailsvc_sender.py", "stdlib"), lambda: None),
-    Sender("mailsvc", "mailsvc send_many, 4 conns, fastbuild + pipelining",
-           _py(sys.executable, "mailsvc_sender.py"), lambda: None),
-    Sender("service", "mailsvc service: bulk POST -> outbox -> workers -> sink",
-           _py(sys.executable, "service_sender.py"), lambda: None),
+    Sender(
+        "smtp-source", "Postfix smtp-source, 10 reused connections (C)", _smtp_source, _need_smtp_source, reports=False
+    ),
+    Sender(
+        "flask-mail-threads",
+        "Flask-Mail, a thread + connection per message (seed)",
+        _py(PEERS_PY, "flask_mail_sender.py", "threads"),
+        _need_peers,
+    ),
+    Sender(
+        "flask-mail-connect",
+        "Flask-Mail, one mail.connect() reused",
+        _py(PEERS_PY, "flask_mail_sender.py", "connect"),
+        _need_peers,
+    ),
+    Sender(
+        "fastapi-mail",
+        "fastapi-mail, list send over one connection",
+        _py(PEERS_PY, "fastapi_mail_sender.py"),
+        _need_peers,
+    ),
+    Sender(
+        "mailsvc-stdlib-plain",
+        "mailsvc send_many, 4 conns, stdlib MIME, no pipelining",
+        _py(sys.executable, "mailsvc_sender.py", "plain,stdlib"),
+        lambda: None,
+    ),
+    Sender(
+        "mailsvc-stdlib",
+        "mailsvc send_many, 4 conns, stdlib MIME, pipelining",
+        _py(sys.executable, "mailsvc_sender.py", "stdlib"),
+        lambda: None,
+    ),
+    Sender(
+        "mailsvc",
+        "mailsvc send_many, 4 conns, fastbuild + pipelining",
+        _py(sys.executable, "mailsvc_sender.py"),
+        lambda: None,
+    ),
+    Sender(
+        "service",
+        "mailsvc service: bulk POST -> outbox -> workers -> sink",
+        _py(sys.executable, "service_sender.py"),
+        lambda: None,
+    ),
 ]
 
 
@@ -106,8 +150,12 @@ def ensure_postfix() -> None:
     print("installing Debian's postfix for smtp-sink/smtp-source (daemon not started)...", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["debconf-set-selections"], input=b"postfix postfix/main_mailer_type select No configuration\n",
-                   check=True, env=env)
+    subprocess.run(
+        ["debconf-set-selections"],
+        input=b"postfix postfix/main_mailer_type select No configuration\n",
+        check=True,
+        env=env,
+    )
     subprocess.run(["apt-get", "install", "-y", "-q", "postfix"], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -118,7 +166,9 @@ def ensure_peers() -> None:
     print(f"creating {PEERS_VENV} with the peers (Flask-Mail, fastapi-mail)...", file=sys.stderr)
     base = getattr(sys, "_base_executable", None) or "python3"
     subprocess.run([base, "-m", "venv", str(PEERS_VENV)], check=True)
-    subprocess.run([str(PEERS_PY), "-m", "pip", "install", "-q", "-r", str(HERE / "peers-requirements.txt")], check=True)
+    subprocess.run(
+        [str(PEERS_PY), "-m", "pip", "install", "-q", "-r", str(HERE / "peers-requirements.txt")], check=True
+    )
 
 
 # -- running ----------------------------------------------------------------------
@@ -151,7 +201,9 @@ def run_one(sender: Sender, sink: Sink, n: int) -> Run:
         n=n,
         seconds=float(report.get("seconds", wall)),
         # The service sender reports its server's figures: that is where the work happens.
-        cpu_seconds=float(report.get("service_cpu_seconds", report.get("cpu_seconds", usage.ru_utime + usage.ru_stime))),
+        cpu_seconds=float(
+            report.get("service_cpu_seconds", report.get("cpu_seconds", usage.ru_utime + usage.ru_stime))
+        ),
         peak_rss_kb=int(report.get("service_peak_rss_kb", usage.ru_maxrss)),
         sink_delta=got,
         accepted=int(report.get("accepted", got)),
@@ -164,8 +216,13 @@ def post_latency(requests: int) -> str:
     """The second table: bench/post_latency.py (its own servers and sink), quoted as it prints."""
     print(f"running bench/post_latency.py --requests {requests} ...", file=sys.stderr)
     try:
-        proc = subprocess.run([sys.executable, str(HERE / "post_latency.py"), "--requests", str(requests)],
-                              capture_output=True, text=True, timeout=RUN_LIMIT, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "post_latency.py"), "--requests", str(requests)],
+            capture_output=True,
+            text=True,
+            timeout=RUN_LIMIT,
+            cwd=ROOT,
+        )
         out = proc.stdout.strip() or proc.stderr.strip()[-2000:]
     except subprocess.TimeoutExpired:
         out = f"timed out after {RUN_LIMIT:.0f} s"
@@ -181,19 +238,41 @@ def machine() -> str:
 
     from importlib.metadata import version as pkg
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
-    peers = version([str(PEERS_PY), "-c", "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' "
-                     "for p in ('Flask-Mail', 'fastapi-mail', 'aiosmtplib', 'Flask', 'Jinja2')))"]) if PEERS_PY.exists() else "not installed"
-    return "\n".join([
-        f"- machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}",
-        f"- python: {platform.python_version()} ({sys.executable})",
-        f"- mailsvc commit: {version(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'])}; "
-        f"aiosmtplib {pkg('aiosmtplib')}, Jinja2 {pkg('jinja2')}, aiosmtpd {pkg('aiosmtpd')}",
-        f"- peers venv: {peers}",
-        f"- postfix: {version(['dpkg-query', '-W', '-f=${Version}', 'postfix'])}",
-        f"- load average at the end of the run (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
-    ])
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else "?"
+    )
+    peers = (
+        version(
+            [
+                str(PEERS_PY),
+                "-c",
+                "import importlib.metadata as m; print(', '.join(f'{p} {m.version(p)}' "
+                "for p in ('Flask-Mail', 'fastapi-mail', 'aiosmtplib', 'Flask', 'Jinja2')))",
+            ]
+        )
+        if PEERS_PY.exists()
+        else "not installed"
+    )
+    return "\n".join(
+        [
+            f"- machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}",
+            f"- python: {platform.python_version()} ({sys.executable})",
+            f"- mailsvc commit: {version(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'])}; "
+            f"aiosmtplib {pkg('aiosmtplib')}, Jinja2 {pkg('jinja2')}, aiosmtpd {pkg('aiosmtpd')}",
+            f"- peers venv: {peers}",
+            f"- postfix: {version(['dpkg-query', '-W', '-f=${Version}', 'postfix'])}",
+            f"- load average at the end of the run (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--senders", default="", help="comma-separated keys: " + ", ".join(s.key for s in SENDERS))
     p.add_argument("--sink", choices=("auto", "smtp-sink", "aiosmtpd"), default="auto")
     p.add_argument("--no-install", action="store_true", help="do not apt-get postfix or create the peers' venv")
-    p.add_argument("--no-post-latency", action="store_true",
-                   help="skip the second table (bench/post_latency.py: single JSON POSTs vs a bare Quart route)")
+    p.add_argument(
+        "--no-post-latency",
+        action="store_true",
+        help="skip the second table (bench/post_latency.py: single JSON POSTs vs a bare Quart route)",
+    )
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
     p.add_argument("--from-json", type=Path, help="only print the table of runs saved earlier with --json")
@@ -246,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {rnd + 1} {s.key:20} {run.rate:9,.0f} msg/s{flag}", file=sys.stderr)
 
     table = markdown_table(summarise(runs, labels))
-    text = (f"{args.n} messages of ~2 KB per run, one recipient each, to {sink.name} on 127.0.0.1; "
-            f"median of {args.rounds} interleaved rounds.\n\n{machine()}\n\n{table}\n")
+    text = (
+        f"{args.n} messages of ~2 KB per run, one recipient each, to {sink.name} on 127.0.0.1; "
+        f"median of {args.rounds} interleaved rounds.\n\n{machine()}\n\n{table}\n"
+    )
     print(text)
     if not args.no_post_latency and not args.senders and (HERE / "post_latency.py").exists():
         second = post_latency(min(args.n, 3000))

@@ -192,10 +192,17 @@ def _ascii_domain(domain: str) -> str | None:
         return None
 
 
-def parse_address_list(values: AddressLike | list[AddressLike] | tuple[AddressLike, ...] | None, field: str) -> list[ParsedAddress]:
+def parse_address_list(
+    values: AddressLike | list[AddressLike] | tuple[AddressLike, ...] | None, field: str
+) -> list[ParsedAddress]:
     """Parse one address or a list of them; ``None`` is an empty list."""
     if values is None:
         return []
-    if isinstance(values, str) or (isinstance(values, tuple) and len(values) == 2 and all(isinstance(v, str) for v in values) and "@" not in values[0]):
+    if isinstance(values, str) or (
+        isinstance(values, tuple)
+        and len(values) == 2
+        and all(isinstance(v, str) for v in values)
+        and "@" not in values[0]
+    ):
         values = [values]  # type: ignore[list-item]
     return [parse_address(v, f"{field}[{i}]") for i, v in enumerate(values)]

@@ -34,8 +34,8 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    devinbox.register(app, service)   # dev SMTP server + /inbox (dev mode only)
-    runtime.register(app, service)    # outbox open/close + in-process workers
-    web.register(app, service)        # form, JSON API, errors, auth
-    previews.register(app, service)   # /previews
+    devinbox.register(app, service)  # dev SMTP server + /inbox (dev mode only)
+    runtime.register(app, service)  # outbox open/close + in-process workers
+    web.register(app, service)  # form, JSON API, errors, auth
+    previews.register(app, service)  # /previews
     return app

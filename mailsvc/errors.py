@@ -139,8 +139,7 @@ class IdempotencyConflictError(OutboxError):
     def __init__(self, key: str) -> None:
         self.key = key
         super().__init__(
-            f"idempotency key {key!r} was already used for a different message; "
-            "use a new key for a new message"
+            f"idempotency key {key!r} was already used for a different message; use a new key for a new message"
         )
 
 

@@ -7,8 +7,8 @@ pool is created lazily inside the running loop and closed in ``after_serving``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,9 @@ class Mail:
     >>> mail = Mail(app)
     """
 
-    def __init__(self, app: Quart | None = None, *, config: MailConfig | None = None, templates: str | Path | None = None) -> None:
+    def __init__(
+        self, app: Quart | None = None, *, config: MailConfig | None = None, templates: str | Path | None = None
+    ) -> None:
         self.app = app
         self._standalone = MailState(config, templates) if config is not None else None
         if app is not None:

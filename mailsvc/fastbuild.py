@@ -49,7 +49,7 @@ _PLAIN_DATE = re.compile(
     r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d [+-]\d{4}"
 )
 _ADDRESS_HEADERS = {"from", "to", "cc", "reply-to"}
-_BOUNDARY_FMT = "%%0%dd" % len(repr(sys.maxsize - 1))  # as email.generator formats its token
+_BOUNDARY_FMT = f"%0{len(repr(sys.maxsize - 1))}d"  # as email.generator formats its token
 
 
 def fast_path_applies(msg: Message) -> bool:

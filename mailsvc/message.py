@@ -80,7 +80,12 @@ class Attachment:
     def resolved_content_type(self) -> tuple[str, str]:
         ctype = self.content_type or (mimetypes.guess_type(self.filename or "")[0]) or "application/octet-stream"
         maintype, _, subtype = ctype.partition("/")
-        if not maintype or not subtype or not _HEADER_NAME.fullmatch(maintype) or not _HEADER_NAME.fullmatch(subtype.split(";")[0].strip()):
+        if (
+            not maintype
+            or not subtype
+            or not _HEADER_NAME.fullmatch(maintype)
+            or not _HEADER_NAME.fullmatch(subtype.split(";")[0].strip())
+        ):
             raise MessageError("attachments.content_type", f"{ctype!r} is not a MIME type like 'image/png'")
         return maintype.lower(), subtype.split(";")[0].strip().lower()
 
@@ -154,14 +159,14 @@ class Message:
 
     # -- Flask-Mail surface -------------------------------------------------
     @property
-    def msgId(self) -> str:  # noqa: N802 - Flask-Mail's name
+    def msgId(self) -> str:
         """The Message-ID, minted on first use and then stable for every send attempt."""
         if self._msg_id is None:
             self._msg_id = make_msgid(domain=default_msgid_domain())
         return self._msgid_checked()
 
     @msgId.setter
-    def msgId(self, value: str) -> None:  # noqa: N802
+    def msgId(self, value: str) -> None:
         self._msg_id = value
 
     def _msgid_checked(self) -> str:
@@ -190,7 +195,9 @@ class Message:
         disposition: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self.attachments.append(Attachment(filename, content_type, data if data is not None else b"", disposition, headers))
+        self.attachments.append(
+            Attachment(filename, content_type, data if data is not None else b"", disposition, headers)
+        )
 
     def has_bad_headers(self) -> bool:
         """Flask-Mail's check: does any header-bound value hold CR, LF or NUL? (No sender needed.)"""
@@ -358,7 +365,10 @@ class Message:
                 )
                 part = cast(EmailMessage, html_part.get_payload()[-1])  # type: ignore[index]
             else:
-                kwargs: dict[str, Any] = {"filename": filename, "disposition": (att.disposition or "attachment").lower()}
+                kwargs: dict[str, Any] = {
+                    "filename": filename,
+                    "disposition": (att.disposition or "attachment").lower(),
+                }
                 if att.content_id:
                     kwargs["cid"] = att.content_id
                 m.add_attachment(data, maintype, subtype, **kwargs)
@@ -373,7 +383,12 @@ def _as_list(values: Sequence[AddressLike] | AddressLike | None) -> list[Address
         return []
     if isinstance(values, str):
         return [values]
-    if isinstance(values, tuple) and len(values) == 2 and all(isinstance(v, str) for v in values) and "@" not in values[0]:
+    if (
+        isinstance(values, tuple)
+        and len(values) == 2
+        and all(isinstance(v, str) for v in values)
+        and "@" not in values[0]
+    ):
         return [values]  # type: ignore[list-item]
     return list(values)
 

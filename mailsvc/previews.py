@@ -104,7 +104,9 @@ def render_preview(renderer: TemplateRenderer, name: str) -> Preview:
         try:
             loaded = json.loads(sample.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            preview.error = PreviewError(f"invalid JSON: {exc.msg}", sample.name, exc.lineno, _excerpt(sample, exc.lineno))
+            preview.error = PreviewError(
+                f"invalid JSON: {exc.msg}", sample.name, exc.lineno, _excerpt(sample, exc.lineno)
+            )
             return preview
         if not isinstance(loaded, dict):
             preview.error = PreviewError("the sample context must be a JSON object", sample.name, 1)
@@ -113,7 +115,7 @@ def render_preview(renderer: TemplateRenderer, name: str) -> Preview:
     preview.context = context
     try:
         preview.subject, preview.text, preview.html = renderer.render_parts(name, context)
-    except Exception as exc:  # noqa: BLE001 - template code can raise anything; the preview must show it
+    except Exception as exc:
         preview.error = _error(exc, folder, name)
         if not sample.is_file() and isinstance(exc, TemplateError) and "variable missing" in exc.reason:
             preview.error.message += f" (add {name}.sample.json beside the template with sample values)"
@@ -141,7 +143,9 @@ async def index() -> Response:
 async def show(name: str) -> Response:
     preview = render_preview(_renderer(), _known(name))
     html = await render_template(
-        "previews_show.html", p=preview, sandbox=IFRAME_SANDBOX,
+        "previews_show.html",
+        p=preview,
+        sandbox=IFRAME_SANDBOX,
         context_json=json.dumps(preview.context, indent=2, ensure_ascii=False) if preview.context is not None else None,
     )
     return secure_page(Response(html, status=422 if preview.error else 200))

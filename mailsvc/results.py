@@ -56,6 +56,8 @@ class SendResult:
         return {r.recipient: r for r in self.recipients if not r.ok}
 
     @classmethod
-    def all_failed(cls, message_id: str, recipients: tuple[str, ...], reason: str, code: int | None = None) -> SendResult:
+    def all_failed(
+        cls, message_id: str, recipients: tuple[str, ...], reason: str, code: int | None = None
+    ) -> SendResult:
         status: Status = "refused" if code is not None else "failed"
         return cls(message_id, tuple(RecipientResult(r, status, code, reason) for r in recipients))

@@ -82,8 +82,9 @@ class RetryPolicy:
             base *= 1 + random.uniform(-self.jitter, self.jitter)
         return float(base)
 
-    def outcome(self, result: RecipientResult, attempt: int, first_queued_at: datetime,
-                now: datetime | None = None) -> RecipientOutcome:
+    def outcome(
+        self, result: RecipientResult, attempt: int, first_queued_at: datetime, now: datetime | None = None
+    ) -> RecipientOutcome:
         """The outcome to record for one recipient after attempt number ``attempt``."""
         now = now or datetime.now(UTC)
         verdict = classify(result)
@@ -94,7 +95,9 @@ class RetryPolicy:
             return RecipientOutcome(result.recipient, "failed", result.code, reply)
         if (now - first_queued_at).total_seconds() >= self.lifetime:
             return RecipientOutcome(
-                result.recipient, "expired", result.code,
+                result.recipient,
+                "expired",
+                result.code,
                 f"gave up after {self.lifetime:g}s; last reply: {reply}",
             )
         retry_at = now + timedelta(seconds=self.delay(attempt))

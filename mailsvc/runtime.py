@@ -36,7 +36,9 @@ def outbox_for(app: Quart) -> Outbox:
     try:
         outbox: Outbox = app.extensions[OUTBOX_KEY]
     except KeyError:
-        raise RuntimeError("the outbox is opened in before_serving: run the app (or async with app.test_app())") from None
+        raise RuntimeError(
+            "the outbox is opened in before_serving: run the app (or async with app.test_app())"
+        ) from None
     return outbox
 
 

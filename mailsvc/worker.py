@@ -256,8 +256,10 @@ class Worker:
             await self._flush()
             if done and (not self._records or final_tries <= 0):
                 if self._records:
-                    log.error("gave up recording %d outcomes; their leases will expire and they will be retried",
-                              len(self._records))
+                    log.error(
+                        "gave up recording %d outcomes; their leases will expire and they will be retried",
+                        len(self._records),
+                    )
                 return
             if self._records:  # the flush failed; try again shortly
                 final_tries -= done
@@ -275,11 +277,15 @@ class Worker:
         if not items or not log.isEnabledFor(logging.INFO):
             return
         for start in range(0, len(items), _LOG_GROUP):
-            group = items[start:start + _LOG_GROUP]
-            log.info("delivery %s", "; ".join(
-                f"{id_} " + " ".join(f"{o.recipient}={o.state}{'' if o.code is None else f'/{o.code}'}" for o in outcomes)
-                for id_, outcomes in group
-            ))
+            group = items[start : start + _LOG_GROUP]
+            log.info(
+                "delivery %s",
+                "; ".join(
+                    f"{id_} "
+                    + " ".join(f"{o.recipient}={o.state}{'' if o.code is None else f'/{o.code}'}" for o in outcomes)
+                    for id_, outcomes in group
+                ),
+            )
 
     async def _flush(self) -> None:
         self._log_outcomes()
@@ -314,7 +320,6 @@ class Worker:
             except OutboxError as exc:
                 self._forget(ids)  # stop renewing them, so that their leases do expire
                 log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
-
 
     def _forget(self, ids: Iterable[str]) -> None:
         for id_ in ids:
@@ -355,8 +360,9 @@ class WorkerGroup:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_service(cls, outbox: Outbox, mail_config: MailConfig, service: ServiceConfig,
-                     count: int | None = None) -> WorkerGroup:
+    def from_service(
+        cls, outbox: Outbox, mail_config: MailConfig, service: ServiceConfig, count: int | None = None
+    ) -> WorkerGroup:
         mail = MailState(mail_config)
         policy = RetryPolicy.from_service(service)
         backoff = RelayBackoff(policy)
@@ -364,7 +370,11 @@ class WorkerGroup:
         n = count if count is not None else max(service.workers, 1)
         workers = [
             Worker(
-                outbox, mail, policy, backoff=backoff, gate=gate,
+                outbox,
+                mail,
+                policy,
+                backoff=backoff,
+                gate=gate,
                 claim_batch=service.claim_batch,
                 concurrency=service.worker_concurrency,
                 lease_seconds=service.lease_seconds,

@@ -13,9 +13,9 @@ import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 from email import policy
 from email.message import EmailMessage
+from functools import cached_property
 from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP as SMTPServerProtocol
@@ -44,7 +44,9 @@ class RecordingHandler:
     drop_after_data: bool = False  # close the connection before replying to DATA
     stall_seconds: float = 0.0  # sleep before replying to DATA
 
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)
@@ -79,7 +81,9 @@ class Authenticator:
 
     def __call__(self, server: Any, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
         self.attempts += 1
-        ok = getattr(auth_data, "login", None) == self.username and getattr(auth_data, "password", None) == self.password
+        ok = (
+            getattr(auth_data, "login", None) == self.username and getattr(auth_data, "password", None) == self.password
+        )
         return AuthResult(success=ok, handled=False)  # handled=True would leave the client unanswered
 
 
@@ -121,11 +125,13 @@ async def smtp_server(
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS", UserWarning)
             proto = _protocol()
         if greeting_reply is not None:
+
             async def _greet(*a: Any, **k: Any) -> None:
                 proto._set_rset_state()  # type: ignore[no-untyped-call]
                 await proto.push(greeting_reply)
                 if proto.transport is not None:  # set once the connection is made, before this runs
                     proto.transport.close()
+
             proto._handle_client = _greet  # type: ignore[method-assign]
         return proto
 

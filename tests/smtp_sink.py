@@ -67,7 +67,8 @@ class SMTPSink:
             return self._start_fallback()
         self.proc = subprocess.Popen(
             [exe, "-u", getpass.getuser(), *self.extra_args, "-d", f"{self.dump_dir}/%H%M%S.", "127.0.0.1:0", "1024"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 10
         while (port := _listening_port(self.proc.pid)) is None:
@@ -82,8 +83,13 @@ class SMTPSink:
     def _start_fallback(self) -> SMTPSink:
         repo = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": repo}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.smtp_sink", str(self.dump_dir)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=repo)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.smtp_sink", str(self.dump_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=repo,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.strip().isdigit():

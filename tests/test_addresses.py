@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from mailsvc import AddressError, BadHeaderError
 from mailsvc.addresses import ParsedAddress, _parse, parse_address
 
-GOOD = ["a@b.example", "Ann <ann@b.example>", ("Zoë", "zoe@bücher.example"), '"Smith, Ann" <ann@b.example>', "ÿ@b.example"]
+GOOD = [
+    "a@b.example",
+    "Ann <ann@b.example>",
+    ("Zoë", "zoe@bücher.example"),
+    '"Smith, Ann" <ann@b.example>',
+    "ÿ@b.example",
+]
 
 
 @pytest.mark.parametrize("value", GOOD)
@@ -22,7 +28,11 @@ def test_cached_parse_is_the_uncached_parse(value: str | tuple[str, str]) -> Non
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [("not an address", AddressError), ("a@b.example\r\nBcc: x@evil.example", BadHeaderError), (("Ann", 3), AddressError)],
+    [
+        ("not an address", AddressError),
+        ("a@b.example\r\nBcc: x@evil.example", BadHeaderError),
+        (("Ann", 3), AddressError),
+    ],
 )
 def test_a_repeated_bad_address_names_each_callers_field(value: object, error: type[Exception]) -> None:
     for field in ("sender", "recipients[0]", "cc[3]"):
@@ -70,6 +80,7 @@ def test_same_answer_cached_or_not(value: str | tuple[str, str]) -> None:
 
 # -- the plain-address shortcut answers exactly as getaddresses + validate_email --------------------------------
 
+
 def _reference(value: str | tuple[str, str]) -> object:
     """parse_address as written before the shortcuts: the stdlib's parser, then email_validator on every address."""
     from email.utils import getaddresses
@@ -96,21 +107,54 @@ def _ours(value: str | tuple[str, str]) -> object:
 
 
 _atom = st.text(st.sampled_from("abcXYZ019!#$%&'*+/=?^_`{|}~-"), min_size=1, max_size=8)
-_label = st.one_of(st.text(st.sampled_from("abcXYZ019-"), min_size=1, max_size=10), st.sampled_from(
-    ["xn--bcher-kva", "XN--BCHER-KVA", "test", "local", "localhost", "invalid", "example", "123", "com", "a" * 63, "a" * 64]
-))
+_label = st.one_of(
+    st.text(st.sampled_from("abcXYZ019-"), min_size=1, max_size=10),
+    st.sampled_from(
+        [
+            "xn--bcher-kva",
+            "XN--BCHER-KVA",
+            "test",
+            "local",
+            "localhost",
+            "invalid",
+            "example",
+            "123",
+            "com",
+            "a" * 63,
+            "a" * 64,
+        ]
+    ),
+)
 _plain = st.builds(
     lambda local, labels: f"{'.'.join(local)}@{'.'.join(labels)}",
-    st.one_of(st.lists(_atom, min_size=1, max_size=4), st.sampled_from([["Postmaster"], ["ABUSE"], ["x" * 64], ["x" * 65]]).map(list)),
+    st.one_of(
+        st.lists(_atom, min_size=1, max_size=4),
+        st.sampled_from([["Postmaster"], ["ABUSE"], ["x" * 64], ["x" * 65]]).map(list),
+    ),
     st.lists(_label, min_size=1, max_size=5),
 )
 
 
-@pytest.mark.parametrize("value", [
-    "user1@bench.example", "User.Name+tag@Example.COM", "postmaster@b.example", "a@b", "a@localhost", "a@x.test",
-    "a@-b.example", "a@b-.example", "a@b.123", "a@xn--bcher-kva.example", "x" * 65 + "@b.example",
-    "a@" + ".".join(["b" * 63] * 4), "abcdefghij@" + ".".join(["b" * 62] * 4), ("Ann", "ann@b.example"), ("", "A@B.EXAMPLE"),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "user1@bench.example",
+        "User.Name+tag@Example.COM",
+        "postmaster@b.example",
+        "a@b",
+        "a@localhost",
+        "a@x.test",
+        "a@-b.example",
+        "a@b-.example",
+        "a@b.123",
+        "a@xn--bcher-kva.example",
+        "x" * 65 + "@b.example",
+        "a@" + ".".join(["b" * 63] * 4),
+        "abcdefghij@" + ".".join(["b" * 62] * 4),
+        ("Ann", "ann@b.example"),
+        ("", "A@B.EXAMPLE"),
+    ],
+)
 def test_plain_addresses_get_the_validators_answer(value: str | tuple[str, str]) -> None:
     assert _ours(value) == _reference(value)
 

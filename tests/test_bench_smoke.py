@@ -33,9 +33,23 @@ def _load(name: str) -> ModuleType:
 def test_harness_runs_every_available_sender(tmp_path: Path) -> None:
     out = tmp_path / "runs.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--n", "6", "--rounds", "1", "--no-install",
-         "--sink", "aiosmtpd", "--no-post-latency", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--n",
+            "6",
+            "--rounds",
+            "1",
+            "--no-install",
+            "--sink",
+            "aiosmtpd",
+            "--no-post-latency",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(out.read_text())
@@ -52,8 +66,12 @@ def test_harness_runs_every_available_sender(tmp_path: Path) -> None:
 
 def test_lossy_runs_are_flagged_and_left_out_of_the_median() -> None:
     report = _load("report")
-    good = report.Run("mailsvc", n=100, seconds=1.0, cpu_seconds=0.1, peak_rss_kb=1024, sink_delta=100, accepted=100, failed=0)
-    lossy = report.Run("mailsvc", n=100, seconds=0.1, cpu_seconds=0.1, peak_rss_kb=1024, sink_delta=90, accepted=100, failed=0)
+    good = report.Run(
+        "mailsvc", n=100, seconds=1.0, cpu_seconds=0.1, peak_rss_kb=1024, sink_delta=100, accepted=100, failed=0
+    )
+    lossy = report.Run(
+        "mailsvc", n=100, seconds=0.1, cpu_seconds=0.1, peak_rss_kb=1024, sink_delta=90, accepted=100, failed=0
+    )
     (summary,) = report.summarise([good, lossy], {"mailsvc": "ours"})
     assert summary.rate == 100.0  # the "fast" lossy run is not the median
     table = report.markdown_table([summary])

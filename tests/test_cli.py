@@ -56,15 +56,32 @@ def test_send_queues_one_message_with_attachment(db: str, tmp_path: Path, capsys
     report = tmp_path / "report.pdf"
     report.write_bytes(b"%PDF-1.4 fake")
     code, out, err = run_cli(
-        capsys, "send", "Ann <ann@example.com>", "bob@example.com", "--subject", "Quarterly",
-        "--body", "See attached.", "--cc", "cc@example.com", "--bcc", "hidden@example.com",
-        "--attach", str(report), "--header", "X-Campaign: q3",
+        capsys,
+        "send",
+        "Ann <ann@example.com>",
+        "bob@example.com",
+        "--subject",
+        "Quarterly",
+        "--body",
+        "See attached.",
+        "--cc",
+        "cc@example.com",
+        "--bcc",
+        "hidden@example.com",
+        "--attach",
+        str(report),
+        "--header",
+        "X-Campaign: q3",
     )
     assert code == EXIT_OK, err
     message_id = out.strip()
     status = outbox_call(db, "status", message_id)
     assert sorted(r.recipient for r in status.recipients) == [
-        "ann@example.com", "bob@example.com", "cc@example.com", "hidden@example.com"]
+        "ann@example.com",
+        "bob@example.com",
+        "cc@example.com",
+        "hidden@example.com",
+    ]
     assert {r.state for r in status.recipients} == {"queued"}
 
     [item] = claimed(db)
@@ -122,7 +139,9 @@ def test_send_exits_1_when_the_outbox_cannot_be_written(
     assert code == EXIT_FAILED and out == "" and "not queued" in err
 
 
-def test_send_exits_1_under_backpressure(db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_send_exits_1_under_backpressure(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MAILSVC_MAX_PENDING", "1")
     assert run_cli(capsys, "send", "a@example.com", "-s", "Hi", "-b", "x")[0] == EXIT_OK
     code, out, err = run_cli(capsys, "send", "a@example.com", "-s", "Hi", "-b", "x")
@@ -154,8 +173,10 @@ def test_bulk_csv_is_one_batch(db: str, tmp_path: Path, capsys: pytest.CaptureFi
 def test_bulk_jsonl_both_shapes(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = tmp_path / "people.jsonl"
     rows.write_text(
-        json.dumps({"to": "Ann <ann@example.com>", "context": {"name": "Ann", "url": "u"}}) + "\n\n"
-        + json.dumps({"email": "bob@example.com", "name": "Bob", "url": "u"}) + "\n"
+        json.dumps({"to": "Ann <ann@example.com>", "context": {"name": "Ann", "url": "u"}})
+        + "\n\n"
+        + json.dumps({"email": "bob@example.com", "name": "Bob", "url": "u"})
+        + "\n"
     )
     code, out, err = run_cli(capsys, "bulk", str(rows), "-t", "welcome", "--subject", "Hello!")
     assert code == EXIT_OK, err
@@ -171,7 +192,11 @@ def test_bulk_jsonl_both_shapes(db: str, tmp_path: Path, capsys: pytest.CaptureF
         ("bad.csv", "email,name\nann@example.com,Ann\n", "line 2: variable missing from context: 'url'"),
         ("bad.csv", "name,url\nAnn,u\n", "needs an 'email' (or 'to') column"),
         ("bad.csv", "email,name,url\nann@example.com,Ann,u,extra\n", "line 2: more values"),
-        ("bad.jsonl", '{"to": "a@example.com", "context": {"name": "A", "url": "u"}}\n{"to": \n', "line 2: not valid JSON"),
+        (
+            "bad.jsonl",
+            '{"to": "a@example.com", "context": {"name": "A", "url": "u"}}\n{"to": \n',
+            "line 2: not valid JSON",
+        ),
         ("bad.jsonl", '{"context": {"name": "A"}}\n', "line 1: to: needs an address"),
         ("bad.txt", "email\na@example.com\n", "--format"),
         ("empty.csv", "email,name,url\n", "no recipient rows"),
@@ -208,8 +233,22 @@ async def test_bulk_wait_follows_real_delivery_to_the_dev_inbox(tmp_path: Path) 
         env = os.environ | {"MAILSVC_DATABASE_URL": url}
         env.pop("MAIL_SERVER", None)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailsvc.cli", "bulk", str(rows), "-t", "welcome", "--wait", "--poll", "0.05",
-            "--timeout", "120", cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "mailsvc.cli",
+            "bulk",
+            str(rows),
+            "-t",
+            "welcome",
+            "--wait",
+            "--poll",
+            "0.05",
+            "--timeout",
+            "120",
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
         assert proc.returncode == EXIT_OK, err.decode()
@@ -222,8 +261,18 @@ async def test_bulk_wait_follows_real_delivery_to_the_dev_inbox(tmp_path: Path) 
 HEAVY = ("quart", "hypercorn", "pydantic", "aiosmtplib", "aiosqlite", "asyncpg", "jinja2", "email_validator")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["send", "--help"], ["bulk", "--help"], ["db", "--help"],
-                                  ["serve", "--help"], ["status", "--help"], ["worker", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["send", "--help"],
+        ["bulk", "--help"],
+        ["db", "--help"],
+        ["serve", "--help"],
+        ["status", "--help"],
+        ["worker", "--help"],
+    ],
+)
 def test_help_imports_no_heavy_library(argv: list[str]) -> None:
     """``mailsvc --help`` only parses arguments: Quart, pydantic and the drivers load inside the commands.
 

@@ -59,11 +59,19 @@ def test_password_to_remote_host_needs_tls_or_explicit_opt_in(mode: str) -> None
 def test_gmail_style_config_and_defaults(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("not parsed at load")
-    cfg = MailConfig.from_mapping({
-        "MAIL_SERVER": "smtp.gmail.com", "MAIL_PORT": 465, "MAIL_USE_SSL": True, "MAIL_USERNAME": "me@gmail.com",
-        "MAIL_PASSWORD": SECRET, "MAIL_DEFAULT_SENDER": ("Shop", "me@gmail.com"), "MAIL_CA_FILE": str(ca),
-        "UNRELATED_KEY": 1, "MAIL_MAX_EMAILS": None,
-    })
+    cfg = MailConfig.from_mapping(
+        {
+            "MAIL_SERVER": "smtp.gmail.com",
+            "MAIL_PORT": 465,
+            "MAIL_USE_SSL": True,
+            "MAIL_USERNAME": "me@gmail.com",
+            "MAIL_PASSWORD": SECRET,
+            "MAIL_DEFAULT_SENDER": ("Shop", "me@gmail.com"),
+            "MAIL_CA_FILE": str(ca),
+            "UNRELATED_KEY": 1,
+            "MAIL_MAX_EMAILS": None,
+        }
+    )
     assert (cfg.port, cfg.use_ssl, cfg.use_tls, cfg.encrypted) == (465, True, False, True)
     assert cfg.validate_certs and cfg.ca_file == ca and cfg.max_emails is None
     assert cfg.default_sender == ("Shop", "me@gmail.com")

@@ -25,7 +25,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 def make_app(tmp_path: Path, **service: object) -> Quart:
     fields: dict[str, object] = {
-        "database_url": f"sqlite:///{tmp_path}/o.sqlite3", "dev_smtp_port": 0, "workers": 0,
+        "database_url": f"sqlite:///{tmp_path}/o.sqlite3",
+        "dev_smtp_port": 0,
+        "workers": 0,
     } | service
     return create_app(
         MailConfig(server="127.0.0.1", port=8025, default_sender="app@example.com"),
@@ -54,7 +56,9 @@ async def send(served: Served) -> AsyncIterator[Send]:
 
 def html_message(subject: str = "Welcome <Ann>", to: str = "Ann <ann@example.com>") -> Message:
     msg = Message(
-        subject, recipients=[to], body="Hi Ann, plain.",
+        subject,
+        recipients=[to],
+        body="Hi Ann, plain.",
         html='<p>Hi <b>Ann</b> <img alt="logo" src="cid:logo@x"></p><script>document.title="pwned"</script>',
     )
     msg.attach("logo.png", "image/png", b"\x89PNG\r\n\x1a\nfake", "inline", {"Content-ID": "<logo@x>"})
@@ -100,7 +104,7 @@ async def test_html_frame_runs_no_script(served: Served, send: Send) -> None:
     client = served.test_client()
     page = await (await client.get("/inbox/1")).get_data(as_text=True)
     assert 'src="/inbox/1/html"' in page
-    iframe = page[page.index("<iframe"):page.index("</iframe>")]
+    iframe = page[page.index("<iframe") : page.index("</iframe>")]
     assert "sandbox=" in iframe and "allow-scripts" not in iframe and "allow-same-origin" not in iframe
 
     frame = await client.get("/inbox/1/html")
@@ -201,8 +205,13 @@ async def test_other_apps_can_send_raw_and_malformed_mail(served: Served) -> Non
         b"From: legacy@example.com\r\nTo: bob@example.com\r\nSubject: =?x-unknown?q?broken?=\r\n"
         b"Content-Type: text/plain; charset=x-unknown\r\n\r\nbody \xff\xfe bytes\r\n"
     )
-    await aiosmtplib.send(raw, sender="legacy@example.com", recipients=["bob@example.com", "eve@example.com"],
-                          hostname="127.0.0.1", port=port)
+    await aiosmtplib.send(
+        raw,
+        sender="legacy@example.com",
+        recipients=["bob@example.com", "eve@example.com"],
+        hostname="127.0.0.1",
+        port=port,
+    )
     client = served.test_client()
     detail = await (await client.get("/api/inbox/1")).get_json()
     assert detail["to"] == ["bob@example.com", "eve@example.com"] and "body" in detail["text"]
@@ -236,7 +245,7 @@ async def test_routes_are_404_with_a_real_relay(tmp_path: Path) -> None:
             assert (await client.get(path)).status_code == 404, path
         assert (await client.post("/inbox/delete")).status_code in (404, 405)
         for page in ("/", "/previews"):  # no link to a page that answers 404
-            html = (await (await client.get(page)).get_data(as_text=True))
+            html = await (await client.get(page)).get_data(as_text=True)
             assert 'href="/inbox"' not in html, page
     assert "mailsvc.devinbox" not in app.extensions
     assert not (tmp_path / "devinbox.sqlite3").exists()

@@ -45,7 +45,10 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[str, RecordingHandler]]
         log = (tmp_path / "hypercorn.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{port}"],
-            cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -87,8 +90,11 @@ def _field(html: str, name: str) -> str:
 async def test_json_and_form_through_real_hypercorn(service: tuple[str, RecordingHandler]) -> None:
     base, handler = service
     async with httpx.AsyncClient(base_url=base, follow_redirects=False) as client:
-        r = await client.post("/api/messages", headers={"Authorization": f"Bearer {KEY}"},
-                              json={"to": "Ann <ann@example.com>", "subject": "Via JSON", "text": "hello"})
+        r = await client.post(
+            "/api/messages",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"to": "Ann <ann@example.com>", "subject": "Via JSON", "text": "hello"},
+        )
         assert r.status_code == 202, r.text
         id_ = r.json()["id"]
         r = await client.post("/api/messages", json={"to": "a@example.com", "subject": "s", "text": "t"})
@@ -99,10 +105,18 @@ async def test_json_and_form_through_real_hypercorn(service: tuple[str, Recordin
         r = await client.post("/signin", data={"csrf_token": _field(page, "csrf_token"), "key": KEY, "next": "/"})
         assert r.status_code == 302
         page = (await client.get("/")).text
-        r = await client.post("/", data={"csrf_token": _field(page, "csrf_token"), "nonce": _field(page, "nonce"),
-                                         "email": "bob@example.com, Cy <cy@example.com>", "subject": "Via form",
-                                         "message": "see file", "template": ""},
-                              files={"attachments": ("notes.txt", b"line 1\nline 2\n", "text/plain")})
+        r = await client.post(
+            "/",
+            data={
+                "csrf_token": _field(page, "csrf_token"),
+                "nonce": _field(page, "nonce"),
+                "email": "bob@example.com, Cy <cy@example.com>",
+                "subject": "Via form",
+                "message": "see file",
+                "template": "",
+            },
+            files={"attachments": ("notes.txt", b"line 1\nline 2\n", "text/plain")},
+        )
         assert r.status_code == 200 and "Message queued" in r.text, r.text
 
         await _wait(handler, 2)

@@ -24,14 +24,27 @@ def make_app(**cfg: object) -> Quart:
 
 async def test_gmail_style_ssl_with_login_end_to_end(server_ssl_context: ssl.SSLContext, ca_file: str) -> None:
     handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
-    async with smtp_server(handler, ssl_context=server_ssl_context, authenticator=authenticator, auth_require_tls=False) as port:
+    async with smtp_server(
+        handler, ssl_context=server_ssl_context, authenticator=authenticator, auth_require_tls=False
+    ) as port:
         app = make_app(
-            MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_USE_SSL=True, MAIL_USERNAME=USER, MAIL_PASSWORD=PASSWORD,
-            MAIL_DEFAULT_SENDER=("Shop", USER), MAIL_CA_FILE=ca_file,
+            MAIL_SERVER="127.0.0.1",
+            MAIL_PORT=port,
+            MAIL_USE_SSL=True,
+            MAIL_USERNAME=USER,
+            MAIL_PASSWORD=PASSWORD,
+            MAIL_DEFAULT_SENDER=("Shop", USER),
+            MAIL_CA_FILE=ca_file,
         )
         mail = Mail(app)
         async with app.test_app():
-            msg = Message("Welcome", recipients=["ann@example.com"], bcc=["audit@example.com"], body="Hi Ann", html="<p>Hi Ann</p>")
+            msg = Message(
+                "Welcome",
+                recipients=["ann@example.com"],
+                bcc=["audit@example.com"],
+                body="Hi Ann",
+                html="<p>Hi Ann</p>",
+            )
             msg.attach("terms.pdf", "application/pdf", b"%PDF-1.4 binary \x00\xff")
             result = await mail.send(msg)
     assert result.ok and sorted(result.delivered) == ["ann@example.com", "audit@example.com"]
@@ -65,7 +78,9 @@ INJECTIONS: dict[str, Callable[[Message, str], None]] = {
     "attachment_filename": lambda m, b: m.attach(f"a{b}.txt", "text/plain", b"x"),
     "attachment_content_type": lambda m, b: m.attach("a.txt", f"text/plain{b}X-Evil: 1", b"x"),
     "attachment_disposition": lambda m, b: m.attach("a.txt", "text/plain", b"x", f"attachment{b}X-Evil: 1"),
-    "attachment_header_value": lambda m, b: m.attach("a.png", "image/png", PNG, "inline", {"Content-ID": f"<logo>{b}X: y"}),
+    "attachment_header_value": lambda m, b: m.attach(
+        "a.png", "image/png", PNG, "inline", {"Content-ID": f"<logo>{b}X: y"}
+    ),
     "attachment_header_name": lambda m, b: m.attach("a.png", "image/png", PNG, "inline", {f"X-Note{b}": "v"}),
     "attachments_list": lambda m, b: m.attachments.append(Attachment(f"b{b}.bin", "application/octet-stream", b"x")),
     "mail_options": lambda m, b: m.mail_options.append(f"BODY=8BITMIME{b}RCPT TO:<victim@evil.example>"),
@@ -73,12 +88,22 @@ INJECTIONS: dict[str, Callable[[Message, str], None]] = {
 
 
 EXPECTED_FIELD = {
-    "subject": "subject", "sender": "sender", "sender_name": "sender",
-    "recipients": "recipients[1]", "recipient_name": "recipients[1]", "cc": "cc[0]", "bcc": "bcc[0]",
-    "reply_to": "reply_to[0]", "extra_header_value": "extra_headers.X-Campaign", "extra_header_name": "extra_headers",
-    "attachment_filename": "attachments[0].filename", "attachment_content_type": "attachments[0].content_type",
-    "attachment_disposition": "attachments[0].disposition", "attachment_header_value": "attachments[0].headers.Content-ID",
-    "attachment_header_name": "attachments[0].headers", "attachments_list": "attachments[0].filename",
+    "subject": "subject",
+    "sender": "sender",
+    "sender_name": "sender",
+    "recipients": "recipients[1]",
+    "recipient_name": "recipients[1]",
+    "cc": "cc[0]",
+    "bcc": "bcc[0]",
+    "reply_to": "reply_to[0]",
+    "extra_header_value": "extra_headers.X-Campaign",
+    "extra_header_name": "extra_headers",
+    "attachment_filename": "attachments[0].filename",
+    "attachment_content_type": "attachments[0].content_type",
+    "attachment_disposition": "attachments[0].disposition",
+    "attachment_header_value": "attachments[0].headers.Content-ID",
+    "attachment_header_name": "attachments[0].headers",
+    "attachments_list": "attachments[0].filename",
     "mail_options": "mail_options",
 }
 
@@ -95,9 +120,18 @@ async def test_header_injection_refused_before_any_connection(field: str, bad: s
             with pytest.raises(BadHeaderError) as err:
                 await mail.send(msg)
             with pytest.raises(BadHeaderError):
-                await mail.send_message(msg.subject, recipients=msg.recipients, cc=msg.cc, bcc=msg.bcc, body="x",
-                                        sender=msg.sender, reply_to=msg.reply_to, extra_headers=msg.extra_headers,
-                                        attachments=msg.attachments, mail_options=msg.mail_options)
+                await mail.send_message(
+                    msg.subject,
+                    recipients=msg.recipients,
+                    cc=msg.cc,
+                    bcc=msg.bcc,
+                    body="x",
+                    sender=msg.sender,
+                    reply_to=msg.reply_to,
+                    extra_headers=msg.extra_headers,
+                    attachments=msg.attachments,
+                    mail_options=msg.mail_options,
+                )
             [result] = await mail.send_many([msg])
     assert err.value.field == EXPECTED_FIELD[field]
     assert not result.ok and all(r.status == "failed" for r in result.recipients)
@@ -108,12 +142,14 @@ async def test_header_injection_refused_before_any_connection(field: str, bad: s
 
 # -- connection reuse ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("max_emails, connections", [(None, 1), (2, 3)])
 async def test_connect_reuses_one_connection_and_reconnects_after_max(max_emails: int | None, connections: int) -> None:
     handler, counter = RecordingHandler(), ConnectionCounter()
     async with smtp_server(handler, connections=counter) as port:
-        app = make_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_DEFAULT_SENDER="shop@example.com",
-                       MAIL_MAX_EMAILS=max_emails)
+        app = make_app(
+            MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_DEFAULT_SENDER="shop@example.com", MAIL_MAX_EMAILS=max_emails
+        )
         mail = Mail(app)
         async with app.test_app():
             async with mail.connect() as conn:
@@ -149,11 +185,16 @@ async def test_connection_send_raises_when_nobody_accepted() -> None:
 
 # -- recording and suppression -------------------------------------------------------------------------
 
+
 async def test_record_messages_is_scoped_per_app_and_suppress_sends_nothing() -> None:
     handler, counter = RecordingHandler(), ConnectionCounter()
     async with smtp_server(handler, connections=counter) as port:
-        common = {"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": port, "MAIL_DEFAULT_SENDER": "shop@example.com",
-                  "MAIL_SUPPRESS_SEND": True}
+        common = {
+            "MAIL_SERVER": "127.0.0.1",
+            "MAIL_PORT": port,
+            "MAIL_DEFAULT_SENDER": "shop@example.com",
+            "MAIL_SUPPRESS_SEND": True,
+        }
         app1, app2 = make_app(**common), make_app(**common)
         mail1, mail2 = Mail(app1), Mail(app2)
         with mail1.record_messages() as out1, mail2.record_messages() as out2:
@@ -205,7 +246,9 @@ def test_uninitialised_app_is_a_clear_error() -> None:
         _ = mail.state
 
 
-@pytest.mark.parametrize("testing, suppress, sent", [(True, None, 0), (True, False, 1), (False, None, 1), (False, True, 0)])
+@pytest.mark.parametrize(
+    "testing, suppress, sent", [(True, None, 0), (True, False, 1), (False, None, 1), (False, True, 0)]
+)
 async def test_suppress_send_defaults_to_app_testing_like_flask_mail(
     testing: bool, suppress: bool | None, sent: int, smtp_port: int, handler: RecordingHandler
 ) -> None:

@@ -46,30 +46,80 @@ CASES: dict[str, dict[str, Any]] = {
     "text and html": {"subject": "Hi", "recipients": ["a@b.example"], "body": "Hi", "html": "<p>Hi</p>", "date": 1.7e9},
     "empty": {"subject": "", "recipients": ["a@b.example"], "date": 0},
     "unicode everywhere": {
-        "subject": "Zoë, ton reçu № 42 ✓", "recipients": [("Zoë Ünïcode", "zoe@bücher.example")],
-        "body": "Grüße\n" * 30, "html": "<p>Grüße ✓</p>" * 40, "sender": ("Éditions", "ed@b.example"), "date": 0,
+        "subject": "Zoë, ton reçu № 42 ✓",
+        "recipients": [("Zoë Ünïcode", "zoe@bücher.example")],
+        "body": "Grüße\n" * 30,
+        "html": "<p>Grüße ✓</p>" * 40,
+        "sender": ("Éditions", "ed@b.example"),
+        "date": 0,
     },
-    "long lines and dots": {"subject": "x" * 120, "recipients": ["a@b.example"], "body": "y" * 300 + "\n.dot\r\nend\r", "date": 0},
+    "long lines and dots": {
+        "subject": "x" * 120,
+        "recipients": ["a@b.example"],
+        "body": "y" * 300 + "\n.dot\r\nend\r",
+        "date": 0,
+    },
     "every address header": {
-        "subject": "Hi", "recipients": ["a@b.example", "Ann Smith <ann@b.example>"], "cc": ["c@d.example"],
-        "bcc": ["hidden@d.example"], "reply_to": "r@s.example", "body": "x", "html": "<b>x</b>", "date": 0,
-        "extra_headers": {"X-Campaign": "nov 2026", "List-Unsubscribe": "<https://b.example/u?x=1>", "Sender": "s@b.example"},
+        "subject": "Hi",
+        "recipients": ["a@b.example", "Ann Smith <ann@b.example>"],
+        "cc": ["c@d.example"],
+        "bcc": ["hidden@d.example"],
+        "reply_to": "r@s.example",
+        "body": "x",
+        "html": "<b>x</b>",
+        "date": 0,
+        "extra_headers": {
+            "X-Campaign": "nov 2026",
+            "List-Unsubscribe": "<https://b.example/u?x=1>",
+            "Sender": "s@b.example",
+        },
     },
     "quoted display name": {"subject": "Hi", "recipients": ['"Smith, Ann" <ann@b.example>'], "body": "x", "date": 0},
-    "binary-ish text (base64)": {"subject": "Hi", "recipients": ["a@b.example"], "body": "\u4e2d\u6587" * 200, "date": 0},
+    "binary-ish text (base64)": {
+        "subject": "Hi",
+        "recipients": ["a@b.example"],
+        "body": "\u4e2d\u6587" * 200,
+        "date": 0,
+    },
     # Shapes the fast path hands to Message.build: still identical, by construction.
     "attachment": {
-        "subject": "Hi", "recipients": ["a@b.example"], "body": "see attached", "html": "<p>see</p>", "date": 0,
+        "subject": "Hi",
+        "recipients": ["a@b.example"],
+        "body": "see attached",
+        "html": "<p>see</p>",
+        "date": 0,
         "attachments": [Attachment("r\u00e9sum\u00e9.pdf", "application/pdf", b"%PDF-1.4 fake")],
     },
     "inline image": {
-        "subject": "Hi", "recipients": ["a@b.example"], "body": "logo", "html": '<img src="cid:logo">', "date": 0,
+        "subject": "Hi",
+        "recipients": ["a@b.example"],
+        "body": "logo",
+        "html": '<img src="cid:logo">',
+        "date": 0,
         "attachments": [Attachment("logo.png", "image/png", PNG, "inline", {"Content-ID": "<logo>"})],
     },
-    "alts": {"subject": "Hi", "recipients": ["a@b.example"], "body": "x", "alts": {"watch-html": "<b>x</b>"}, "date": 0},
-    "latin-1 charset": {"subject": "Hi", "recipients": ["a@b.example"], "body": "caf\u00e9", "charset": "iso-8859-1", "date": 0},
+    "alts": {
+        "subject": "Hi",
+        "recipients": ["a@b.example"],
+        "body": "x",
+        "alts": {"watch-html": "<b>x</b>"},
+        "date": 0,
+    },
+    "latin-1 charset": {
+        "subject": "Hi",
+        "recipients": ["a@b.example"],
+        "body": "caf\u00e9",
+        "charset": "iso-8859-1",
+        "date": 0,
+    },
     "smtputf8": {"subject": "Hi", "recipients": ["z\u00f6e@b.example"], "body": "x", "date": 0},
-    "managed extra header": {"subject": "Hi", "recipients": ["a@b.example"], "body": "x", "date": 0, "extra_headers": {"Reply-To": "r@b.example"}},
+    "managed extra header": {
+        "subject": "Hi",
+        "recipients": ["a@b.example"],
+        "body": "x",
+        "date": 0,
+        "extra_headers": {"Reply-To": "r@b.example"},
+    },
 }
 
 
@@ -103,7 +153,9 @@ def test_boundary_collision_rule_is_the_stdlibs(suffix: bytes) -> None:
 def test_body_holding_the_boundary_is_still_identical() -> None:
     random.seed(1234)
     drawn = BytesGenerator._make_boundary()  # type: ignore[attr-defined]  # the stdlib's own, private
-    stdlib, fast = _pair(subject="Hi", recipients=["a@b.example"], body=f"x\n--{drawn}\n--{drawn}--", html="<p>x</p>", date=0)
+    stdlib, fast = _pair(
+        subject="Hi", recipients=["a@b.example"], body=f"x\n--{drawn}\n--{drawn}--", html="<p>x</p>", date=0
+    )
     assert fast == stdlib
 
 
@@ -119,7 +171,9 @@ def test_parses_back_to_the_same_parts() -> None:
 
 def test_bad_input_is_refused_like_message_build() -> None:
     with pytest.raises(MessageError) as fast:
-        fastbuild.build(Message("Hi\r\nBcc: x@evil.example", recipients=["a@b.example"], body="x"), default_sender=SENDER)
+        fastbuild.build(
+            Message("Hi\r\nBcc: x@evil.example", recipients=["a@b.example"], body="x"), default_sender=SENDER
+        )
     with pytest.raises(MessageError) as plain:
         Message("Hi\r\nBcc: x@evil.example", recipients=["a@b.example"], body="x").build(default_sender=SENDER)
     assert (type(fast.value), fast.value.field) == (type(plain.value), plain.value.field)
@@ -131,12 +185,19 @@ _name = st.from_regex(r"[A-Za-z0-9 ,.'\"()-]{0,30}", fullmatch=True)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(subject=_printable, body=st.one_of(st.none(), _body), html=st.one_of(st.none(), _body), name=_name,
-       tag=_printable)
-def test_same_bytes_for_arbitrary_content(subject: str, body: str | None, html: str | None, name: str, tag: str) -> None:
+@given(
+    subject=_printable, body=st.one_of(st.none(), _body), html=st.one_of(st.none(), _body), name=_name, tag=_printable
+)
+def test_same_bytes_for_arbitrary_content(
+    subject: str, body: str | None, html: str | None, name: str, tag: str
+) -> None:
     kw: dict[str, Any] = {
-        "subject": subject.strip("\r\n"), "recipients": [(name, "reader@bench.example")], "body": body, "html": html,
-        "date": 0, "extra_headers": {"X-Tag": tag},
+        "subject": subject.strip("\r\n"),
+        "recipients": [(name, "reader@bench.example")],
+        "body": body,
+        "html": html,
+        "date": 0,
+        "extra_headers": {"X-Tag": tag},
     }
     outcomes: list[bytes | type[Exception]] = []
     for build in (Message.build, fastbuild.build):
@@ -151,6 +212,7 @@ def test_same_bytes_for_arbitrary_content(subject: str, body: str | None, html: 
 
 
 # -- the body encoder: the stdlib's _encode_text, exactly --------------------------------------------------------
+
 
 def _stdlib_encode_text(text: str) -> tuple[str, str]:
     """What the plain path writes for one UTF-8 text part: the stdlib's choice and payload, lines ending in CRLF."""

@@ -28,8 +28,15 @@ from tests.servers import Authenticator, RecordingHandler, smtp_server
 
 USER, PASSWORD = "relay-user", "s3cret-Pa55word-for-logs"
 BODY_MARKER = "confidential-body-7f3a9c"
-FAST = dict(retry_first=0.05, retry_max=0.2, relay_backoff=0.05, relay_backoff_max=0.2, poll_interval=0.02,
-            workers=1, dev_mode=False)
+FAST = dict(
+    retry_first=0.05,
+    retry_max=0.2,
+    relay_backoff=0.05,
+    relay_backoff_max=0.2,
+    poll_interval=0.02,
+    workers=1,
+    dev_mode=False,
+)
 
 
 @pytest.fixture
@@ -52,21 +59,33 @@ def password_forms() -> list[str]:
 
 
 async def test_debug_logging_of_a_real_authenticated_send_shows_no_password_or_body(
-    restore_logging: None, caplog: pytest.LogCaptureFixture, tmp_path: Path,
-    server_ssl_context: ssl.SSLContext, ca_file: str,
+    restore_logging: None,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    server_ssl_context: ssl.SSLContext,
+    ca_file: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # root at DEBUG: everything not held back by our setup is captured
     configure_logging("DEBUG")
     assert logging.getLogger("mailsvc").getEffectiveLevel() == logging.DEBUG
 
     handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
-    async with smtp_server(handler, tls_context=server_ssl_context, require_starttls=True,
-                           authenticator=authenticator) as port:
-        config = MailConfig(server="127.0.0.1", port=port, use_tls=True, ca_file=Path(ca_file),
-                            username=USER, password=PASSWORD, timeout=10)  # type: ignore[arg-type]
+    async with smtp_server(
+        handler, tls_context=server_ssl_context, require_starttls=True, authenticator=authenticator
+    ) as port:
+        config = MailConfig(
+            server="127.0.0.1",
+            port=port,
+            use_tls=True,
+            ca_file=Path(ca_file),
+            username=USER,
+            password=PASSWORD,
+            timeout=10,
+        )  # type: ignore[arg-type]
         async with SqliteOutbox(tmp_path / "outbox.sqlite3") as outbox:
-            envelope = Message("Quarterly", recipients=["ann@example.com"], sender="shop@example.com",
-                               body=f"Dear Ann, {BODY_MARKER}").build()
+            envelope = Message(
+                "Quarterly", recipients=["ann@example.com"], sender="shop@example.com", body=f"Dear Ann, {BODY_MARKER}"
+            ).build()
             [id_] = (await outbox.enqueue([envelope])).ids
             group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
             await group.start()
@@ -86,8 +105,13 @@ async def test_debug_logging_of_a_real_authenticated_send_shows_no_password_or_b
         text = f"{record.name} {record.getMessage()} {record.exc_text or ''}"
         for secret in [*password_forms(), BODY_MARKER]:
             assert secret not in text, f"{secret!r} logged by {record.name} at {record.levelname}: {text[:300]}"
-    noisy = sorted({r.name for r in caplog.records if r.name.split(".")[0] in {"aiosqlite", "asyncpg", "mail"}
-                    and r.levelno < logging.WARNING})
+    noisy = sorted(
+        {
+            r.name
+            for r in caplog.records
+            if r.name.split(".")[0] in {"aiosqlite", "asyncpg", "mail"} and r.levelno < logging.WARNING
+        }
+    )
     assert not noisy, f"third-party DEBUG/INFO records got through: {noisy}"
 
 
@@ -101,8 +125,10 @@ def test_third_party_loggers_stay_at_warning(restore_logging: None, level: str) 
 
 async def _deliver_batch(outbox: Outbox, config: MailConfig, n: int) -> list[str]:
     """Queue ``n`` one-recipient messages (r{i}@example.com) and run a worker group until none is pending."""
-    envelopes = [Message(f"n{i}", recipients=[f"r{i}@example.com"], sender="shop@example.com",
-                         body="hi").build() for i in range(n)]
+    envelopes = [
+        Message(f"n{i}", recipients=[f"r{i}@example.com"], sender="shop@example.com", body="hi").build()
+        for i in range(n)
+    ]
     ids = (await outbox.enqueue(envelopes, batch=True)).ids
     group = WorkerGroup.from_service(outbox, config, ServiceConfig(**FAST))  # type: ignore[arg-type]
     await group.start()
@@ -118,11 +144,13 @@ async def _deliver_batch(outbox: Outbox, config: MailConfig, n: int) -> list[str
 
 def _logged_ids(lines: list[str]) -> list[str]:
     """The message ids named by "delivery id rcpt=state/code; id ..." lines."""
-    return [entry.split(" ")[0] for line in lines for entry in line[len("delivery "):].split("; ")]
+    return [entry.split(" ")[0] for line in lines for entry in line[len("delivery ") :].split("; ")]
 
 
 async def test_delivery_log_names_every_message_once_in_lines_of_at_most_fifty(
-    restore_logging: None, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+    restore_logging: None,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     """Outcomes are logged a group at a time (one record per flush, split at 50), never losing one."""
     caplog.set_level(logging.INFO, logger="mailsvc.worker")
@@ -131,7 +159,9 @@ async def test_delivery_log_names_every_message_once_in_lines_of_at_most_fifty(
         config = MailConfig(server="127.0.0.1", port=port, timeout=10)
         async with SqliteOutbox(tmp_path / "outbox.sqlite3") as outbox:
             ids = await _deliver_batch(outbox, config, 120)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mailsvc.worker" and r.getMessage().startswith("delivery ")]
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "mailsvc.worker" and r.getMessage().startswith("delivery ")
+    ]
     assert lines
     named = _logged_ids(lines)
     assert sorted(named) == sorted(ids)
@@ -147,8 +177,7 @@ def test_a_big_group_of_outcomes_is_split_into_lines_of_fifty(caplog: pytest.Log
 
     caplog.set_level(logging.INFO, logger="mailsvc.worker")
     worker = Worker(None, MailState(MailConfig()))  # type: ignore[arg-type]  # logging needs no outbox
-    worker._to_log = [(f"id{i}", [RecipientOutcome(f"r{i}@example.com", "deferred", 451, "later")])
-                      for i in range(120)]
+    worker._to_log = [(f"id{i}", [RecipientOutcome(f"r{i}@example.com", "deferred", 451, "later")]) for i in range(120)]
     worker._log_outcomes()
     lines = [r.getMessage() for r in caplog.records if r.name == "mailsvc.worker"]
     assert [line.count("; ") + 1 for line in lines] == [50, 50, 20]
@@ -168,7 +197,9 @@ class _FlakyRecordOutbox(SqliteOutbox):
 
 
 async def test_a_bug_while_recording_loses_no_log_line_and_no_record(
-    restore_logging: None, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+    restore_logging: None,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     caplog.set_level(logging.INFO, logger="mailsvc.worker")
     handler = RecordingHandler()

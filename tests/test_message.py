@@ -195,7 +195,10 @@ def test_duplicate_recipients_sent_once() -> None:
 
 def test_extra_headers_and_reply_to() -> None:
     msg = Message(
-        "Hi", recipients=["a@example.com"], body="x", reply_to=("Help", "help@example.com"),
+        "Hi",
+        recipients=["a@example.com"],
+        body="x",
+        reply_to=("Help", "help@example.com"),
         extra_headers={"X-Campaign": "spring", "Subject": "overridden"},
     )
     _, parsed = build(msg)
@@ -263,9 +266,17 @@ def test_charset() -> None:
 # Every character str.splitlines() breaks on, and encoded-words that decode to a line break
 # (CVE-2024-6923: Python's email package before 3.11.10 writes them back out raw).
 INJECTIONS = [
-    "x\r\nBcc: victim@example.com", "x\nBcc: v@example.com", "x\x00", "x\x0bY", "x\x0cY",
-    "x\x1cY", "x\x85Bcc: v@example.com", "x\u2028Bcc: v@example.com", "x\u2029Y",
-    "=?utf-8?q?a=0D=0ABcc:_victim@example.com?=", "=?utf-8?b?YQ0KWC1JbmplY3RlZDogMQ==?=",
+    "x\r\nBcc: victim@example.com",
+    "x\nBcc: v@example.com",
+    "x\x00",
+    "x\x0bY",
+    "x\x0cY",
+    "x\x1cY",
+    "x\x85Bcc: v@example.com",
+    "x\u2028Bcc: v@example.com",
+    "x\u2029Y",
+    "=?utf-8?q?a=0D=0ABcc:_victim@example.com?=",
+    "=?utf-8?b?YQ0KWC1JbmplY3RlZDogMQ==?=",
 ]
 
 
@@ -274,8 +285,16 @@ INJECTIONS = [
     ("field", "make"),
     [
         ("subject", lambda v: Message(v, recipients=["a@example.com"], body="x")),
-        ("extra_headers.X-Campaign", lambda v: Message("Hi", recipients=["a@example.com"], body="x", extra_headers={"X-Campaign": v})),
-        ("attachments[0].filename", lambda v: Message("Hi", recipients=["a@example.com"], body="x", attachments=[Attachment(v + ".txt", "text/plain", b"x")])),
+        (
+            "extra_headers.X-Campaign",
+            lambda v: Message("Hi", recipients=["a@example.com"], body="x", extra_headers={"X-Campaign": v}),
+        ),
+        (
+            "attachments[0].filename",
+            lambda v: Message(
+                "Hi", recipients=["a@example.com"], body="x", attachments=[Attachment(v + ".txt", "text/plain", b"x")]
+            ),
+        ),
     ],
 )
 def test_header_injection_rejected_in_library_path(field: str, make, bad: str) -> None:  # type: ignore[no-untyped-def]

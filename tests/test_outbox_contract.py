@@ -45,8 +45,12 @@ async def outbox(make_outbox: MakeOutbox) -> Outbox:
     return await make_outbox()
 
 
-def envelope(subject: str = "Hello", recipients: tuple[str, ...] = ("ann@example.com",), body: str = "hi",
-             attachment: bytes | None = None) -> Envelope:
+def envelope(
+    subject: str = "Hello",
+    recipients: tuple[str, ...] = ("ann@example.com",),
+    body: str = "hi",
+    attachment: bytes | None = None,
+) -> Envelope:
     msg = Message(subject, recipients=list(recipients), body=body, html=f"<p>{body}</p>", sender="shop@example.com")
     if attachment is not None:
         msg.attach("a.bin", "application/octet-stream", attachment)
@@ -58,7 +62,9 @@ def bulk(n: int) -> list[Envelope]:
     base = envelope("Bulk")
     return [
         dataclasses.replace(
-            base, recipients=(f"u{i}@example.com",), message_id=f"<bulk{i}@test>",
+            base,
+            recipients=(f"u{i}@example.com",),
+            message_id=f"<bulk{i}@test>",
             data=base.data.replace(base.message_id.encode(), f"<bulk{i}@test>".encode()),
         )
         for i in range(n)
@@ -78,13 +84,21 @@ async def test_enqueue_stores_every_recipient_queued(outbox: Outbox) -> None:
     assert status.state == "queued"
     assert status.message_id == env.message_id
     assert [(r.recipient, r.state, r.attempts) for r in status.recipients] == [
-        ("ann@example.com", "queued", 0), ("bob@example.com", "queued", 0)]
+        ("ann@example.com", "queued", 0),
+        ("bob@example.com", "queued", 0),
+    ]
     assert await outbox.pending_count() == 1
 
 
 async def test_claim_returns_exactly_what_was_accepted(outbox: Outbox) -> None:
-    msg = Message("Hi", recipients=["ann@example.com"], body="x", sender="shop@example.com",
-                  mail_options=["BODY=8BITMIME"], rcpt_options=["NOTIFY=NEVER"])
+    msg = Message(
+        "Hi",
+        recipients=["ann@example.com"],
+        body="x",
+        sender="shop@example.com",
+        mail_options=["BODY=8BITMIME"],
+        rcpt_options=["NOTIFY=NEVER"],
+    )
     msg.attach("data.bin", "application/octet-stream", bytes(range(256)) * 100)
     env = msg.build()
     await outbox.enqueue([env])
@@ -131,8 +145,9 @@ async def test_idempotency_key_with_other_content_is_an_error(outbox: Outbox) ->
 async def test_idempotency_key_concurrent_gives_one_message(make_outbox: MakeOutbox) -> None:
     a = await make_outbox()
     b = await make_outbox()  # a second connection, as a second node or process would have
-    results = await asyncio.gather(*(
-        (a if i % 2 else b).enqueue([envelope()], idempotency_key="same") for i in range(10)))
+    results = await asyncio.gather(
+        *((a if i % 2 else b).enqueue([envelope()], idempotency_key="same") for i in range(10))
+    )
     assert len({tuple(r.ids) for r in results}) == 1
     assert sum(not r.duplicate for r in results) == 1
     assert await a.pending_count() == 1
@@ -184,11 +199,15 @@ async def test_record_per_recipient_and_retry_only_the_deferred(outbox: Outbox) 
     rcpts = ("ok@example.com", "bad@example.com", "later@example.com")
     [id_] = (await outbox.enqueue([envelope(recipients=rcpts)])).ids
     [msg] = await outbox.claim("w1", 10, 60)
-    await outbox.record(id_, "w1", [
-        outcome("ok@example.com", "delivered", 250),
-        outcome("bad@example.com", "failed", 550),
-        outcome("later@example.com", "deferred", 451, at=0.2),
-    ])
+    await outbox.record(
+        id_,
+        "w1",
+        [
+            outcome("ok@example.com", "delivered", 250),
+            outcome("bad@example.com", "failed", 550),
+            outcome("later@example.com", "deferred", 451, at=0.2),
+        ],
+    )
     status = await outbox.status(id_)
     assert status.state == "deferred"
     by = {r.recipient: r for r in status.recipients}
@@ -222,8 +241,9 @@ async def test_final_states_are_never_overwritten(outbox: Outbox) -> None:
 async def test_all_recipients_final_without_delivery_is_failed(outbox: Outbox) -> None:
     result = await outbox.enqueue([envelope(recipients=("a@example.com", "b@example.com"))], batch=True)
     await outbox.claim("w1", 10, 60)
-    await outbox.record(result.ids[0], "w1", [outcome("a@example.com", "failed", 550),
-                                              outcome("b@example.com", "expired", 451)])
+    await outbox.record(
+        result.ids[0], "w1", [outcome("a@example.com", "failed", 550), outcome("b@example.com", "expired", 451)]
+    )
     assert (await outbox.status(result.ids[0])).state == "failed"
     assert result.batch_id is not None
     assert await outbox.batch_status(result.batch_id) == {"failed": 1}
@@ -245,14 +265,15 @@ async def test_ping_succeeds_on_a_writable_store(outbox: Outbox) -> None:
 
 
 # -- enqueue_stream: a batch stored a chunk at a time, still one transaction -------------------------
-async def _chunks(envs: list[Envelope], size: int, fail_after: int | None = None,
-                  started: list[int] | None = None) -> AsyncIterator[list[Envelope]]:
+async def _chunks(
+    envs: list[Envelope], size: int, fail_after: int | None = None, started: list[int] | None = None
+) -> AsyncIterator[list[Envelope]]:
     for n, i in enumerate(range(0, len(envs), size)):
         if started is not None:
             started.append(n)
         if fail_after is not None and n == fail_after:
             raise ValueError("the caller's build failed")
-        yield envs[i:i + size]
+        yield envs[i : i + size]
 
 
 async def test_stream_stores_every_chunk_as_one_batch(outbox: Outbox) -> None:
@@ -262,15 +283,18 @@ async def test_stream_stores_every_chunk_as_one_batch(outbox: Outbox) -> None:
     assert await outbox.batch_status(result.batch_id) == {"queued": 1200}
     # In order: the n-th id is the n-th envelope, exactly as accepted.
     status = await outbox.status(result.ids[1100])
-    assert status.message_id == envs[1100].message_id and [r.recipient for r in status.recipients] == ["u1100@example.com"]
+    assert status.message_id == envs[1100].message_id and [r.recipient for r in status.recipients] == [
+        "u1100@example.com"
+    ]
     claimed = await outbox.claim("w", 2000, 60)
     assert sorted(c.envelope.message_id for c in claimed) == sorted(e.message_id for e in envs)
 
 
 async def test_stream_failing_midway_stores_nothing(outbox: Outbox) -> None:
     with pytest.raises(ValueError, match="build failed"):
-        await outbox.enqueue_stream(1000, _chunks(bulk(1000), 100, fail_after=5), batch=True, idempotency_key="k",
-                                    fingerprint="f1")
+        await outbox.enqueue_stream(
+            1000, _chunks(bulk(1000), 100, fail_after=5), batch=True, idempotency_key="k", fingerprint="f1"
+        )
     assert await outbox.pending_count() == 0
     # The key was not taken by the failed request.
     again = await outbox.enqueue_stream(3, _chunks(bulk(3), 2), idempotency_key="k", fingerprint="f1")
@@ -296,8 +320,9 @@ async def test_stream_checks_pending_limit_before_building(make_outbox: MakeOutb
 async def test_stream_idempotent_replay_builds_nothing(outbox: Outbox) -> None:
     first = await outbox.enqueue_stream(5, _chunks(bulk(5), 2), batch=True, idempotency_key="k", fingerprint="f")
     started: list[int] = []
-    again = await outbox.enqueue_stream(5, _chunks(bulk(5), 2, started=started), batch=True,
-                                        idempotency_key="k", fingerprint="f")
+    again = await outbox.enqueue_stream(
+        5, _chunks(bulk(5), 2, started=started), batch=True, idempotency_key="k", fingerprint="f"
+    )
     assert again.duplicate and again.ids == first.ids and again.batch_id == first.batch_id and started == []
     with pytest.raises(IdempotencyConflictError):
         await outbox.enqueue_stream(5, _chunks(bulk(5), 2), batch=True, idempotency_key="k", fingerprint="other")
@@ -334,14 +359,18 @@ async def test_concurrent_enqueues_each_get_their_own_answer(make_outbox: MakeOu
     """Many enqueues at once (SQLite commits them together): each is stored or refused on its own."""
     outbox = await make_outbox(max_pending=6)
     calls = [outbox.enqueue([envelope(f"n{i}")]) for i in range(8)]
-    calls += [outbox.enqueue([envelope(body="one")], idempotency_key="k"),
-              outbox.enqueue([envelope(body="two")], idempotency_key="k"),
-              outbox.enqueue([envelope(body="one")], idempotency_key="k")]
+    calls += [
+        outbox.enqueue([envelope(body="one")], idempotency_key="k"),
+        outbox.enqueue([envelope(body="two")], idempotency_key="k"),
+        outbox.enqueue([envelope(body="one")], idempotency_key="k"),
+    ]
     results = await asyncio.gather(*calls, return_exceptions=True)
     stored = [r for r in results if not isinstance(r, BaseException) and not r.duplicate]
     # Exactly 6 where enqueues are serialised (SQLite); PostgreSQL's limit is approximate under concurrency.
     assert len(stored) >= 6 and await outbox.pending_count() == len(stored)
-    assert all(isinstance(r, (OutboxFullError, IdempotencyConflictError)) for r in results if isinstance(r, BaseException))
+    assert all(
+        isinstance(r, (OutboxFullError, IdempotencyConflictError)) for r in results if isinstance(r, BaseException)
+    )
     keyed = [r for r in results[8:] if not isinstance(r, BaseException)]
     assert len({tuple(r.ids) for r in keyed}) <= 1  # one message for the key, whoever got it
     for r in stored:

@@ -13,8 +13,9 @@ from mailsvc.outbox import SqliteOutbox, open_outbox
 
 
 def envelopes(n: int) -> list:  # type: ignore[type-arg]
-    return [Message(f"n{i}", recipients=[f"u{i}@example.com"], body="x", sender="s@example.com").build()
-            for i in range(n)]
+    return [
+        Message(f"n{i}", recipients=[f"u{i}@example.com"], body="x", sender="s@example.com").build() for i in range(n)
+    ]
 
 
 async def test_file_is_created_with_wal_and_full_sync(tmp_path: Path) -> None:

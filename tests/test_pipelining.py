@@ -36,13 +36,17 @@ class PipeliningHandler(RecordingHandler):
     pipelined_mails: int = 0
     lockstep_mails: int = 0
 
-    async def handle_EHLO(self, server: Any, session: Session, envelope: ServerEnvelope, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Session, envelope: ServerEnvelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         if self.advertise:
             responses.insert(1, "250-PIPELINING")
         return responses
 
-    async def handle_MAIL(self, server: Any, session: Session, envelope: ServerEnvelope, address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: ServerEnvelope, address: str, mail_options: list[str]
+    ) -> str:
         if b"RCPT TO" in bytes(server._reader._buffer):
             self.pipelined_mails += 1
         else:
@@ -99,7 +103,9 @@ async def _send(
             second: Any = None
             if then_send_another and smtp.is_connected:
                 handler.refuse, handler.data_reply, handler.refuse_sender = {}, None, None
-                second = await pipelining.sendmail(smtp, "a@example.com", ["z@example.com"], b"Subject: 2\r\n\r\nagain\r\n")
+                second = await pipelining.sendmail(
+                    smtp, "a@example.com", ["z@example.com"], b"Subject: 2\r\n\r\nagain\r\n"
+                )
             smtp.close()
             return _outcome(first), second and _outcome(second)
     finally:
@@ -108,8 +114,14 @@ async def _send(
 
 SCENARIOS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "all accepted": ({}, ["b@example.com", "c@example.com"]),
-    "one refused": ({"refuse": {"c@example.com": "550 5.1.1 no such user"}}, ["b@example.com", "c@example.com", "d@example.com"]),
-    "all refused": ({"refuse": {"b@example.com": "550 no", "c@example.com": "451 try later"}}, ["b@example.com", "c@example.com"]),
+    "one refused": (
+        {"refuse": {"c@example.com": "550 5.1.1 no such user"}},
+        ["b@example.com", "c@example.com", "d@example.com"],
+    ),
+    "all refused": (
+        {"refuse": {"b@example.com": "550 no", "c@example.com": "451 try later"}},
+        ["b@example.com", "c@example.com"],
+    ),
     "data rejected": ({"data_reply": "554 5.7.1 spam"}, ["b@example.com"]),
     "sender refused": ({"refuse_sender": "553 5.7.1 not yours"}, ["b@example.com"]),
 }
@@ -140,7 +152,9 @@ async def test_dot_stuffing_and_line_endings_arrive_intact() -> None:
 async def test_server_without_pipelining_gets_plain_sendmail() -> None:
     handler = PipeliningHandler(advertise=False, refuse={"c@example.com": "550 no"})
     without = await _send(handler, ["b@example.com", "c@example.com"], enabled=True)
-    reference = await _send(PipeliningHandler(refuse={"c@example.com": "550 no"}), ["b@example.com", "c@example.com"], enabled=False)
+    reference = await _send(
+        PipeliningHandler(refuse={"c@example.com": "550 no"}), ["b@example.com", "c@example.com"], enabled=False
+    )
     assert without == reference
     assert handler.pipelined_mails == 0 and handler.lockstep_mails == 2
     assert [r.rcpt_tos for r in handler.received] == [["b@example.com"], ["z@example.com"]]
@@ -207,9 +221,19 @@ def _batch() -> list[Message]:
         Message("text", recipients=["t@example.com"], body="plain\n.dot line\n"),
         Message("html", recipients=["h@example.com"], html="<p>hi</p>"),
         Message("both ✓", recipients=[("Zoë", "z@example.com")], body="Grüße\n" * 40, html="<p>Grüße</p>"),
-        Message("attachment", recipients=["a@example.com"], body="see", attachments=[Attachment("r.pdf", "application/pdf", b"%PDF")]),
-        Message("inline", recipients=["i@example.com"], body="logo", html='<img src="cid:logo">',
-                attachments=[Attachment("logo.png", "image/png", png, "inline", {"Content-ID": "<logo>"})]),
+        Message(
+            "attachment",
+            recipients=["a@example.com"],
+            body="see",
+            attachments=[Attachment("r.pdf", "application/pdf", b"%PDF")],
+        ),
+        Message(
+            "inline",
+            recipients=["i@example.com"],
+            body="logo",
+            html='<img src="cid:logo">',
+            attachments=[Attachment("logo.png", "image/png", png, "inline", {"Content-ID": "<logo>"})],
+        ),
         Message("partly refused", recipients=["ok@example.com", "gone@example.com"], cc=["cc@example.com"], body="x"),
         Message("all refused", recipients=["gone@example.com"], body="x"),
         Message("after refusals", recipients=["last@example.com"], body="still in step"),
@@ -223,7 +247,9 @@ def _batch() -> list[Message]:
 async def _send_many(advertise: bool) -> tuple[list[SendResult], PipeliningHandler]:
     handler = PipeliningHandler(advertise=advertise, refuse={"gone@example.com": "550 5.1.1 gone"})
     async with smtp_server(handler) as port:
-        mail = Mail(config=MailConfig(server="127.0.0.1", port=port, default_sender="News <news@example.com>", pool_size=1))
+        mail = Mail(
+            config=MailConfig(server="127.0.0.1", port=port, default_sender="News <news@example.com>", pool_size=1)
+        )
         random.seed(42)  # the MIME boundaries, so both runs build the same bytes
         results = await mail.send_many(_batch())
         await mail.state.aclose()
@@ -238,8 +264,11 @@ async def test_send_many_same_results_and_bytes_with_and_without_pipelining() ->
         (r.mail_from, r.rcpt_tos, r.data) for r in plain_h.received
     ]
     statuses = [[(r.recipient, r.status, r.code) for r in res.recipients] for res in piped]
-    assert statuses[5] == [("ok@example.com", "delivered", 250), ("gone@example.com", "refused", 550),
-                           ("cc@example.com", "delivered", 250)]
+    assert statuses[5] == [
+        ("ok@example.com", "delivered", 250),
+        ("gone@example.com", "refused", 550),
+        ("cc@example.com", "delivered", 250),
+    ]
     assert statuses[6] == [("gone@example.com", "refused", 550)]
     assert statuses[7] == [("last@example.com", "delivered", 250)]
     assert len(piped_h.received) == 7
@@ -256,7 +285,7 @@ async def _scripted_server(chunking: str) -> tuple[asyncio.base_events.Server, i
         async def reply(data: bytes) -> None:
             if chunking == "bytewise":
                 for i in range(len(data)):
-                    writer.write(data[i:i + 1])
+                    writer.write(data[i : i + 1])
                     await writer.drain()
                     await asyncio.sleep(0)
             else:
@@ -292,7 +321,9 @@ async def test_replies_merged_or_split_are_read_in_order(chunking: str) -> None:
         await smtp.connect()
         for _ in range(3):
             async with asyncio.timeout(10):  # a lost reply would otherwise wait forever (callers set MAIL_TIMEOUT)
-                refused, reply = await pipelining.sendmail(smtp, "a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi")
+                refused, reply = await pipelining.sendmail(
+                    smtp, "a@example.com", ["b@example.com", "c@example.com"], b"Subject: x\r\n\r\nhi"
+                )
             assert reply == "2.0.0 queued as X"
             assert {k: tuple(v) for k, v in refused.items()} == {"c@example.com": (550, "5.1.1 no")}
         await smtp.quit()
@@ -306,11 +337,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(
-    st.from_regex(pipelining._SIMPLE_ADDRESS, fullmatch=True),
-    st.emails(),
-    st.text(st.sampled_from("ab.@<> \"\\()-=?,;:"), max_size=20),
-))
+@given(
+    st.one_of(
+        st.from_regex(pipelining._SIMPLE_ADDRESS, fullmatch=True),
+        st.emails(),
+        st.text(st.sampled_from('ab.@<> "\\()-=?,;:'), max_size=20),
+    )
+)
 def test_quote_is_aiosmtplibs_quote_address(address: str) -> None:
     from aiosmtplib.email import quote_address
 
@@ -325,9 +358,22 @@ def test_quote_is_aiosmtplibs_quote_address(address: str) -> None:
     assert got == expected
 
 
-@pytest.mark.parametrize("message", [
-    MESSAGE, b"", b".", b"a\r\n", b"a\r\n.b\r\n", b".a\r\n", b"a\rb\r\n", b"a\nb\r\n", b"a\r\n\r", b"no end", b"\r\n.\r\n",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        MESSAGE,
+        b"",
+        b".",
+        b"a\r\n",
+        b"a\r\n.b\r\n",
+        b".a\r\n",
+        b"a\rb\r\n",
+        b"a\nb\r\n",
+        b"a\r\n\r",
+        b"no end",
+        b"\r\n.\r\n",
+    ],
+)
 def test_wire_content_is_aiosmtplibs(message: bytes) -> None:
     from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 

@@ -28,8 +28,14 @@ async def url() -> AsyncIterator[str]:
 async def mailsvc(url: str, *args: str, **extra: str) -> tuple[int, str, str]:
     env = {**os.environ, "MAILSVC_DATABASE_URL": url, "PYTHONPATH": str(ROOT), **extra}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mailsvc.cli", *args, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "mailsvc.cli",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -67,11 +73,19 @@ async def test_db_purge_counts_what_it_deleted(url: str) -> None:
     box = PostgresOutbox(url)
     await box.open()
     try:
-        ids = (await box.enqueue([Message(f"m{i}", recipients=["a@example.com"], body="x",
-                                          sender="s@example.com").build() for i in range(2)])).ids
+        ids = (
+            await box.enqueue(
+                [
+                    Message(f"m{i}", recipients=["a@example.com"], body="x", sender="s@example.com").build()
+                    for i in range(2)
+                ]
+            )
+        ).ids
         await box.claim("w", 10, 60)
         await box.record_many("w", [(i, [RecipientOutcome("a@example.com", "delivered", 250, "ok")]) for i in ids])
-        await box.pool.execute("UPDATE mailsvc_message SET updated_at = now() - interval '20 days' WHERE id = $1", ids[0])
+        await box.pool.execute(
+            "UPDATE mailsvc_message SET updated_at = now() - interval '20 days' WHERE id = $1", ids[0]
+        )
     finally:
         await box.close()
     rc, out, err = await mailsvc(url, "db", "purge", MAILSVC_RETENTION_DAYS="14")

@@ -93,9 +93,7 @@ async def test_same_idempotency_key_on_all_nodes_at_once_gives_one_message(
     nodes: list[PostgresOutbox], url: str
 ) -> None:
     env = envelope(1)
-    results = await asyncio.gather(
-        *(nodes[i % 3].enqueue([env], idempotency_key="order-42") for i in range(12))
-    )
+    results = await asyncio.gather(*(nodes[i % 3].enqueue([env], idempotency_key="order-42") for i in range(12)))
     assert len({tuple(r.ids) for r in results}) == 1
     assert sum(not r.duplicate for r in results) == 1
     assert await nodes[0].pending_count() == 1
@@ -105,13 +103,17 @@ async def test_same_idempotency_key_on_all_nodes_at_once_gives_one_message(
 
 async def test_a_failing_row_rolls_back_the_whole_batch(nodes: list[PostgresOutbox], url: str) -> None:
     good = [envelope(i) for i in range(5)]
-    bad = Envelope(sender="x\x00@example.com", recipients=("a@example.com",), data=good[0].data, message_id="<bad@test>")
+    bad = Envelope(
+        sender="x\x00@example.com", recipients=("a@example.com",), data=good[0].data, message_id="<bad@test>"
+    )
     with pytest.raises(OutboxError, match="could not enqueue"):
         await nodes[0].enqueue([*good[:3], bad, *good[3:]], batch=True)
     conn = await asyncpg.connect(url)
     try:
-        counts = [await conn.fetchval(f"SELECT count(*) FROM {t}") for t in
-                  ("mailsvc_message", "mailsvc_body", "mailsvc_recipient")]
+        counts = [
+            await conn.fetchval(f"SELECT count(*) FROM {t}")
+            for t in ("mailsvc_message", "mailsvc_body", "mailsvc_recipient")
+        ]
     finally:
         await conn.close()
     assert counts == [0, 0, 0]
@@ -129,14 +131,22 @@ async def test_lease_taken_over_by_another_node_keeps_delivered_state(nodes: lis
     [second] = await b.claim("live-worker", 10, lease_seconds=600)
     assert first.id == second.id == mid
     assert second.attempts == 0
-    await b.record(mid, "live-worker", [RecipientOutcome("ann@example.com", "delivered", 250, "ok"),
-                                        RecipientOutcome("bob@example.com", "failed", 550, "no such user")])
+    await b.record(
+        mid,
+        "live-worker",
+        [
+            RecipientOutcome("ann@example.com", "delivered", 250, "ok"),
+            RecipientOutcome("bob@example.com", "failed", 550, "no such user"),
+        ],
+    )
     # The dead worker's late report must not turn a delivered recipient back into something else.
     await a.record(mid, "dead-worker", [RecipientOutcome("ann@example.com", "failed", 554, "late")])
     status = await a.status(mid)
     assert status.state == "partial"
     assert [(r.recipient, r.state, r.last_code) for r in status.recipients] == [
-        ("ann@example.com", "delivered", 250), ("bob@example.com", "failed", 550)]
+        ("ann@example.com", "delivered", 250),
+        ("bob@example.com", "failed", 550),
+    ]
     assert await a.claim("anyone", 10, lease_seconds=600) == []
 
 

@@ -59,7 +59,7 @@ async def test_preview_renders_all_parts_with_sample_context(client: Client) -> 
     assert response.status_code == 200
     page = await response.get_data(as_text=True)
     assert "Welcome aboard, Ann!" in page and "Sign in at https://example.com/login." in page
-    iframe = page[page.index("<iframe"):page.index("</iframe>")]
+    iframe = page[page.index("<iframe") : page.index("</iframe>")]
     assert 'src="/previews/welcome/html"' in iframe and "allow-scripts" not in iframe
 
     frame = await client.get("/previews/welcome/html")
@@ -71,7 +71,10 @@ async def test_html_part_is_autoescaped_and_scriptless(client: Client) -> None:
     frame = await client.get("/previews/xss/html")
     html = await frame.get_data(as_text=True)
     assert "&lt;img src=x onerror=alert(1)&gt;" in html  # the sample value is escaped
-    assert "sandbox" in frame.headers["Content-Security-Policy"] and "script-src" not in frame.headers["Content-Security-Policy"]
+    assert (
+        "sandbox" in frame.headers["Content-Security-Policy"]
+        and "script-src" not in frame.headers["Content-Security-Policy"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,9 +86,7 @@ async def test_html_part_is_autoescaped_and_scriptless(client: Client) -> None:
         ("nested/oops", "nested/oops.txt, line 3", "ZeroDivisionError"),
     ],
 )
-async def test_template_error_shows_file_and_line_not_500(
-    client: Client, name: str, where: str, message: str
-) -> None:
+async def test_template_error_shows_file_and_line_not_500(client: Client, name: str, where: str, message: str) -> None:
     response = await client.get(f"/previews/{name}")
     assert response.status_code == 422
     page = await response.get_data(as_text=True)
@@ -108,8 +109,13 @@ async def test_edits_show_without_restart(client: Client, templates: Path) -> No
 async def test_previews_are_404_with_a_real_relay(tmp_path: Path, templates: Path) -> None:
     app = create_app(
         MailConfig(),
-        ServiceConfig(database_url=f"sqlite:///{tmp_path}/o.sqlite3", dev_mode=False, workers=0, templates=templates,
-                      web=WebConfig(allow_anonymous=True)),
+        ServiceConfig(
+            database_url=f"sqlite:///{tmp_path}/o.sqlite3",
+            dev_mode=False,
+            workers=0,
+            templates=templates,
+            web=WebConfig(allow_anonymous=True),
+        ),
     )
     async with app.test_app() as served:
         assert (await served.test_client().get("/previews")).status_code == 404

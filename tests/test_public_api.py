@@ -7,31 +7,33 @@ import mailsvc.transports
 
 
 def test_public_api_is_pinned() -> None:
-    assert mailsvc.__all__ == sorted([
-        "AddressError",
-        "Attachment",
-        "BadHeaderError",
-        "ConfigError",
-        "Connection",
-        "ConnectionFailedError",
-        "DeliveryError",
-        "Envelope",
-        "IdempotencyConflictError",
-        "Mail",
-        "MailConfig",
-        "MailError",
-        "Message",
-        "MessageError",
-        "NotFoundError",
-        "OutboxError",
-        "OutboxFullError",
-        "RecipientResult",
-        "SendResult",
-        "TemplateError",
-        "TemplateRenderer",
-        "TransportSecurityError",
-        "parse_address",
-    ])
+    assert mailsvc.__all__ == sorted(
+        [
+            "AddressError",
+            "Attachment",
+            "BadHeaderError",
+            "ConfigError",
+            "Connection",
+            "ConnectionFailedError",
+            "DeliveryError",
+            "Envelope",
+            "IdempotencyConflictError",
+            "Mail",
+            "MailConfig",
+            "MailError",
+            "Message",
+            "MessageError",
+            "NotFoundError",
+            "OutboxError",
+            "OutboxFullError",
+            "RecipientResult",
+            "SendResult",
+            "TemplateError",
+            "TemplateRenderer",
+            "TransportSecurityError",
+            "parse_address",
+        ]
+    )
     for name in mailsvc.__all__:
         assert getattr(mailsvc, name) is not None
 

@@ -67,8 +67,11 @@ def test_documented_defaults_match_the_code() -> None:
             continue  # default described in words ("unset", "hostname", ...)
         checked += 1
         actual = field.default
-        same = actual is expected if isinstance(expected, bool) else (
-            isinstance(actual, int | float) and not isinstance(actual, bool) and float(actual) == expected)
+        same = (
+            actual is expected
+            if isinstance(expected, bool)
+            else (isinstance(actual, int | float) and not isinstance(actual, bool) and float(actual) == expected)
+        )
         if not same:
             wrong.append(f"{name}: README says {table[name]!r}, code says {actual!r}")
     assert checked >= 20  # the parser still understands the table
@@ -78,8 +81,12 @@ def test_documented_defaults_match_the_code() -> None:
 def test_settings_from_the_environment_reach_mail_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The advice in the plaintext-AUTH error (set MAIL_ALLOW_PLAINTEXT_AUTH) works from the environment."""
     monkeypatch.chdir(tmp_path)  # no stray .env
-    env = {"MAIL_SERVER": "smtp.example.com", "MAIL_PASSWORD": "pw", "MAIL_ALLOW_PLAINTEXT_AUTH": "true",
-           "MAIL_LOCAL_HOSTNAME": "client.example.com"}
+    env = {
+        "MAIL_SERVER": "smtp.example.com",
+        "MAIL_PASSWORD": "pw",
+        "MAIL_ALLOW_PLAINTEXT_AUTH": "true",
+        "MAIL_LOCAL_HOSTNAME": "client.example.com",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     cfg = Settings().mail_config()

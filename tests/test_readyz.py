@@ -38,7 +38,9 @@ async def test_readyz_is_503_while_the_outbox_cannot_be_written(
             assert r.status_code == 503, body
             assert body["status"] == "not ready"
             assert body["outbox"].startswith("unavailable:") and "cannot be written" in body["outbox"]
-            assert str(outbox.path) not in str(body) and outbox.path.name not in str(body)  # no paths to anonymous callers
+            assert str(outbox.path) not in str(body) and outbox.path.name not in str(
+                body
+            )  # no paths to anonymous callers
             assert r.headers["Content-Type"].startswith("application/json")
             # readiness told the truth: a message would not be accepted now either
             post = await svc.client.post("/api/messages", json=MSG, headers=AUTH)

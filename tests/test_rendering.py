@@ -35,7 +35,9 @@ def test_shipped_templates_render_with_their_samples(renderer: TemplateRenderer,
 
 
 def test_welcome_has_its_own_text_part(renderer: TemplateRenderer) -> None:
-    msg = renderer.render_message("welcome", {"name": "Ann", "url": "https://example.com/login"}, recipients=["a@example.com"])
+    msg = renderer.render_message(
+        "welcome", {"name": "Ann", "url": "https://example.com/login"}, recipients=["a@example.com"]
+    )
     assert msg.subject == "Welcome aboard, Ann!"
     assert msg.body == "Hi Ann,\n\nYour account is ready. Sign in at https://example.com/login."
     assert '<a href="https://example.com/login">' in (msg.html or "")
@@ -44,7 +46,9 @@ def test_welcome_has_its_own_text_part(renderer: TemplateRenderer) -> None:
 def test_html_only_template_gets_a_derived_text_part(renderer: TemplateRenderer) -> None:
     assert not (TEMPLATES / "thank_you.txt").exists()
     msg = renderer.render_message(
-        "thank_you", {"name": "Ann", "subject": "Opening hours", "message": "Open on Sundays?"}, recipients=["a@example.com"]
+        "thank_you",
+        {"name": "Ann", "subject": "Opening hours", "message": "Open on Sundays?"},
+        recipients=["a@example.com"],
     )
     assert msg.body is not None
     assert "<" not in msg.body and "Hello Ann," in msg.body
@@ -54,7 +58,9 @@ def test_html_only_template_gets_a_derived_text_part(renderer: TemplateRenderer)
 
 def test_html_is_autoescaped_text_and_subject_are_not(renderer: TemplateRenderer) -> None:
     evil = '<script>alert("x")</script> & Co'
-    msg = renderer.render_message("thank_you", {"name": evil, "subject": "", "message": ""}, recipients=["a@example.com"])
+    msg = renderer.render_message(
+        "thank_you", {"name": evil, "subject": "", "message": ""}, recipients=["a@example.com"]
+    )
     assert "<script>" not in (msg.html or "")
     assert "&lt;script&gt;" in (msg.html or "") and "&amp; Co" in (msg.html or "")
     assert evil in msg.subject  # plain-text subject: no HTML entities in it
@@ -84,8 +90,9 @@ def test_syntax_error_reports_line(tmp_path: Path) -> None:
 
 
 def test_fields_override_subject_and_pass_through(renderer: TemplateRenderer) -> None:
-    msg = renderer.render_message("welcome", {"name": "Ann", "url": "u"}, subject="Custom", recipients=["a@example.com"],
-                                  cc=["b@example.com"])
+    msg = renderer.render_message(
+        "welcome", {"name": "Ann", "url": "u"}, subject="Custom", recipients=["a@example.com"], cc=["b@example.com"]
+    )
     assert msg.subject == "Custom" and msg.cc == ["b@example.com"]
 
 
@@ -93,12 +100,17 @@ async def test_rendered_message_sent_through_mail_app() -> None:
     handler = RecordingHandler()
     async with smtp_server(handler) as port:
         app = Quart(__name__)
-        app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=port, MAIL_DEFAULT_SENDER="shop@example.com",
-                          MAIL_TEMPLATE_FOLDER=str(TEMPLATES))
+        app.config.update(
+            MAIL_SERVER="127.0.0.1",
+            MAIL_PORT=port,
+            MAIL_DEFAULT_SENDER="shop@example.com",
+            MAIL_TEMPLATE_FOLDER=str(TEMPLATES),
+        )
         mail = Mail(app)
         async with app.test_app():
-            msg = mail.render_message("thank_you", {"name": "Zoë", "subject": "Hours", "message": "Hi"},
-                                      recipients=["zoe@example.com"])
+            msg = mail.render_message(
+                "thank_you", {"name": "Zoë", "subject": "Hours", "message": "Hi"}, recipients=["zoe@example.com"]
+            )
             assert (await mail.send(msg)).ok
     m = handler.received[0].message
     assert m["Subject"] == "Thank you for your message, Zoë"
@@ -154,7 +166,11 @@ def test_parts_do_not_see_each_others_variables(tmp_path: Path) -> None:
         None if t is None else t.render(context)
         for t in (r.env.get_template("n.subject.txt"), r.env.get_template("n.txt"), r.env.get_template("n.html"))
     )
-    assert r.render_parts("n", context) == ("from subject [0, 1]", "Ann", "Ann 2") == (expected[0], expected[1], expected[2])
+    assert (
+        r.render_parts("n", context)
+        == ("from subject [0, 1]", "Ann", "Ann 2")
+        == (expected[0], expected[1], expected[2])
+    )
     assert context == {"name": "Ann", "items": [1, 2]}
 
 
@@ -172,9 +188,17 @@ def test_runtime_error_in_a_part_is_our_error_with_jinjas_traceback(tmp_path: Pa
 
 
 DOTTED = [
-    "{{ d.url }}", "{{ d.items }}", "{{ d['items'] }}", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}",
-    "{{ d.get('url') }}", "{{ d.keys()|list }}", "{{ d.nested.deeper }}", "{{ d.missing is defined }}",
-    "{{ d.url|upper }}", "{{ lst.0 }}", "{{ s.upper() }}",
+    "{{ d.url }}",
+    "{{ d.items }}",
+    "{{ d['items'] }}",
+    "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}",
+    "{{ d.get('url') }}",
+    "{{ d.keys()|list }}",
+    "{{ d.nested.deeper }}",
+    "{{ d.missing is defined }}",
+    "{{ d.url|upper }}",
+    "{{ lst.0 }}",
+    "{{ s.upper() }}",
 ]
 
 
@@ -187,9 +211,16 @@ def test_dotted_names_on_dicts_resolve_as_plain_jinja_does(source: str, sandboxe
 
     from mailsvc.web.sandbox import InlineTemplate
 
-    context = {"d": {"url": "https://x.example/?a=1&b=2", "items": "a key named items", "keys": 3,
-                     "nested": {"deeper": "<b>"}},
-               "lst": ["zero"], "s": "text"}
+    context = {
+        "d": {
+            "url": "https://x.example/?a=1&b=2",
+            "items": "a key named items",
+            "keys": 3,
+            "nested": {"deeper": "<b>"},
+        },
+        "lst": ["zero"],
+        "s": "text",
+    }
     plain = (SandboxedEnvironment if sandboxed else jinja2.Environment)(undefined=jinja2.StrictUndefined)
     expected = plain.from_string(source).render(context)
     if sandboxed:

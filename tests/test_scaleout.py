@@ -96,8 +96,16 @@ async def spawn(name: str, args: list[str], env: dict[str, str], logs: Path, pas
     log = logs / f"{name}.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailsvc.cli", *args, cwd=ROOT, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT, pass_fds=pass_fds,
+            sys.executable,
+            "-m",
+            "mailsvc.cli",
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            pass_fds=pass_fds,
         )
     return Proc(name, proc, log)
 
@@ -162,14 +170,18 @@ def bulk_body(batch: int) -> dict[str, Any]:
 async def test_two_nodes_three_workers_one_killed(db_url: str, tmp_path: Path) -> None:
     sink = MessageIdSink()
     procs: list[Proc] = []
-    async with smtp_server(sink) as smtp_port, httpx.AsyncClient(
-        timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}, limits=httpx.Limits(max_connections=32)
-    ) as client:
+    async with (
+        smtp_server(sink) as smtp_port,
+        httpx.AsyncClient(
+            timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}, limits=httpx.Limits(max_connections=32)
+        ) as client,
+    ):
         env = service_env(db_url, smtp_port)
         try:
             # Both nodes start at once: each runs the migrations on open, serialised by the advisory lock.
             (node_a, url_a), (node_b, url_b) = await asyncio.gather(
-                start_node("node-a", env, tmp_path), start_node("node-b", env, tmp_path))
+                start_node("node-a", env, tmp_path), start_node("node-b", env, tmp_path)
+            )
             procs += [node_a, node_b]
             await asyncio.gather(wait_ready(client, url_a, node_a), wait_ready(client, url_b, node_b))
             workers = [await spawn(f"worker-{i}", ["worker"], env, tmp_path) for i in range(3)]
@@ -177,8 +189,9 @@ async def test_two_nodes_three_workers_one_killed(db_url: str, tmp_path: Path) -
 
             nodes = [url_a, url_b]
             t0 = time.monotonic()
-            replies = await asyncio.gather(*(
-                client.post(f"{nodes[b % 2]}/api/messages/bulk", json=bulk_body(b)) for b in range(BATCHES)))
+            replies = await asyncio.gather(
+                *(client.post(f"{nodes[b % 2]}/api/messages/bulk", json=bulk_body(b)) for b in range(BATCHES))
+            )
             for r in replies:
                 assert r.status_code == 202, r.text
             batch_ids = [r.json()["batch_id"] for r in replies]
@@ -256,23 +269,27 @@ async def test_two_nodes_three_workers_one_killed(db_url: str, tmp_path: Path) -
             await stop_all(procs)
 
 
-async def test_same_idempotency_key_posted_to_both_nodes_at_once_gives_one_message(
-    db_url: str, tmp_path: Path
-) -> None:
+async def test_same_idempotency_key_posted_to_both_nodes_at_once_gives_one_message(db_url: str, tmp_path: Path) -> None:
     procs: list[Proc] = []
     async with httpx.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         env = service_env(db_url, 9)  # no workers: the relay is never contacted
         try:
             (node_a, url_a), (node_b, url_b) = await asyncio.gather(
-                start_node("node-a", env, tmp_path), start_node("node-b", env, tmp_path))
+                start_node("node-a", env, tmp_path), start_node("node-b", env, tmp_path)
+            )
             procs += [node_a, node_b]
             await asyncio.gather(wait_ready(client, url_a, node_a), wait_ready(client, url_b, node_b))
             body = {"to": ["ann@example.com"], "subject": "Order 42", "text": "Thanks for your order."}
             for round_ in range(3):
                 key = f"order-42-{round_}"
-                replies = await asyncio.gather(*(
-                    client.post(f"{(url_a, url_b)[i % 2]}/api/messages", json=body, headers={"Idempotency-Key": key})
-                    for i in range(10)))
+                replies = await asyncio.gather(
+                    *(
+                        client.post(
+                            f"{(url_a, url_b)[i % 2]}/api/messages", json=body, headers={"Idempotency-Key": key}
+                        )
+                        for i in range(10)
+                    )
+                )
                 assert [r.status_code for r in replies] == [202] * 10, [r.text for r in replies]
                 assert len({r.json()["id"] for r in replies}) == 1
                 assert sum("Idempotent-Replayed" not in r.headers for r in replies) == 1

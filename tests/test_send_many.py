@@ -103,7 +103,9 @@ async def test_send_many_reconnects_after_max_emails() -> None:
     handler, counter = RecordingHandler(), ConnectionCounter()
     async with smtp_server(handler, connections=counter) as port:
         async with standalone(config(port, max_emails=3, pool_size=2)) as mail:
-            results = await mail.send_many([Message(f"n{i}", recipients=[f"u{i}@example.com"], body="x") for i in range(12)])
+            results = await mail.send_many(
+                [Message(f"n{i}", recipients=[f"u{i}@example.com"], body="x") for i in range(12)]
+            )
     assert [r.ok for r in results] == [True] * 12
     assert sorted(r.message["Subject"] for r in handler.received) == sorted(f"n{i}" for i in range(12))
     assert counter.count == 4  # 12 messages, 3 per connection
@@ -124,9 +126,19 @@ async def test_send_many_goes_on_after_421_closes_a_connection() -> None:
         async with standalone(config(port, pool_size=1)) as mail:
             results = await mail.send_many([Message("x", recipients=[t], body="x") for t in targets])
     assert [(r.recipients[0].status, r.recipients[0].code) for r in results] == [
-        ("delivered", 250), ("refused", 421), ("delivered", 250), ("delivered", 250), ("refused", 421), ("delivered", 250),
+        ("delivered", 250),
+        ("refused", 421),
+        ("delivered", 250),
+        ("delivered", 250),
+        ("refused", 421),
+        ("delivered", 250),
     ]
-    assert sorted(r.rcpt_tos[0] for r in handler.received) == ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == [
+        "a@example.com",
+        "b@example.com",
+        "c@example.com",
+        "d@example.com",
+    ]
     assert counter.count == 3
 
 

@@ -72,13 +72,21 @@ async def test_starttls_stripped_fails_before_auth() -> None:
 
 
 @pytest.mark.parametrize("mode", ["ssl", "starttls"])
-async def test_untrusted_certificate_fails_without_plaintext_fallback(mode: str, server_ssl_context: ssl.SSLContext) -> None:
+async def test_untrusted_certificate_fails_without_plaintext_fallback(
+    mode: str, server_ssl_context: ssl.SSLContext
+) -> None:
     handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
     counter = ConnectionCounter()
-    server_kw: dict[str, object] = {"ssl_context": server_ssl_context} if mode == "ssl" else {"tls_context": server_ssl_context}
+    server_kw: dict[str, object] = (
+        {"ssl_context": server_ssl_context} if mode == "ssl" else {"tls_context": server_ssl_context}
+    )
     client_kw = {"use_ssl": True} if mode == "ssl" else {"use_tls": True}
     async with smtp_server(
-        handler, authenticator=authenticator, auth_require_tls=False, connections=counter, **server_kw  # type: ignore[arg-type]
+        handler,
+        authenticator=authenticator,
+        auth_require_tls=False,
+        connections=counter,
+        **server_kw,  # type: ignore[arg-type]
     ) as port:
         async with standalone(config(port, username=USER, password=PASSWORD, **client_kw)) as mail:
             with pytest.raises(TransportSecurityError) as err:
@@ -200,9 +208,14 @@ async def test_wire_bytes_are_safe_and_structure_survives() -> None:
     body = smuggle + "\n" + ("long " * 1000) + "\n" + ".leading dot\n"
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 20
     m = Message(
-        "Grüße — " + "lang " * 300, recipients=[("Zoë", "zoe@bücher.example")], cc=["cc@example.com"],
-        bcc=["hidden@example.com"], body=body, html='<p>' + "x" * 3000 + '</p><img src="cid:logo">',
-        sender=("Café", "shop@example.com"), reply_to="help@example.com",
+        "Grüße — " + "lang " * 300,
+        recipients=[("Zoë", "zoe@bücher.example")],
+        cc=["cc@example.com"],
+        bcc=["hidden@example.com"],
+        body=body,
+        html="<p>" + "x" * 3000 + '</p><img src="cid:logo">',
+        sender=("Café", "shop@example.com"),
+        reply_to="help@example.com",
     )
     m.attach("données.bin", "application/octet-stream", png)
     m.attach("logo.png", "image/png", png, "inline", {"Content-ID": "<logo>"})
@@ -241,7 +254,9 @@ async def test_transport_contract(kind: str) -> None:
     from mailsvc.transports import MemoryTransport, Transport
 
     handler = RecordingHandler(refuse={"no@example.com": "550 nope"} if kind == "smtp" else {})
-    envelope = Message("c", recipients=["yes@example.com", "no@example.com"], body="x").build(default_sender="s@example.com")
+    envelope = Message("c", recipients=["yes@example.com", "no@example.com"], body="x").build(
+        default_sender="s@example.com"
+    )
     async with smtp_server(handler) as port:
         transport: Transport = SMTPTransport(config(port)) if kind == "smtp" else MemoryTransport()
         assert not transport.is_open
@@ -325,8 +340,9 @@ async def test_sender_refused_is_refused_for_every_recipient_and_connection_kept
     async with smtp_server(handler, connections=counter) as port:
         async with standalone(config(port, pool_size=1)) as mail:
             with pytest.raises(DeliveryError) as err:
-                await mail.send(Message("x", recipients=["a@example.com", "b@example.com"], body="x",
-                                        sender="blocked@example.com"))
+                await mail.send(
+                    Message("x", recipients=["a@example.com", "b@example.com"], body="x", sender="blocked@example.com")
+                )
             ok = await mail.send(msg())
     result = err.value.result
     assert err.value.code == 553

@@ -18,10 +18,17 @@ MSG = {"to": "Ann <ann@example.com>", "subject": "Hello", "text": "Hi Ann"}
 
 async def test_message_is_queued_then_delivered(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     async with running(smtp_port, handler, tmp_path) as svc:
-        body = {**MSG, "cc": ["cc@example.com"], "bcc": "hidden@example.com", "html": "<p>Hi</p>",
-                "reply_to": "reply@example.com", "headers": {"X-Campaign": "spring"},
-                "attachments": [{"filename": "a.txt", "content_type": "text/plain",
-                                 "content": base64.b64encode(b"attached!").decode()}]}
+        body = {
+            **MSG,
+            "cc": ["cc@example.com"],
+            "bcc": "hidden@example.com",
+            "html": "<p>Hi</p>",
+            "reply_to": "reply@example.com",
+            "headers": {"X-Campaign": "spring"},
+            "attachments": [
+                {"filename": "a.txt", "content_type": "text/plain", "content": base64.b64encode(b"attached!").decode()}
+            ],
+        }
         r = await svc.client.post("/api/messages", json=body, headers=AUTH)
         assert r.status_code == 202
         data = await r.get_json()
@@ -29,7 +36,11 @@ async def test_message_is_queued_then_delivered(smtp_port: int, handler: Recordi
         [got] = await svc.delivered(1)
         msg = got.message
         assert msg["Subject"] == "Hello" and msg["To"] == "Ann <ann@example.com>" and msg["X-Campaign"] == "spring"
-        assert msg["Bcc"] is None and sorted(got.rcpt_tos) == ["ann@example.com", "cc@example.com", "hidden@example.com"]
+        assert msg["Bcc"] is None and sorted(got.rcpt_tos) == [
+            "ann@example.com",
+            "cc@example.com",
+            "hidden@example.com",
+        ]
         [att] = list(msg.iter_attachments())
         assert att.get_filename() == "a.txt" and att.get_content() == "attached!"
         await svc.settle()
@@ -37,13 +48,21 @@ async def test_message_is_queued_then_delivered(smtp_port: int, handler: Recordi
         status = await r.get_json()
         assert status["state"] == "delivered" and msg["Message-ID"] == status["message_id"]
         assert {x["recipient"]: (x["state"], x["attempts"], x["last_code"]) for x in status["recipients"]} == {
-            a: ("delivered", 1, 250) for a in ("ann@example.com", "cc@example.com", "hidden@example.com")}
+            a: ("delivered", 1, 250) for a in ("ann@example.com", "cc@example.com", "hidden@example.com")
+        }
 
 
 async def test_named_template_with_context(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     async with running(smtp_port, handler, tmp_path) as svc:
-        r = await svc.client.post("/api/messages", headers=AUTH, json={
-            "to": "zoe@bücher.example", "template": "welcome", "context": {"name": "<Zoë>", "url": "https://x.example/"}})
+        r = await svc.client.post(
+            "/api/messages",
+            headers=AUTH,
+            json={
+                "to": "zoe@bücher.example",
+                "template": "welcome",
+                "context": {"name": "<Zoë>", "url": "https://x.example/"},
+            },
+        )
         assert r.status_code == 202, await r.get_data(as_text=True)
         [got] = await svc.delivered(1)
         assert got.rcpt_tos == ["zoe@xn--bcher-kva.example"]
@@ -74,7 +93,10 @@ async def _problem(r: Any, status: int) -> dict[str, Any]:
         ({**MSG, "headers": {"X-A": "=?utf-8?b?YQ0KWC1JbmplY3RlZDogMQ==?="}}, "headers.X-A"),
         ({**MSG, "headers": {"X-A": "\x0c0"}}, "headers.X-A"),
         ({**MSG, "to": '"=?utf-8?q?a=0D=0AX-Injected:_1?=" <a@example.com>'}, "to[0]"),
-        ({"to": "a@example.com", "template": "welcome", "context": {"name": "=?utf-8?q?=0D=0AX-I:_1?=", "url": "u"}}, "subject"),
+        (
+            {"to": "a@example.com", "template": "welcome", "context": {"name": "=?utf-8?q?=0D=0AX-I:_1?=", "url": "u"}},
+            "subject",
+        ),
         ({**MSG, "headers": {"X-A": "v\nX-Injected: 1"}}, "headers.X-A"),
         ({**MSG, "headers": {"Bad Name": "v"}}, "headers.Bad Name"),
         ({**MSG, "headers": {"X-Trailing\n": "v"}}, "headers.X-Trailing\n"),
@@ -82,7 +104,10 @@ async def _problem(r: Any, status: int) -> dict[str, Any]:
         ({**MSG, "headers": {"Bcc": "x@example.com"}}, "headers.Bcc"),
         ({**MSG, "attachments": [{"filename": "a\r\nb.txt", "content": ""}]}, "attachments[0].filename"),
         ({**MSG, "attachments": [{"filename": "a.txt", "content": "%%%"}]}, "attachments[0]"),
-        ({**MSG, "attachments": [{"filename": "a.txt", "content_type": "text/plain\r\nX: y", "content": ""}]}, "attachments[0]"),
+        (
+            {**MSG, "attachments": [{"filename": "a.txt", "content_type": "text/plain\r\nX: y", "content": ""}]},
+            "attachments[0]",
+        ),
         ({**MSG, "attachments": [{"filename": "a.txt", "content": "", "path": "/etc/passwd"}]}, "attachments[0].path"),
         ({**MSG, "sender": "me@example.com"}, "sender"),
         ({"to": "a@example.com", "text": "no subject"}, "subject"),
@@ -129,8 +154,7 @@ async def test_errors_are_worded_for_people(
 
 
 async def test_request_errors(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
-    async with running(smtp_port, handler, tmp_path, workers=0, max_request_bytes=4096,
-                       max_attachment_bytes=10) as svc:
+    async with running(smtp_port, handler, tmp_path, workers=0, max_request_bytes=4096, max_attachment_bytes=10) as svc:
         c = svc.client
         await _problem(await c.post("/api/messages", json=MSG), 401)
         r = await c.post("/api/messages", json=MSG, headers={"Authorization": "Bearer wrong"})
@@ -138,13 +162,23 @@ async def test_request_errors(smtp_port: int, handler: RecordingHandler, tmp_pat
         assert "invalid_token" in r.headers["WWW-Authenticate"]
         await _problem(await c.post("/api/messages", json=MSG, headers={"Authorization": "Basic dGVzdA=="}), 401)
         await _problem(await c.post("/api/messages", data="to=a", headers={**AUTH, "Content-Type": "text/plain"}), 415)
-        await _problem(await c.post("/api/messages", data="{not json", headers={**AUTH, "Content-Type": "application/json"}), 400)
-        await _problem(await c.post("/api/messages", data=b"\xff\xfe", headers={**AUTH, "Content-Type": "application/json"}), 400)
+        await _problem(
+            await c.post("/api/messages", data="{not json", headers={**AUTH, "Content-Type": "application/json"}), 400
+        )
+        await _problem(
+            await c.post("/api/messages", data=b"\xff\xfe", headers={**AUTH, "Content-Type": "application/json"}), 400
+        )
         p = await _problem(await c.post("/api/messages", json=[MSG], headers=AUTH), 422)
         assert p["errors"][0]["field"] == "body"
         await _problem(await c.post("/api/messages", json={**MSG, "text": "x" * 5000}, headers=AUTH), 413)
-        p = await _problem(await c.post("/api/messages", headers=AUTH, json={
-            **MSG, "attachments": [{"filename": "big.bin", "content": base64.b64encode(b"x" * 11).decode()}]}), 413)
+        p = await _problem(
+            await c.post(
+                "/api/messages",
+                headers=AUTH,
+                json={**MSG, "attachments": [{"filename": "big.bin", "content": base64.b64encode(b"x" * 11).decode()}]},
+            ),
+            413,
+        )
         assert p["errors"][0]["field"] == "attachments[0]"
         await _problem(await c.get("/api/messages/0123abcd", headers=AUTH), 404)
         await _problem(await c.get("/api/messages/bad%20id", headers=AUTH), 404)
@@ -156,7 +190,9 @@ async def test_request_errors(smtp_port: int, handler: RecordingHandler, tmp_pat
 
 
 async def test_domain_allow_list(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
-    async with running(smtp_port, handler, tmp_path, workers=0, allowed_domains=("example.com", "bücher.example")) as svc:
+    async with running(
+        smtp_port, handler, tmp_path, workers=0, allowed_domains=("example.com", "bücher.example")
+    ) as svc:
         for to in ("a@example.com", "b@mail.example.com", "c@BÜCHER.example"):
             r = await svc.client.post("/api/messages", json={**MSG, "to": to}, headers=AUTH)
             assert r.status_code == 202, to
@@ -197,8 +233,15 @@ async def test_idempotency_key(smtp_port: int, handler: RecordingHandler, tmp_pa
 async def test_rate_limit_per_key(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     from pydantic import SecretStr
 
-    async with running(smtp_port, handler, tmp_path, workers=0, rate_limit=0.01, rate_burst=2,
-                       api_keys=(SecretStr("test-key-1"), SecretStr("other"))) as svc:
+    async with running(
+        smtp_port,
+        handler,
+        tmp_path,
+        workers=0,
+        rate_limit=0.01,
+        rate_burst=2,
+        api_keys=(SecretStr("test-key-1"), SecretStr("other")),
+    ) as svc:
         codes = [(await svc.client.post("/api/messages", json=MSG, headers=AUTH)).status_code for _ in range(2)]
         assert codes == [202, 202]
         r = await svc.client.post("/api/messages", json=MSG, headers=AUTH)
@@ -228,8 +271,20 @@ async def test_readyz_healthz_openapi_docs(smtp_port: int, handler: RecordingHan
         doc = await (await svc.client.get("/openapi.json")).get_json()
         assert set(doc["paths"]) == {"/api/messages", "/api/messages/bulk", "/api/messages/{id}", "/api/batches/{id}"}
         props = doc["components"]["schemas"]["MessageIn"]["properties"]
-        assert {"to", "cc", "bcc", "reply_to", "sender", "subject", "text", "html", "template", "context",
-                "attachments", "headers"} <= set(props)
+        assert {
+            "to",
+            "cc",
+            "bcc",
+            "reply_to",
+            "sender",
+            "subject",
+            "text",
+            "html",
+            "template",
+            "context",
+            "attachments",
+            "headers",
+        } <= set(props)
         assert "recipients" in doc["components"]["schemas"]["BulkIn"]["properties"]
         docs = await (await svc.client.get("/docs")).get_data(as_text=True)
         assert "POST /api/messages/bulk" in docs and "MessageIn" in docs

@@ -58,10 +58,16 @@ async def test_logs_name_ids_never_bodies_or_keys(
 ) -> None:
     with caplog.at_level(logging.INFO):
         async with running(smtp_port, handler, tmp_path, workers=0) as svc:
-            r = await svc.client.post("/api/messages", headers=AUTH,
-                                      json={"to": "a@example.com", "subject": "Secret plans", "text": "the body text"})
-            await svc.client.post("/api/messages", headers={"Authorization": "Bearer guess-key"},
-                                  json={"to": "a@example.com", "subject": "s", "text": "t"})
+            r = await svc.client.post(
+                "/api/messages",
+                headers=AUTH,
+                json={"to": "a@example.com", "subject": "Secret plans", "text": "the body text"},
+            )
+            await svc.client.post(
+                "/api/messages",
+                headers={"Authorization": "Bearer guess-key"},
+                json={"to": "a@example.com", "subject": "s", "text": "t"},
+            )
             id_ = (await r.get_json())["id"]
     accepted = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("accepted ")]
     assert len(accepted) == 1 and f"id={id_}" in accepted[0] and f"key={key_id(KEY)}" in accepted[0]

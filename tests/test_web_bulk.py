@@ -12,7 +12,9 @@ from tests.servers import RecordingHandler
 from tests.webkit import AUTH, running
 
 
-async def test_bulk_personalised_private_and_delivered(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
+async def test_bulk_personalised_private_and_delivered(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path
+) -> None:
     people = [("Ann", "ann@example.com"), ("<b>Bob</b>", "bob@example.com"), ("Cy", "cy@example.com")]
     body = {
         "subject": "Hello {{ name }}",
@@ -43,9 +45,17 @@ async def test_bulk_personalised_private_and_delivered(smtp_port: int, handler: 
 
 async def test_bulk_named_template(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     async with running(smtp_port, handler, tmp_path) as svc:
-        r = await svc.client.post("/api/messages/bulk", headers=AUTH, json={
-            "template": "welcome",
-            "recipients": [{"to": f"u{i}@example.com", "context": {"name": f"U{i}", "url": "https://x.example"}} for i in range(5)]})
+        r = await svc.client.post(
+            "/api/messages/bulk",
+            headers=AUTH,
+            json={
+                "template": "welcome",
+                "recipients": [
+                    {"to": f"u{i}@example.com", "context": {"name": f"U{i}", "url": "https://x.example"}}
+                    for i in range(5)
+                ],
+            },
+        )
         assert r.status_code == 202
         got = await svc.delivered(5)
         assert sorted(g.message["Subject"] for g in got) == [f"Welcome aboard, U{i}!" for i in range(5)]
@@ -63,20 +73,57 @@ def _recipients(n: int, bad: dict[int, dict[str, Any]] | None = None) -> list[di
     [
         ({"subject": "Hi {{ name }", "text": "x", "recipients": _recipients(3)}, "subject"),
         ({"subject": "Hi", "html": "{% for %}", "recipients": _recipients(3)}, "html"),
-        ({"subject": "Hi {{ name }}", "text": "x", "recipients": _recipients(50, {37: {"to": "u@example.com", "context": {}}})},
-         "recipients[37].context"),
-        ({"subject": "Hi {{ name }}", "text": "x", "recipients": _recipients(20, {7: {"to": "nope", "context": {"name": "x"}}})},
-         "recipients[7].to[0]"),
-        ({"subject": "{{ name }}", "text": "x", "recipients": _recipients(5, {2: {"to": "a@example.com", "context": {"name": "a\r\nBcc: e@evil.example"}}})},
-         "recipients[2].subject"),
-        ({"subject": "s", "text": "{{ ''.__class__.__mro__[1].__subclasses__() }}", "recipients": _recipients(2)},
-         "recipients[0].context"),
+        (
+            {
+                "subject": "Hi {{ name }}",
+                "text": "x",
+                "recipients": _recipients(50, {37: {"to": "u@example.com", "context": {}}}),
+            },
+            "recipients[37].context",
+        ),
+        (
+            {
+                "subject": "Hi {{ name }}",
+                "text": "x",
+                "recipients": _recipients(20, {7: {"to": "nope", "context": {"name": "x"}}}),
+            },
+            "recipients[7].to[0]",
+        ),
+        (
+            {
+                "subject": "{{ name }}",
+                "text": "x",
+                "recipients": _recipients(
+                    5, {2: {"to": "a@example.com", "context": {"name": "a\r\nBcc: e@evil.example"}}}
+                ),
+            },
+            "recipients[2].subject",
+        ),
+        (
+            {"subject": "s", "text": "{{ ''.__class__.__mro__[1].__subclasses__() }}", "recipients": _recipients(2)},
+            "recipients[0].context",
+        ),
         ({"subject": "s", "text": "{{ 'x' * 100000000 }}", "recipients": _recipients(2)}, "recipients[0].context"),
-        ({"subject": "s", "text": "{% for i in range(100000000) %}x{% endfor %}", "recipients": _recipients(2)}, "recipients[0].context"),
-        ({"subject": "s", "text": "{% for i in range(9000) %}{{ name }}xxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}", "recipients": _recipients(2)},
-         "recipients[0].context"),
-        ({"subject": "s", "text": "{% for i in range(9999) %}{% for j in range(9999) %}{% endfor %}{% endfor %}",
-          "recipients": _recipients(2)}, "recipients[0].context"),
+        (
+            {"subject": "s", "text": "{% for i in range(100000000) %}x{% endfor %}", "recipients": _recipients(2)},
+            "recipients[0].context",
+        ),
+        (
+            {
+                "subject": "s",
+                "text": "{% for i in range(9000) %}{{ name }}xxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}",
+                "recipients": _recipients(2),
+            },
+            "recipients[0].context",
+        ),
+        (
+            {
+                "subject": "s",
+                "text": "{% for i in range(9999) %}{% for j in range(9999) %}{% endfor %}{% endfor %}",
+                "recipients": _recipients(2),
+            },
+            "recipients[0].context",
+        ),
         ({"template": "welcome", "recipients": _recipients(3)}, "recipients[0].context"),
         ({"template": "nope", "recipients": _recipients(3)}, "template"),
         ({"subject": "s", "text": "t", "recipients": []}, "recipients"),
@@ -86,8 +133,14 @@ def _recipients(n: int, bad: dict[int, dict[str, Any]] | None = None) -> list[di
 async def test_bulk_is_all_or_nothing(
     smtp_port: int, handler: RecordingHandler, tmp_path: Path, body: dict[str, Any], field: str
 ) -> None:
-    async with running(smtp_port, handler, tmp_path, workers=0, max_batch=10 if len(body["recipients"]) == 11 else 10_000,
-                       max_render_chars=100_000) as svc:
+    async with running(
+        smtp_port,
+        handler,
+        tmp_path,
+        workers=0,
+        max_batch=10 if len(body["recipients"]) == 11 else 10_000,
+        max_render_chars=100_000,
+    ) as svc:
         r = await svc.client.post("/api/messages/bulk", json=body, headers=AUTH)
         assert r.status_code == 422, await r.get_data(as_text=True)
         problem = json.loads(await r.get_data(as_text=True))

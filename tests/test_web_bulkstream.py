@@ -23,11 +23,21 @@ from tests.webkit import AUTH, running
 
 BODIES: list[Any] = [
     {"subject": "s", "text": "t", "recipients": [{"to": "a@example.com"}]},
-    {"recipients": [{"to": ["a@example.com", "B <b@example.com>"], "context": {"x": [1, {"y": "]},["}]}}],
-     "subject": "Hi {{ x }}", "html": "<p>ü 😀</p>", "headers": {"List-Unsubscribe": "<mailto:u@example.com>"},
-     "attachments": [{"filename": "a.txt", "content_type": "text/plain", "content": base64.b64encode(b"hello").decode()}]},
-    {"subject": "{{ name }}", "text": "x", "recipients": [{"to": f"u{i}@example.com", "context": {"name": f"n{i}"}} for i in range(7)],
-     "reply_to": "r@example.com"},
+    {
+        "recipients": [{"to": ["a@example.com", "B <b@example.com>"], "context": {"x": [1, {"y": "]},["}]}}],
+        "subject": "Hi {{ x }}",
+        "html": "<p>ü 😀</p>",
+        "headers": {"List-Unsubscribe": "<mailto:u@example.com>"},
+        "attachments": [
+            {"filename": "a.txt", "content_type": "text/plain", "content": base64.b64encode(b"hello").decode()}
+        ],
+    },
+    {
+        "subject": "{{ name }}",
+        "text": "x",
+        "recipients": [{"to": f"u{i}@example.com", "context": {"name": f"n{i}"}} for i in range(7)],
+        "reply_to": "r@example.com",
+    },
 ]
 
 
@@ -56,10 +66,21 @@ def test_duplicate_keys_last_wins_as_in_json_loads() -> None:
     assert [r for _, r in body.recipients()] == [1, 2] and "recipients" not in body.head
 
 
-@pytest.mark.parametrize("text", [
-    "", "{", '{"recipients": [1, 2}', '{"recipients": [1 2]}', '{"a": 1,}', '{"a" 1}', '{"a": 1} x',
-    '{"recipients": []', "[1, 2", '{"a": tru}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{",
+        '{"recipients": [1, 2}',
+        '{"recipients": [1 2]}',
+        '{"a": 1,}',
+        '{"a" 1}',
+        '{"a": 1} x',
+        '{"recipients": []',
+        "[1, 2",
+        '{"a": tru}',
+    ],
+)
 def test_malformed_bodies_are_value_errors(text: str) -> None:
     with pytest.raises(ValueError):
         json.loads(text)  # the premise
@@ -67,15 +88,21 @@ def test_malformed_bodies_are_value_errors(text: str) -> None:
         BulkBody.parse(text)
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    ("[1]", "body"),
-    ('{"subject": "s", "text": "t"}', "recipients"),
-    ('{"subject": "s", "text": "t", "recipients": {"to": "a@example.com"}}', "recipients"),
-    ('{"subject": "s", "text": "t", "recipients": []}', "recipients"),
-    ('{"text": "t", "recipients": [{"to": "a@example.com"}]}', "subject"),
-    ('{"subject": "s", "text": "t", "recipients": [{"to": "a@example.com"}, {"to": "bad"}]}', "recipients[1].to[0]"),
-    ('{"subject": "s", "text": "t", "recipients": [{"to": "a@example.com", "extra": 1}]}', "recipients[0].extra"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[1]", "body"),
+        ('{"subject": "s", "text": "t"}', "recipients"),
+        ('{"subject": "s", "text": "t", "recipients": {"to": "a@example.com"}}', "recipients"),
+        ('{"subject": "s", "text": "t", "recipients": []}', "recipients"),
+        ('{"text": "t", "recipients": [{"to": "a@example.com"}]}', "subject"),
+        (
+            '{"subject": "s", "text": "t", "recipients": [{"to": "a@example.com"}, {"to": "bad"}]}',
+            "recipients[1].to[0]",
+        ),
+        ('{"subject": "s", "text": "t", "recipients": [{"to": "a@example.com", "extra": 1}]}', "recipients[0].extra"),
+    ],
+)
 def test_invalid_requests_name_the_field(text: str, field: str) -> None:
     with pytest.raises(ProblemException) as info:
         BulkRequest.check(BulkBody.parse(text), CheckContext(WebConfig()))
@@ -83,10 +110,15 @@ def test_invalid_requests_name_the_field(text: str, field: str) -> None:
     assert field in [e.field for e in info.value.errors], info.value.errors
 
 
-async def test_many_chunks_stored_in_order_and_delivered(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
+async def test_many_chunks_stored_in_order_and_delivered(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path
+) -> None:
     n = 2 * CHUNK + 3
-    body = {"subject": "Hi {{ i }}", "text": "n={{ i }}",
-            "recipients": [{"to": f"u{i}@example.com", "context": {"i": i}} for i in range(n)]}
+    body = {
+        "subject": "Hi {{ i }}",
+        "text": "n={{ i }}",
+        "recipients": [{"to": f"u{i}@example.com", "context": {"i": i}} for i in range(n)],
+    }
     async with running(smtp_port, handler, tmp_path) as svc:
         r = await svc.client.post("/api/messages/bulk", json=body, headers=AUTH)
         assert r.status_code == 202, await r.get_data(as_text=True)
@@ -94,13 +126,16 @@ async def test_many_chunks_stored_in_order_and_delivered(smtp_port: int, handler
         assert data["count"] == n
         got = await svc.delivered(n)
         assert sorted((g.rcpt_tos[0], g.message["Subject"]) for g in got) == sorted(
-            (f"u{i}@example.com", f"Hi {i}") for i in range(n))
+            (f"u{i}@example.com", f"Hi {i}") for i in range(n)
+        )
         await svc.settle()
         r = await svc.client.get(f"/api/batches/{data['batch_id']}", headers=AUTH)
         assert (await r.get_json())["counts"] == {"delivered": n}
 
 
-async def test_a_failure_in_a_later_chunk_queues_nothing(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
+async def test_a_failure_in_a_later_chunk_queues_nothing(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path
+) -> None:
     n = 2 * CHUNK + 3
     recipients: list[dict[str, Any]] = [{"to": f"u{i}@example.com", "context": {"name": f"U{i}"}} for i in range(n)]
     recipients[CHUNK + 7] = {"to": "x@example.com", "context": {}}  # renders nothing for name: StrictUndefined

@@ -27,10 +27,19 @@ async def _signed_in_form(svc: Svc) -> dict[str, str]:
 async def test_form_with_attachment_is_delivered(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     async with running(smtp_port, handler, tmp_path) as svc:
         fields = await _signed_in_form(svc)
-        r = await svc.client.post("/", form={**fields, "email": '"Doe, Ann" <ann@example.com>, bob@example.com',
-                                             "subject": "Report", "message": "See attached.", "template": ""},
-                                  files={"attachments": FileStorage(io.BytesIO(b"col1,col2\n"), filename="report.csv",
-                                                                     content_type="text/csv")})
+        r = await svc.client.post(
+            "/",
+            form={
+                **fields,
+                "email": '"Doe, Ann" <ann@example.com>, bob@example.com',
+                "subject": "Report",
+                "message": "See attached.",
+                "template": "",
+            },
+            files={
+                "attachments": FileStorage(io.BytesIO(b"col1,col2\n"), filename="report.csv", content_type="text/csv")
+            },
+        )
         page = await r.get_data(as_text=True)
         assert r.status_code == 200 and "Message queued" in page
         msg_id = re.search(r'<code id="message-id">([0-9a-f]+)</code>', page)
@@ -50,15 +59,32 @@ async def test_form_template_choice(smtp_port: int, handler: RecordingHandler, t
         fields = await _signed_in_form(svc)
         page = await (await svc.client.get("/")).get_data(as_text=True)
         assert '<option value="thank_you"' in page and '<option value="welcome"' in page
-        r = await svc.client.post("/", form={**fields, "email": "Ann <ann@example.com>", "subject": "Hours",
-                                             "message": "<script>x</script>", "template": "thank_you"})
+        r = await svc.client.post(
+            "/",
+            form={
+                **fields,
+                "email": "Ann <ann@example.com>",
+                "subject": "Hours",
+                "message": "<script>x</script>",
+                "template": "thank_you",
+            },
+        )
         assert r.status_code == 200
         [got] = await svc.delivered(1)
         assert got.message["Subject"] == "Thank you for your message, Ann"
         assert "&lt;script&gt;" in got.message.get_body(("html",)).get_content()
         # A template whose variables the form cannot supply: an error next to the template field.
-        r = await svc.client.post("/", form={**fields, "nonce": "n2", "email": "ann@example.com", "subject": "x",
-                                             "message": "y", "template": "welcome"})
+        r = await svc.client.post(
+            "/",
+            form={
+                **fields,
+                "nonce": "n2",
+                "email": "ann@example.com",
+                "subject": "x",
+                "message": "y",
+                "template": "welcome",
+            },
+        )
         page = await r.get_data(as_text=True)
         assert r.status_code == 422 and 'id="template-error"' in page and "url" in page
 
@@ -88,8 +114,11 @@ async def test_form_errors_keep_values(
 async def test_form_attachment_too_large(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     async with running(smtp_port, handler, tmp_path, workers=0, max_attachment_bytes=5) as svc:
         fields = await _signed_in_form(svc)
-        r = await svc.client.post("/", form={**fields, "email": "a@example.com", "subject": "s", "message": "m"},
-                                  files={"attachments": FileStorage(io.BytesIO(b"123456"), filename="a.bin")})
+        r = await svc.client.post(
+            "/",
+            form={**fields, "email": "a@example.com", "subject": "s", "message": "m"},
+            files={"attachments": FileStorage(io.BytesIO(b"123456"), filename="a.bin")},
+        )
         assert r.status_code == 413 and 'id="attachments-error"' in await r.get_data(as_text=True)
         assert await svc.pending() == 0
 
@@ -144,12 +173,18 @@ async def test_secure_cookie_flag_outside_dev_mode(smtp_port: int, handler: Reco
 
 
 async def test_open_dev_service_needs_no_sign_in(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
-    async with running(smtp_port, handler, tmp_path, dev_mode=True, api_keys=(), workers=0,
-                       service={"dev_smtp_port": 0}) as svc:
+    async with running(
+        smtp_port, handler, tmp_path, dev_mode=True, api_keys=(), workers=0, service={"dev_smtp_port": 0}
+    ) as svc:
         page = await (await svc.client.get("/")).get_data(as_text=True)
         assert "anyone who can reach it" in page
-        form: dict[str, Any] = {"csrf_token": hidden(page, "csrf_token"), "nonce": hidden(page, "nonce"),
-                                "email": "a@example.com", "subject": "s", "message": "m"}
+        form: dict[str, Any] = {
+            "csrf_token": hidden(page, "csrf_token"),
+            "nonce": hidden(page, "nonce"),
+            "email": "a@example.com",
+            "subject": "s",
+            "message": "m",
+        }
         r = await svc.client.post("/", form=MultiDict(form))
         assert r.status_code == 200
         r = await svc.client.post("/api/messages", json={"to": "b@example.com", "subject": "s", "text": "t"})

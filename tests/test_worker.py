@@ -24,9 +24,18 @@ from mailsvc.worker import WorkerGroup
 from tests.servers import ConnectionCounter, RecordingHandler, smtp_server
 
 FAST = dict(
-    retry_first=0.05, retry_max=0.2, retry_lifetime=60.0, retry_jitter=0.1,
-    relay_backoff=0.05, relay_backoff_max=0.2, poll_interval=0.02, lease_seconds=30.0,
-    claim_batch=50, worker_concurrency=100, workers=1, dev_mode=False,
+    retry_first=0.05,
+    retry_max=0.2,
+    retry_lifetime=60.0,
+    retry_jitter=0.1,
+    relay_backoff=0.05,
+    relay_backoff_max=0.2,
+    poll_interval=0.02,
+    lease_seconds=30.0,
+    claim_batch=50,
+    worker_concurrency=100,
+    workers=1,
+    dev_mode=False,
 )
 
 
@@ -37,8 +46,9 @@ async def outbox(tmp_path: Path) -> AsyncIterator[SqliteOutbox]:
 
 
 @asynccontextmanager
-async def workers(outbox: Outbox, port: int, *, timeout: float = 2.0, pool_size: int = 4,
-                  **service: Any) -> AsyncIterator[WorkerGroup]:
+async def workers(
+    outbox: Outbox, port: int, *, timeout: float = 2.0, pool_size: int = 4, **service: Any
+) -> AsyncIterator[WorkerGroup]:
     group = WorkerGroup.from_service(
         outbox,
         MailConfig(server="127.0.0.1", port=port, timeout=timeout, pool_size=pool_size),
@@ -65,15 +75,20 @@ async def until(outbox: Outbox, id_: str, pred: Callable[[MessageStatus], bool],
 
 
 def envelope(*recipients: str, subject: str = "Hello") -> Envelope:
-    return Message(subject, recipients=list(recipients or ["ann@example.com"]), body="hi",
-                   sender="shop@example.com").build()
+    return Message(
+        subject, recipients=list(recipients or ["ann@example.com"]), body="hi", sender="shop@example.com"
+    ).build()
 
 
 def bulk(n: int) -> list[Envelope]:
     base = envelope()
     return [
-        dataclasses.replace(base, recipients=(f"u{i}@example.com",), message_id=f"<bulk{i}@test>",
-                            data=base.data.replace(base.message_id.encode(), f"<bulk{i}@test>".encode()))
+        dataclasses.replace(
+            base,
+            recipients=(f"u{i}@example.com",),
+            message_id=f"<bulk{i}@test>",
+            data=base.data.replace(base.message_id.encode(), f"<bulk{i}@test>".encode()),
+        )
         for i in range(n)
     ]
 
@@ -91,7 +106,9 @@ async def serve_on(handler: Any, port: int) -> AsyncIterator[int]:
     """aiosmtpd on a given port: only to bring a server back *up* where it was before."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTPServerProtocol(handler, hostname="mx.test", loop=loop), host="127.0.0.1", port=port,
+        lambda: SMTPServerProtocol(handler, hostname="mx.test", loop=loop),
+        host="127.0.0.1",
+        port=port,
         reuse_address=True,
     )
     try:
@@ -104,7 +121,9 @@ async def serve_on(handler: Any, port: int) -> AsyncIterator[int]:
 # -- delivery --------------------------------------------------------------------
 
 
-async def test_bulk_batch_is_delivered_once_each(outbox: SqliteOutbox, smtp_port: int, handler: RecordingHandler) -> None:
+async def test_bulk_batch_is_delivered_once_each(
+    outbox: SqliteOutbox, smtp_port: int, handler: RecordingHandler
+) -> None:
     result = await outbox.enqueue(bulk(500), batch=True)
     assert result.batch_id is not None
     async with workers(outbox, smtp_port) as group:
@@ -135,8 +154,9 @@ async def test_server_down_at_enqueue_then_up_loses_nothing(outbox: SqliteOutbox
 
 async def test_421_greeting_defers_backs_off_relay_and_expires(outbox: SqliteOutbox) -> None:
     counter = ConnectionCounter()
-    async with smtp_server(RecordingHandler(), greeting_reply="421 mx.test busy, try later",
-                           connections=counter) as port:
+    async with smtp_server(
+        RecordingHandler(), greeting_reply="421 mx.test busy, try later", connections=counter
+    ) as port:
         ids = (await outbox.enqueue(bulk(30))).ids
         # A long relay pause: after the first failures nothing more is tried for a minute.
         async with workers(outbox, port, relay_backoff=60, relay_backoff_max=60, pool_size=2):
@@ -154,8 +174,9 @@ async def test_421_greeting_defers_backs_off_relay_and_expires(outbox: SqliteOut
     assert "gave up" in r.last_reply and "busy" in r.last_reply
 
 
-async def test_451_on_rcpt_is_retried_until_accepted(outbox: SqliteOutbox, smtp_port: int,
-                                                     handler: RecordingHandler) -> None:
+async def test_451_on_rcpt_is_retried_until_accepted(
+    outbox: SqliteOutbox, smtp_port: int, handler: RecordingHandler
+) -> None:
     handler.refuse["ann@example.com"] = "451 4.7.1 greylisted"
     [id_] = (await outbox.enqueue([envelope("ann@example.com")])).ids
     async with workers(outbox, smtp_port):
@@ -224,7 +245,10 @@ async def test_mixed_recipients_only_the_transient_one_is_retried(
         done = await until(outbox, id_, lambda s: s.state == "partial")
     assert mid.state == "deferred"
     assert [(r.recipient, r.state, r.last_code) for r in done.recipients] == [
-        ("ok@example.com", "delivered", 250), ("bad@example.com", "failed", 550), ("later@example.com", "delivered", 250)]
+        ("ok@example.com", "delivered", 250),
+        ("bad@example.com", "failed", 550),
+        ("later@example.com", "delivered", 250),
+    ]
     assert rcpt(done, "ok@example.com").attempts == 1 and rcpt(done, "bad@example.com").attempts == 1
     assert [r.rcpt_tos for r in handler.received] == [["ok@example.com"], ["later@example.com"]]
     assert len(set(message_ids(handler))) == 1

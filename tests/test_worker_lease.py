@@ -43,8 +43,9 @@ async def test_send_longer_than_the_lease_is_renewed_not_duplicated(
     env = Message("Slow", recipients=["ann@example.com"], body="hi", sender="shop@example.com").build()
     first, second = await open_outbox(), await open_outbox()
     [id_] = (await first.enqueue([env])).ids
-    service = ServiceConfig(workers=1, lease_seconds=0.4, poll_interval=0.02, claim_batch=10, worker_concurrency=10,
-                            dev_mode=False)
+    service = ServiceConfig(
+        workers=1, lease_seconds=0.4, poll_interval=0.02, claim_batch=10, worker_concurrency=10, dev_mode=False
+    )
     async with smtp_server(handler) as port:
         mail = MailConfig(server="127.0.0.1", port=port, timeout=20, pool_size=1)
         a = WorkerGroup.from_service(first, mail, service)
@@ -80,8 +81,16 @@ async def test_a_give_back_whose_release_failed_is_not_renewed_forever(tmp_path:
     handler = RecordingHandler()
     path = tmp_path / "outbox.sqlite3"
     env = Message("Hi", recipients=["ann@example.com"], body="hi", sender="shop@example.com").build()
-    service = ServiceConfig(workers=1, lease_seconds=1.5, poll_interval=0.02, relay_backoff=1.0,
-                            relay_backoff_max=1.0, claim_batch=10, worker_concurrency=10, dev_mode=False)
+    service = ServiceConfig(
+        workers=1,
+        lease_seconds=1.5,
+        poll_interval=0.02,
+        relay_backoff=1.0,
+        relay_backoff_max=1.0,
+        claim_batch=10,
+        worker_concurrency=10,
+        dev_mode=False,
+    )
     async with SqliteOutbox(path, busy_timeout=0.05) as ob, smtp_server(handler) as port:
         [id_] = (await ob.enqueue([env])).ids
         group = WorkerGroup.from_service(ob, MailConfig(server="127.0.0.1", port=port, timeout=5, pool_size=1), service)

@@ -25,8 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 def bulk(n: int) -> list[Envelope]:
     base = Message("Bulk", recipients=["x@example.com"], body="hello", sender="shop@example.com").build()
     return [
-        dataclasses.replace(base, recipients=(f"u{i}@example.com",), message_id=f"<bulk{i}@test>",
-                            data=base.data.replace(base.message_id.encode(), f"<bulk{i}@test>".encode()))
+        dataclasses.replace(
+            base,
+            recipients=(f"u{i}@example.com",),
+            message_id=f"<bulk{i}@test>",
+            data=base.data.replace(base.message_id.encode(), f"<bulk{i}@test>".encode()),
+        )
         for i in range(n)
     ]
 
@@ -35,27 +39,41 @@ def cli_env(tmp_path: Path, db: Path, port: int = 25, **settings: str) -> dict[s
     """The environment of a CLI process: the project's settings.py, configured by variables only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "MAILSVC_"))}
     env.update(
-        PYTHONPATH=str(REPO), MAILSVC_SETTINGS_MODULE="settings",
-        MAIL_SERVER="127.0.0.1", MAIL_PORT=str(port), MAILSVC_DATABASE_URL=f"sqlite:///{db}",
-        MAILSVC_LEASE_SECONDS="2", MAILSVC_POLL_INTERVAL="0.05", MAILSVC_RETRY_FIRST="0.1",
-        MAILSVC_RETRY_MAX="0.5", MAILSVC_RELAY_BACKOFF="0.1", MAILSVC_RELAY_BACKOFF_MAX="0.5",
-        MAIL_TIMEOUT="10", MAIL_POOL_SIZE="4",
+        PYTHONPATH=str(REPO),
+        MAILSVC_SETTINGS_MODULE="settings",
+        MAIL_SERVER="127.0.0.1",
+        MAIL_PORT=str(port),
+        MAILSVC_DATABASE_URL=f"sqlite:///{db}",
+        MAILSVC_LEASE_SECONDS="2",
+        MAILSVC_POLL_INTERVAL="0.05",
+        MAILSVC_RETRY_FIRST="0.1",
+        MAILSVC_RETRY_MAX="0.5",
+        MAILSVC_RELAY_BACKOFF="0.1",
+        MAILSVC_RELAY_BACKOFF_MAX="0.5",
+        MAIL_TIMEOUT="10",
+        MAIL_POOL_SIZE="4",
     )
     env.update(settings)
     return env
 
 
 def start_worker(tmp_path: Path, env: dict[str, str], name: str, *args: str) -> subprocess.Popen[bytes]:
-    log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "mailsvc.cli", "worker", "--log-level", "WARNING", *args],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(tmp_path / f"{name}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailsvc.cli", "worker", "--log-level", "WARNING", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     return proc
 
 
 def run_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mailsvc.cli", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "mailsvc.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 async def wait_for(cond: object, within: float, proc: subprocess.Popen[bytes] | None = None, what: str = "") -> None:
@@ -90,9 +108,11 @@ async def test_sigkill_mid_batch_then_restart_loses_nothing(tmp_path: Path) -> N
     expected = {f"<bulk{i}@test>" for i in range(n)}
     lost = len(expected - set(seen))
     duplicated = sum(c - 1 for c in seen.values())
-    print(f"\nSIGKILL mid-batch: {n} enqueued, {at_kill.get('delivered', 0)} recorded delivered at the kill, "
-          f"{in_flight} in flight (leased); after restart: lost {lost}, duplicated {duplicated}, "
-          f"distinct at sink {len(seen)}")
+    print(
+        f"\nSIGKILL mid-batch: {n} enqueued, {at_kill.get('delivered', 0)} recorded delivered at the kill, "
+        f"{in_flight} in flight (leased); after restart: lost {lost}, duplicated {duplicated}, "
+        f"distinct at sink {len(seen)}"
+    )
     assert at_kill.get("delivered", 0) < n, "the kill came after the batch was done; nothing was tested"
     assert lost == 0
     assert duplicated <= in_flight
@@ -133,15 +153,23 @@ async def test_status_command(tmp_path: Path) -> None:
         result = await outbox.enqueue([msg.build()], batch=True)
         [id_] = result.ids
         await outbox.claim("w", 10, 60)
-        await outbox.record(id_, "w", [RecipientOutcome("ann@example.com", "delivered", 250, "2.0.0 OK"),
-                                       RecipientOutcome("bob@example.com", "failed", 550, "5.1.1 no such user")])
+        await outbox.record(
+            id_,
+            "w",
+            [
+                RecipientOutcome("ann@example.com", "delivered", 250, "2.0.0 OK"),
+                RecipientOutcome("bob@example.com", "failed", 550, "5.1.1 no such user"),
+            ],
+        )
     text = run_cli(tmp_path, env, "status", id_)
     assert text.returncode == 0, text.stderr
     assert id_ in text.stdout and "partial" in text.stdout
     assert "bob@example.com" in text.stdout and "550 5.1.1 no such user" in text.stdout
     as_json = json.loads(run_cli(tmp_path, env, "status", "--json", id_).stdout)
     assert [(r["recipient"], r["state"], r["attempts"]) for r in as_json["recipients"]] == [
-        ("ann@example.com", "delivered", 1), ("bob@example.com", "failed", 1)]
+        ("ann@example.com", "delivered", 1),
+        ("bob@example.com", "failed", 1),
+    ]
     assert result.batch_id is not None
     batch = run_cli(tmp_path, env, "status", "--batch", result.batch_id)
     assert batch.returncode == 0 and "partial" in batch.stdout

@@ -14,8 +14,15 @@ from mailsvc.config import ServiceConfig, WebConfig
 from mailsvc.outbox import Outbox
 from tests.servers import RecordingHandler
 
-FAST: dict[str, Any] = dict(retry_first=0.05, retry_max=0.2, relay_backoff=0.05, relay_backoff_max=0.2,
-                            poll_interval=0.02, dev_mode=False, web=WebConfig(allow_anonymous=True))
+FAST: dict[str, Any] = dict(
+    retry_first=0.05,
+    retry_max=0.2,
+    relay_backoff=0.05,
+    relay_backoff_max=0.2,
+    poll_interval=0.02,
+    dev_mode=False,
+    web=WebConfig(allow_anonymous=True),
+)
 
 
 def app_for(tmp_path: Path, port: int, **service: Any) -> Any:

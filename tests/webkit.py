@@ -54,8 +54,9 @@ class Svc:
             await asyncio.sleep(0.02)
 
 
-def service_config(tmp_path: Path, *, workers: int = 1, dev_mode: bool = False, service: dict[str, Any] | None = None,
-                   **web: Any) -> ServiceConfig:
+def service_config(
+    tmp_path: Path, *, workers: int = 1, dev_mode: bool = False, service: dict[str, Any] | None = None, **web: Any
+) -> ServiceConfig:
     web.setdefault("api_keys", (SecretStr(KEY),))
     web.setdefault("secure_cookies", False)
     return ServiceConfig(
@@ -71,8 +72,10 @@ def service_config(tmp_path: Path, *, workers: int = 1, dev_mode: bool = False, 
 @asynccontextmanager
 async def running(port: int, handler: RecordingHandler, tmp_path: Path, **kwargs: Any) -> AsyncIterator[Svc]:
     """The app with its lifespan running (outbox open, workers started) and a test client."""
-    app = create_app(MailConfig(server="127.0.0.1", port=port, default_sender=SENDER, timeout=5.0),
-                     service_config(tmp_path, **kwargs))
+    app = create_app(
+        MailConfig(server="127.0.0.1", port=port, default_sender=SENDER, timeout=5.0),
+        service_config(tmp_path, **kwargs),
+    )
     async with app.test_app() as test_app:
         yield Svc(app, test_app.test_client(), handler)
 

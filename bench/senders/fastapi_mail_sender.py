@@ -12,18 +12,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jinja2  # noqa: E402
-from fastapi_mail import ConnectionConfig, FastMail, MessageSchema, MessageType  # noqa: E402
-
-import workload  # noqa: E402
+import jinja2
+import workload
+from fastapi_mail import ConnectionConfig, FastMail, MessageSchema, MessageType
 
 
 async def main() -> None:
     args = workload.parse_args(__doc__ or "")
     conf = ConnectionConfig(
-        MAIL_USERNAME="", MAIL_PASSWORD="", MAIL_FROM=workload.SENDER_ADDR, MAIL_FROM_NAME="News",
-        MAIL_SERVER=args.host, MAIL_PORT=args.port, MAIL_STARTTLS=False, MAIL_SSL_TLS=False,
-        USE_CREDENTIALS=False, VALIDATE_CERTS=False, TEMPLATE_FOLDER=workload.TEMPLATES,
+        MAIL_USERNAME="",
+        MAIL_PASSWORD="",
+        MAIL_FROM=workload.SENDER_ADDR,
+        MAIL_FROM_NAME="News",
+        MAIL_SERVER=args.host,
+        MAIL_PORT=args.port,
+        MAIL_STARTTLS=False,
+        MAIL_SSL_TLS=False,
+        USE_CREDENTIALS=False,
+        VALIDATE_CERTS=False,
+        TEMPLATE_FOLDER=workload.TEMPLATES,
     )
     fm = FastMail(conf)
     subject_t = jinja2.Environment(loader=jinja2.FileSystemLoader(str(workload.TEMPLATES))).get_template(
@@ -31,7 +38,9 @@ async def main() -> None:
     )
     clock = workload.Clock()
     msgs = [
-        MessageSchema(subject=subject_t.render(ctx).strip(), recipients=[rcpt], template_body=ctx, subtype=MessageType.html)
+        MessageSchema(
+            subject=subject_t.render(ctx).strip(), recipients=[rcpt], template_body=ctx, subtype=MessageType.html
+        )
         for rcpt, ctx in workload.contexts(args.n)
     ]
     try:

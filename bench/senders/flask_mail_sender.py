@@ -14,11 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jinja2  # noqa: E402
-from flask import Flask  # noqa: E402
-from flask_mail import Mail, Message  # noqa: E402
-
-import workload  # noqa: E402
+import jinja2
+import workload
+from flask import Flask
+from flask_mail import Mail, Message
 
 
 def main() -> None:
@@ -37,7 +36,11 @@ def main() -> None:
 
     def build(rcpt: str, ctx: dict) -> Message:
         return Message(
-            subject_t.render(ctx).strip(), recipients=[rcpt], sender=workload.SENDER, body=text_t.render(ctx), html=html_t.render(ctx)
+            subject_t.render(ctx).strip(),
+            recipients=[rcpt],
+            sender=workload.SENDER,
+            body=text_t.render(ctx),
+            html=html_t.render(ctx),
         )
 
     ok = 0

@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent.parent))  # the checkout, installed or not
 
-import workload  # noqa: E402
+import workload
 
-from mailsvc import Mail, MailConfig  # noqa: E402
+from mailsvc import Mail, MailConfig
 
 
 def _disable_pipelining() -> None:
@@ -39,8 +39,9 @@ def _disable_fastbuild() -> None:
 
     def build(self: MailState, msg: Message) -> Envelope:
         c = self.config
-        return msg.build(default_sender=c.default_sender, msgid_domain=c.message_id_domain,
-                         ascii_attachments=c.ascii_attachments)
+        return msg.build(
+            default_sender=c.default_sender, msgid_domain=c.message_id_domain, ascii_attachments=c.ascii_attachments
+        )
 
     MailState.build = build  # type: ignore[method-assign]
 

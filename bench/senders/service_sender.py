@@ -62,9 +62,15 @@ def _peak_rss_kb(pid: int) -> int:
 
 def _request(url: str, body: Any = None, timeout: float = 600) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method="POST" if data else "GET", headers={
-        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json",
-    })
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method="POST" if data else "GET",
+        headers={
+            "Authorization": f"Bearer {KEY}",
+            "Content-Type": "application/json",
+        },
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -80,20 +86,28 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mailsvc-bench-"))
     env = {
         **os.environ,
-        "MAIL_SERVER": args.host, "MAIL_PORT": str(args.port), "MAIL_DEFAULT_SENDER": workload.SENDER,
+        "MAIL_SERVER": args.host,
+        "MAIL_PORT": str(args.port),
+        "MAIL_DEFAULT_SENDER": workload.SENDER,
         "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/outbox.sqlite3",
         "MAILSVC_TEMPLATES": str(HERE.parent / "templates"),
-        "MAILSVC_API_KEYS": KEY, "MAILSVC_MAX_BATCH": str(max(args.n, 1)),
-        "MAILSVC_MAX_REQUEST_BYTES": str(512 * 1024 * 1024), "MAILSVC_POLL_INTERVAL": "0.05",
-        "MAILSVC_RATE_LIMIT": "100000", "MAILSVC_RATE_BURST": "100000",
+        "MAILSVC_API_KEYS": KEY,
+        "MAILSVC_MAX_BATCH": str(max(args.n, 1)),
+        "MAILSVC_MAX_REQUEST_BYTES": str(512 * 1024 * 1024),
+        "MAILSVC_POLL_INTERVAL": "0.05",
+        "MAILSVC_RATE_LIMIT": "100000",
+        "MAILSVC_RATE_BURST": "100000",
     }
     # Its log (a line per message) goes to a file: an unread pipe would fill and stall the service.
-    log = open(tmp / "service.log", "wb")  # noqa: SIM115 - closed in finally
+    log = open(tmp / "service.log", "wb")
     # MAILSVC_BENCH_WRAP runs the service under a profiler, e.g. "py-spy record -o /tmp/p.svg --".
     wrap = shlex.split(os.environ.get("MAILSVC_BENCH_WRAP", ""))
     server = subprocess.Popen(
         [*wrap, sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{http_port}", "asgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
     )
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -108,8 +122,10 @@ def main() -> None:
                 err = (tmp / "service.log").read_text(errors="replace")
                 raise SystemExit(f"the service did not start: {err[-2000:]}")
             time.sleep(0.1)
-        body = {"template": workload.TEMPLATE,
-                "recipients": [{"to": [rcpt], "context": ctx} for rcpt, ctx in workload.contexts(args.n)]}
+        body = {
+            "template": workload.TEMPLATE,
+            "recipients": [{"to": [rcpt], "context": ctx} for rcpt, ctx in workload.contexts(args.n)],
+        }
         cpu0 = _cpu_seconds(server.pid)
         clock = workload.Clock()
         status, accepted = _request(f"{base}/api/messages/bulk", body)
@@ -127,9 +143,15 @@ def main() -> None:
             time.sleep(min(0.5, max(0.05, args.n / 200_000)))
         sent = counts.get("delivered", 0)
         service_cpu = _cpu_seconds(server.pid) - cpu0
-        clock.report("service bulk", sent, args.n - sent, service_cpu_seconds=service_cpu,
-                     service_peak_rss_kb=_peak_rss_kb(server.pid), counts=counts,
-                     accepted_seconds=round(accepted_after, 3))
+        clock.report(
+            "service bulk",
+            sent,
+            args.n - sent,
+            service_cpu_seconds=service_cpu,
+            service_peak_rss_kb=_peak_rss_kb(server.pid),
+            counts=counts,
+            accepted_seconds=round(accepted_after, 3),
+        )
     finally:
         tree = _tree(server.pid) if server.poll() is None else []
         if wrap:  # a profiler writes its output on SIGINT; then stop what it ran

@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-s", "--subject", help="subject for every message (overrides the template's)")
     p.add_argument("--from", dest="sender", metavar="ADDRESS", help="sender (default MAIL_DEFAULT_SENDER)")
     p.add_argument("--idempotency-key", metavar="KEY", help="re-running with the same key queues nothing new")
-    p.add_argument("--wait", action="store_true", help="after queueing, show delivery progress until every message is done")
+    p.add_argument(
+        "--wait", action="store_true", help="after queueing, show delivery progress until every message is done"
+    )
     p.add_argument("--poll", type=float, default=0.5, metavar="SECONDS", help="--wait polling interval (default 0.5)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="give up waiting after this long")
     p.set_defaults(handler=run)
@@ -144,7 +146,7 @@ def read_rows(text: str, fmt: str) -> tuple[list[Row], list[str]]:
     """All rows and all per-line problems of a recipients file."""
     stream = io.StringIO(text, newline="")
     rows, errors = [], []
-    for item in (_csv_rows(stream) if fmt == "csv" else _jsonl_rows(stream)):
+    for item in _csv_rows(stream) if fmt == "csv" else _jsonl_rows(stream):
         if isinstance(item, InputError):
             errors.append(str(item))
         else:
@@ -254,16 +256,17 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"Enqueuing {len(envelopes)} messages as one batch...", file=sys.stderr)
     try:
-        result = asyncio.run(
-            enqueue(settings, envelopes, batch=True, idempotency_key=args.idempotency_key)
-        )
+        result = asyncio.run(enqueue(settings, envelopes, batch=True, idempotency_key=args.idempotency_key))
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"nothing queued: {exc}")
     except MailError as exc:
         return fail(EXIT_USAGE, str(exc))
     assert result.batch_id is not None  # enqueue(batch=True) always names the batch
-    print(f"batch {result.batch_id}: {len(result.ids)} messages queued" + (" (idempotent replay)" if result.duplicate else ""),
-          file=sys.stderr)
+    print(
+        f"batch {result.batch_id}: {len(result.ids)} messages queued"
+        + (" (idempotent replay)" if result.duplicate else ""),
+        file=sys.stderr,
+    )
     print(result.batch_id)
     if not args.wait:
         return EXIT_OK

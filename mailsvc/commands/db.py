@@ -34,8 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="delete delivered/failed messages older than N days (PostgreSQL)",
         description="Delete final messages (and their bodies) older than --days, in small batches.",
     )
-    purge.add_argument("--days", type=float, default=None,
-                       help="keep final messages younger than this many days (default MAILSVC_RETENTION_DAYS)")
+    purge.add_argument(
+        "--days",
+        type=float,
+        default=None,
+        help="keep final messages younger than this many days (default MAILSVC_RETENTION_DAYS)",
+    )
     purge.add_argument("--batch-size", type=int, default=500, help="rows per DELETE transaction (default 500)")
     purge.set_defaults(handler=run_purge)
 

@@ -75,7 +75,7 @@ def load_context(raw: str | None, option: str = "--context") -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"{option}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
     if not isinstance(value, dict):
-        raise InputError(f"{option}: must be a JSON object like '{{\"name\": \"Ann\"}}'")
+        raise InputError(f'{option}: must be a JSON object like \'{{"name": "Ann"}}\'')
     return value
 
 

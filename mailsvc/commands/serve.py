@@ -10,8 +10,13 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="run the web service (hypercorn)", description="Run the service under hypercorn.")
     p.add_argument("--bind", default="127.0.0.1:8000", help="host:port to listen on (default 127.0.0.1:8000)")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
-                   help="level of mailsvc's own logs (default INFO); SQL drivers and SMTP libraries stay at WARNING")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LEVELS,
+        help="level of mailsvc's own logs (default INFO); SQL drivers and SMTP libraries stay at WARNING",
+    )
     p.set_defaults(handler=run)
 
 

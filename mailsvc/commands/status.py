@@ -10,8 +10,11 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("status", help="show a message's or batch's delivery status",
-                       description="Print the delivery state of a queued message (or batch) and each recipient.")
+    p = sub.add_parser(
+        "status",
+        help="show a message's or batch's delivery status",
+        description="Print the delivery state of a queued message (or batch) and each recipient.",
+    )
     p.add_argument("id", help="message id (as returned on enqueue) or, with --batch, a batch id")
     p.add_argument("--batch", action="store_true", help="ID is a batch id: print counts per state")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -42,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
         for r in data["recipients"]:
             code = "" if r["last_code"] is None else f" {r['last_code']}"
             retry = f" next attempt {r['next_attempt_at']}" if r["next_attempt_at"] else ""
-            print(f"  {r['recipient']:<40} {r['state']:<9} attempts {r['attempts']}  "
-                  f"updated {r['updated_at']}{retry}")
+            print(f"  {r['recipient']:<40} {r['state']:<9} attempts {r['attempts']}  updated {r['updated_at']}{retry}")
             if r["last_reply"] or code:
                 print(f"      last reply:{code} {r['last_reply']}")
     return EXIT_OK

@@ -26,12 +26,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="run delivery workers until SIGTERM/SIGINT",
         description="Claim due messages from the outbox and deliver them over SMTP.",
     )
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="claim loops in this process (default MAILSVC_WORKERS, at least 1)")
-    p.add_argument("--until-empty", action="store_true",
-                   help="exit once no message is left undelivered (every one delivered, failed or expired; for batch jobs and benchmarks)")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="level of mailsvc's own logs (default INFO); SQL drivers and SMTP libraries stay at WARNING")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="claim loops in this process (default MAILSVC_WORKERS, at least 1)",
+    )
+    p.add_argument(
+        "--until-empty",
+        action="store_true",
+        help="exit once no message is left undelivered "
+        "(every one delivered, failed or expired; for batch jobs and benchmarks)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="level of mailsvc's own logs (default INFO); SQL drivers and SMTP libraries stay at WARNING",
+    )
     p.set_defaults(handler=run)
 
 
@@ -63,8 +76,12 @@ async def _main(mail_config: MailConfig, service: ServiceConfig, count: int | No
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, group.request_stop)
         await group.start()
-        print(f"mailsvc worker: {len(group.workers)} claim loop(s) delivering via "
-              f"{mail_config.server}:{mail_config.port}", file=sys.stderr, flush=True)
+        print(
+            f"mailsvc worker: {len(group.workers)} claim loop(s) delivering via "
+            f"{mail_config.server}:{mail_config.port}",
+            file=sys.stderr,
+            flush=True,
+        )
         if until_empty:
             while not group.workers[0].stopping and await _work_left(outbox, group):
                 await asyncio.sleep(service.poll_interval)
@@ -74,8 +91,12 @@ async def _main(mail_config: MailConfig, service: ServiceConfig, count: int | No
         finally:
             await group.mail.aclose()
         s = group.stats
-        print(f"mailsvc worker: stopped; delivered {s.delivered}, deferred {s.deferred}, failed {s.failed}, "
-              f"expired {s.expired}, released {s.released}", file=sys.stderr, flush=True)
+        print(
+            f"mailsvc worker: stopped; delivered {s.delivered}, deferred {s.deferred}, failed {s.failed}, "
+            f"expired {s.expired}, released {s.released}",
+            file=sys.stderr,
+            flush=True,
+        )
     finally:
         await outbox.close()
 

@@ -1,9 +1,9 @@
 """JSON view of the dev inbox, for the test suites of apps that send through us (like Mailpit's API).
 
-    GET    /api/inbox?q=ann&start=0&limit=50   newest first: {"total", "start", "count", "messages": [...]}
-    GET    /api/inbox/<id>                     one message with headers, text, html, attachments
-    DELETE /api/inbox/<id>                     204
-    DELETE /api/inbox                          {"deleted": n}
+GET    /api/inbox?q=ann&start=0&limit=50   newest first: {"total", "start", "count", "messages": [...]}
+GET    /api/inbox/<id>                     one message with headers, text, html, attachments
+DELETE /api/inbox/<id>                     204
+DELETE /api/inbox                          {"deleted": n}
 """
 
 from __future__ import annotations

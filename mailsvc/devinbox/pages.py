@@ -6,7 +6,7 @@ from datetime import datetime
 
 from quart import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
-from .mailview import part_data, parse, rewrite_cids
+from .mailview import parse, part_data, rewrite_cids
 from .sandbox import IFRAME_SANDBOX, download, framed_html, same_origin, secure_page
 from .store import InboxStore, StoredMessage
 
@@ -58,7 +58,12 @@ async def inbox() -> Response:
     pages = max(1, -(-total // PAGE_SIZE))
     deleted = request.args.get("deleted")
     html = await render_template(
-        "inbox.html", rows=rows, q=q, page=page, pages=pages, total=total,
+        "inbox.html",
+        rows=rows,
+        q=q,
+        page=page,
+        pages=pages,
+        total=total,
         deleted=deleted if deleted and deleted.isdigit() else None,
     )
     return secure_page(Response(html))
@@ -70,8 +75,12 @@ async def show(id: int) -> Response:
     view = parse(found.raw)
     raw_text = found.raw[:256_000].decode("utf-8", errors="replace")
     html = await render_template(
-        "inbox_message.html", m=found.summary, view=view, raw_text=raw_text,
-        raw_truncated=len(found.raw) > 256_000, sandbox=IFRAME_SANDBOX,
+        "inbox_message.html",
+        m=found.summary,
+        view=view,
+        raw_text=raw_text,
+        raw_truncated=len(found.raw) > 256_000,
+        sandbox=IFRAME_SANDBOX,
     )
     return secure_page(Response(html))
 

@@ -45,7 +45,7 @@ def secure_page(response: Response) -> Response:
     return response
 
 
-_UNSAFE_FILENAME = re.compile(r'[^A-Za-z0-9._ -]')
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ -]")
 
 
 def download(data: bytes, filename: str, content_type: str) -> Response:

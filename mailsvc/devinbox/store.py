@@ -130,9 +130,20 @@ class InboxStore:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             cur = await self.db.execute(
-                "INSERT INTO messages (received_at, sender, recipients, subject, message_id, size, attachments, search, raw)"
+                "INSERT INTO messages"
+                " (received_at, sender, recipients, subject, message_id, size, attachments, search, raw)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, sender, json.dumps(recipients), info.subject, info.message_id, len(raw), info.attachments, search, raw),
+                (
+                    now,
+                    sender,
+                    json.dumps(recipients),
+                    info.subject,
+                    info.message_id,
+                    len(raw),
+                    info.attachments,
+                    search,
+                    raw,
+                ),
             )
             new_id = cur.lastrowid
             await self.db.execute(

@@ -43,7 +43,9 @@ def open_outbox(url: str | None = None, **options: Any) -> Outbox:
     """
     if not url or url.startswith("sqlite:"):
         if url and not url.startswith("sqlite:///"):
-            raise ConfigError("MAILSVC_DATABASE_URL", f"{url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
+            raise ConfigError(
+                "MAILSVC_DATABASE_URL", f"{url!r}: write sqlite:///relative/path or sqlite:////absolute/path"
+            )
         return SqliteOutbox(path_from_url(url), **options)
     if url.startswith(("postgresql://", "postgres://", "postgresql+")):
         try:

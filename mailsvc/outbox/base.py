@@ -92,7 +92,12 @@ def fingerprint(envelopes: Sequence[Envelope]) -> str:
         data = _VOLATILE_HEADER.sub(b"", head + sep) + body
         for i, boundary in enumerate(dict.fromkeys(_BOUNDARY.findall(data))):
             data = data.replace(boundary, b"=b%d=" % i)
-        for part in (env.sender, "\x00".join(env.recipients), "\x00".join(env.mail_options), "\x00".join(env.rcpt_options)):
+        for part in (
+            env.sender,
+            "\x00".join(env.recipients),
+            "\x00".join(env.mail_options),
+            "\x00".join(env.rcpt_options),
+        ):
             h.update(part.encode("utf-8") + b"\x01")
         h.update(hashlib.sha256(data).digest())
     return h.hexdigest()

@@ -198,7 +198,11 @@ class PostgresOutbox(Outbox):
                         WHERE k.created_at < now() - make_interval(secs => $5)
                     RETURNING true
                     """,
-                    idempotency_key, digest, ids, batch_id, float(self.idempotency_ttl),
+                    idempotency_key,
+                    digest,
+                    ids,
+                    batch_id,
+                    float(self.idempotency_ttl),
                 )
                 if not claimed:
                     # Another transaction committed this key first (we waited for it on the index).
@@ -241,7 +245,10 @@ class PostgresOutbox(Outbox):
                         WHERE k.created_at < now() - make_interval(secs => $4)
                     RETURNING true
                     """,
-                    idempotency_key, digest, batch_id, float(self.idempotency_ttl),
+                    idempotency_key,
+                    digest,
+                    batch_id,
+                    float(self.idempotency_ttl),
                 )
                 if not claimed:
                     row = await conn.fetchrow(
@@ -306,7 +313,9 @@ class PostgresOutbox(Outbox):
                     due_at = now() + make_interval(secs => $3), updated_at = now()
                 WHERE id = ANY($1::text[])
                 """,
-                list(due), owner, float(lease_seconds),
+                list(due),
+                owner,
+                float(lease_seconds),
             )
             # A message due with no due recipient should not exist; repair its due_at rather than spin.
             await _settle(conn, [i for i in ids if i not in due], [])
@@ -394,7 +403,9 @@ class PostgresOutbox(Outbox):
                 WHERE id = ANY($1::text[]) AND lease_owner = $2 AND state = 'sending'
                 RETURNING id
                 """,
-                list(ids), owner, float(lease_seconds),
+                list(ids),
+                owner,
+                float(lease_seconds),
             )
         return [r["id"] for r in rows]
 
@@ -404,7 +415,8 @@ class PostgresOutbox(Outbox):
         async with self._tx("release messages") as conn:
             rows = await conn.fetch(
                 "SELECT id FROM mailsvc_message WHERE id = ANY($1::text[]) AND lease_owner = $2 ORDER BY id FOR UPDATE",
-                list(ids), owner,
+                list(ids),
+                owner,
             )
             await _settle(conn, [r["id"] for r in rows], [])
             if rows:
@@ -539,7 +551,8 @@ class PostgresOutbox(Outbox):
                     )
                     SELECT count(*) FROM gone
                     """,
-                    float(older_than_days) * 86400, batch_size,
+                    float(older_than_days) * 86400,
+                    batch_size,
                 )
             total += n
             if n < batch_size:
@@ -553,7 +566,9 @@ class PostgresOutbox(Outbox):
         return total
 
 
-async def _insert(conn: asyncpg.Connection, ids: list[str], batch_id: str | None, envelopes: Sequence[Envelope]) -> None:
+async def _insert(
+    conn: asyncpg.Connection, ids: list[str], batch_id: str | None, envelopes: Sequence[Envelope]
+) -> None:
     """All rows of one enqueue in three set-based INSERTs (fast for a 10,000-message batch)."""
     await conn.execute(
         """
@@ -561,12 +576,15 @@ async def _insert(conn: asyncpg.Connection, ids: list[str], batch_id: str | None
         SELECT id, mid, $3, now() FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(id, mid, n)
         ORDER BY n
         """,
-        ids, [e.message_id for e in envelopes], batch_id,
+        ids,
+        [e.message_id for e in envelopes],
+        batch_id,
     )
     await conn.copy_records_to_table(
         "mailsvc_body",
         records=[
-            (i, e.sender, e.data, list(e.mail_options), list(e.rcpt_options)) for i, e in zip(ids, envelopes, strict=True)
+            (i, e.sender, e.data, list(e.mail_options), list(e.rcpt_options))
+            for i, e in zip(ids, envelopes, strict=True)
         ],
         columns=["message_pk", "sender", "data", "mail_options", "rcpt_options"],
     )
@@ -581,7 +599,9 @@ async def _insert(conn: asyncpg.Connection, ids: list[str], batch_id: str | None
     await conn.execute(
         "INSERT INTO mailsvc_recipient (message_pk, position, address) "
         "SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
-        pks, positions, addrs,
+        pks,
+        positions,
+        addrs,
     )
 
 
@@ -636,7 +656,8 @@ async def _settle(conn: asyncpg.Connection, release: list[str], restate: list[st
         FROM agg a
         WHERE m.id = a.message_pk
         """,
-        release, restate,
+        release,
+        restate,
     )
 
 

@@ -98,7 +98,7 @@ _COUNT_PENDING = "SELECT count(*) FROM messages WHERE due_at IS NOT NULL"
 
 def _chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
     """Slices small enough for SQLite's limit on bound parameters."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 _GROUP_MAX = 100  # enqueues of more messages than this take a transaction of their own
@@ -406,7 +406,11 @@ class SqliteOutbox(Outbox):
 
     @staticmethod
     async def _insert(
-        db: aiosqlite.Connection, first_pk: int, ids: list[str], batch_id: str | None | list[str | None], now: float,
+        db: aiosqlite.Connection,
+        first_pk: int,
+        ids: list[str],
+        batch_id: str | None | list[str | None],
+        now: float,
         envelopes: Sequence[Envelope],
     ) -> None:
         """Rows for ``envelopes`` from ``first_pk`` on; ``batch_id`` one for all or one per envelope."""
@@ -416,8 +420,17 @@ class SqliteOutbox(Outbox):
             " mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    first_pk + i, ids[i], env.message_id, batch_ids[i], now, now, now, env.sender, env.data,
-                    _json_list(env.mail_options), _json_list(env.rcpt_options),
+                    first_pk + i,
+                    ids[i],
+                    env.message_id,
+                    batch_ids[i],
+                    now,
+                    now,
+                    now,
+                    env.sender,
+                    env.data,
+                    _json_list(env.mail_options),
+                    _json_list(env.rcpt_options),
                 )
                 for i, env in enumerate(envelopes)
             ],
@@ -499,7 +512,9 @@ class SqliteOutbox(Outbox):
             claimed.append(ClaimedMessage(id=id_, envelope=env, attempts=attempts, first_queued_at=created))
         return claimed
 
-    async def _recipient_rows(self, db: aiosqlite.Connection, pks: Sequence[int]) -> dict[int, list[tuple[str, float | None]]]:
+    async def _recipient_rows(
+        self, db: aiosqlite.Connection, pks: Sequence[int]
+    ) -> dict[int, list[tuple[str, float | None]]]:
         rows: dict[int, list[tuple[str, float | None]]] = {pk: [] for pk in pks}
         for chunk in _chunks(pks):
             marks = ",".join("?" * len(chunk))
@@ -571,8 +586,15 @@ class SqliteOutbox(Outbox):
                 # Another worker took the message after our lease lapsed: leave its lease alone.
                 (ours if lease_owner in (owner, None) else theirs).append(pk)
                 rcpt_updates.extend(
-                    (o.state, o.code, o.reply[:1000], now,
-                     _ts(o.next_attempt_at) if o.state == "deferred" else None, pk, o.recipient)
+                    (
+                        o.state,
+                        o.code,
+                        o.reply[:1000],
+                        now,
+                        _ts(o.next_attempt_at) if o.state == "deferred" else None,
+                        pk,
+                        o.recipient,
+                    )
                     for o in outcomes
                 )
             # Never overwrite a final state: a delivered recipient stays delivered.
@@ -658,7 +680,11 @@ class SqliteOutbox(Outbox):
             created_at=created,
             recipients=[
                 RecipientStatus(
-                    recipient=r[0], state=r[1], attempts=r[2], last_code=r[3], last_reply=r[4],
+                    recipient=r[0],
+                    state=r[1],
+                    attempts=r[2],
+                    last_code=r[3],
+                    last_reply=r[4],
                     updated_at=_dt(r[5]) or created,
                     next_attempt_at=_dt(r[6]) if r[1] == "deferred" else None,
                 )

@@ -30,4 +30,6 @@ class MemoryTransport(Transport):
     async def send(self, envelope: Envelope) -> SendResult:
         self.outbox.append(envelope)
         self.sent += 1
-        return SendResult(envelope.message_id, tuple(RecipientResult(r, "delivered", 250, "OK") for r in envelope.recipients))
+        return SendResult(
+            envelope.message_id, tuple(RecipientResult(r, "delivered", 250, "OK") for r in envelope.recipients)
+        )

@@ -171,7 +171,7 @@ async def _pipelined(
         smtp.close()  # as aiosmtplib does on 421: the server is going away
     refused = [
         SMTPRecipientRefused(r.code, r.message, rcpt)
-        for rcpt, r in zip(recipients, rcpt_replies)
+        for rcpt, r in zip(recipients, rcpt_replies, strict=False)
         if r.code not in (_OK, _WILL_FORWARD)
     ]
     error: Exception | None = None

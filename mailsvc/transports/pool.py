@@ -84,7 +84,9 @@ class ConnectionPool:
                             i = next(todo, None)
                 except DeliveryError as exc:
                     assert i is not None
-                    results[i] = SendResult.all_failed(envelopes[i].message_id, envelopes[i].recipients, str(exc), exc.code)
+                    results[i] = SendResult.all_failed(
+                        envelopes[i].message_id, envelopes[i].recipients, str(exc), exc.code
+                    )
                     i = next(todo, None)
 
         await asyncio.gather(*(worker() for _ in range(min(self._size, len(envelopes)))))

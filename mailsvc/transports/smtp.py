@@ -85,8 +85,7 @@ class SMTPTransport(Transport):
                     tls = smtp.get_transport_info("sslcontext") is not None
                     if not tls and not is_loopback(c.server) and not c.allow_plaintext_auth:
                         raise TransportSecurityError(
-                            f"refusing to send the password to {c.server} without TLS; "
-                            "set MAIL_USE_TLS or MAIL_USE_SSL"
+                            f"refusing to send the password to {c.server} without TLS; set MAIL_USE_TLS or MAIL_USE_SSL"
                         )
                     await smtp.login(c.username, c.password.get_secret_value())
         except DeliveryError:
@@ -138,7 +137,8 @@ class SMTPTransport(Transport):
             return SendResult(
                 envelope.message_id,
                 tuple(
-                    RecipientResult(r, "refused", by_rcpt[r].code, by_rcpt[r].message) if r in by_rcpt
+                    RecipientResult(r, "refused", by_rcpt[r].code, by_rcpt[r].message)
+                    if r in by_rcpt
                     else RecipientResult(r, "failed", None, "not attempted")
                     for r in envelope.recipients
                 ),
@@ -165,7 +165,8 @@ class SMTPTransport(Transport):
         return SendResult(
             envelope.message_id,
             tuple(
-                RecipientResult(r, "refused", errors[r].code, errors[r].message) if r in errors
+                RecipientResult(r, "refused", errors[r].code, errors[r].message)
+                if r in errors
                 else RecipientResult(r, "delivered", 250, "OK")
                 for r in envelope.recipients
             ),

@@ -17,8 +17,8 @@ from quart import Blueprint, Response, request
 from ..errors import OutboxError
 from ..outbox import MessageStatus
 from . import compose
-from .problems import FieldError, ProblemException, errors_from_validation
 from .bulkstream import BulkBody, BulkRequest
+from .problems import FieldError, ProblemException, errors_from_validation
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
 from .state import web_state
 
@@ -59,7 +59,9 @@ async def read_text() -> str:
 def validate(model: type[M], data: Any) -> M:
     """Validate with this deployment's limits; 413 when what is wrong is a size, else 422."""
     if not isinstance(data, dict):
-        raise ProblemException(422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")])
+        raise ProblemException(
+            422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")]
+        )
     try:
         return model.model_validate(data, context=web_state().check_context())
     except ValidationError as exc:
@@ -74,7 +76,9 @@ def idempotency_key() -> str | None:
     if key is None:
         return None
     if not _IDEMPOTENCY_KEY.match(key):
-        raise ProblemException(422, errors=[FieldError(field="Idempotency-Key", reason="1 to 200 printable ASCII characters")])
+        raise ProblemException(
+            422, errors=[FieldError(field="Idempotency-Key", reason="1 to 200 printable ASCII characters")]
+        )
     return key
 
 
@@ -93,8 +97,12 @@ async def send_message() -> Response:
     key = idempotency_key()
     envelope = compose.build_single(ws.mail, m)
     result = await compose.enqueue(
-        ws.outbox(), [envelope], principal=principal.id, idempotency_key=key,
-        fingerprint=compose.fingerprint_of("message", m.model_dump_json()), batch=False,
+        ws.outbox(),
+        [envelope],
+        principal=principal.id,
+        idempotency_key=key,
+        fingerprint=compose.fingerprint_of("message", m.model_dump_json()),
+        batch=False,
     )
     id_ = result.ids[0]
     return _accepted(Accepted(id=id_), f"/api/messages/{id_}", result.duplicate)
@@ -111,8 +119,9 @@ async def send_bulk() -> Response:
         raise ProblemException(400, f"the body is not valid JSON: {exc}"[:300]) from None
     req = BulkRequest.check(body, ws.check_context())
     key = idempotency_key()
-    result = await compose.enqueue_bulk(ws.outbox(), req, ws.mail, ws.config.max_render_chars,
-                                        principal=principal.id, idempotency_key=key)
+    result = await compose.enqueue_bulk(
+        ws.outbox(), req, ws.mail, ws.config.max_render_chars, principal=principal.id, idempotency_key=key
+    )
     assert result.batch_id is not None
     out = BatchAccepted(batch_id=result.batch_id, count=len(result.ids))
     return _accepted(out, f"/api/batches/{result.batch_id}", result.duplicate)
@@ -127,8 +136,12 @@ def status_out(s: MessageStatus) -> MessageStatusOut:
         created_at=s.created_at.isoformat(),
         recipients=[
             RecipientStatusOut(
-                recipient=r.recipient, state=r.state, attempts=r.attempts, last_code=r.last_code,
-                last_reply=r.last_reply, updated_at=r.updated_at.isoformat(),
+                recipient=r.recipient,
+                state=r.state,
+                attempts=r.attempts,
+                last_code=r.last_code,
+                last_reply=r.last_reply,
+                updated_at=r.updated_at.isoformat(),
                 next_attempt_at=r.next_attempt_at.isoformat() if r.next_attempt_at else None,
             )
             for r in s.recipients

@@ -48,7 +48,10 @@ class KeyRing:
 
     def __init__(self, keys: tuple[SecretStr, ...]) -> None:
         self._keys = [
-            (hashlib.sha256(k.get_secret_value().encode("utf-8", "surrogatepass")).digest(), key_id(k.get_secret_value()))
+            (
+                hashlib.sha256(k.get_secret_value().encode("utf-8", "surrogatepass")).digest(),
+                key_id(k.get_secret_value()),
+            )
             for k in keys
         ]
 
@@ -74,13 +77,15 @@ class KeyRing:
         scheme, _, token = header.partition(" ")
         if not header:
             raise ProblemException(
-                401, "send Authorization: Bearer <key> (keys are set in MAILSVC_API_KEYS)",
+                401,
+                "send Authorization: Bearer <key> (keys are set in MAILSVC_API_KEYS)",
                 headers={"WWW-Authenticate": 'Bearer realm="mailsvc"'},
             )
         kid = self.identify(token.strip()) if scheme.lower() == "bearer" else None
         if kid is None:
             raise ProblemException(
-                401, "the API key is not valid",
+                401,
+                "the API key is not valid",
                 headers={"WWW-Authenticate": 'Bearer realm="mailsvc", error="invalid_token"'},
             )
         return Principal(kid, "bearer")
@@ -129,5 +134,9 @@ def verify_csrf(submitted: str | None, request: Request) -> None:
     if origin and (origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()):
         raise ProblemException(403, "cross-site form submission refused (Origin does not match)")
     expected = session.get("csrf")
-    if not isinstance(expected, str) or not submitted or not hmac.compare_digest(expected.encode(), submitted.encode("utf-8", "surrogatepass")):
+    if (
+        not isinstance(expected, str)
+        or not submitted
+        or not hmac.compare_digest(expected.encode(), submitted.encode("utf-8", "surrogatepass"))
+    ):
         raise ProblemException(403, "the form's security token is missing or stale; reload the page and submit again")

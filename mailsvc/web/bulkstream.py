@@ -71,7 +71,7 @@ class BulkBody:
     @classmethod
     def _parse(cls, text: str) -> BulkBody:
         i = _WS.match(text, 0).end()  # type: ignore[union-attr]
-        if text[i:i + 1] != "{":
+        if text[i : i + 1] != "{":
             value, end = _scan(text, i)  # not an object: BulkRequest.check refuses it with 422
             if _WS.match(text, end).end() != len(text):  # type: ignore[union-attr]
                 raise _Malformed(i)
@@ -171,7 +171,9 @@ class BulkRequest:
     def check(cls, body: BulkBody, context: CheckContext) -> BulkRequest:
         """Validate everything that can be checked without rendering; 422 (413 for sizes) with every field."""
         if not isinstance(body.head, dict):
-            raise ProblemException(422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")])
+            raise ProblemException(
+                422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")]
+            )
         errors: list[FieldError] = []
         too_large = False
         head_data = dict(body.head)
@@ -202,17 +204,25 @@ class BulkRequest:
                 too_large = too_large or _too_large(exc)
             else:
                 if not errors:
-                    digest.update(((",") if count else "").encode() + r.model_dump_json().encode("utf-8", "surrogatepass"))
+                    digest.update(
+                        ((",") if count else "").encode() + r.model_dump_json().encode("utf-8", "surrogatepass")
+                    )
             count += 1
         digest.update(b"]}")
         if body.recipients_at is not None and count == 0:
             errors.append(FieldError(field="recipients", reason="must have at least one entry"))
         if count > context.web.max_batch:
-            errors.append(FieldError(field="recipients",
-                                     reason=f"{count} messages; the limit per batch is {context.web.max_batch}"))
+            errors.append(
+                FieldError(
+                    field="recipients", reason=f"{count} messages; the limit per batch is {context.web.max_batch}"
+                )
+            )
         if errors or head is None:
-            raise ProblemException(413 if too_large else 422, "some fields are invalid; nothing was queued",
-                                   errors=errors[:_MAX_REPORTED + 5])
+            raise ProblemException(
+                413 if too_large else 422,
+                "some fields are invalid; nothing was queued",
+                errors=errors[: _MAX_REPORTED + 5],
+            )
         return cls(body, head, count, digest.hexdigest(), context)
 
     async def chunks(self, state: MailState, max_chars: int, size: int = CHUNK) -> AsyncGenerator[list[Envelope], None]:
@@ -229,7 +239,7 @@ class BulkRequest:
             envelopes: list[Envelope] = []
             failed: list[FieldError] = []
             nxt: int | None = None
-            for nxt, raw in self.body.recipients(start):
+            for nxt, raw in self.body.recipients(start):  # noqa: B007 (nxt is returned: where to resume)
                 r = BulkRecipient.model_validate(raw, context=self.context)
                 try:
                     envelopes.append(builder.build_one(index, r))
@@ -257,8 +267,9 @@ class BulkRequest:
                 job.cancel()
                 await asyncio.gather(job, return_exceptions=True)
         if errors:
-            raise ProblemException(422, "some messages of the batch cannot be built; nothing was queued",
-                                   errors=errors[:_MAX_REPORTED])
+            raise ProblemException(
+                422, "some messages of the batch cannot be built; nothing was queued", errors=errors[:_MAX_REPORTED]
+            )
 
 
 def _too_large(exc: ValidationError) -> bool:

@@ -27,9 +27,9 @@ from ..errors import (
 from ..extension import MailState
 from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..outbox import EnqueueResult, Outbox
+from .bulkstream import BulkRequest
 from .problems import FieldError, ProblemException, retry_after
 from .sandbox import InlineTemplate, InlineTemplateError, request_budget
-from .bulkstream import BulkRequest
 from .schemas import AttachmentIn, BulkHead, BulkRecipient, MessageIn, header_problem
 
 __all__ = ["BulkBuilder", "build_single", "enqueue", "enqueue_bulk", "fingerprint_of", "outbox_problem"]
@@ -41,33 +41,47 @@ def _attachments(items: Sequence[AttachmentIn]) -> list[Attachment]:
     return [Attachment(a.filename, a.content_type, a.data()) for a in items]
 
 
-def _render_named(state: MailState, name: str, context: Mapping[str, Any], field: str) -> tuple[str, str | None, str | None]:
+def _render_named(
+    state: MailState, name: str, context: Mapping[str, Any], field: str
+) -> tuple[str, str | None, str | None]:
     renderer = state.renderer
     if renderer is None:
         raise ProblemException(422, errors=[FieldError(field="template", reason="no email templates are configured")])
     try:
         return renderer.render_parts(name, context)
     except TemplateError as exc:
-        raise ProblemException(422, "the template does not render with this context",
-                               errors=[FieldError(field=field, reason=exc.reason)]) from None
+        raise ProblemException(
+            422, "the template does not render with this context", errors=[FieldError(field=field, reason=exc.reason)]
+        ) from None
     except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
-        raise ProblemException(422, "the template does not render with this context",
-                               errors=[FieldError(field=field, reason=f"{type(exc).__name__}: {exc}"[:300])]) from None
+        raise ProblemException(
+            422,
+            "the template does not render with this context",
+            errors=[FieldError(field=field, reason=f"{type(exc).__name__}: {exc}"[:300])],
+        ) from None
 
 
 def _build(state: MailState, msg: Message, prefix: str = "") -> Envelope:
     reason = header_problem(msg.subject)  # a rendered subject is user data too
     if reason:
         field = f"{prefix}.subject" if prefix else "subject"
-        raise ProblemException(422, "the message cannot be built as given", errors=[FieldError(field=field, reason=reason)])
+        raise ProblemException(
+            422, "the message cannot be built as given", errors=[FieldError(field=field, reason=reason)]
+        )
     try:
         return state.build(msg)
     except MessageError as exc:
-        raise ProblemException(422, "the message cannot be built as given",
-                               errors=[FieldError(field=_api_field(exc.field, prefix), reason=exc.reason)]) from None
+        raise ProblemException(
+            422,
+            "the message cannot be built as given",
+            errors=[FieldError(field=_api_field(exc.field, prefix), reason=exc.reason)],
+        ) from None
     except ValueError as exc:  # the email package's own header checks (e.g. a rendered subject)
-        raise ProblemException(422, "the message cannot be built as given",
-                               errors=[FieldError(field=f"{prefix}.message" if prefix else "message", reason=str(exc))]) from None
+        raise ProblemException(
+            422,
+            "the message cannot be built as given",
+            errors=[FieldError(field=f"{prefix}.message" if prefix else "message", reason=str(exc))],
+        ) from None
 
 
 _FIELD_NAMES = {"recipients": "to", "extra_headers": "headers", "body": "text"}
@@ -113,8 +127,11 @@ class BulkBuilder:
         self.inline: dict[str, InlineTemplate] = {}
         if head.template is None:
             errors: list[FieldError] = []
-            for field, source, is_html in (("subject", head.subject, False), ("text", head.text, False),
-                                           ("html", head.html, True)):
+            for field, source, is_html in (
+                ("subject", head.subject, False),
+                ("text", head.text, False),
+                ("html", head.html, True),
+            ):
                 if source is None:
                     continue
                 try:
@@ -167,10 +184,13 @@ def fingerprint_of(route: str, body: str) -> str:
 def outbox_problem(exc: OutboxError) -> ProblemException:
     """Map outbox errors to HTTP: full -> 503 + Retry-After, reused key -> 422, unknown -> 404."""
     if isinstance(exc, OutboxFullError):
-        return ProblemException(503, "too much undelivered mail is queued; retry later",
-                                headers=retry_after(exc.retry_after))
+        return ProblemException(
+            503, "too much undelivered mail is queued; retry later", headers=retry_after(exc.retry_after)
+        )
     if isinstance(exc, IdempotencyConflictError):
-        return ProblemException(422, str(exc), errors=[FieldError(field="Idempotency-Key", reason="already used for a different message")])
+        return ProblemException(
+            422, str(exc), errors=[FieldError(field="Idempotency-Key", reason="already used for a different message")]
+        )
     if isinstance(exc, NotFoundError):
         return ProblemException(404, str(exc))
     log.error("outbox error: %s", exc)
@@ -196,7 +216,11 @@ async def enqueue(
         for id_, env in zip(result.ids, envelopes, strict=False):
             log.info(
                 "accepted id=%s message_id=%s recipients=%d bytes=%d key=%s%s",
-                id_, env.message_id, len(env.recipients), len(env.data), principal,
+                id_,
+                env.message_id,
+                len(env.recipients),
+                len(env.data),
+                principal,
                 f" batch={result.batch_id}" if result.batch_id else "",
             )
     else:
@@ -204,15 +228,23 @@ async def enqueue(
     return result
 
 
-async def enqueue_bulk(outbox: Outbox, request: BulkRequest, state: MailState, max_chars: int, *,
-                       principal: str, idempotency_key: str | None) -> EnqueueResult:
+async def enqueue_bulk(
+    outbox: Outbox,
+    request: BulkRequest,
+    state: MailState,
+    max_chars: int,
+    *,
+    principal: str,
+    idempotency_key: str | None,
+) -> EnqueueResult:
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
     scoped = f"{principal}:{idempotency_key}" if idempotency_key is not None else None
     chunks = request.chunks(state, max_chars)
     try:
         async with aclosing(chunks):
-            result = await outbox.enqueue_stream(request.count, chunks, fingerprint=request.fingerprint,
-                                                 idempotency_key=scoped, batch=True)
+            result = await outbox.enqueue_stream(
+                request.count, chunks, fingerprint=request.fingerprint, idempotency_key=scoped, batch=True
+            )
     except OutboxError as exc:
         raise outbox_problem(exc) from None
     if result.duplicate:

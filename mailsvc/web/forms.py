@@ -27,8 +27,17 @@ __all__ = ["bp"]
 bp = Blueprint("mailsvc_form", __name__)
 
 # API field (first path segment) -> form field the message is shown next to.
-_FORM_FIELD = {"to": "email", "cc": "email", "bcc": "email", "text": "message", "html": "message",
-               "subject": "subject", "template": "template", "context": "template", "attachments": "attachments"}
+_FORM_FIELD = {
+    "to": "email",
+    "cc": "email",
+    "bcc": "email",
+    "text": "message",
+    "html": "message",
+    "subject": "subject",
+    "template": "template",
+    "context": "template",
+    "attachments": "attachments",
+}
 
 
 def _form_field(path: str) -> str:
@@ -43,14 +52,25 @@ def _safe_next(target: str | None) -> str:
     return "/"
 
 
-async def _render_form(ws: WebState, values: dict[str, Any], errors: dict[str, list[str]], status: int = 200,
-                       headers: dict[str, str] | None = None) -> Response:
+async def _render_form(
+    ws: WebState,
+    values: dict[str, Any],
+    errors: dict[str, list[str]],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
     renderer = ws.mail.renderer
     names = renderer.names() if renderer is not None else []
     html = await render_template(
-        "form.html", values=values, errors=errors, templates=names, csrf_token=csrf_token(),
-        nonce=secrets.token_urlsafe(16), signed_in=ws.keys.from_session() is not None,
-        open_service=ws.keys.open, max_attachment=ws.config.max_attachment_bytes,
+        "form.html",
+        values=values,
+        errors=errors,
+        templates=names,
+        csrf_token=csrf_token(),
+        nonce=secrets.token_urlsafe(16),
+        signed_in=ws.keys.from_session() is not None,
+        open_service=ws.keys.open,
+        max_attachment=ws.config.max_attachment_bytes,
     )
     return Response(html, status=status, headers=headers or {}, content_type="text/html; charset=utf-8")
 
@@ -78,8 +98,12 @@ async def _to_data(form: MultiDict[str, str]) -> dict[str, Any]:
         first = to[0] if to else ""
         name = first.split("<", 1)[0].strip().strip('"') if "<" in first else first.split("@", 1)[0]
         data["template"] = template
-        data["context"] = {"name": name, "email": form.get("email", ""), "subject": form.get("subject", ""),
-                           "message": form.get("message", "")}
+        data["context"] = {
+            "name": name,
+            "email": form.get("email", ""),
+            "subject": form.get("subject", ""),
+            "message": form.get("message", ""),
+        }
     else:
         data["subject"] = form.get("subject", "")
         data["text"] = form.get("message", "")
@@ -89,11 +113,13 @@ async def _to_data(form: MultiDict[str, str]) -> dict[str, Any]:
         if not f.filename:
             continue  # the browser's empty file input
         content = f.read()
-        attachments.append({
-            "filename": f.filename,
-            "content_type": f.mimetype or "application/octet-stream",
-            "content": base64.b64encode(content).decode("ascii"),
-        })
+        attachments.append(
+            {
+                "filename": f.filename,
+                "content_type": f.mimetype or "application/octet-stream",
+                "content": base64.b64encode(content).decode("ascii"),
+            }
+        )
     data["attachments"] = attachments
     return data
 
@@ -112,8 +138,13 @@ async def submit() -> Response:
         return await _render_form(ws, values, {"form": [exc.detail or "forbidden"]}, status=403)
     wait = ws.limiter.take(principal.id)
     if wait is not None:
-        return await _render_form(ws, values, {"form": ["Too many messages; wait a moment and try again."]},
-                                  status=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        return await _render_form(
+            ws,
+            values,
+            {"form": ["Too many messages; wait a moment and try again."]},
+            status=429,
+            headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+        )
     errors: dict[str, list[str]] = {}
     try:
         data = await _to_data(form)
@@ -125,9 +156,12 @@ async def submit() -> Response:
         envelope = compose.build_single(ws.mail, m)
         nonce = form.get("nonce") or None
         result = await compose.enqueue(
-            ws.outbox(), [envelope], principal=principal.id,
+            ws.outbox(),
+            [envelope],
+            principal=principal.id,
             idempotency_key=f"form:{nonce}"[:200] if nonce else None,
-            fingerprint=compose.fingerprint_of("form", m.model_dump_json()), batch=False,
+            fingerprint=compose.fingerprint_of("form", m.model_dump_json()),
+            batch=False,
         )
     except ProblemException as exc:
         for e in exc.errors:
@@ -136,16 +170,22 @@ async def submit() -> Response:
             errors["form"] = [exc.detail or exc.title]
         return await _render_form(ws, values, errors, status=exc.status, headers=exc.headers)
     id_ = result.ids[0]
-    html = await render_template("sent.html", id=id_, status_url=f"/api/messages/{id_}",
-                                 recipients=len(envelope.recipients))
+    html = await render_template(
+        "sent.html", id=id_, status_url=f"/api/messages/{id_}", recipients=len(envelope.recipients)
+    )
     return Response(html, status=200, content_type="text/html; charset=utf-8")
 
 
 @bp.get("/signin")
 async def signin() -> Response:
     ws = web_state()
-    html = await render_template("signin.html", csrf_token=csrf_token(), next=_safe_next(request.args.get("next")),
-                                 error=None, open_service=ws.keys.open)
+    html = await render_template(
+        "signin.html",
+        csrf_token=csrf_token(),
+        next=_safe_next(request.args.get("next")),
+        error=None,
+        open_service=ws.keys.open,
+    )
     return Response(html, content_type="text/html; charset=utf-8")
 
 
@@ -170,8 +210,9 @@ async def signin_post() -> Response:
             session.clear()
             session["key_id"] = kid
             return redirect(target)  # type: ignore[return-value]
-    html = await render_template("signin.html", csrf_token=csrf_token(), next=target, error=error,
-                                 open_service=ws.keys.open)
+    html = await render_template(
+        "signin.html", csrf_token=csrf_token(), next=target, error=error, open_service=ws.keys.open
+    )
     return Response(html, status=status, content_type="text/html; charset=utf-8")
 
 

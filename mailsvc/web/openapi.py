@@ -37,7 +37,10 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _problem(description: str, retry: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description, "content": {"application/problem+json": {"schema": _ref(Problem)}}}
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref(Problem)}},
+    }
     if retry:
         out["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
     return out
@@ -55,8 +58,13 @@ _POST_ERRORS = {
     "503": _problem("outbox full or unavailable", retry=True),
     **_ERRORS,
 }
-_IDEM = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 200},
-         "description": "retries with the same key (within 24 h) return the first answer and queue nothing"}
+_IDEM = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 200},
+    "description": "retries with the same key (within 24 h) return the first answer and queue nothing",
+}
 
 
 def _json(model: type[BaseModel], description: str, location: bool = False) -> dict[str, Any]:
@@ -74,36 +82,46 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "mailsvc", "version": "1", "description": "Queue email for durable delivery."},
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "a key from MAILSVC_API_KEYS"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a key from MAILSVC_API_KEYS"}
+            },
         },
         "security": [{"bearer": []}],
         "paths": {
-            "/api/messages": {"post": {
-                "summary": "Queue one message",
-                "operationId": "sendMessage",
-                "parameters": [_IDEM],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(MessageIn)}}},
-                "responses": {"202": _json(Accepted, "queued", location=True), **_POST_ERRORS},
-            }},
-            "/api/messages/bulk": {"post": {
-                "summary": "Queue one personalised message per recipient entry, all or none",
-                "operationId": "sendBulk",
-                "parameters": [_IDEM],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BulkIn)}}},
-                "responses": {"202": _json(BatchAccepted, "batch queued", location=True), **_POST_ERRORS},
-            }},
-            "/api/messages/{id}": {"get": {
-                "summary": "A message's state and each recipient's state, attempts and last reply",
-                "operationId": "messageStatus",
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json(MessageStatusOut, "status"), "404": _problem("unknown id"), **_ERRORS},
-            }},
-            "/api/batches/{id}": {"get": {
-                "summary": "Counts of a batch's messages per state",
-                "operationId": "batchStatus",
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json(BatchStatusOut, "counts"), "404": _problem("unknown id"), **_ERRORS},
-            }},
+            "/api/messages": {
+                "post": {
+                    "summary": "Queue one message",
+                    "operationId": "sendMessage",
+                    "parameters": [_IDEM],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(MessageIn)}}},
+                    "responses": {"202": _json(Accepted, "queued", location=True), **_POST_ERRORS},
+                }
+            },
+            "/api/messages/bulk": {
+                "post": {
+                    "summary": "Queue one personalised message per recipient entry, all or none",
+                    "operationId": "sendBulk",
+                    "parameters": [_IDEM],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BulkIn)}}},
+                    "responses": {"202": _json(BatchAccepted, "batch queued", location=True), **_POST_ERRORS},
+                }
+            },
+            "/api/messages/{id}": {
+                "get": {
+                    "summary": "A message's state and each recipient's state, attempts and last reply",
+                    "operationId": "messageStatus",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json(MessageStatusOut, "status"), "404": _problem("unknown id"), **_ERRORS},
+                }
+            },
+            "/api/batches/{id}": {
+                "get": {
+                    "summary": "Counts of a batch's messages per state",
+                    "operationId": "batchStatus",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json(BatchStatusOut, "counts"), "404": _problem("unknown id"), **_ERRORS},
+                }
+            },
         },
     }
 
@@ -144,11 +162,20 @@ async def docs() -> Response:
             {"name": p, "type": _type_of(s), "required": p in required, "description": _prose(s.get("description", ""))}
             for p, s in schema.get("properties", {}).items()
         ]
-        schemas.append({"name": name, "description": _prose((schema.get("description") or "").split("\n\n")[0]), "props": props})
+        schemas.append(
+            {"name": name, "description": _prose((schema.get("description") or "").split("\n\n")[0]), "props": props}
+        )
     operations = [
-        {"path": path, "method": method.upper(), "op": op,
-         "body": _type_of(op["requestBody"]["content"]["application/json"]["schema"]) if "requestBody" in op else None}
-        for path, item in doc["paths"].items() for method, op in item.items()
+        {
+            "path": path,
+            "method": method.upper(),
+            "op": op,
+            "body": _type_of(op["requestBody"]["content"]["application/json"]["schema"])
+            if "requestBody" in op
+            else None,
+        }
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
     ]
     html = await render_template("docs.html", operations=operations, schemas=schemas)
     return Response(html, content_type="text/html; charset=utf-8")

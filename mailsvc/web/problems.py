@@ -103,7 +103,7 @@ def errors_from_validation(exc: ValidationError, prefix: str = "") -> list[Field
         reason = plain_reason(err)
         m = _LEADING_FIELD.match(reason)
         if path == "body" and m:  # a whole-model check names its field as "field: why"
-            path, reason = m.group(1), reason[m.end():]
+            path, reason = m.group(1), reason[m.end() :]
         if (path, reason) not in seen:
             seen.add((path, reason))
             result.append(FieldError(field=path, reason=reason))
@@ -118,7 +118,11 @@ def plain_reason(err: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         return "is not a field this API knows; remove it"
     if kind == "string_too_short":
-        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters"
+        return (
+            "must not be empty"
+            if ctx.get("min_length") == 1
+            else f"must be at least {ctx.get('min_length')} characters"
+        )
     if kind == "string_too_long":
         return f"must be at most {ctx.get('max_length')} characters"
     if kind == "too_short":
@@ -127,9 +131,13 @@ def plain_reason(err: Mapping[str, Any]) -> str:
     if kind == "too_long":
         return f"must have at most {ctx.get('max_length')} entries"
     if kind in ("list_type", "string_type", "dict_type", "model_type", "model_attributes_type"):
-        return {"list_type": "must be a list", "string_type": "must be a string",
-                "dict_type": "must be an object", "model_type": "must be an object",
-                "model_attributes_type": "must be an object"}[kind]
+        return {
+            "list_type": "must be a list",
+            "string_type": "must be a string",
+            "dict_type": "must be an object",
+            "model_type": "must be an object",
+            "model_attributes_type": "must be an object",
+        }[kind]
     return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 

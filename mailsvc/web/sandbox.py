@@ -144,7 +144,17 @@ class InlineTemplate:
             raise InlineTemplateError(field, f"{self.field}: variable missing from context: {exc.message}") from None
         except SecurityError as exc:
             raise InlineTemplateError(field, f"{self.field}: not allowed in a template: {exc}") from None
-        except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError,
-                RecursionError, MemoryError) as exc:
-            raise InlineTemplateError(field, f"{self.field}: does not render: {type(exc).__name__}: {exc}"[:500]) from None
+        except (
+            jinja2.TemplateError,
+            ArithmeticError,
+            TypeError,
+            ValueError,
+            LookupError,
+            AttributeError,
+            RecursionError,
+            MemoryError,
+        ) as exc:
+            raise InlineTemplateError(
+                field, f"{self.field}: does not render: {type(exc).__name__}: {exc}"[:500]
+            ) from None
         return "".join(out)

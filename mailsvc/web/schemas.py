@@ -55,8 +55,21 @@ _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-
 # Headers the service sets itself; letting a request set them would allow spoofing or break MIME.
 FORBIDDEN_HEADERS = frozenset(
     {
-        "from", "sender", "to", "cc", "bcc", "subject", "date", "message-id", "reply-to", "return-path",
-        "received", "content-type", "content-transfer-encoding", "mime-version", "content-disposition",
+        "from",
+        "sender",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "reply-to",
+        "return-path",
+        "received",
+        "content-type",
+        "content-transfer-encoding",
+        "mime-version",
+        "content-disposition",
     }
 )
 
@@ -107,8 +120,9 @@ def _address(v: str, info: ValidationInfo) -> str:
     if ctx is not None and info.field_name != "sender" and info.field_name != "reply_to":
         domain = parsed.envelope.rpartition("@")[2]
         if not domain_allowed(domain, ctx.web.allowed_domains):
-            raise PydanticCustomError("domain_not_allowed", "recipient domain {domain} is not on the allow-list",
-                                      {"domain": domain})
+            raise PydanticCustomError(
+                "domain_not_allowed", "recipient domain {domain} is not on the allow-list", {"domain": domain}
+            )
     return v
 
 
@@ -163,8 +177,9 @@ class AttachmentIn(BaseModel):
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> AttachmentIn:
         if not _MIME.fullmatch(self.content_type):
-            raise PydanticCustomError("mime_type", "content_type {ct!r} is not a MIME type like 'image/png'",
-                                      {"ct": self.content_type[:80]})
+            raise PydanticCustomError(
+                "mime_type", "content_type {ct!r} is not a MIME type like 'image/png'", {"ct": self.content_type[:80]}
+            )
         try:
             raw = base64.b64decode(self.content, validate=True)
         except (binascii.Error, ValueError):
@@ -172,7 +187,8 @@ class AttachmentIn(BaseModel):
         ctx = _ctx(info)
         if ctx is not None and len(raw) > ctx.web.max_attachment_bytes:
             raise PydanticCustomError(
-                "too_large", "attachment is {size} bytes; the limit is {limit}",
+                "too_large",
+                "attachment is {size} bytes; the limit is {limit}",
                 {"size": len(raw), "limit": ctx.web.max_attachment_bytes},
             )
         return self
@@ -183,11 +199,14 @@ class _Common(BaseModel):
 
     sender: Address | None = Field(default=None, description="From; only when the service allows it")
     reply_to: AddressList = Field(default_factory=list, description="one address or a list")
-    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100,
-                                            description="files, base64-encoded; size capped per attachment")
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list, max_length=100, description="files, base64-encoded; size capped per attachment"
+    )
     headers: dict[HeaderName, HeaderText] = Field(
-        default_factory=dict, max_length=50,
-        description="extra headers such as List-Unsubscribe; From, To, Subject, Date and MIME headers are refused")
+        default_factory=dict,
+        max_length=50,
+        description="extra headers such as List-Unsubscribe; From, To, Subject, Date and MIME headers are refused",
+    )
 
     def _check_sender(self, info: ValidationInfo) -> None:
         ctx = _ctx(info)
@@ -198,7 +217,10 @@ class _Common(BaseModel):
 class MessageIn(_Common):
     """``POST /api/messages``: literal subject/text/html, or a named ``template`` with ``context``."""
 
-    to: Annotated[AddressList, Field(min_length=1, description="'Name <a@b.example>' or 'a@b.example' (IDN domains too), or a list")]
+    to: Annotated[
+        AddressList,
+        Field(min_length=1, description="'Name <a@b.example>' or 'a@b.example' (IDN domains too), or a list"),
+    ]
     cc: AddressList = Field(default_factory=list, description="one address or a list")
     bcc: AddressList = Field(default_factory=list, description="envelope only: never shown in a header")
     subject: HeaderText | None = Field(default=None, description="required unless template is given")
@@ -211,7 +233,9 @@ class MessageIn(_Common):
     def _shape(self, info: ValidationInfo) -> MessageIn:
         self._check_sender(info)
         if self.template is not None and (self.subject is not None or self.text is not None or self.html is not None):
-            raise PydanticCustomError("either_or", "template: give either template + context or subject/text/html, not both")
+            raise PydanticCustomError(
+                "either_or", "template: give either template + context or subject/text/html, not both"
+            )
         if self.template is None:
             if self.subject is None:
                 raise PydanticCustomError("missing_subject", "subject: required unless a template is given")
@@ -220,8 +244,11 @@ class MessageIn(_Common):
         ctx = _ctx(info)
         n = len(self.to) + len(self.cc) + len(self.bcc)
         if ctx is not None and n > ctx.web.max_recipients:
-            raise PydanticCustomError("too_many", "to: {n} recipients; the limit per message is {limit}",
-                                      {"n": n, "limit": ctx.web.max_recipients})
+            raise PydanticCustomError(
+                "too_many",
+                "to: {n} recipients; the limit per message is {limit}",
+                {"n": n, "limit": ctx.web.max_recipients},
+            )
         return self
 
 
@@ -269,8 +296,11 @@ class BulkIn(BulkHead):
     def _count(self, info: ValidationInfo) -> BulkIn:
         ctx = _ctx(info)
         if ctx is not None and len(self.recipients) > ctx.web.max_batch:
-            raise PydanticCustomError("too_many", "recipients: {n} messages; the limit per batch is {limit}",
-                                      {"n": len(self.recipients), "limit": ctx.web.max_batch})
+            raise PydanticCustomError(
+                "too_many",
+                "recipients: {n} messages; the limit per batch is {limit}",
+                {"n": len(self.recipients), "limit": ctx.web.max_batch},
+            )
         return self
 
 

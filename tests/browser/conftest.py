@@ -25,8 +25,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "tests" / "screenshots"
 WIDTHS = {"mobile": 375, "desktop": 1440}
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
@@ -52,12 +57,20 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, dev_smtp_port: int) -> It
     templates = tmp / "templates"
     shutil.copytree(REPO / "templates", templates)
     (templates / "email" / "broken.html").write_text("<p>Hello {{ name }}</p>\n<p>{% if %}oops{% endif %}</p>\n")
-    env |= {"MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/o.sqlite3", "MAILSVC_DEV_SMTP_PORT": str(dev_smtp_port),
-            "MAILSVC_TEMPLATES": str(templates), "PYTHONUNBUFFERED": "1"}
+    env |= {
+        "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/o.sqlite3",
+        "MAILSVC_DEV_SMTP_PORT": str(dev_smtp_port),
+        "MAILSVC_TEMPLATES": str(templates),
+        "PYTHONUNBUFFERED": "1",
+    }
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", "127.0.0.1:0"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 60  # start-up wait only, not an assertion about speed

@@ -9,13 +9,12 @@ import base64
 import smtplib
 import time
 import uuid
-from email.message import EmailMessage
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 
 PNG_1PX = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -110,8 +109,9 @@ def test_message_scripts_never_run(page: Any, base_url: str, screenshots: Path) 
         "<img src='data:,' onerror=\"document.body.setAttribute('data-pwned', 'onerror')\">"
         "<img alt='dot' src='data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=='>"
     )
-    response = page.request.post(f"{base_url}/api/messages",
-                                 data={"to": "bob@example.com", "subject": subject, "html": html, "text": "plain"})
+    response = page.request.post(
+        f"{base_url}/api/messages", data={"to": "bob@example.com", "subject": subject, "html": html, "text": "plain"}
+    )
     assert response.status == 202, response.text()
     open_in_inbox(page, base_url, subject)
     frame = page.frame_locator("iframe.mail")
@@ -174,7 +174,7 @@ def test_previews(page: Any, base_url: str, screenshots: Path) -> None:
 
 
 def _luminance(css_rgb: str) -> float:
-    r, g, b = (int(x) / 255 for x in css_rgb[css_rgb.index("(") + 1:css_rgb.index(")")].split(",")[:3])
+    r, g, b = (int(x) / 255 for x in css_rgb[css_rgb.index("(") + 1 : css_rgb.index(")")].split(",")[:3])
     lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
     return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
 
@@ -193,6 +193,7 @@ def test_form_fields_are_readable_widths_with_visible_edges(page: Any, base_url:
             else:
                 assert box["width"] >= 375 - 2 * 40, f"{sel} is only {box['width']}px wide at 375px"
         border, background = page.locator("#subject").evaluate(
-            "el => [getComputedStyle(el).borderTopColor, getComputedStyle(el).backgroundColor]")
+            "el => [getComputedStyle(el).borderTopColor, getComputedStyle(el).backgroundColor]"
+        )
         lighter, darker = sorted((_luminance(border), _luminance(background)), reverse=True)
         assert (lighter + 0.05) / (darker + 0.05) >= 3, f"field edge {border} on {background} is too faint"
