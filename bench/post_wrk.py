@@ -1,0 +1,205 @@
+"""Single JSON POSTs measured with ``wrk`` (a C client): the service against a bare Quart route, in one run.
+
+    .venv/bin/python bench/post_wrk.py [--duration 10] [--connections 20] [--rounds 3] [--workers 1]
+    .venv/bin/python bench/post_wrk.py --tree before=/path/to/old/checkout   # compare two checkouts too
+
+Why wrk and not a Python loop: at these rates a Python load generator is itself the bottleneck and shares
+the GIL-bound CPU with nothing but itself; wrk costs a fraction of a core. The bare route (parse the same
+JSON, answer 202) runs on the same hypercorn in the same run, so every figure is a ratio to it. Rounds are
+interleaved (bare, service, bare, service, ...) so a noisy minute hurts both alike; the median is reported.
+
+Each server runs in a new session and is killed as a group (hypercorn's worker child included). The
+service gets a fresh SQLite outbox (durable commits); its in-process workers deliver to a sink in its own
+process (Postfix's ``smtp-sink`` when installed, else ``bench/aiosmtpd_sink.py``). ``--tree NAME=PATH``
+adds another checkout's ``asgi:app`` (run with that checkout's ``.venv/bin/python`` when it has one), for
+before/after figures of a change in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from sinks import AiosmtpdSink, Sink, SmtpSink, smtp_sink_binary  # noqa: E402
+
+BARE_APP = """
+from quart import Quart, request
+app = Quart(__name__)
+
+@app.post("/api/messages")
+async def accept():
+    data = await request.get_json()
+    return {"id": "x", "status": "queued", "n": len(data)}, 202
+
+@app.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+"""
+BODY = {"to": "Ann <ann@example.com>", "subject": "Benchmark", "text": "Hello from the benchmark.\n" * 10}
+LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-key"
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    app: str  # hypercorn's APP argument
+    root: Path  # where the app's code lives (PYTHONPATH, cwd for asgi:app)
+    python: str
+
+
+@dataclass(frozen=True)
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise SystemExit(f"server did not answer {url} within {limit} s")
+
+
+def _find(pattern: str, text: str) -> str:
+    found = re.search(pattern, text, re.M)
+    if found is None:
+        raise SystemExit(f"wrk printed no {pattern!r}:\n{text}")
+    return found.group(1)
+
+
+def _ms(text: str) -> float:
+    value, unit = _find(r"^([\d.]+)(?:us|ms|s)$", text), _find(r"(us|ms|s)$", text)
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(out: str) -> Result:
+    rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
+    p50 = _ms(_find(r"^\s+50%\s+(\S+)", out))
+    p99 = _ms(_find(r"^\s+99%\s+(\S+)", out))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return Result(rps, p50, p99, int(bad.group(1)) if bad else 0)
+
+
+def run_one(target: Target, args: argparse.Namespace, sink: Sink, tmp: Path, lua: Path) -> Result:
+    port = free_port()
+    db = tmp / f"{target.name.replace(' ', '_')}-{time.monotonic_ns()}.sqlite3"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp}{os.pathsep}{target.root}",
+        "MAIL_SERVER": "127.0.0.1",
+        "MAIL_PORT": str(sink.port),
+        "MAIL_DEFAULT_SENDER": "bench@example.com",
+        "MAILSVC_API_KEYS": "bench-key",
+        "MAILSVC_RATE_LIMIT": "0",
+        "MAILSVC_WORKERS": str(args.workers),
+        "MAILSVC_DATABASE_URL": f"sqlite:///{db}",
+        "MAILSVC_MAX_PENDING": "10000000",
+    }
+    proc = subprocess.Popen(
+        [target.python, "-m", "hypercorn", target.app, "--bind", f"127.0.0.1:{port}"],
+        cwd=target.root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_up(f"http://127.0.0.1:{port}/healthz", proc)
+        url = f"http://127.0.0.1:{port}/api/messages"
+        subprocess.run(["wrk", "-t1", "-c10", "-d2s", "-s", str(lua), url], capture_output=True, check=True)  # warm-up
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", str(lua), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return parse_wrk(out)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of each wrk run (default 10)")
+    ap.add_argument("--connections", type=int, default=20, help="wrk connections (default 20)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    ap.add_argument("--workers", type=int, default=1, help="the service's in-process delivery workers")
+    ap.add_argument("--tree", action="append", default=[], help="NAME=PATH of another checkout to measure too")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as tmpname:
+        tmp = Path(tmpname)
+        (tmp / "bare_app.py").write_text(BARE_APP)
+        lua = tmp / "post.lua"
+        lua.write_text(LUA.format(body=json.dumps(json.dumps(BODY))))
+        targets = [Target("bare Quart route", "bare_app:app", ROOT, sys.executable)]
+        targets.append(Target("mailsvc (this checkout)", "asgi:app", ROOT, sys.executable))
+        for spec in args.tree:
+            name, _, path = spec.partition("=")
+            root = Path(path).resolve()
+            py = root / ".venv" / "bin" / "python"
+            targets.append(Target(f"mailsvc ({name})", "asgi:app", root, str(py if py.exists() else sys.executable)))
+        sink = (SmtpSink() if smtp_sink_binary() else AiosmtpdSink()).start()
+        runs: dict[str, list[Result]] = {t.name: [] for t in targets}
+        try:
+            for _ in range(args.rounds):
+                for t in targets:
+                    runs[t.name].append(run_one(t, args, sink, tmp, lua))
+        finally:
+            sink.stop()
+    bare = statistics.median(r.rps for r in runs[targets[0].name])
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, median (range);")
+    print(f"service: SQLite outbox, {args.workers} in-process worker(s)\n")
+    print("| route | req/s | of bare | p50 ms | p99 ms | non-2xx |")
+    print("|---|---|---|---|---|---|")
+    for t in targets:
+        rs = runs[t.name]
+        rps = [r.rps for r in rs]
+        print(
+            f"| {t.name} | {statistics.median(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) "
+            f"| {statistics.median(rps) / bare:.0%} | {statistics.median(r.p50_ms for r in rs):.1f} "
+            f"| {statistics.median(r.p99_ms for r in rs):.1f} | {sum(r.non_2xx for r in rs)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
