@@ -19,8 +19,8 @@ from typing import Any
 from quart import Blueprint, Quart, Response, abort, current_app, render_template
 
 from .config import ServiceConfig
-from .devinbox.sandbox import IFRAME_SANDBOX, framed_html, secure_page
 from .errors import TemplateError
+from .pagesafety import IFRAME_SANDBOX, framed_html, secure_page
 from .rendering import TemplateRenderer, template_name_ok
 
 __all__ = ["Preview", "render_preview", "register"]

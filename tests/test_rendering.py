@@ -209,7 +209,7 @@ def test_dotted_names_on_dicts_resolve_as_plain_jinja_does(source: str, sandboxe
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
-    from mailsvc.web.sandbox import InlineTemplate
+    from mailsvc.web.inline_templates import InlineTemplate
 
     context = {
         "d": {
@@ -239,7 +239,7 @@ def test_a_missing_key_is_still_an_undefined_variable(tmp_path: Path) -> None:
 
 
 def test_the_sandbox_still_refuses_dunder_attributes_of_dicts() -> None:
-    from mailsvc.web.sandbox import InlineTemplate, InlineTemplateError
+    from mailsvc.web.inline_templates import InlineTemplate, InlineTemplateError
 
     t = InlineTemplate.compile("text", "{{ d.__class__.__mro__ }}", html=False, max_chars=1000)
     with pytest.raises(InlineTemplateError):
@@ -268,7 +268,7 @@ def test_dict_fast_path_fails_soft_where_jinja_does(error: type[Exception], sand
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
-    from mailsvc.web.sandbox import _Env
+    from mailsvc.web.inline_templates import _Env
 
     plain = SandboxedEnvironment() if sandboxed else jinja2.Environment()
     ours = _Env() if sandboxed else TemplateRenderer(Path(".")).env

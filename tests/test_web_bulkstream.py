@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from mailsvc.config import WebConfig
-from mailsvc.web.bulkstream import CHUNK, BulkBody, BulkRequest
+from mailsvc.web.bulkstream import CHUNK, BulkRequest
 from mailsvc.web.compose import fingerprint_of
+from mailsvc.web.jsonscan import BulkBody
 from mailsvc.web.problems import ProblemException
 from mailsvc.web.schemas import BulkIn, CheckContext
 from tests.servers import RecordingHandler

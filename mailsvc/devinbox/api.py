@@ -12,8 +12,8 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, jsonify, request, url_for
 
+from ..pagesafety import same_origin
 from .mailview import parse
-from .sandbox import same_origin
 from .store import InboxStore, Summary
 
 __all__ = ["bp", "summary_json"]

@@ -6,8 +6,8 @@ from datetime import datetime
 
 from quart import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 
+from ..pagesafety import IFRAME_SANDBOX, download, framed_html, same_origin, secure_page
 from .mailview import parse, part_data, rewrite_cids
-from .sandbox import IFRAME_SANDBOX, download, framed_html, same_origin, secure_page
 from .store import InboxStore, StoredMessage
 
 __all__ = ["PAGE_SIZE", "bp", "human_size", "when"]

@@ -6,7 +6,9 @@ Layout (one job per module)::
     problems   RFC 9457 problem details
     auth       API keys, session sign-in, CSRF, the open-relay guard
     ratelimit  per-key token buckets
-    sandbox    request-supplied Jinja strings, sandboxed and capped
+    inline_templates   request-supplied Jinja strings, sandboxed and capped
+    jsonscan   a JSON object whose big array is walked an element at a time
+    bulkstream a bulk request: checked in one walk, built and stored in chunks in another
     compose    models -> envelopes -> one atomic enqueue
     api, forms, openapi, health   the routes
 

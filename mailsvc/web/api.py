@@ -17,7 +17,8 @@ from quart import Blueprint, Response, request
 from ..errors import OutboxError
 from ..outbox import MessageStatus
 from . import compose
-from .bulkstream import BulkBody, BulkRequest
+from .bulkstream import BulkRequest
+from .jsonscan import BulkBody
 from .problems import FieldError, ProblemException, errors_from_validation
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
 from .state import web_state

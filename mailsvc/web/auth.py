@@ -16,13 +16,13 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from quart import Request, session
 
 from ..config import ServiceConfig
 from ..errors import ConfigError
+from ..pagesafety import same_origin
 from .problems import ProblemException
 
 __all__ = ["KeyRing", "Principal", "check_startup", "csrf_token", "key_id", "verify_csrf"]
@@ -129,9 +129,7 @@ def csrf_token() -> str:
 
 def verify_csrf(submitted: str | None, request: Request) -> None:
     """403 unless the submitted token matches the session's and any Origin is our own."""
-    origin = request.headers.get("Origin")
-    # Host only, not scheme: behind a TLS-terminating proxy the app sees http:// for an https:// page.
-    if origin and (origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower()):
+    if not same_origin(request):
         raise ProblemException(403, "cross-site form submission refused (Origin does not match)")
     expected = session.get("csrf")
     if (

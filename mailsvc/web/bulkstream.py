@@ -9,149 +9,28 @@ counts them and hashes them for the idempotency fingerprint; the second renders
 and MIME-builds a chunk at a time, off the event loop, feeding
 :meth:`Outbox.enqueue_stream`, which stores every chunk in one transaction. So a
 batch is still accepted whole or not at all, and the 202 still comes after
-the commit.
-
-    >>> body = BulkBody.parse('{"subject": "Hi", "text": "x", "recipients": [{"to": "a@b.example"}]}')
-    >>> body.head, [r for _, r in body.recipients()]
-    ({'subject': 'Hi', 'text': 'x'}, [{'to': 'a@b.example'}])
+the commit. The JSON walking is :mod:`mailsvc.web.jsonscan`; rendering and
+building one message is the caller's ``build_one`` (``compose.BulkBuilder``),
+so this module imports neither the renderer nor the message build.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import re
-from collections.abc import AsyncGenerator, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
 
 from pydantic import ValidationError
 
-from ..extension import MailState
 from ..message import Envelope
+from .jsonscan import BulkBody
 from .problems import FieldError, ProblemException, errors_from_validation
 from .schemas import BulkHead, BulkRecipient, CheckContext
 
-__all__ = ["BulkBody", "BulkRequest", "CHUNK"]
+__all__ = ["BulkRequest", "CHUNK"]
 
 CHUNK = 250  # messages rendered and stored together: ~1 MB of MIME at a time
 _MAX_REPORTED = 20
-_WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-_scan = _DECODER.scan_once  # type: ignore[attr-defined]  # the C scanner json.loads uses: (value, end) at an index
-_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
-
-
-class _Malformed(ValueError):
-    pass
-
-
-class BulkBody:
-    """The top-level object of a JSON text, with the ``recipients`` array left unparsed."""
-
-    def __init__(self, text: str, head: Any, recipients_at: int | None) -> None:
-        self.text = text
-        self.head = head
-        self.recipients_at = recipients_at  # index of its "[", or None (absent, or not an array)
-
-    @classmethod
-    def parse(cls, text: str) -> BulkBody:
-        """Raise ``ValueError`` saying where, for a text that is not JSON."""
-        try:
-            return cls._parse(text)
-        except json.JSONDecodeError:
-            raise
-        except StopIteration as exc:
-            raise ValueError(f"Expecting value: char {exc.value}") from None
-        except _Malformed as exc:
-            raise ValueError(f"Unexpected character: char {exc.args[0] if exc.args else '?'}") from None
-        except IndexError:
-            raise ValueError("Unexpected end of the body") from None
-
-    @classmethod
-    def _parse(cls, text: str) -> BulkBody:
-        i = _WS.match(text, 0).end()  # type: ignore[union-attr]
-        if text[i : i + 1] != "{":
-            value, end = _scan(text, i)  # not an object: BulkRequest.check refuses it with 422
-            if _WS.match(text, end).end() != len(text):  # type: ignore[union-attr]
-                raise _Malformed(i)
-            return cls(text, value, None)
-        head: dict[str, Any] = {}
-        recipients_at: int | None = None
-        i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
-        if text[i] == "}":
-            i += 1
-        else:
-            while True:
-                if text[i] != '"':
-                    raise _Malformed(i)
-                key, i = _scanstring(text, i + 1)
-                i = _WS.match(text, i).end()  # type: ignore[union-attr]
-                if text[i] != ":":
-                    raise _Malformed(i)
-                i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
-                if key == "recipients" and text[i] == "[":
-                    head.pop(key, None)
-                    recipients_at = i
-                    i = _skip_array(text, i)
-                else:
-                    if key == "recipients":
-                        recipients_at = None
-                    head[key], i = _scan(text, i)
-                i = _WS.match(text, i).end()  # type: ignore[union-attr]
-                c = text[i]
-                i += 1
-                if c == "}":
-                    break
-                if c != ",":
-                    raise _Malformed(i)
-                i = _WS.match(text, i).end()  # type: ignore[union-attr]
-        if _WS.match(text, i).end() != len(text):  # type: ignore[union-attr]
-            raise _Malformed(i)
-        return cls(text, head, recipients_at)
-
-    def recipients(self, start: int | None = None) -> Iterator[tuple[int | None, Any]]:
-        """``(where the next element starts, element)`` for each element; ``None`` after the last one.
-
-        ``start`` resumes at an index an earlier walk handed back; by default the walk begins at the ``[``.
-        """
-        text = self.text
-        if start is None:
-            if self.recipients_at is None:
-                return
-            i = _WS.match(text, self.recipients_at + 1).end()  # type: ignore[union-attr]
-            if text[i] == "]":
-                return
-        else:
-            i = start
-        while True:
-            value, i = _scan(text, i)
-            i = _WS.match(text, i).end()  # type: ignore[union-attr]
-            c = text[i]
-            if c == "]":
-                yield None, value
-                return
-            if c != ",":
-                raise _Malformed(i)
-            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
-            yield i, value
-
-
-def _skip_array(text: str, i: int) -> int:
-    """The index after the array that starts at ``i``, checking it is well-formed (elements are dropped)."""
-    i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
-    if text[i] == "]":
-        return i + 1
-    while True:
-        _, i = _scan(text, i)
-        i = _WS.match(text, i).end()  # type: ignore[union-attr]
-        c = text[i]
-        i += 1
-        if c == "]":
-            return i
-        if c != ",":
-            raise _Malformed(i)
-        i = _WS.match(text, i).end()  # type: ignore[union-attr]
 
 
 class BulkRequest:
@@ -225,15 +104,15 @@ class BulkRequest:
             )
         return cls(body, head, count, digest.hexdigest(), context)
 
-    async def chunks(self, state: MailState, max_chars: int, size: int = CHUNK) -> AsyncGenerator[list[Envelope], None]:
-        """Render and build ``size`` messages at a time in a thread; the next chunk is built while one is stored.
+    async def chunks(
+        self, build_one: Callable[[int, BulkRecipient], Envelope], size: int = CHUNK
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """Build ``size`` messages at a time in a thread; the next chunk is built while one is stored.
 
+        ``build_one(i, recipient)`` raises :class:`ProblemException` naming ``recipients[i]``'s field.
         Raises :class:`ProblemException` (422, up to 20 fields) after the last chunk when any message
         failed to build; nothing is yielded after the first failure, so the caller's transaction rolls back.
         """
-        from .compose import BulkBuilder  # compose imports this module
-
-        builder = BulkBuilder(state, self.head, self.count, max_chars)  # 422 here if a template does not compile
 
         def build(start: int | None, index: int) -> tuple[list[Envelope], list[FieldError], int | None, int]:
             envelopes: list[Envelope] = []
@@ -242,7 +121,7 @@ class BulkRequest:
             for nxt, raw in self.body.recipients(start):  # noqa: B007 (nxt is returned: where to resume)
                 r = BulkRecipient.model_validate(raw, context=self.context)
                 try:
-                    envelopes.append(builder.build_one(index, r))
+                    envelopes.append(build_one(index, r))
                 except ProblemException as exc:
                     failed.extend(exc.errors)
                 index += 1

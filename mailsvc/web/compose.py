@@ -28,8 +28,8 @@ from ..extension import MailState
 from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..outbox import EnqueueResult, Outbox
 from .bulkstream import BulkRequest
+from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
 from .problems import FieldError, ProblemException, retry_after
-from .sandbox import InlineTemplate, InlineTemplateError, request_budget
 from .schemas import AttachmentIn, BulkHead, BulkRecipient, MessageIn, header_problem
 
 __all__ = ["BulkBuilder", "build_single", "enqueue", "enqueue_bulk", "fingerprint_of", "outbox_problem"]
@@ -239,7 +239,8 @@ async def enqueue_bulk(
 ) -> EnqueueResult:
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
     scoped = f"{principal}:{idempotency_key}" if idempotency_key is not None else None
-    chunks = request.chunks(state, max_chars)
+    builder = BulkBuilder(state, request.head, request.count, max_chars)  # 422 if a template does not compile
+    chunks = request.chunks(builder.build_one)
     try:
         async with aclosing(chunks):
             result = await outbox.enqueue_stream(

@@ -4,13 +4,14 @@ Why: an email's HTML is written by whoever sent it. It is served from a route of
 its own with a Content-Security-Policy that forbids every script (and the CSP
 ``sandbox`` directive, so even opened directly it runs nothing), and shown in an
 ``<iframe sandbox>``; attachments are always downloads, never rendered on our origin.
-Used by the dev inbox and by the template previews.
+Used by the dev inbox and by the template previews. :func:`same_origin` is the one
+Origin rule of every route that refuses cross-site posts (the form, the dev inbox).
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from quart import Request, Response
 
@@ -63,11 +64,13 @@ def download(data: bytes, filename: str, content_type: str) -> Response:
 def same_origin(request: Request) -> bool:
     """Cross-site form posts are refused: the ``Origin`` (or ``Sec-Fetch-Site``) must be ours.
 
-    A request without either header (curl, a test client) is not a browser's
-    cross-site submission and is allowed.
+    The host is compared, not the scheme: behind a TLS-terminating proxy the app sees
+    ``http://`` for an ``https://`` page. ``Origin: null`` (sandboxed frames, some
+    redirects) is never ours. A request with neither header (curl, a test client)
+    is not a browser's cross-site submission and is allowed.
     """
     origin = request.headers.get("Origin")
     if origin is not None:
-        return origin == f"{request.scheme}://{request.host}"
+        return origin != "null" and urlsplit(origin).netloc.lower() == request.host.lower()
     site = request.headers.get("Sec-Fetch-Site")
     return site is None or site in ("same-origin", "none")
