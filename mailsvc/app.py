@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 
 from quart import Quart
 
 from .config import MailConfig, ServiceConfig
 from .extension import Mail
+from .services import Services
 
 __all__ = ["create_app"]
 
@@ -17,8 +19,9 @@ log = logging.getLogger("mailsvc")
 def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) -> Quart:
     """Build the service app around a delivery config and a service config.
 
-    Each part registers its own routes and lifespan hooks; order matters only in
-    that the outbox (opened by ``runtime``) exists before workers and routes use it.
+    Each part registers its own routes and ``while_serving`` lifespan; they start in
+    this order and stop in reverse: the dev inbox, delivery pointed at it, the outbox
+    and workers (``runtime``). Every part is then on ``services(app)``.
     """
     from . import devinbox, previews, runtime, web
 
@@ -26,16 +29,27 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     app = Quart(__name__, template_folder=str(service.templates.resolve()), static_folder=None)
     app.config.update(mail_config.to_mapping())
     app.config["MAIL_TEMPLATE_FOLDER"] = str(service.templates.resolve() / "email")
-    app.extensions["mailsvc.service"] = service
     app.jinja_env.globals["dev_inbox"] = service.dev_mode  # pages link to /inbox only where it exists
-    Mail(app)
+    parts = Services(service, Mail(app).state)
+    parts.install(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    devinbox.register(app, service)  # dev SMTP server + /inbox (dev mode only)
+    parts.dev_inbox = devinbox.register(app, service)  # dev SMTP server + /inbox (dev mode only)
+    if parts.dev_inbox is not None:
+        inbox = parts.dev_inbox
+
+        @app.while_serving
+        async def _deliver_to_dev_inbox() -> AsyncGenerator[None, None]:
+            # The inbox publishes the port it bound once it serves; delivery (the workers
+            # started next, Mail.send) goes there.
+            host, port = inbox.address
+            parts.mail.config = parts.mail.config.model_copy(update={"server": host, "port": port})
+            yield
+
     runtime.register(app, service)  # outbox open/close + in-process workers
-    web.register(app, service)  # form, JSON API, errors, auth
-    previews.register(app, service)  # /previews
+    parts.web = web.register(app, service)  # form, JSON API, errors, auth
+    parts.previews = previews.register(app, service)  # /previews (dev mode only)
     return app

@@ -16,12 +16,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from quart import Blueprint, Quart, Response, abort, current_app, render_template
+from quart import Blueprint, Quart, Response, abort, render_template
 
 from .config import ServiceConfig
 from .errors import TemplateError
 from .pagesafety import IFRAME_SANDBOX, framed_html, secure_page
 from .rendering import TemplateRenderer, template_name_ok
+from .services import services
 
 __all__ = ["Preview", "render_preview", "register"]
 
@@ -123,7 +124,10 @@ def render_preview(renderer: TemplateRenderer, name: str) -> Preview:
 
 
 def _renderer() -> TemplateRenderer:
-    return current_app.extensions["mailsvc.previews"]  # type: ignore[no-any-return]
+    renderer = services().previews
+    if renderer is None:
+        abort(404)
+    return renderer
 
 
 def _known(name: str) -> str:
@@ -159,11 +163,11 @@ async def frame(name: str) -> Response:
     return framed_html(preview.html)
 
 
-def register(app: Quart, service: ServiceConfig) -> None:
+def register(app: Quart, service: ServiceConfig) -> TemplateRenderer | None:
     """Add /previews in dev mode only (as Rails shows mailer previews in development only)."""
     if not service.dev_mode:
-        return
+        return None
     renderer = TemplateRenderer(service.templates.resolve() / "email")
     renderer.env.auto_reload = True  # an edited template shows on the next reload of the page
-    app.extensions["mailsvc.previews"] = renderer
     app.register_blueprint(bp)
+    return renderer

@@ -1,25 +1,28 @@
-"""The service's long-lived delivery resources, tied to the Quart app's lifespan.
+"""The service's delivery resources (the outbox and in-process workers), tied to the app's lifespan.
 
-Why here: the outbox connection and the in-process workers belong to the loop
-hypercorn runs the app in, so they are opened in ``before_serving`` and closed
-in ``after_serving`` (Quart's lifespan), never at import time. Other parts find
-the outbox at ``app.extensions["mailsvc.outbox"]``.
+Why ``while_serving``: the outbox connection and the workers belong to the loop
+hypercorn runs the app in, so they are opened when the app starts serving and
+closed when it stops, never at import time; as one generator per part, Quart
+tears them down in reverse order of start by itself (workers stop before the
+outbox closes, and before the dev inbox they may still be sending to).
+Other parts find the open outbox at ``services(app).outbox``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from quart import Quart
 
 from .config import ServiceConfig
 from .outbox import Outbox, open_outbox
+from .services import services
+from .worker import WorkerGroup
 
-__all__ = ["OUTBOX_KEY", "WORKERS_KEY", "outbox_for", "register"]
+__all__ = ["outbox_for", "outbox_options", "register"]
 
-OUTBOX_KEY = "mailsvc.outbox"
-WORKERS_KEY = "mailsvc.workers"
 log = logging.getLogger("mailsvc.runtime")
 
 
@@ -32,39 +35,31 @@ def outbox_options(service: ServiceConfig) -> dict[str, Any]:
 
 
 def outbox_for(app: Quart) -> Outbox:
-    """The app's open outbox (raises a clear error outside the app's lifespan)."""
-    try:
-        outbox: Outbox = app.extensions[OUTBOX_KEY]
-    except KeyError:
-        raise RuntimeError(
-            "the outbox is opened in before_serving: run the app (or async with app.test_app())"
-        ) from None
-    return outbox
+    """The app's open outbox (:class:`~mailsvc.services.OutboxNotOpenError` outside the app's lifespan)."""
+    return services(app).open_outbox()
 
 
 def register(app: Quart, service: ServiceConfig) -> None:
     """Open the outbox (and start ``service.workers`` delivery workers) while the app serves."""
 
-    @app.before_serving
-    async def _open_outbox() -> None:
+    @app.while_serving
+    async def _outbox_and_workers() -> AsyncGenerator[None, None]:
+        parts = services(app)
         outbox = open_outbox(service.database_url, **outbox_options(service))
         await outbox.open()
-        app.extensions[OUTBOX_KEY] = outbox
-        if service.workers > 0:
-            from .worker import WorkerGroup
-
-            # Read the Mail state's config now, not at register time: the dev inbox may
-            # have rewritten its port in an earlier before_serving hook.
-            group = WorkerGroup.from_service(outbox, app.extensions["mailsvc"].config, service)
-            await group.start()
-            app.extensions[WORKERS_KEY] = group
-            log.info("started %d in-process delivery worker(s)", service.workers)
-
-    @app.after_serving
-    async def _close_outbox() -> None:
-        group = app.extensions.pop(WORKERS_KEY, None)
-        if group is not None:
-            await group.stop()
-        outbox = app.extensions.pop(OUTBOX_KEY, None)
-        if outbox is not None:
+        parts.outbox = outbox
+        try:
+            if service.workers > 0:
+                # The Mail state's config as it is now, not at register time: the dev inbox's
+                # bound port is known only once it serves.
+                group = WorkerGroup.from_service(outbox, parts.mail.config, service)
+                await group.start()
+                parts.workers = group
+                log.info("started %d in-process delivery worker(s)", service.workers)
+            yield
+        finally:
+            if parts.workers is not None:
+                await parts.workers.stop()
+                parts.workers = None
+            parts.outbox = None
             await outbox.close()

@@ -18,6 +18,7 @@ from mailsvc import Mail, MailConfig, Message
 from mailsvc.app import create_app
 from mailsvc.config import ServiceConfig, WebConfig
 from mailsvc.devinbox.store import inbox_path_for
+from mailsvc.services import services
 from tests.servers import RecordingHandler, smtp_server
 
 Send = Callable[[Message], Awaitable[None]]
@@ -68,7 +69,9 @@ def html_message(subject: str = "Welcome <Ann>", to: str = "Ann <ann@example.com
 
 async def test_dev_mode_points_delivery_at_the_embedded_server(served: Served) -> None:
     app = served.app  # type: ignore[attr-defined]
-    port = app.extensions["mailsvc.devinbox"].server.port
+    inbox = services(app).dev_inbox
+    assert inbox is not None
+    port = inbox.address[1]
     assert port and port != 8025
     assert app.extensions["mailsvc"].config.server == "127.0.0.1"
     assert app.extensions["mailsvc"].config.port == port
@@ -200,7 +203,9 @@ async def test_cap_keeps_the_newest_and_mail_survives_restart(tmp_path: Path) ->
 
 
 async def test_other_apps_can_send_raw_and_malformed_mail(served: Served) -> None:
-    port = served.app.extensions["mailsvc.devinbox"].server.port  # type: ignore[attr-defined]
+    inbox = services(served.app).dev_inbox  # type: ignore[attr-defined]
+    assert inbox is not None
+    port = inbox.address[1]
     raw = (
         b"From: legacy@example.com\r\nTo: bob@example.com\r\nSubject: =?x-unknown?q?broken?=\r\n"
         b"Content-Type: text/plain; charset=x-unknown\r\n\r\nbody \xff\xfe bytes\r\n"

@@ -12,6 +12,7 @@ from mailsvc import MailConfig, Message
 from mailsvc.app import create_app
 from mailsvc.config import ServiceConfig, WebConfig
 from mailsvc.outbox import Outbox
+from mailsvc.services import services
 from tests.servers import RecordingHandler
 
 FAST: dict[str, Any] = dict(
@@ -46,22 +47,23 @@ async def test_app_lifespan_opens_outbox_and_runs_workers(
 ) -> None:
     app = app_for(tmp_path, smtp_port, workers=2)
     async with app.test_app():
-        outbox: Outbox = app.extensions["mailsvc.outbox"]
+        outbox: Outbox = services(app).open_outbox()
         env = Message("Hi", recipients=["ann@example.com"], body="x", sender="shop@example.com").build()
         [id_] = (await outbox.enqueue([env])).ids
         await wait_delivered(outbox, id_)
-        assert len(app.extensions["mailsvc.workers"].workers) == 2
-    assert "mailsvc.outbox" not in app.extensions and "mailsvc.workers" not in app.extensions
+        group = services(app).workers
+        assert group is not None and len(group.workers) == 2
+    assert services(app).outbox is None and services(app).workers is None
     assert [str(r.message["Message-ID"]) for r in handler.received] == [env.message_id]
 
 
 async def test_workers_setting_zero_runs_none(tmp_path: Path, smtp_port: int, handler: RecordingHandler) -> None:
     app = app_for(tmp_path, smtp_port, workers=0)
     async with app.test_app():
-        outbox: Outbox = app.extensions["mailsvc.outbox"]
+        outbox: Outbox = services(app).open_outbox()
         env = Message("Hi", recipients=["ann@example.com"], body="x", sender="shop@example.com").build()
         [id_] = (await outbox.enqueue([env])).ids
-        assert "mailsvc.workers" not in app.extensions
+        assert services(app).workers is None
         await asyncio.sleep(0.2)
         assert (await outbox.status(id_)).state == "queued"
     assert handler.received == []
@@ -70,7 +72,7 @@ async def test_workers_setting_zero_runs_none(tmp_path: Path, smtp_port: int, ha
 async def test_workers_use_the_mail_config_as_it_is_at_start(
     tmp_path: Path, smtp_port: int, handler: RecordingHandler
 ) -> None:
-    """An earlier before_serving hook (the dev inbox does this) may repoint the Mail state."""
+    """A hook that runs before the workers start (as the dev inbox's wiring does) may repoint the Mail state."""
     app = app_for(tmp_path, 1, workers=1)  # port 1: nothing listens there
     state = app.extensions["mailsvc"]
 
@@ -79,7 +81,7 @@ async def test_workers_use_the_mail_config_as_it_is_at_start(
 
     app.before_serving_funcs.insert(0, repoint)
     async with app.test_app():
-        outbox: Outbox = app.extensions["mailsvc.outbox"]
+        outbox: Outbox = services(app).open_outbox()
         env = Message("Hi", recipients=["ann@example.com"], body="x", sender="shop@example.com").build()
         [id_] = (await outbox.enqueue([env])).ids
         await wait_delivered(outbox, id_)

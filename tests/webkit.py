@@ -17,6 +17,7 @@ from quart.typing import TestClientProtocol
 from mailsvc.app import create_app
 from mailsvc.config import MailConfig, ServiceConfig, WebConfig
 from mailsvc.outbox import Outbox
+from mailsvc.services import services
 from tests.servers import RecordingHandler
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -33,7 +34,7 @@ class Svc:
 
     @property
     def outbox(self) -> Outbox:
-        return self.app.extensions["mailsvc.outbox"]  # type: ignore[no-any-return]
+        return services(self.app).open_outbox()
 
     async def pending(self) -> int:
         return await self.outbox.pending_count()

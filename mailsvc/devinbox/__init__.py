@@ -12,6 +12,7 @@ exist only in dev mode, so with a real relay they answer 404.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from quart import Quart
@@ -28,35 +29,38 @@ log = logging.getLogger("mailsvc.devinbox")
 
 @dataclass(frozen=True, slots=True)
 class DevInbox:
-    """What the routes need, kept on ``app.extensions["mailsvc.devinbox"]``."""
+    """What the routes need (``services(app).dev_inbox``), and where it listens once it serves."""
 
     store: InboxStore
     server: DevSMTPServer
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` it bound; the port is known only while it serves (0 in tests means OS-chosen)."""
+        if not self.server.port:
+            raise RuntimeError("the dev inbox is not serving yet: its port is known once the app serves")
+        return "127.0.0.1", self.server.port
 
-def register(app: Quart, service: ServiceConfig) -> None:
-    """In dev mode: open the store and start SMTP before serving, stop both after; add the routes."""
+
+def register(app: Quart, service: ServiceConfig) -> DevInbox | None:
+    """In dev mode: serve SMTP and the store while the app serves, and add the routes.
+
+    The inbox publishes the port it bound (:attr:`DevInbox.address`); pointing delivery
+    at it is the app's business (``create_app``), not this module's.
+    """
     if not service.dev_mode:
-        return
+        return None
     store = InboxStore(inbox_path_for(service.database_url), service.dev_inbox_max)
-    server = DevSMTPServer(store, service.dev_smtp_port)
-    app.extensions["mailsvc.devinbox"] = DevInbox(store, server)
+    inbox = DevInbox(store, DevSMTPServer(store, service.dev_smtp_port))
 
-    async def start() -> None:
+    @app.while_serving
+    async def _serve() -> AsyncGenerator[None, None]:
         await store.open()
         try:
-            port = await server.start()
+            port = await inbox.server.start()
         except BaseException:
             await store.close()
             raise
-        # Deliver to the port really bound (0 in tests means OS-chosen).
-        state = app.extensions["mailsvc"]
-        state.config = state.config.model_copy(update={"server": "127.0.0.1", "port": port})
-        # Stop after every other part (workers may be sending to us until they stop): our
-        # stop hook goes last in the after-serving list, whatever registered before us.
-        if stop in app.after_serving_funcs:
-            app.after_serving_funcs.remove(stop)
-        app.after_serving_funcs.append(stop)
         log.warning(
             "dev mode: no MAIL_SERVER is configured, so mail is delivered to the built-in dev inbox "
             "(SMTP on 127.0.0.1:%d, captured mail at /inbox, kept in %s). The service runs open, "
@@ -64,11 +68,12 @@ def register(app: Quart, service: ServiceConfig) -> None:
             port,
             store.path,
         )
+        try:
+            yield
+        finally:  # registered before the outbox and workers, so stopped after them: they may send to us until then
+            await inbox.server.stop()
+            await store.close()
 
-    async def stop() -> None:
-        await server.stop()
-        await store.close()
-
-    app.before_serving(start)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    return inbox

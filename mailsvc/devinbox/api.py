@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, current_app, jsonify, request, url_for
+from quart import Blueprint, Response, jsonify, request, url_for
 
 from ..pagesafety import same_origin
+from ..services import services
 from .mailview import parse
 from .store import InboxStore, Summary
 
@@ -23,7 +24,7 @@ MAX_LIMIT = 500
 
 
 def store() -> InboxStore:
-    return current_app.extensions["mailsvc.devinbox"].store  # type: ignore[no-any-return]
+    return services().inbox_store()
 
 
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None) -> Response:

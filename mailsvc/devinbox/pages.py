@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from quart import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
+from quart import Blueprint, Response, abort, redirect, render_template, request, url_for
 
 from ..pagesafety import IFRAME_SANDBOX, download, framed_html, same_origin, secure_page
+from ..services import services
 from .mailview import parse, part_data, rewrite_cids
 from .store import InboxStore, StoredMessage
 
@@ -17,7 +18,7 @@ PAGE_SIZE = 50
 
 
 def store() -> InboxStore:
-    return current_app.extensions["mailsvc.devinbox"].store  # type: ignore[no-any-return]
+    return services().inbox_store()
 
 
 @bp.app_template_filter("filesize")

@@ -27,12 +27,12 @@ from ..config import ServiceConfig
 from . import api, forms, health, openapi
 from .auth import check_startup
 from .problems import ProblemException, problem_response
-from .state import WEB_KEY, WebState
+from .state import WebState
 
 __all__ = ["register"]
 
 
-def register(app: Quart, service: ServiceConfig) -> None:
+def register(app: Quart, service: ServiceConfig) -> WebState:
     """Attach the form, API, docs and readiness routes, and the problem+json error handlers."""
     check_startup(service)
     web = service.web
@@ -46,7 +46,7 @@ def register(app: Quart, service: ServiceConfig) -> None:
         SESSION_COOKIE_SECURE=secure,
         SESSION_COOKIE_NAME="mailsvc_session",
     )
-    app.extensions[WEB_KEY] = WebState.from_service(service)
+    state = WebState.from_service(service)
     for bp in (api.bp, forms.bp, openapi.bp, health.bp):
         app.register_blueprint(bp)
 
@@ -61,3 +61,5 @@ def register(app: Quart, service: ServiceConfig) -> None:
             detail = exc.description if exc.code != 413 else f"the request is larger than {web.max_request_bytes} bytes"
             return problem_response(ProblemException(exc.code, detail))
         return exc
+
+    return state

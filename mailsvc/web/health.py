@@ -14,9 +14,10 @@ import logging
 import time
 from typing import Any
 
-from quart import Blueprint, Response, current_app
+from quart import Blueprint, Response
 
 from ..errors import OutboxError
+from ..services import services
 
 __all__ = ["bp"]
 
@@ -24,15 +25,16 @@ bp = Blueprint("mailsvc_health", __name__)
 log = logging.getLogger(__name__)
 _CACHE_SECONDS = 30.0
 _PROBE_TIMEOUT = 2.0
-_KEY = "mailsvc.web.relay_probe"
+_PROBE = "relay_probe"  # its entry in services().cache
 
 
 async def _relay_reachable() -> dict[str, Any]:
-    cached: dict[str, Any] | None = current_app.extensions.get(_KEY)
+    cache = services().cache
+    cached: dict[str, Any] | None = cache.get(_PROBE)
     now = time.monotonic()
     if cached is not None and now - cached["_at"] < _CACHE_SECONDS:
         return {k: v for k, v in cached.items() if not k.startswith("_")}
-    config = current_app.extensions["mailsvc"].config
+    config = services().mail.config
     result: dict[str, Any] = {"host": config.server, "port": config.port}
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(config.server, config.port), _PROBE_TIMEOUT)
@@ -45,13 +47,13 @@ async def _relay_reachable() -> dict[str, Any]:
     except (OSError, TimeoutError) as exc:
         result["reachable"] = False
         result["error"] = type(exc).__name__
-    current_app.extensions[_KEY] = {**result, "_at": now}
+    cache[_PROBE] = {**result, "_at": now}
     return result
 
 
 @bp.get("/readyz")
 async def readyz() -> Response:
-    outbox = current_app.extensions.get("mailsvc.outbox")
+    outbox = services().outbox
     body: dict[str, Any] = {"outbox": "ok", "relay": await _relay_reachable()}
     status = 200
     if outbox is None:

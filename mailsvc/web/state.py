@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quart import Quart, current_app, request
+from quart import Quart, request
 
 from ..config import ServiceConfig, WebConfig
 from ..extension import MailState
 from ..outbox import Outbox
+from ..services import services
 from .auth import KeyRing, Principal
 from .problems import ProblemException, retry_after
 from .ratelimit import RateLimiter
 from .schemas import CheckContext
 
-__all__ = ["WEB_KEY", "WebState", "web_state"]
-
-WEB_KEY = "mailsvc.web"
+__all__ = ["WebState", "web_state"]
 
 
 @dataclass
@@ -39,16 +38,16 @@ class WebState:
 
     @property
     def mail(self) -> MailState:
-        return current_app.extensions["mailsvc"]  # type: ignore[no-any-return]
+        return services().mail
 
     def check_context(self) -> CheckContext:
         return CheckContext(self.config, self.mail.renderer)
 
     def outbox(self) -> Outbox:
-        outbox = current_app.extensions.get("mailsvc.outbox")
+        outbox = services().outbox
         if outbox is None:
             raise ProblemException(503, "the outbox is not open yet", headers=retry_after(5))
-        return outbox  # type: ignore[no-any-return]
+        return outbox
 
     def rate(self, principal: Principal) -> None:
         wait = self.limiter.take(principal.id)
@@ -68,4 +67,4 @@ class WebState:
 
 
 def web_state(app: Quart | None = None) -> WebState:
-    return (app or current_app).extensions[WEB_KEY]  # type: ignore[no-any-return]
+    return services(app).web_state()
