@@ -8,6 +8,7 @@ load, with a message naming the setting and the fix.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from .addresses import AddressLike, parse_address
 from .errors import ConfigError, MessageError
 
-__all__ = ["MailConfig", "ServiceConfig", "WebConfig", "is_loopback"]
+__all__ = ["MAIL_KEYS", "MailConfig", "ServiceConfig", "WebConfig", "env_field", "is_loopback", "service_env_name"]
 
 # Flask-Mail setting name -> MailConfig field.
 _KEYS = {
@@ -41,6 +42,7 @@ _KEYS = {
     "MAIL_ALLOW_PLAINTEXT_AUTH": "allow_plaintext_auth",
 }
 _FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
+MAIL_KEYS: Mapping[str, str] = _KEYS  # public: the settings module and its README check read it
 
 
 def is_loopback(host: str) -> bool:
@@ -64,7 +66,7 @@ class MailConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     server: str = "localhost"
-    port: int = Field(default=25)
+    port: int = Field(default=25, ge=1, le=65535)
     use_tls: bool = False
     use_ssl: bool = False
     username: str | None = None
@@ -80,13 +82,6 @@ class MailConfig(BaseModel):
     message_id_domain: str | None = None
     local_hostname: str | None = None
     allow_plaintext_auth: bool = False
-
-    @field_validator("port")
-    @classmethod
-    def _port_range(cls, v: int) -> int:
-        if not 1 <= v <= 65535:
-            raise ValueError(f"port must be between 1 and 65535, got {v}")
-        return v
 
     @field_validator("server", "message_id_domain", "local_hostname", "username")
     @classmethod
@@ -216,3 +211,25 @@ def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigE
         setting, _, msg = msg.partition(": ")
         return ConfigError(setting, msg)
     return ConfigError(setting, msg)
+
+
+def service_env_name(field: str) -> str:
+    """The environment name of a :class:`ServiceConfig` or :class:`WebConfig` field.
+
+    >>> service_env_name("max_batch")
+    'MAILSVC_MAX_BATCH'
+    """
+    return f"MAILSVC_{field.upper()}"
+
+
+def env_field(model: type[BaseModel], field: str, **override: Any) -> Any:
+    """A settings field whose default and bounds are the config model's, so each is written once.
+
+    ``override`` replaces what the environment form must differ in (a default that is
+    only right for the service, say) and the settings module says why beside it.
+    Typed ``Any`` because it stands where a field's default goes, as pydantic's ``Field`` does.
+    """
+    info = copy.copy(model.model_fields[field])
+    for name, value in override.items():
+        setattr(info, name, value)
+    return info

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsvc.config import _KEYS as MAIL_CONFIG_KEYS
+from mailsvc.config import MAIL_KEYS as MAIL_CONFIG_KEYS
 from settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
