@@ -23,6 +23,8 @@ from .config import ServiceConfig
 from .outbox.base import RecipientOutcome
 from .results import RecipientResult
 
+_SERVICE = ServiceConfig.model_fields
+
 __all__ = ["RelayBackoff", "RetryPolicy", "Verdict", "classify"]
 
 Verdict = Literal["delivered", "transient", "permanent"]
@@ -57,12 +59,13 @@ class RetryPolicy:
     (300.0, 4000.0, 4000.0)
     """
 
-    first: float = 300.0
-    maximum: float = 4000.0
-    lifetime: float = 5 * 24 * 3600.0
-    jitter: float = 0.1  # +/- this fraction of the delay
-    relay_first: float = 30.0
-    relay_maximum: float = 300.0
+    # The defaults are the service's (ServiceConfig), written once there.
+    first: float = _SERVICE["retry_first"].default
+    maximum: float = _SERVICE["retry_max"].default
+    lifetime: float = _SERVICE["retry_lifetime"].default
+    jitter: float = _SERVICE["retry_jitter"].default  # +/- this fraction of the delay
+    relay_first: float = _SERVICE["relay_backoff"].default
+    relay_maximum: float = _SERVICE["relay_backoff_max"].default
 
     @classmethod
     def from_service(cls, service: ServiceConfig) -> RetryPolicy:
