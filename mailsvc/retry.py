@@ -46,11 +46,6 @@ def classify(result: RecipientResult) -> Verdict:
     return "transient"
 
 
-def is_relay_trouble(result: RecipientResult) -> bool:
-    """A 421 ("service not available, closing") or no reply at all: the relay, not the recipient."""
-    return result.code == 421 or (result.status == "failed" and result.code is None)
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """The retry schedule.
