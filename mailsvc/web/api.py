@@ -19,7 +19,7 @@ from ..outbox import MessageStatus
 from . import compose
 from .bulkstream import BulkRequest
 from .jsonscan import BulkBody
-from .problems import FieldError, ProblemException, errors_from_validation
+from .problems import FieldError, ProblemException, not_an_object, not_json, validation_problem
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
 from .state import web_state
 
@@ -44,7 +44,7 @@ async def read_json() -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise ProblemException(400, f"the body is not valid JSON: {exc}"[:300]) from None
+        raise not_json(exc) from None
 
 
 async def read_text() -> str:
@@ -54,22 +54,17 @@ async def read_text() -> str:
     try:
         return raw.decode(json.detect_encoding(raw), "surrogatepass")
     except UnicodeDecodeError as exc:
-        raise ProblemException(400, f"the body is not valid JSON: {exc}"[:300]) from None
+        raise not_json(exc) from None
 
 
 def validate(model: type[M], data: Any) -> M:
     """Validate with this deployment's limits; 413 when what is wrong is a size, else 422."""
     if not isinstance(data, dict):
-        raise ProblemException(
-            422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")]
-        )
+        raise not_an_object()
     try:
         return model.model_validate(data, context=web_state().check_context())
     except ValidationError as exc:
-        errors = errors_from_validation(exc)
-        too_large = any(e.get("type") == "too_large" for e in exc.errors(include_url=False))
-        status = 413 if too_large else 422
-        raise ProblemException(status, "some fields are invalid; nothing was queued", errors=errors) from None
+        raise validation_problem(exc) from None
 
 
 def idempotency_key() -> str | None:
@@ -117,7 +112,7 @@ async def send_bulk() -> Response:
     try:
         body = BulkBody.parse(await read_text())
     except (ValueError, RecursionError) as exc:
-        raise ProblemException(400, f"the body is not valid JSON: {exc}"[:300]) from None
+        raise not_json(exc) from None
     req = BulkRequest.check(body, ws.check_context())
     key = idempotency_key()
     result = await compose.enqueue_bulk(

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from ..message import Envelope
 from .jsonscan import BulkBody
-from .problems import FieldError, ProblemException, errors_from_validation
+from .problems import FieldError, ProblemException, errors_from_validation, is_too_large, not_an_object
 from .schemas import BulkHead, BulkRecipient, CheckContext
 
 __all__ = ["BulkRequest", "CHUNK"]
@@ -50,59 +50,28 @@ class BulkRequest:
     def check(cls, body: BulkBody, context: CheckContext) -> BulkRequest:
         """Validate everything that can be checked without rendering; 422 (413 for sizes) with every field."""
         if not isinstance(body.head, dict):
-            raise ProblemException(
-                422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")]
-            )
-        errors: list[FieldError] = []
-        too_large = False
-        head_data = dict(body.head)
-        if "recipients" in head_data:  # there, but not an array
-            errors.append(FieldError(field="recipients", reason="must be a list"))
-            del head_data["recipients"]
-        elif body.recipients_at is None:
-            errors.append(FieldError(field="recipients", reason="is required"))
-        head: BulkHead | None = None
-        try:
-            head = BulkHead.model_validate(head_data, context=context)
-        except ValidationError as exc:
-            errors = errors_from_validation(exc) + errors
-            too_large = _too_large(exc)
-        # The idempotency fingerprint: the hash fingerprint_of("bulk", BulkIn.model_dump_json()) gives,
-        # fed a recipient at a time (recipients is BulkIn's last field).
-        digest = hashlib.sha256(b"bulk\x00")
-        if head is not None:
-            head_json = head.model_dump_json()
-            digest.update((head_json[:-1] + (',"recipients":[' if head_json != "{}" else '"recipients":[')).encode())
+            raise not_an_object()
+        report = _Report()
+        head = _check_head(body, context, report)
+        fingerprint = _Fingerprint(head)
         count = 0
         for _, raw in body.recipients(None):
             try:
                 r = BulkRecipient.model_validate(raw, context=context)
             except ValidationError as exc:
-                if len(errors) < _MAX_REPORTED:
-                    errors.extend(errors_from_validation(exc, prefix=f"recipients[{count}]"))
-                too_large = too_large or _too_large(exc)
+                report.add(exc, prefix=f"recipients[{count}]")
             else:
-                if not errors:
-                    digest.update(
-                        ((",") if count else "").encode() + r.model_dump_json().encode("utf-8", "surrogatepass")
-                    )
+                if report.clean:
+                    fingerprint.add(r)
             count += 1
-        digest.update(b"]}")
         if body.recipients_at is not None and count == 0:
-            errors.append(FieldError(field="recipients", reason="must have at least one entry"))
+            report.errors.append(FieldError(field="recipients", reason="must have at least one entry"))
         if count > context.web.max_batch:
-            errors.append(
-                FieldError(
-                    field="recipients", reason=f"{count} messages; the limit per batch is {context.web.max_batch}"
-                )
-            )
-        if errors or head is None:
-            raise ProblemException(
-                413 if too_large else 422,
-                "some fields are invalid; nothing was queued",
-                errors=errors[: _MAX_REPORTED + 5],
-            )
-        return cls(body, head, count, digest.hexdigest(), context)
+            reason = f"{count} messages; the limit per batch is {context.web.max_batch}"
+            report.errors.append(FieldError(field="recipients", reason=reason))
+        if not report.clean or head is None:
+            raise report.problem()
+        return cls(body, head, count, fingerprint.hexdigest(), context)
 
     async def chunks(
         self, build_one: Callable[[int, BulkRecipient], Envelope], size: int = CHUNK
@@ -151,5 +120,68 @@ class BulkRequest:
             )
 
 
-def _too_large(exc: ValidationError) -> bool:
-    return any(e.get("type") == "too_large" for e in exc.errors(include_url=False))
+class _Report:
+    """The fields found wrong so far (the first 20 recipients' worth), and whether any was a size."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+        self.too_large = False
+
+    @property
+    def clean(self) -> bool:
+        return not self.errors
+
+    def add(self, exc: ValidationError, prefix: str = "") -> None:
+        if len(self.errors) < _MAX_REPORTED:
+            self.errors.extend(errors_from_validation(exc, prefix=prefix))
+        self.too_large = self.too_large or is_too_large(exc)
+
+    def problem(self) -> ProblemException:
+        status = 413 if self.too_large else 422
+        return ProblemException(
+            status, "some fields are invalid; nothing was queued", errors=self.errors[: _MAX_REPORTED + 5]
+        )
+
+
+def _check_head(body: BulkBody, context: CheckContext, report: _Report) -> BulkHead | None:
+    """Everything but the recipients, validated; ``recipients`` itself must be a non-missing array."""
+    head_data = dict(body.head)
+    shape: list[FieldError] = []
+    if "recipients" in head_data:  # there, but not an array
+        shape.append(FieldError(field="recipients", reason="must be a list"))
+        del head_data["recipients"]
+    elif body.recipients_at is None:
+        shape.append(FieldError(field="recipients", reason="is required"))
+    head: BulkHead | None = None
+    try:
+        head = BulkHead.model_validate(head_data, context=context)
+    except ValidationError as exc:
+        report.add(exc)
+    report.errors.extend(shape)
+    return head
+
+
+class _Fingerprint:
+    """The hash ``fingerprint_of("bulk", BulkIn.model_dump_json())`` gives, fed a recipient at a time.
+
+    ``recipients`` is BulkIn's last field, so the head's JSON is the prefix and ``]}`` the end.
+    """
+
+    def __init__(self, head: BulkHead | None) -> None:
+        self._digest = hashlib.sha256(b"bulk\x00")
+        self._count = 0
+        if head is not None:
+            head_json = head.model_dump_json()
+            opening = ',"recipients":[' if head_json != "{}" else '"recipients":['
+            self._digest.update((head_json[:-1] + opening).encode("utf-8", "surrogatepass"))
+
+    def add(self, recipient: BulkRecipient) -> None:
+        self._digest.update(
+            (b"," if self._count else b"") + recipient.model_dump_json().encode("utf-8", "surrogatepass")
+        )
+        self._count += 1
+
+    def hexdigest(self) -> str:
+        digest = self._digest.copy()
+        digest.update(b"]}")
+        return digest.hexdigest()

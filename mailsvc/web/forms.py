@@ -18,7 +18,7 @@ from werkzeug.datastructures import MultiDict
 
 from . import compose
 from .auth import Principal, csrf_token, verify_csrf
-from .problems import ProblemException, errors_from_validation
+from .problems import ProblemException, validation_problem
 from .schemas import MessageIn, split_addresses
 from .state import WebState, web_state
 
@@ -124,14 +124,10 @@ async def _to_data(form: MultiDict[str, str]) -> dict[str, Any]:
     return data
 
 
-@bp.post("/")
-async def submit() -> Response:
-    ws = web_state()
-    principal = _form_principal(ws)
-    if principal is None:
-        return redirect(url_for("mailsvc_form.signin", next="/"))  # type: ignore[return-value]
-    form = await request.form
-    values = {k: form.get(k, "") for k in ("email", "subject", "message", "template")}
+async def _refused(
+    ws: WebState, principal: Principal, form: MultiDict[str, str], values: dict[str, str]
+) -> Response | None:
+    """The form again with why, for a cross-site post or a stale token (403) or too many sends (429)."""
     try:
         verify_csrf(form.get("csrf_token"), request)
     except ProblemException as exc:
@@ -145,14 +141,27 @@ async def submit() -> Response:
             status=429,
             headers={"Retry-After": str(max(1, int(wait + 0.999)))},
         )
+    return None
+
+
+@bp.post("/")
+async def submit() -> Response:
+    ws = web_state()
+    principal = _form_principal(ws)
+    if principal is None:
+        return redirect(url_for("mailsvc_form.signin", next="/"))  # type: ignore[return-value]
+    form = await request.form
+    values = {k: form.get(k, "") for k in ("email", "subject", "message", "template")}
+    refused = await _refused(ws, principal, form, values)
+    if refused is not None:
+        return refused
     errors: dict[str, list[str]] = {}
     try:
         data = await _to_data(form)
         try:
             m = MessageIn.model_validate(data, context=ws.check_context())
         except ValidationError as exc:
-            too_large = any(e.get("type") == "too_large" for e in exc.errors(include_url=False))
-            raise ProblemException(413 if too_large else 422, errors=errors_from_validation(exc)) from None
+            raise validation_problem(exc, None) from None
         envelope = compose.build_single(ws.mail, m)
         nonce = form.get("nonce") or None
         result = await compose.enqueue(

@@ -91,6 +91,29 @@ def _loc_to_path(loc: Iterable[Any]) -> str:
     return out or "body"
 
 
+def is_too_large(exc: ValidationError) -> bool:
+    """Whether what is wrong is a size (413 rather than 422): the schemas raise ``too_large`` for those."""
+    return any(e.get("type") == "too_large" for e in exc.errors(include_url=False))
+
+
+def validation_problem(
+    exc: ValidationError, detail: str | None = "some fields are invalid; nothing was queued"
+) -> ProblemException:
+    """A failed validation as the answer every input path gives: 413 for a size, else 422, every field named."""
+    return ProblemException(413 if is_too_large(exc) else 422, detail, errors=errors_from_validation(exc))
+
+
+def not_an_object() -> ProblemException:
+    return ProblemException(
+        422, "the body must be a JSON object", errors=[FieldError(field="body", reason="expected an object")]
+    )
+
+
+def not_json(exc: Exception) -> ProblemException:
+    """400 naming where the body stops being JSON (the parser's message, capped)."""
+    return ProblemException(400, f"the body is not valid JSON: {exc}"[:300])
+
+
 def errors_from_validation(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     """pydantic's report as ``FieldError``s, dropping union-branch noise (``to.str``, ``to.list[str]``)."""
     result: list[FieldError] = []
@@ -110,19 +133,25 @@ def errors_from_validation(exc: ValidationError, prefix: str = "") -> list[Field
     return result
 
 
+_SHAPE_REASONS = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field this API knows; remove it",
+    "list_type": "must be a list",
+    "string_type": "must be a string",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+}
+
+
 def plain_reason(err: Mapping[str, Any]) -> str:
     """pydantic's message in words a form user understands ("is required", not "Field required")."""
     kind, ctx = err.get("type", ""), err.get("ctx") or {}
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "is not a field this API knows; remove it"
+    if kind in _SHAPE_REASONS:
+        return _SHAPE_REASONS[kind]
     if kind == "string_too_short":
-        return (
-            "must not be empty"
-            if ctx.get("min_length") == 1
-            else f"must be at least {ctx.get('min_length')} characters"
-        )
+        n = ctx.get("min_length")
+        return "must not be empty" if n == 1 else f"must be at least {n} characters"
     if kind == "string_too_long":
         return f"must be at most {ctx.get('max_length')} characters"
     if kind == "too_short":
@@ -130,14 +159,6 @@ def plain_reason(err: Mapping[str, Any]) -> str:
         return "must have at least one entry" if n == 1 else f"must have at least {n} entries"
     if kind == "too_long":
         return f"must have at most {ctx.get('max_length')} entries"
-    if kind in ("list_type", "string_type", "dict_type", "model_type", "model_attributes_type"):
-        return {
-            "list_type": "must be a list",
-            "string_type": "must be a string",
-            "dict_type": "must be an object",
-            "model_type": "must be an object",
-            "model_attributes_type": "must be an object",
-        }[kind]
     return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
