@@ -168,6 +168,8 @@ class WebConfig(BaseModel):
     max_recipients: int = Field(default=50, ge=1)  # to + cc + bcc of one message
     max_batch: int = Field(default=10_000, ge=1)  # recipients of one bulk request
     max_render_chars: int = Field(default=512 * 1024, ge=64)  # output cap of request-supplied templates
+    max_template_chars: int = Field(default=100_000, ge=64)  # source cap of request-supplied templates
+    render_seconds: float = Field(default=5.0, gt=0, le=300)  # wall clock for all of a request's templates
     rate_limit: float = Field(default=50.0, ge=0)  # requests per second per key; 0 = no limit
     rate_burst: int = Field(default=100, ge=1)
 

@@ -18,6 +18,7 @@ from ..errors import OutboxError
 from ..outbox import MessageStatus
 from . import compose
 from .bulkstream import BulkRequest
+from .json_limits import first_problem
 from .jsonscan import BulkBody
 from .problems import FieldError, ProblemException, not_an_object, not_json, validation_problem
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
@@ -61,6 +62,9 @@ def validate(model: type[M], data: Any) -> M:
     """Validate with this deployment's limits; 413 when what is wrong is a size, else 422."""
     if not isinstance(data, dict):
         raise not_an_object()
+    unusable = first_problem(data)
+    if unusable is not None:
+        raise ProblemException(422, "some fields are invalid; nothing was queued", errors=[unusable])
     try:
         return model.model_validate(data, context=web_state().check_context())
     except ValidationError as exc:
@@ -116,7 +120,7 @@ async def send_bulk() -> Response:
     req = BulkRequest.check(body, ws.check_context())
     key = idempotency_key()
     result = await compose.enqueue_bulk(
-        ws.outbox(), req, ws.mail, ws.config.max_render_chars, principal=principal.id, idempotency_key=key
+        ws.outbox(), req, ws.mail, ws.config, principal=principal.id, idempotency_key=key
     )
     assert result.batch_id is not None
     out = BatchAccepted(batch_id=result.batch_id, count=len(result.ids))

@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
 from ..message import Envelope
+from .json_limits import MAX_DEPTH, first_problem
 from .jsonscan import BulkBody
 from .problems import FieldError, ProblemException, errors_from_validation, is_too_large, not_an_object
 from .schemas import BulkHead, BulkRecipient, CheckContext
@@ -56,13 +58,9 @@ class BulkRequest:
         fingerprint = _Fingerprint(head)
         count = 0
         for _, raw in body.recipients(None):
-            try:
-                r = BulkRecipient.model_validate(raw, context=context)
-            except ValidationError as exc:
-                report.add(exc, prefix=f"recipients[{count}]")
-            else:
-                if report.clean:
-                    fingerprint.add(r)
+            r = _check_recipient(raw, f"recipients[{count}]", context, report)
+            if r is not None and report.clean:
+                fingerprint.add(r)
             count += 1
         if body.recipients_at is not None and count == 0:
             report.errors.append(FieldError(field="recipients", reason="must have at least one entry"))
@@ -131,6 +129,10 @@ class _Report:
     def clean(self) -> bool:
         return not self.errors
 
+    def note(self, error: FieldError) -> None:
+        if len(self.errors) < _MAX_REPORTED:
+            self.errors.append(error)
+
     def add(self, exc: ValidationError, prefix: str = "") -> None:
         if len(self.errors) < _MAX_REPORTED:
             self.errors.extend(errors_from_validation(exc, prefix=prefix))
@@ -143,10 +145,26 @@ class _Report:
         )
 
 
+def _check_recipient(raw: Any, where: str, context: CheckContext, report: _Report) -> BulkRecipient | None:
+    unusable = first_problem(raw, where, MAX_DEPTH - 2)  # an entry sits two levels inside the body
+    if unusable is not None:
+        report.note(unusable)
+        return None
+    try:
+        return BulkRecipient.model_validate(raw, context=context)
+    except ValidationError as exc:
+        report.add(exc, prefix=where)
+        return None
+
+
 def _check_head(body: BulkBody, context: CheckContext, report: _Report) -> BulkHead | None:
     """Everything but the recipients, validated; ``recipients`` itself must be a non-missing array."""
     head_data = dict(body.head)
     shape: list[FieldError] = []
+    unusable = first_problem(head_data)
+    if unusable is not None:
+        report.note(unusable)
+        return None
     if "recipients" in head_data:  # there, but not an array
         shape.append(FieldError(field="recipients", reason="must be a list"))
         del head_data["recipients"]

@@ -8,6 +8,7 @@ nothing is queued; then one ``enqueue`` call commits all of it or none.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 import jinja2
 
+from ..config import WebConfig
 from ..errors import (
     IdempotencyConflictError,
     MessageError,
@@ -121,7 +123,8 @@ class BulkBuilder:
     does not compile, and from :meth:`build_one` naming ``recipients[i]``'s field.
     """
 
-    def __init__(self, state: MailState, head: BulkHead, count: int, max_chars: int) -> None:
+    def __init__(self, state: MailState, head: BulkHead, count: int, web: WebConfig) -> None:
+        """Compiles the request's templates: CPU work, so construct it off the event loop (:meth:`create`)."""
         self.state = state
         self.head = head
         self.inline: dict[str, InlineTemplate] = {}
@@ -135,18 +138,25 @@ class BulkBuilder:
                 if source is None:
                     continue
                 try:
-                    self.inline[field] = InlineTemplate.compile(field, source, html=is_html, max_chars=max_chars)
+                    self.inline[field] = InlineTemplate.compile(
+                        field, source, html=is_html, max_chars=web.max_render_chars, max_source=web.max_template_chars
+                    )
                 except InlineTemplateError as exc:
                     errors.append(FieldError(field=exc.field, reason=exc.reason))
             if errors:
                 raise ProblemException(422, "a template string does not compile", errors=errors)
         self.attachments = _attachments(head.attachments)
-        self.budget = request_budget(count * max(1, len(self.inline)))
+        self.budget = request_budget(count * max(1, len(self.inline)), web.render_seconds)
         self.reply_to = list(head.reply_to) or None
         self.headers = dict(head.headers)
         # The Message-ID domain once per request: without MAIL_MESSAGE_ID_DOMAIN each build asks the
         # OS for the hostname, a syscall that, in a build thread, also gives up the GIL (~5% of a batch).
         self.msgid_domain = state.config.message_id_domain or default_msgid_domain()
+
+    @classmethod
+    async def create(cls, state: MailState, head: BulkHead, count: int, web: WebConfig) -> BulkBuilder:
+        """Built in a thread: a large template compiles for seconds, and the loop serves others meanwhile."""
+        return await asyncio.to_thread(cls, state, head, count, web)
 
     def build_one(self, i: int, r: BulkRecipient) -> Envelope:
         where = f"recipients[{i}]"
@@ -232,14 +242,14 @@ async def enqueue_bulk(
     outbox: Outbox,
     request: BulkRequest,
     state: MailState,
-    max_chars: int,
+    web: WebConfig,
     *,
     principal: str,
     idempotency_key: str | None,
 ) -> EnqueueResult:
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
     scoped = f"{principal}:{idempotency_key}" if idempotency_key is not None else None
-    builder = BulkBuilder(state, request.head, request.count, max_chars)  # 422 if a template does not compile
+    builder = await BulkBuilder.create(state, request.head, request.count, web)  # 422 if a template does not compile
     chunks = request.chunks(builder.build_one)
     try:
         async with aclosing(chunks):
