@@ -11,24 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import sqlite3
+import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiosqlite
 import asyncpg
 import pytest
 
 from mailsvc import MailConfig, Message
 from mailsvc.config import ServiceConfig
-from mailsvc.outbox import Outbox, open_outbox, upgrade_database
+from mailsvc.errors import OutboxError
+from mailsvc.outbox import Outbox, migrations, open_outbox, upgrade_database
 from mailsvc.outbox.migrations import available
+from mailsvc.outbox.postgres import Schema as PostgresSchema
+from mailsvc.outbox.sqlite import Schema as SqliteSchema
 from mailsvc.worker import WorkerGroup
 from tests.pgtools import PG_URL, fresh_schema
 from tests.servers import RecordingHandler, smtp_server
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "outbox_5c1063a.json").read_text(encoding="utf-8"))
 # Still owed after the upgrade, by recipient: the deferred half of "half", and everything queued.
 OWED = {
@@ -129,3 +138,87 @@ async def _drained(outbox: Outbox, within: float = 20.0) -> None:
     while await outbox.pending_count():
         assert loop.time() < deadline, "the upgraded outbox was not drained"
         await asyncio.sleep(0.02)
+
+
+# -- the runner, on the same old databases --------------------------------------------------
+
+NEXT = {  # a later release's migration, as the next numbered file would bring it
+    "sqlite": "ALTER TABLE messages ADD COLUMN note TEXT NOT NULL DEFAULT '';\n"
+    "CREATE INDEX messages_note ON messages (note);",
+    "postgres": "ALTER TABLE mailsvc_message ADD COLUMN note text NOT NULL DEFAULT '';\n"
+    "CREATE INDEX mailsvc_message_note ON mailsvc_message (note);",
+}
+
+
+@asynccontextmanager
+async def schema_of(url: str) -> AsyncIterator[migrations.Schema]:
+    """The runner's view of the database at ``url``, on a connection of its own."""
+    if url.startswith("sqlite"):
+        db = await aiosqlite.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            yield SqliteSchema(db)
+        finally:
+            await db.close()
+    else:
+        conn = await asyncpg.connect(url)
+        try:
+            yield PostgresSchema(conn)
+        finally:
+            await conn.close()
+
+
+async def test_a_later_migration_is_applied_in_place_and_then_refused_by_older_code(
+    old: tuple[str, dict[str, Any]],
+) -> None:
+    url, _ = old
+    async with schema_of(url) as schema:
+        later = [*available(schema.backend), migrations.Migration(2, "note", NEXT[schema.backend])]
+        assert [m.label for m in await migrations.upgrade(schema, later)] == ["0002_note"]
+        assert await schema.applied() == {1, 2}
+        assert await migrations.upgrade(schema, later) == []
+    # The rows survived the ALTER; this code, which knows only version 1, refuses to write to version 2.
+    with pytest.raises(OutboxError, match="version 2 but this mailsvc knows only up to 1"):
+        await open_outbox(url).open()
+
+
+async def test_a_failing_migration_leaves_the_database_as_it_was(old: tuple[str, dict[str, Any]]) -> None:
+    url, made = old
+    async with schema_of(url) as schema:
+        broken = NEXT[schema.backend] + "\nALTER TABLE no_such_table ADD COLUMN x integer;"
+        later = [*available(schema.backend), migrations.Migration(2, "broken", broken)]
+        with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
+            await migrations.upgrade(schema, later)
+        assert await schema.applied() == {1}
+    async with open_outbox(url) as outbox:  # still version 1, the half-applied ALTER rolled back
+        assert await outbox.pending_count() == made["pending"]
+
+
+async def mailsvc_cli(url: str, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailsvc.cli",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "MAILSVC_DATABASE_URL": url, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_db_upgrade_on_sqlite_from_several_processes_at_once(tmp_path: Path, sqlite_url: str) -> None:
+    """``mailsvc db upgrade`` is the same command for SQLite: the write lock lets one process apply each file."""
+    fresh = f"sqlite:///{tmp_path / 'new' / 'outbox.sqlite3'}"
+    runs = await asyncio.gather(*(mailsvc_cli(fresh, "db", "upgrade") for _ in range(4)))
+    assert [rc for rc, _, _ in runs] == [0, 0, 0, 0], runs
+    assert sum("applied 0001_initial" in out for _, out, _ in runs) == 1, runs
+    assert sum("is up to date" in out for _, out, _ in runs) == 3, runs
+    with sqlite3.connect(tmp_path / "new" / "outbox.sqlite3") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    conn.close()
+    rc, out, err = await mailsvc_cli(sqlite_url, "db", "upgrade")  # written by 5c1063a: already current
+    assert (rc, out.strip()) == (0, f"outbox schema at {sqlite_url.removeprefix('sqlite:///')} is up to date"), err

@@ -95,12 +95,12 @@ async def upgrade_schema(path: Path, busy_timeout: float = 10.0) -> list[migrati
 
 async def _upgrade(db: aiosqlite.Connection, path: Path) -> list[migrations.Migration]:
     try:
-        return await migrations.upgrade(_Schema(db))
+        return await migrations.upgrade(Schema(db))
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot prepare the outbox database {str(path)!r}: {exc}") from exc
 
 
-class _Schema:
+class Schema:
     """The migration runner's view of a SQLite file: the write lock, and ``PRAGMA user_version``.
 
     Every missing migration runs in the one ``BEGIN IMMEDIATE`` transaction that read the
