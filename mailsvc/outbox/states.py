@@ -57,7 +57,7 @@ FINAL_MESSAGE: frozenset[MessageState] = frozenset({MessageState.DELIVERED, Mess
 
 
 def derive_state(states: Iterable[str]) -> MessageState:
-    """A message's state from its recipients' states (``sql/derived_state`` is the same rule in SQL).
+    """A message's state from its recipients' states (PostgreSQL's ``_SETTLE`` is this rule in SQL).
 
     >>> derive_state(["delivered", "deferred"])
     <MessageState.DEFERRED: 'deferred'>
