@@ -21,6 +21,7 @@ from typing import Literal
 
 from .config import ServiceConfig
 from .outbox.base import RecipientOutcome
+from .outbox.states import RecipientState
 from .results import RecipientResult
 
 _SERVICE = ServiceConfig.model_fields
@@ -88,18 +89,18 @@ class RetryPolicy:
         verdict = classify(result)
         reply = result.reply or ""
         if verdict == "delivered":
-            return RecipientOutcome(result.recipient, "delivered", result.code, reply)
+            return RecipientOutcome(result.recipient, RecipientState.DELIVERED, result.code, reply)
         if verdict == "permanent":
-            return RecipientOutcome(result.recipient, "failed", result.code, reply)
+            return RecipientOutcome(result.recipient, RecipientState.FAILED, result.code, reply)
         if (now - first_queued_at).total_seconds() >= self.lifetime:
             return RecipientOutcome(
                 result.recipient,
-                "expired",
+                RecipientState.EXPIRED,
                 result.code,
                 f"gave up after {self.lifetime:g}s; last reply: {reply}",
             )
         retry_at = now + timedelta(seconds=self.delay(attempt))
-        return RecipientOutcome(result.recipient, "deferred", result.code, reply, retry_at)
+        return RecipientOutcome(result.recipient, RecipientState.DEFERRED, result.code, reply, retry_at)
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 from quart import Quart
 
 from .config import ServiceConfig
+from .dburl import parse_database_url
 from .outbox import Outbox, open_outbox
 from .services import services
 from .worker import WorkerGroup
@@ -29,7 +30,7 @@ log = logging.getLogger("mailsvc.runtime")
 def outbox_options(service: ServiceConfig) -> dict[str, Any]:
     """The outbox settings carried by the service config."""
     options: dict[str, Any] = {"max_pending": service.max_pending, "idempotency_ttl": service.idempotency_ttl}
-    if service.retention_days and service.database_url.startswith(("postgresql", "postgres:")):
+    if service.retention_days and parse_database_url(service.database_url).kind == "postgresql":
         options["retention_days"] = service.retention_days  # the PostgreSQL outbox purges old final mail itself
     return options
 

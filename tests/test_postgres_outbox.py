@@ -18,7 +18,7 @@ from mailsvc.errors import IdempotencyConflictError, MessageError, NotFoundError
 from mailsvc.message import Envelope, Message
 from mailsvc.outbox import migrations
 from mailsvc.outbox.base import RecipientOutcome
-from mailsvc.outbox.postgres import PostgresOutbox
+from mailsvc.outbox.postgres import PostgresOutbox, Schema
 from tests.pgtools import fresh_schema
 
 
@@ -46,12 +46,12 @@ async def nodes(url: str) -> AsyncIterator[list[PostgresOutbox]]:
 async def test_concurrent_upgrades_apply_each_migration_once(url: str) -> None:
     conns = [await asyncpg.connect(url) for _ in range(6)]
     try:
-        applied = await asyncio.gather(*(migrations.upgrade(c) for c in conns))
+        applied = await asyncio.gather(*(migrations.upgrade(Schema(c)) for c in conns))
         versions = await conns[0].fetch("SELECT version FROM mailsvc_schema_version ORDER BY version")
     finally:
         for c in conns:
             await c.close()
-    shipped = [m.version for m in migrations.available()]
+    shipped = [m.version for m in migrations.available("postgres")]
     assert [r["version"] for r in versions] == shipped
     assert sorted(m.version for run in applied for m in run) == shipped  # exactly one runner applied each
 

@@ -35,7 +35,6 @@ from .send import InputError, fail, outbox_from
 __all__ = ["Row", "read_rows", "register", "run"]
 
 MAX_ERRORS_SHOWN = 20
-_FINAL = frozenset({"delivered", "failed", "partial", "expired"})
 _ADDRESS_KEYS = ("email", "to")
 
 
@@ -216,12 +215,14 @@ def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[li
 
 
 async def _wait(settings: Any, batch_id: str, total: int, poll: float, timeout: float | None) -> dict[str, int]:
+    from ..outbox.states import FINAL_MESSAGE
+
     progress = Progress("Delivering", total)
     deadline = None if timeout is None else time.monotonic() + timeout
     async with outbox_from(settings) as outbox:
         while True:
             counts = await outbox.batch_status(batch_id)
-            done = sum(n for state, n in counts.items() if state in _FINAL)
+            done = sum(n for state, n in counts.items() if state in FINAL_MESSAGE)
             progress.update(done, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
             if done >= total or (deadline is not None and time.monotonic() >= deadline):
                 progress.finish()
@@ -231,6 +232,7 @@ async def _wait(settings: Any, batch_id: str, total: int, poll: float, timeout: 
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, load_project_settings
+    from ..outbox.states import FINAL_MESSAGE, MessageState
     from .send import enqueue
 
     settings = load_project_settings()
@@ -277,10 +279,10 @@ def run(args: argparse.Namespace) -> int:
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"cannot read the batch status: {exc}")
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    done = sum(n for state, n in counts.items() if state in _FINAL)
+    done = sum(n for state, n in counts.items() if state in FINAL_MESSAGE)
     if done < len(result.ids):
         return fail(EXIT_FAILED, f"timed out waiting: {summary}")
-    if counts.get("delivered", 0) != len(result.ids):
+    if counts.get(MessageState.DELIVERED, 0) != len(result.ids):
         return fail(EXIT_FAILED, f"not all delivered: {summary}")
     print(f"all {len(result.ids)} delivered", file=sys.stderr)
     return EXIT_OK

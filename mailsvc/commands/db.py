@@ -14,6 +14,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
+from ..dburl import parse_database_url
 from ..errors import MailError
 
 if TYPE_CHECKING:
@@ -51,43 +52,22 @@ def _service() -> ServiceConfig:
     return service
 
 
-def _is_postgres(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://", "postgresql+"))
-
-
-def _where(url: str) -> str:
-    """The URL without credentials, for messages."""
-    return url.rpartition("@")[2] if "@" in url else url
-
-
 def run_upgrade(args: argparse.Namespace) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK
+    from ..outbox import upgrade_database
 
     url = _service().database_url
     try:
-        applied = asyncio.run(_upgrade(url))
-    except (MailError, RuntimeError) as exc:
+        where = parse_database_url(url).where
+        applied = asyncio.run(upgrade_database(url))
+    except MailError as exc:
         print(f"mailsvc: db upgrade failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if applied is None:
-        print(f"outbox schema at {_where(url)} is ready (SQLite creates it on open)")
-    elif applied:
-        print(f"outbox schema at {_where(url)}: applied {', '.join(applied)}")
+    if applied:
+        print(f"outbox schema at {where}: applied {', '.join(m.label for m in applied)}")
     else:
-        print(f"outbox schema at {_where(url)} is up to date")
+        print(f"outbox schema at {where} is up to date")
     return EXIT_OK
-
-
-async def _upgrade(url: str) -> list[str] | None:
-    """Names of the migrations applied now ([] when current); None for SQLite."""
-    if not _is_postgres(url):
-        from ..outbox import open_outbox
-
-        async with open_outbox(url):
-            return None
-    from ..outbox.postgres import upgrade_schema
-
-    return [f"{m.version:04d}_{m.name}" for m in await upgrade_schema(url)]
 
 
 def run_purge(args: argparse.Namespace) -> int:
@@ -99,7 +79,12 @@ def run_purge(args: argparse.Namespace) -> int:
     if args.days is None and not days:
         print("mailsvc: db purge: give --days N or set MAILSVC_RETENTION_DAYS", file=sys.stderr)
         return EXIT_USAGE
-    if not _is_postgres(url):
+    try:
+        kind = parse_database_url(url).kind
+    except MailError as exc:
+        print(f"mailsvc: db purge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if kind != "postgresql":
         print("mailsvc: db purge: retention is implemented for the PostgreSQL outbox only", file=sys.stderr)
         return EXIT_USAGE
     if days < 0 or args.batch_size < 1:

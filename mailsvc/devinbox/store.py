@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiosqlite
 
-from ..errors import OutboxError
+from ..dburl import parse_database_url
+from ..errors import ConfigError, OutboxError
 from .mailview import summarize
 
 __all__ = ["InboxStore", "StoredMessage", "Summary", "inbox_path_for"]
@@ -44,10 +44,12 @@ def inbox_path_for(database_url: str) -> Path:
     >>> inbox_path_for("sqlite:////tmp/x/o.sqlite3").as_posix()
     '/tmp/x/devinbox.sqlite3'
     """
-    parts = urlsplit(database_url)
-    if parts.scheme.startswith("sqlite") and parts.path not in ("", "/", "/:memory:"):
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path  # sqlite:///rel, sqlite:////abs
-        return Path(path).parent / "devinbox.sqlite3"
+    try:
+        path = parse_database_url(database_url).path
+    except ConfigError:  # the outbox reports a bad URL; the inbox need not
+        path = None
+    if path is not None and path != Path(":memory:"):
+        return path.parent / "devinbox.sqlite3"
     return Path("var") / "devinbox.sqlite3"
 
 

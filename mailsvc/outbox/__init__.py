@@ -4,13 +4,19 @@
 SQLite outbox; ``postgresql://...`` the PostgreSQL one. The object comes back
 unopened: ``async with open_outbox(url) as outbox:`` or ``await outbox.open()``
 inside the running loop (aiosqlite/asyncpg connections belong to a loop).
+
+Inside: :mod:`.core` runs every operation's steps over a store (:mod:`.store`), which
+:mod:`.sqlite` and :mod:`.postgres` implement with their SQL; :mod:`.states` declares
+the states; :mod:`.migrations` upgrades either schema.
 """
 
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
 
+from ..dburl import parse_database_url
 from ..errors import ConfigError
 from .base import (
     ClaimedMessage,
@@ -18,14 +24,17 @@ from .base import (
     MessageStatus,
     Outbox,
     RecipientOutcome,
-    RecipientState,
     RecipientStatus,
 )
-from .sqlite import SqliteOutbox, path_from_url
+from .migrations import Migration
+from .sqlite import SqliteOutbox
+from .sqlite import upgrade_schema as upgrade_sqlite
+from .states import MessageState, RecipientState
 
 __all__ = [
     "ClaimedMessage",
     "EnqueueResult",
+    "MessageState",
     "MessageStatus",
     "Outbox",
     "RecipientOutcome",
@@ -33,6 +42,7 @@ __all__ = [
     "RecipientStatus",
     "SqliteOutbox",
     "open_outbox",
+    "upgrade_database",
 ]
 
 
@@ -41,21 +51,25 @@ def open_outbox(url: str | None = None, **options: Any) -> Outbox:
 
     ``options`` (``max_pending``, ``idempotency_ttl``, ...) go to the implementation.
     """
-    if not url or url.startswith("sqlite:"):
-        if url and not url.startswith("sqlite:///"):
-            raise ConfigError(
-                "MAILSVC_DATABASE_URL", f"{url!r}: write sqlite:///relative/path or sqlite:////absolute/path"
-            )
-        return SqliteOutbox(path_from_url(url), **options)
-    if url.startswith(("postgresql://", "postgres://", "postgresql+")):
-        try:
-            module = importlib.import_module(f"{__name__}.postgres")
-        except ModuleNotFoundError as exc:
-            raise ConfigError("MAILSVC_DATABASE_URL", f"the PostgreSQL outbox is not available: {exc}") from exc
-        factory = module.open_postgres_outbox if hasattr(module, "open_postgres_outbox") else module.PostgresOutbox
-        outbox: Outbox = factory(url, **options)
-        return outbox
-    scheme = url.partition(":")[0]
-    raise ConfigError(
-        "MAILSVC_DATABASE_URL", f"unknown database scheme {scheme!r}: use sqlite:///path or postgresql://..."
-    )
+    target = parse_database_url(url)
+    if target.path is not None:
+        return SqliteOutbox(target.path, **options)
+    outbox: Outbox = _postgres().PostgresOutbox(target.url, **options)
+    return outbox
+
+
+async def upgrade_database(url: str | None = None) -> list[Migration]:
+    """Bring the schema at ``url`` up to date (``mailsvc db upgrade``); return the migrations applied now."""
+    target = parse_database_url(url)
+    if target.path is not None:
+        return await upgrade_sqlite(target.path)
+    applied: list[Migration] = await _postgres().upgrade_schema(target.url)
+    return applied
+
+
+def _postgres() -> ModuleType:
+    """The PostgreSQL outbox, imported only when named (asyncpg is needed only then)."""
+    try:
+        return importlib.import_module(f"{__name__}.postgres")
+    except ModuleNotFoundError as exc:
+        raise ConfigError("MAILSVC_DATABASE_URL", f"the PostgreSQL outbox is not available: {exc}") from exc

@@ -2,73 +2,39 @@
 
 Why a contract: the web layer and workers call only these methods, so the
 embedded SQLite outbox and a PostgreSQL one (FOR UPDATE SKIP LOCKED claims,
-many worker machines) are interchangeable. Every implementation runs the same
-contract test suite (``tests/test_outbox_contract.py``).
-
-States of a recipient: ``queued`` -> (``sending`` while leased) -> ``delivered`` |
-``deferred`` (retry at ``next_attempt_at``) | ``failed`` (5xx) | ``expired``
-(retry lifetime exceeded). A message's state is derived: ``delivered`` when all
-recipients are, ``failed`` when all are final and none delivered, ``partial``
-when final with a mix, otherwise ``queued``/``sending``/``deferred``.
+many worker machines) are interchangeable. Both are :class:`~mailsvc.outbox.core.OutboxCore`
+over a storage backend, and every implementation runs the same contract test suite
+(``tests/test_outbox_contract.py``). The states a message and a recipient pass
+through are declared in :mod:`.states`.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 from ..errors import MessageError
 from ..message import Envelope
+from .states import MessageState, RecipientState
 
 __all__ = [
-    "FINAL_STATES",
-    "PENDING_STATES",
     "ClaimedMessage",
     "EnqueueResult",
+    "MessageState",
     "MessageStatus",
     "Outbox",
     "RecipientOutcome",
-    "RecipientStatus",
     "RecipientState",
-    "derive_state",
+    "RecipientStatus",
     "fingerprint",
 ]
 
-RecipientState = Literal["queued", "sending", "delivered", "deferred", "failed", "expired"]
-FINAL_STATES: frozenset[str] = frozenset({"delivered", "failed", "expired"})
-PENDING_STATES: frozenset[str] = frozenset({"queued", "sending", "deferred"})
-# Message states that count as "done" (no worker will touch the message again).
-FINAL_MESSAGE_STATES: frozenset[str] = frozenset({"delivered", "failed", "partial"})
 DEFAULT_MAX_PENDING = 100_000
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
-
-
-def derive_state(states: Iterable[str]) -> str:
-    """A message's state from its recipients' states (see the module docstring).
-
-    >>> derive_state(["delivered", "deferred"])
-    'deferred'
-    >>> derive_state(["delivered", "failed"])
-    'partial'
-    """
-    seen = list(states)
-    if not seen:
-        return "failed"
-    if all(s == "delivered" for s in seen):
-        return "delivered"
-    if all(s in FINAL_STATES for s in seen):
-        return "partial" if "delivered" in seen else "failed"
-    if "sending" in seen:
-        return "sending"
-    if "deferred" in seen:
-        return "deferred"
-    return "queued"
 
 
 # Parts of a rendered message that differ between two renderings of the same
@@ -148,7 +114,7 @@ class RecipientOutcome:
     """What a worker records for one recipient after an attempt."""
 
     recipient: str
-    state: RecipientState  # delivered | deferred | failed | expired
+    state: RecipientState  # one of states.OUTCOMES
     code: int | None = None
     reply: str = ""
     next_attempt_at: datetime | None = None
@@ -170,7 +136,7 @@ class MessageStatus:
     id: str
     message_id: str
     batch_id: str | None
-    state: str
+    state: MessageState
     created_at: datetime
     recipients: list[RecipientStatus] = field(default_factory=list)
 
@@ -207,6 +173,7 @@ class Outbox(abc.ABC):
         :class:`OutboxError` when storage fails (nothing is half-written).
         """
 
+    @abc.abstractmethod
     async def enqueue_stream(
         self,
         count: int,
@@ -226,15 +193,7 @@ class Outbox(abc.ABC):
         the request, since the envelopes are not all at hand); a replayed key
         returns before ``chunks`` is started. An exception raised by ``chunks``
         rolls everything back and propagates unchanged.
-
-        This default gathers the chunks and calls :meth:`enqueue` (correct, not
-        memory-bounded); the SQLite and PostgreSQL outboxes stream.
         """
-        envelopes: list[Envelope] = []
-        async for chunk in chunks:
-            envelopes.extend(chunk)
-        check_count(count, len(envelopes))
-        return await self.enqueue(envelopes, idempotency_key=idempotency_key, batch=batch, fingerprint=fingerprint)
 
     @abc.abstractmethod
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
@@ -248,6 +207,7 @@ class Outbox(abc.ABC):
     async def release(self, ids: Sequence[str], owner: str) -> None:
         """Give leased messages back untouched (graceful stop)."""
 
+    @abc.abstractmethod
     async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
         """Renew the lease of messages ``owner`` still holds to ``lease_seconds`` from now; return their ids.
 
@@ -255,26 +215,23 @@ class Outbox(abc.ABC):
         connection) would otherwise come due again mid-send, and another worker
         would send it too. A message whose lease already went to another worker,
         or that is recorded or released, is left alone and not returned.
-        The default renews nothing (callers then give back what waited too long).
         """
-        return []
 
+    @abc.abstractmethod
     async def record_many(self, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
-        """Record several messages' outcomes; implementations do it in one transaction.
+        """Record several messages' outcomes in one transaction.
 
         Why: a commit with ``synchronous=FULL`` costs an fsync, so a worker
         finishing hundreds of messages a second records them in groups.
         """
-        for id, outcomes in items:
-            await self.record(id, owner, outcomes)
 
+    @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new mail may be due, or after ``timeout`` seconds.
 
-        The default just sleeps (a poll); SQLite wakes in-process workers at
-        once on enqueue, PostgreSQL can use LISTEN/NOTIFY.
+        SQLite wakes in-process workers at once on enqueue, PostgreSQL uses
+        LISTEN/NOTIFY; the timeout is the poll for retries and expired leases.
         """
-        await asyncio.sleep(timeout)
 
     @abc.abstractmethod
     async def status(self, id: str) -> MessageStatus:

@@ -15,11 +15,13 @@ Why these choices (the ones Oban, River, GoodJob and procrastinate made):
 * **Idempotency** is a primary key on the key itself: the same key posted to two
   nodes at the same moment makes the second INSERT wait for the first commit and
   then see the conflict, so there is one message.
-* **Schema** comes from versioned migrations (:mod:`.migrations`) applied under an
-  advisory lock on :meth:`open` and by ``mailsvc db upgrade``.
+* **Schema** comes from versioned migrations (``migrations/postgres/``) applied under
+  an advisory lock on :meth:`open` and by ``mailsvc db upgrade``.
 * **Backpressure** counts undelivered messages inside the enqueue transaction; two
   nodes enqueueing at the same instant may together pass ``max_pending`` by one
   request's worth (a soft limit, rather than serialising every enqueue cluster-wide).
+
+This module holds the statements and the driver only; the order of the steps is :mod:`.core`'s.
 
 >>> outbox = PostgresOutbox("postgresql://postgres@127.0.0.1:5432/test", max_pending=100_000)
 >>> # async with outbox: ids = (await outbox.enqueue([envelope])).ids
@@ -29,45 +31,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
 
-from ..errors import IdempotencyConflictError, MessageError, NotFoundError, OutboxError, OutboxFullError
+from ..dburl import parse_database_url
+from ..errors import ConfigError, OutboxError
 from ..message import Envelope
 from . import migrations
-from .base import (
-    DEFAULT_IDEMPOTENCY_TTL,
-    DEFAULT_MAX_PENDING,
-    FINAL_STATES,
-    ClaimedMessage,
-    EnqueueResult,
-    MessageStatus,
-    Outbox,
-    RecipientOutcome,
-    RecipientStatus,
-    check_count,
-    check_envelopes,
-    need_fingerprint,
-)
-from .base import fingerprint as envelope_fingerprint
+from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
+from .core import OutboxCore
+from .states import FINAL, PENDING, MessageState, RecipientState, sql_list
+from .store import Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
 
-__all__ = ["NOTIFY_CHANNEL", "PostgresOutbox", "asyncpg_dsn", "upgrade_schema"]
+__all__ = ["NOTIFY_CHANNEL", "PostgresOutbox", "PostgresStore", "asyncpg_dsn", "upgrade_schema"]
 
 log = logging.getLogger("mailsvc.outbox.postgres")
 
 NOTIFY_CHANNEL = "mailsvc_outbox"
+# An arbitrary constant shared by every node: pg_advisory_lock's key (a bigint).
+LOCK_KEY = 0x6D61696C737663  # "mailsvc"
+_FINAL = sql_list(FINAL)
+_PENDING = sql_list(PENDING)
 
 
 def asyncpg_dsn(url: str) -> str:
     """Accept ``postgresql://``, ``postgres://`` and SQLAlchemy-style ``postgresql+asyncpg://``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.split("+")[0] not in {"postgresql", "postgres"}:
+    try:
+        parsed = parse_database_url(url)
+    except ConfigError:
+        parsed = None
+    if parsed is None or parsed.dsn is None:
         raise OutboxError(f"MAILSVC_DATABASE_URL: {url.split('@')[-1]!r} is not a postgresql:// URL")
-    return f"postgresql://{rest}"
+    return parsed.dsn
 
 
 async def upgrade_schema(url: str) -> list[migrations.Migration]:
@@ -75,12 +73,430 @@ async def upgrade_schema(url: str) -> list[migrations.Migration]:
     with _translate("upgrade the outbox schema"):
         conn = await asyncpg.connect(asyncpg_dsn(url), timeout=30)
         try:
-            return await migrations.upgrade(conn)
+            return await migrations.upgrade(Schema(conn))
         finally:
             await conn.close()
 
 
-class PostgresOutbox(Outbox):
+class Schema:
+    """The migration runner's view of a PostgreSQL schema: an advisory lock and ``mailsvc_schema_version``.
+
+    Why a session lock: every node runs the upgrade at start-up, so several may start at once;
+    the first applies what is missing, each later one finds the version table current.
+    Each file runs in its own transaction with the row that records it.
+    """
+
+    backend: migrations.Backend = "postgres"
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        await self.conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        try:
+            await self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS mailsvc_schema_version (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            yield
+        finally:
+            await self.conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+
+    async def applied(self) -> set[int]:
+        if not await self.conn.fetchval("SELECT to_regclass('mailsvc_schema_version') IS NOT NULL"):
+            return set()
+        return {r["version"] for r in await self.conn.fetch("SELECT version FROM mailsvc_schema_version")}
+
+    async def apply(self, migration: migrations.Migration) -> None:
+        async with self.conn.transaction():
+            await self.conn.execute(migration.sql)
+            await self.conn.execute(
+                "INSERT INTO mailsvc_schema_version (version, name) VALUES ($1, $2)", migration.version, migration.name
+            )
+
+
+class PostgresStore(Store):
+    """An asyncpg pool, and one LISTEN connection shared by every worker of the process."""
+
+    def __init__(self, dsn: str, *, pool_size: int, migrate: bool, command_timeout: float) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.migrate = migrate
+        self.command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._work: asyncio.Event | None = None
+        self._listen_lock: asyncio.Lock | None = None
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        with _translate("open the outbox"):
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, command_timeout=self.command_timeout
+            )
+            try:
+                async with pool.acquire() as conn:
+                    if self.migrate:
+                        await migrations.upgrade(Schema(conn))
+                    elif not await Schema(conn).applied():
+                        raise OutboxError("the outbox schema does not exist; run `mailsvc db upgrade`")
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+        self._work = asyncio.Event()
+        self._listen_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            await listener.close(timeout=5)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise OutboxError("the outbox is not open: call await outbox.open() (or use async with)")
+        return self._pool
+
+    @asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        with _translate(what):
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+
+    @asynccontextmanager
+    async def write(self, what: str) -> AsyncIterator[Tx]:
+        async with self._transaction(what) as conn:
+            yield _PgTx(conn)
+
+    @asynccontextmanager
+    async def read(self, what: str) -> AsyncIterator[Tx]:
+        with _translate(what):
+            async with self.pool.acquire() as conn:
+                yield _PgTx(conn)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when an enqueue (on any node) is notified, or after ``timeout`` seconds.
+
+        A notification that arrived while the caller was busy is kept, so the next
+        call returns at once: no enqueue between a claim and the wait is missed.
+        """
+        if self._work is None:
+            raise OutboxError("the outbox is not open: call await outbox.open() (or use async with)")
+        await self._ensure_listener()
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._work.clear()
+
+    async def _ensure_listener(self) -> None:
+        assert self._listen_lock is not None
+        async with self._listen_lock:
+            if self._listener is None or self._listener.is_closed():
+                await self._listen()
+
+    async def _listen(self) -> None:
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=10)
+            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            # The slow poll still works without the listener; try again on the next wait.
+            log.warning("outbox: cannot LISTEN on %s (%s); polling only", NOTIFY_CHANNEL, exc)
+            return
+        self._listener = conn
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if self._work is not None:
+            self._work.set()
+
+    async def ping(self) -> None:
+        with _translate("ping the outbox"):
+            writable = await self.pool.fetchval(
+                "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
+            )
+        if not writable:
+            raise OutboxError("the outbox database is read-only (a standby, or default_transaction_read_only)")
+
+    async def purge(self, older_than_seconds: float, batch_size: int) -> int:
+        """Delete up to ``batch_size`` final messages older than that, skipping rows others hold."""
+        async with self._transaction("delete old messages") as conn:
+            n: int = await conn.fetchval(
+                """
+                WITH old AS (
+                    SELECT id FROM mailsvc_message
+                    WHERE due_at IS NULL AND updated_at < now() - make_interval(secs => $1)
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED
+                ), gone AS (
+                    DELETE FROM mailsvc_message m USING old WHERE m.id = old.id RETURNING 1
+                )
+                SELECT count(*) FROM gone
+                """,
+                older_than_seconds,
+                batch_size,
+            )
+        return n
+
+    async def purge_keys(self, ttl: float) -> None:
+        async with self._transaction("delete old idempotency keys") as conn:
+            await conn.execute(
+                "DELETE FROM mailsvc_idempotency WHERE created_at < now() - make_interval(secs => $1)", ttl
+            )
+
+
+class _PgTx(Tx):
+    """Statements on one pooled connection (inside a transaction for writes)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    # -- enqueue
+    async def count_pending(self) -> int:
+        n: int = await self.conn.fetchval("SELECT count(*) FROM mailsvc_message WHERE due_at IS NOT NULL")
+        return n
+
+    async def find_key(self, key: str, ttl: float) -> KeyRecord | None:
+        row = await self.conn.fetchrow(
+            "SELECT fingerprint, ids, batch_id FROM mailsvc_idempotency"
+            " WHERE key = $1 AND created_at >= now() - make_interval(secs => $2)",
+            key,
+            float(ttl),
+        )
+        return None if row is None else KeyRecord(row["fingerprint"], list(row["ids"]), row["batch_id"])
+
+    async def hold_key(self, key: str, record: KeyRecord, ttl: float) -> KeyRecord | None:
+        """INSERT the key: a concurrent transaction holding it makes this wait for its commit, then conflict."""
+        held = await self.conn.fetchval(
+            """
+            INSERT INTO mailsvc_idempotency AS k (key, fingerprint, ids, batch_id)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (key) DO UPDATE
+                SET fingerprint = EXCLUDED.fingerprint, ids = EXCLUDED.ids,
+                    batch_id = EXCLUDED.batch_id, created_at = now()
+                WHERE k.created_at < now() - make_interval(secs => $5)
+            RETURNING true
+            """,
+            key,
+            record.fingerprint,
+            record.ids,
+            record.batch_id,
+            float(ttl),
+        )
+        if held:
+            return None
+        # Another transaction committed this key first; it is never deleted while live.
+        return await self.find_key(key, ttl)
+
+    async def insert(self, ids: Sequence[str], batch_ids: Sequence[str | None], envelopes: Sequence[Envelope]) -> None:
+        """All rows in three set-based statements (fast for a 10,000-message batch)."""
+        await self.conn.execute(
+            """
+            INSERT INTO mailsvc_message (id, message_id, batch_id, due_at)
+            SELECT id, mid, bid, now()
+            FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(id, mid, bid, n)
+            ORDER BY n
+            """,
+            list(ids),
+            [e.message_id for e in envelopes],
+            list(batch_ids),
+        )
+        await self.conn.copy_records_to_table(
+            "mailsvc_body",
+            records=[
+                (i, e.sender, e.data, list(e.mail_options), list(e.rcpt_options))
+                for i, e in zip(ids, envelopes, strict=True)
+            ],
+            columns=["message_pk", "sender", "data", "mail_options", "rcpt_options"],
+        )
+        rcpts = [(i, pos, addr) for i, e in zip(ids, envelopes, strict=True) for pos, addr in enumerate(e.recipients)]
+        await self.conn.execute(
+            "INSERT INTO mailsvc_recipient (message_pk, position, address) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
+            [r[0] for r in rcpts],
+            [r[1] for r in rcpts],
+            [r[2] for r in rcpts],
+        )
+
+    async def notify(self) -> None:
+        await self.conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)  # delivered at commit
+
+    # -- claim
+    async def due_messages(self, limit: int) -> list[DueMessage]:
+        rows = await self.conn.fetch(
+            """
+            SELECT id, message_id, attempts, created_at FROM mailsvc_message
+            WHERE due_at <= now() ORDER BY due_at, seq LIMIT $1
+            FOR UPDATE SKIP LOCKED
+            """,
+            limit,
+        )
+        return [DueMessage(r["id"], r["message_id"], r["attempts"], r["created_at"]) for r in rows]
+
+    async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
+        rows = await self.conn.fetch(
+            f"""
+            UPDATE mailsvc_recipient SET state = '{RecipientState.SENDING}'
+            WHERE message_pk = ANY($1::text[]) AND state IN {_PENDING}
+              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+            RETURNING message_pk, position, address
+            """,
+            list(ids),
+        )
+        due: dict[str, list[str]] = {}
+        for r in sorted(rows, key=lambda r: r["position"]):
+            due.setdefault(r["message_pk"], []).append(r["address"])
+        return due
+
+    async def lease(self, ids: Sequence[str], owner: str, lease_seconds: float) -> None:
+        await self.conn.execute(
+            f"""
+            UPDATE mailsvc_message
+            SET state = '{MessageState.SENDING}', lease_owner = $2,
+                lease_expires_at = now() + make_interval(secs => $3),
+                due_at = now() + make_interval(secs => $3), updated_at = now()
+            WHERE id = ANY($1::text[])
+            """,
+            list(ids),
+            owner,
+            float(lease_seconds),
+        )
+
+    async def bodies(self, ids: Sequence[str]) -> dict[str, Body]:
+        rows = await self.conn.fetch(
+            "SELECT message_pk, sender, data, mail_options, rcpt_options FROM mailsvc_body"
+            " WHERE message_pk = ANY($1::text[])",
+            list(ids),
+        )
+        return {
+            b["message_pk"]: Body(b["sender"], bytes(b["data"]), tuple(b["mail_options"]), tuple(b["rcpt_options"]))
+            for b in rows
+        }
+
+    # -- record, release, extend
+    async def lock_messages(self, ids: Sequence[str]) -> dict[str, str | None]:
+        rows = await self.conn.fetch(
+            "SELECT id, lease_owner FROM mailsvc_message WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", list(ids)
+        )
+        return {r["id"]: r["lease_owner"] for r in rows}
+
+    async def held_by(self, ids: Sequence[str], owner: str) -> list[str]:
+        rows = await self.conn.fetch(
+            "SELECT id FROM mailsvc_message WHERE id = ANY($1::text[]) AND lease_owner = $2 ORDER BY id FOR UPDATE",
+            list(ids),
+            owner,
+        )
+        return [r["id"] for r in rows]
+
+    async def write_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+        await self.conn.execute(
+            f"""
+            UPDATE mailsvc_recipient r
+            SET state = u.state, attempts = r.attempts + 1, last_code = u.code, last_reply = u.reply,
+                next_attempt_at = u.next_at, updated_at = now()
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[])
+                 AS u(pk, address, state, code, reply, next_at)
+            WHERE r.message_pk = u.pk AND r.address = u.address AND r.state NOT IN {_FINAL}
+            """,
+            [r.id for r in rows],
+            [r.recipient for r in rows],
+            [str(r.state) for r in rows],
+            [r.code for r in rows],
+            [r.reply for r in rows],
+            [r.next_attempt_at for r in rows],
+        )
+
+    async def count_attempts(self, ids: Sequence[str]) -> None:
+        await self.conn.execute("UPDATE mailsvc_message SET attempts = attempts + 1 WHERE id = ANY($1::text[])", ids)
+
+    async def settle(self, release: Sequence[str], restate: Sequence[str]) -> None:
+        """One statement per step for the whole group; the CASE is :func:`~.states.derive_state` in SQL."""
+        if not release and not restate:
+            return
+        if release:
+            await self.conn.execute(_UNLEASE_RECIPIENTS, list(release))
+        await self.conn.execute(_SETTLE, list(release), list(restate))
+
+    async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
+        rows = await self.conn.fetch(
+            f"""
+            UPDATE mailsvc_message
+            SET lease_expires_at = now() + make_interval(secs => $3), due_at = now() + make_interval(secs => $3)
+            WHERE id = ANY($1::text[]) AND lease_owner = $2 AND state = '{MessageState.SENDING}'
+            RETURNING id
+            """,
+            list(ids),
+            owner,
+            float(lease_seconds),
+        )
+        return [r["id"] for r in rows]
+
+    # -- status
+    async def message(self, id: str) -> MessageRow | None:
+        r = await self.conn.fetchrow(
+            "SELECT id, message_id, batch_id, state, created_at FROM mailsvc_message WHERE id = $1", id
+        )
+        return None if r is None else MessageRow(r["id"], r["message_id"], r["batch_id"], r["state"], r["created_at"])
+
+    async def recipients(self, id: str) -> list[RecipientRow]:
+        rows = await self.conn.fetch(
+            "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at "
+            "FROM mailsvc_recipient WHERE message_pk = $1 ORDER BY position",
+            id,
+        )
+        return [RecipientRow(*r) for r in rows]
+
+    async def batch_counts(self, batch_id: str) -> dict[str, int]:
+        rows = await self.conn.fetch(
+            "SELECT state, count(*) AS n FROM mailsvc_message WHERE batch_id = $1 GROUP BY state", batch_id
+        )
+        return {r["state"]: r["n"] for r in rows}
+
+
+# Recipients still marked sending were not attempted: back to queued (never tried) or deferred.
+_UNLEASE_RECIPIENTS = f"""
+UPDATE mailsvc_recipient
+SET state = CASE WHEN attempts = 0 THEN '{RecipientState.QUEUED}' ELSE '{RecipientState.DEFERRED}' END
+WHERE message_pk = ANY($1::text[]) AND state = '{RecipientState.SENDING}'
+"""
+# $1: messages whose lease is dropped (due at their earliest pending recipient); $2: state only.
+_SETTLE = f"""
+WITH agg AS (
+    SELECT message_pk,
+           bool_and(state = '{RecipientState.DELIVERED}') AS all_delivered,
+           bool_and(state IN {_FINAL}) AS all_final,
+           bool_or(state = '{RecipientState.DELIVERED}') AS any_delivered,
+           bool_or(state = '{RecipientState.SENDING}') AS any_sending,
+           bool_or(state = '{RecipientState.DEFERRED}') AS any_deferred,
+           min(CASE WHEN state NOT IN {_FINAL} THEN coalesce(next_attempt_at, now()) END) AS next_due
+    FROM mailsvc_recipient
+    WHERE message_pk = ANY($1::text[]) OR message_pk = ANY($2::text[])
+    GROUP BY message_pk
+)
+UPDATE mailsvc_message m
+SET state = CASE WHEN a.all_delivered THEN '{MessageState.DELIVERED}'
+                 WHEN a.all_final AND a.any_delivered THEN '{MessageState.PARTIAL}'
+                 WHEN a.all_final THEN '{MessageState.FAILED}'
+                 WHEN a.any_sending THEN '{MessageState.SENDING}'
+                 WHEN a.any_deferred THEN '{MessageState.DEFERRED}'
+                 ELSE '{MessageState.QUEUED}' END,
+    due_at = CASE WHEN a.all_final THEN NULL
+                  WHEN m.id = ANY($1::text[]) THEN a.next_due
+                  ELSE m.due_at END,
+    lease_owner = CASE WHEN m.id = ANY($1::text[]) THEN NULL ELSE m.lease_owner END,
+    lease_expires_at = CASE WHEN m.id = ANY($1::text[]) THEN NULL ELSE m.lease_expires_at END,
+    updated_at = now()
+FROM agg a
+WHERE m.id = a.message_pk
+"""
+
+
+class PostgresOutbox(OutboxCore[PostgresStore]):
     """Outbox on a PostgreSQL database reached through an asyncpg pool.
 
     ``max_pending`` is the backpressure limit (undelivered messages),
@@ -104,44 +520,20 @@ class PostgresOutbox(Outbox):
         retention_days: float = 0.0,
         retention_interval: float = 3600.0,
     ) -> None:
+        store = PostgresStore(asyncpg_dsn(url), pool_size=pool_size, migrate=migrate, command_timeout=command_timeout)
+        super().__init__(store, max_pending=max_pending, idempotency_ttl=idempotency_ttl)
         self.url = url
-        self._dsn = asyncpg_dsn(url)
-        self.max_pending = max_pending
-        self.idempotency_ttl = idempotency_ttl
-        self.pool_size = pool_size
-        self.migrate = migrate
-        self.command_timeout = command_timeout
         self.retention_days = retention_days
         self.retention_interval = retention_interval
         self._retention: asyncio.Task[None] | None = None
-        self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
-        self._work: asyncio.Event | None = None
-        self._listen_lock: asyncio.Lock | None = None
 
-    # -- lifecycle ------------------------------------------------------------
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.store.pool
+
     async def open(self) -> None:
-        if self._pool is not None:
-            return
-        with _translate("open the outbox"):
-            pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self.pool_size, command_timeout=self.command_timeout
-            )
-            try:
-                async with pool.acquire() as conn:
-                    if self.migrate:
-                        await migrations.upgrade(conn)
-                    elif not await migrations.applied_versions(conn):
-                        raise OutboxError("the outbox schema does not exist; run `mailsvc db upgrade`")
-            except BaseException as exc:
-                await pool.close()
-                if isinstance(exc, RuntimeError):  # schema newer than this code
-                    raise OutboxError(str(exc)) from exc
-                raise
-            self._pool = pool
-        self._work = asyncio.Event()
-        self._listen_lock = asyncio.Lock()
-        if self.retention_days > 0:
+        await super().open()
+        if self.retention_days > 0 and self._retention is None:
             self._retention = asyncio.create_task(self._retention_loop(), name="mailsvc-outbox-retention")
 
     async def close(self) -> None:
@@ -149,373 +541,8 @@ class PostgresOutbox(Outbox):
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        listener, self._listener = self._listener, None
-        if listener is not None and not listener.is_closed():
-            await listener.close(timeout=5)
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await super().close()
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise OutboxError("the outbox is not open: call await outbox.open() (or use async with)")
-        return self._pool
-
-    @asynccontextmanager
-    async def _tx(self, what: str) -> AsyncIterator[asyncpg.Connection]:
-        with _translate(what):
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield conn
-
-    # -- enqueue --------------------------------------------------------------
-    async def enqueue(
-        self,
-        envelopes: Sequence[Envelope],
-        *,
-        idempotency_key: str | None = None,
-        batch: bool = False,
-        fingerprint: str | None = None,
-    ) -> EnqueueResult:
-        envelopes = list(envelopes)
-        if not envelopes:
-            raise MessageError("messages", "nothing to enqueue: pass at least one message")
-        for i, env in enumerate(envelopes):
-            if not env.recipients:
-                raise MessageError(f"messages[{i}].recipients", "a message needs at least one recipient")
-        ids = [uuid.uuid4().hex for _ in envelopes]
-        batch_id = uuid.uuid4().hex if batch else None
-        digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else ""
-        async with self._tx("enqueue") as conn:
-            if idempotency_key is not None:
-                claimed = await conn.fetchval(
-                    """
-                    INSERT INTO mailsvc_idempotency AS k (key, fingerprint, ids, batch_id)
-                    VALUES ($1, $2, $3, $4)
-                    ON CONFLICT (key) DO UPDATE
-                        SET fingerprint = EXCLUDED.fingerprint, ids = EXCLUDED.ids,
-                            batch_id = EXCLUDED.batch_id, created_at = now()
-                        WHERE k.created_at < now() - make_interval(secs => $5)
-                    RETURNING true
-                    """,
-                    idempotency_key,
-                    digest,
-                    ids,
-                    batch_id,
-                    float(self.idempotency_ttl),
-                )
-                if not claimed:
-                    # Another transaction committed this key first (we waited for it on the index).
-                    row = await conn.fetchrow(
-                        "SELECT fingerprint, ids, batch_id FROM mailsvc_idempotency WHERE key = $1", idempotency_key
-                    )
-                    assert row is not None  # the conflict proves it exists and it is never deleted inside 24 h
-                    if row["fingerprint"] != digest:
-                        raise IdempotencyConflictError(idempotency_key)
-                    return EnqueueResult(ids=list(row["ids"]), batch_id=row["batch_id"], duplicate=True)
-            pending = await conn.fetchval("SELECT count(*) FROM mailsvc_message WHERE due_at IS NOT NULL")
-            if pending + len(envelopes) > self.max_pending:
-                raise OutboxFullError(pending, self.max_pending)
-            await _insert(conn, ids, batch_id, envelopes)
-            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        return EnqueueResult(ids=ids, batch_id=batch_id)
-
-    async def enqueue_stream(
-        self,
-        count: int,
-        chunks: AsyncIterator[Sequence[Envelope]],
-        *,
-        fingerprint: str | None = None,
-        idempotency_key: str | None = None,
-        batch: bool = False,
-    ) -> EnqueueResult:
-        digest = need_fingerprint(idempotency_key, fingerprint)
-        check_count(count, count)  # at least one
-        batch_id = uuid.uuid4().hex if batch else None
-        async with self._tx("enqueue") as conn:
-            if idempotency_key is not None:
-                # Take the key first (a concurrent request with it waits here); its ids come at the end.
-                claimed = await conn.fetchval(
-                    """
-                    INSERT INTO mailsvc_idempotency AS k (key, fingerprint, ids, batch_id)
-                    VALUES ($1, $2, '{}', $3)
-                    ON CONFLICT (key) DO UPDATE
-                        SET fingerprint = EXCLUDED.fingerprint, ids = EXCLUDED.ids,
-                            batch_id = EXCLUDED.batch_id, created_at = now()
-                        WHERE k.created_at < now() - make_interval(secs => $4)
-                    RETURNING true
-                    """,
-                    idempotency_key,
-                    digest,
-                    batch_id,
-                    float(self.idempotency_ttl),
-                )
-                if not claimed:
-                    row = await conn.fetchrow(
-                        "SELECT fingerprint, ids, batch_id FROM mailsvc_idempotency WHERE key = $1", idempotency_key
-                    )
-                    assert row is not None
-                    if row["fingerprint"] != digest:
-                        raise IdempotencyConflictError(idempotency_key)
-                    return EnqueueResult(ids=list(row["ids"]), batch_id=row["batch_id"], duplicate=True)
-            pending = await conn.fetchval("SELECT count(*) FROM mailsvc_message WHERE due_at IS NOT NULL")
-            if pending + count > self.max_pending:
-                raise OutboxFullError(pending, self.max_pending)
-            ids: list[str] = []
-            async for chunk in chunks:
-                check_envelopes(chunk, len(ids))
-                chunk_ids = [uuid.uuid4().hex for _ in chunk]
-                await _insert(conn, chunk_ids, batch_id, chunk)
-                ids.extend(chunk_ids)
-            check_count(count, len(ids))
-            if idempotency_key is not None:
-                await conn.execute("UPDATE mailsvc_idempotency SET ids = $2 WHERE key = $1", idempotency_key, ids)
-            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        return EnqueueResult(ids=ids, batch_id=batch_id)
-
-    # -- workers ----------------------------------------------------------------
-    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
-        if limit <= 0:
-            return []
-        async with self._tx("claim messages") as conn:
-            rows = await conn.fetch(
-                """
-                SELECT m.id, m.message_id, m.attempts, m.created_at
-                FROM mailsvc_message m
-                WHERE m.due_at <= now()
-                ORDER BY m.due_at, m.seq
-                LIMIT $1
-                FOR UPDATE SKIP LOCKED
-                """,
-                limit,
-            )
-            if not rows:
-                return []
-            ids = [r["id"] for r in rows]
-            # Only recipients still to be tried and due now; a delivered one is never sent again.
-            rcpts = await conn.fetch(
-                """
-                UPDATE mailsvc_recipient SET state = 'sending'
-                WHERE message_pk = ANY($1::text[])
-                  AND state IN ('queued', 'sending', 'deferred')
-                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-                RETURNING message_pk, position, address
-                """,
-                ids,
-            )
-            due: dict[str, list[tuple[int, str]]] = {}
-            for r in rcpts:
-                due.setdefault(r["message_pk"], []).append((r["position"], r["address"]))
-            await conn.execute(
-                """
-                UPDATE mailsvc_message
-                SET state = 'sending', lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
-                    due_at = now() + make_interval(secs => $3), updated_at = now()
-                WHERE id = ANY($1::text[])
-                """,
-                list(due),
-                owner,
-                float(lease_seconds),
-            )
-            # A message due with no due recipient should not exist; repair its due_at rather than spin.
-            await _settle(conn, [i for i in ids if i not in due], [])
-            bodies = await conn.fetch(
-                "SELECT message_pk, sender, data, mail_options, rcpt_options FROM mailsvc_body "
-                "WHERE message_pk = ANY($1::text[])",
-                list(due),
-            )
-        body = {b["message_pk"]: b for b in bodies}
-        claimed = []
-        for r in rows:
-            if r["id"] not in due:
-                continue
-            b = body[r["id"]]
-            envelope = Envelope(
-                sender=b["sender"],
-                recipients=tuple(addr for _, addr in sorted(due[r["id"]])),
-                data=bytes(b["data"]),
-                message_id=r["message_id"],
-                mail_options=tuple(b["mail_options"]),
-                rcpt_options=tuple(b["rcpt_options"]),
-            )
-            claimed.append(
-                ClaimedMessage(id=r["id"], envelope=envelope, attempts=r["attempts"], first_queued_at=r["created_at"])
-            )
-        return claimed
-
-    async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
-        await self.record_many(owner, [(id, outcomes)])
-
-    async def record_many(self, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
-        """Record several messages' outcomes in one transaction (one commit, one round of fsyncs)."""
-        if not items:
-            return
-        for _, outcomes in items:
-            for o in outcomes:
-                if o.state not in FINAL_STATES and o.state != "deferred":
-                    raise OutboxError(f"cannot record state {o.state!r} for {o.recipient}: not an outcome")
-        ids = sorted({id_ for id_, _ in items})
-        rows = [(id_, o) for id_, outcomes in items for o in outcomes]
-        async with self._tx("record an attempt") as conn:
-            # Lock in id order so two workers recording overlapping groups cannot deadlock.
-            holders = {
-                r["id"]: r["lease_owner"]
-                for r in await conn.fetch(
-                    "SELECT id, lease_owner FROM mailsvc_message WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-                    ids,
-                )
-            }
-            for id_ in ids:
-                if id_ not in holders:
-                    raise NotFoundError("message", id_)
-            if rows:
-                # Never overwrite a final state: a delivered recipient stays delivered.
-                await conn.execute(
-                    """
-                    UPDATE mailsvc_recipient r
-                    SET state = u.state, attempts = r.attempts + 1, last_code = u.code, last_reply = u.reply,
-                        next_attempt_at = u.next_at, updated_at = now()
-                    FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[])
-                         AS u(pk, address, state, code, reply, next_at)
-                    WHERE r.message_pk = u.pk AND r.address = u.address
-                      AND r.state NOT IN ('delivered', 'failed', 'expired')
-                    """,
-                    [i for i, _ in rows],
-                    [o.recipient for _, o in rows],
-                    [o.state for _, o in rows],
-                    [o.code for _, o in rows],
-                    [o.reply[:1000] for _, o in rows],
-                    [o.next_attempt_at if o.state == "deferred" else None for _, o in rows],
-                )
-            await conn.execute("UPDATE mailsvc_message SET attempts = attempts + 1 WHERE id = ANY($1::text[])", ids)
-            # Another worker took a message after our lease expired: leave its lease alone.
-            mine = [i for i in ids if holders[i] is None or holders[i] == owner]
-            await _settle(conn, mine, [i for i in ids if i not in set(mine)])
-
-    async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
-        if not ids:
-            return []
-        async with self._tx("extend leases") as conn:
-            rows = await conn.fetch(
-                """
-                UPDATE mailsvc_message
-                SET lease_expires_at = now() + make_interval(secs => $3), due_at = now() + make_interval(secs => $3)
-                WHERE id = ANY($1::text[]) AND lease_owner = $2 AND state = 'sending'
-                RETURNING id
-                """,
-                list(ids),
-                owner,
-                float(lease_seconds),
-            )
-        return [r["id"] for r in rows]
-
-    async def release(self, ids: Sequence[str], owner: str) -> None:
-        if not ids:
-            return
-        async with self._tx("release messages") as conn:
-            rows = await conn.fetch(
-                "SELECT id FROM mailsvc_message WHERE id = ANY($1::text[]) AND lease_owner = $2 ORDER BY id FOR UPDATE",
-                list(ids),
-                owner,
-            )
-            await _settle(conn, [r["id"] for r in rows], [])
-            if rows:
-                await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return when an enqueue (on any node) is notified, or after ``timeout`` seconds.
-
-        A notification that arrived while the caller was busy is kept, so the next
-        call returns at once: no enqueue between a claim and the wait is missed.
-        The timeout is the safety-net poll for retries and expired leases.
-        """
-        if self._work is None:
-            raise OutboxError("the outbox is not open: call await outbox.open() (or use async with)")
-        await self._ensure_listener()
-        try:
-            await asyncio.wait_for(self._work.wait(), timeout)
-        except TimeoutError:
-            pass
-        self._work.clear()
-
-    async def _ensure_listener(self) -> None:
-        """One LISTEN connection per outbox, shared by every worker of the process."""
-        assert self._listen_lock is not None
-        async with self._listen_lock:
-            if self._listener is None or self._listener.is_closed():
-                await self._listen()
-
-    async def _listen(self) -> None:
-        try:
-            conn = await asyncpg.connect(self._dsn, timeout=10)
-            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            # The slow poll still works without the listener; try again on the next wait.
-            log.warning("outbox: cannot LISTEN on %s (%s); polling only", NOTIFY_CHANNEL, exc)
-            return
-        self._listener = conn
-
-    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        if self._work is not None:
-            self._work.set()
-
-    # -- status -----------------------------------------------------------------
-    async def status(self, id: str) -> MessageStatus:
-        with _translate("read a message's status"):
-            async with self.pool.acquire() as conn:
-                msg = await conn.fetchrow(
-                    "SELECT id, message_id, batch_id, state, created_at FROM mailsvc_message WHERE id = $1", id
-                )
-                if msg is None:
-                    raise NotFoundError("message", id)
-                rcpts = await conn.fetch(
-                    "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at "
-                    "FROM mailsvc_recipient WHERE message_pk = $1 ORDER BY position",
-                    id,
-                )
-        return MessageStatus(
-            id=msg["id"],
-            message_id=msg["message_id"],
-            batch_id=msg["batch_id"],
-            state=msg["state"],
-            created_at=msg["created_at"],
-            recipients=[
-                RecipientStatus(
-                    recipient=r["address"],
-                    state=r["state"],
-                    attempts=r["attempts"],
-                    last_code=r["last_code"],
-                    last_reply=r["last_reply"],
-                    updated_at=r["updated_at"],
-                    next_attempt_at=r["next_attempt_at"] if r["state"] == "deferred" else None,
-                )
-                for r in rcpts
-            ],
-        )
-
-    async def batch_status(self, batch_id: str) -> dict[str, int]:
-        with _translate("read a batch's status"):
-            rows = await self.pool.fetch(
-                "SELECT state, count(*) AS n FROM mailsvc_message WHERE batch_id = $1 GROUP BY state", batch_id
-            )
-        if not rows:
-            raise NotFoundError("batch", batch_id)
-        return {r["state"]: r["n"] for r in rows}
-
-    async def pending_count(self) -> int:
-        with _translate("count pending messages"):
-            n: int = await self.pool.fetchval("SELECT count(*) FROM mailsvc_message WHERE due_at IS NOT NULL")
-        return n
-
-    async def ping(self) -> None:
-        with _translate("ping the outbox"):
-            writable = await self.pool.fetchval(
-                "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
-            )
-        if not writable:
-            raise OutboxError("the outbox database is read-only (a standby, or default_transaction_read_only)")
-
-    # -- retention ----------------------------------------------------------------
     async def _retention_loop(self) -> None:
         while True:
             try:
@@ -536,129 +563,15 @@ class PostgresOutbox(Outbox):
         """
         if older_than_days < 0:
             raise OutboxError(f"retention days: must be >= 0, got {older_than_days}")
-        total: int = 0
+        total = 0
         while True:
-            async with self._tx("delete old messages") as conn:
-                n: int = await conn.fetchval(
-                    """
-                    WITH old AS (
-                        SELECT id FROM mailsvc_message
-                        WHERE due_at IS NULL AND updated_at < now() - make_interval(secs => $1)
-                        LIMIT $2
-                        FOR UPDATE SKIP LOCKED
-                    ), gone AS (
-                        DELETE FROM mailsvc_message m USING old WHERE m.id = old.id RETURNING 1
-                    )
-                    SELECT count(*) FROM gone
-                    """,
-                    float(older_than_days) * 86400,
-                    batch_size,
-                )
+            n = await self.store.purge(float(older_than_days) * 86400, batch_size)
             total += n
             if n < batch_size:
                 break
             await asyncio.sleep(0)
-        async with self._tx("delete old idempotency keys") as conn:
-            await conn.execute(
-                "DELETE FROM mailsvc_idempotency WHERE created_at < now() - make_interval(secs => $1)",
-                float(self.idempotency_ttl),
-            )
+        await self.store.purge_keys(float(self.idempotency_ttl))
         return total
-
-
-async def _insert(
-    conn: asyncpg.Connection, ids: list[str], batch_id: str | None, envelopes: Sequence[Envelope]
-) -> None:
-    """All rows of one enqueue in three set-based INSERTs (fast for a 10,000-message batch)."""
-    await conn.execute(
-        """
-        INSERT INTO mailsvc_message (id, message_id, batch_id, due_at)
-        SELECT id, mid, $3, now() FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(id, mid, n)
-        ORDER BY n
-        """,
-        ids,
-        [e.message_id for e in envelopes],
-        batch_id,
-    )
-    await conn.copy_records_to_table(
-        "mailsvc_body",
-        records=[
-            (i, e.sender, e.data, list(e.mail_options), list(e.rcpt_options))
-            for i, e in zip(ids, envelopes, strict=True)
-        ],
-        columns=["message_pk", "sender", "data", "mail_options", "rcpt_options"],
-    )
-    pks: list[str] = []
-    positions: list[int] = []
-    addrs: list[str] = []
-    for i, e in zip(ids, envelopes, strict=True):
-        for pos, addr in enumerate(e.recipients):
-            pks.append(i)
-            positions.append(pos)
-            addrs.append(addr)
-    await conn.execute(
-        "INSERT INTO mailsvc_recipient (message_pk, position, address) "
-        "SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
-        pks,
-        positions,
-        addrs,
-    )
-
-
-async def _settle(conn: asyncpg.Connection, release: list[str], restate: list[str]) -> None:
-    """Recompute messages' state and ``due_at`` from their recipients (their rows are locked).
-
-    For ``release`` the lease is dropped: recipients still marked ``sending`` were
-    not attempted and go back to ``queued`` (never tried) or ``deferred`` (tried
-    before), keeping their time, and the message falls due at its earliest
-    pending recipient. For ``restate`` another worker holds the lease, so only the
-    state is refreshed, and ``due_at`` cleared if the message is now final.
-    The CASE mirrors :func:`mailsvc.outbox.base.derive_state`.
-    """
-    if not release and not restate:
-        return
-    if release:
-        await conn.execute(
-            """
-            UPDATE mailsvc_recipient SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END
-            WHERE message_pk = ANY($1::text[]) AND state = 'sending'
-            """,
-            release,
-        )
-    await conn.execute(
-        """
-        WITH agg AS (
-            SELECT message_pk,
-                   bool_and(state = 'delivered') AS all_delivered,
-                   bool_and(state IN ('delivered', 'failed', 'expired')) AS all_final,
-                   bool_or(state = 'delivered') AS any_delivered,
-                   bool_or(state = 'sending') AS any_sending,
-                   bool_or(state = 'deferred') AS any_deferred,
-                   min(CASE WHEN state NOT IN ('delivered', 'failed', 'expired')
-                            THEN coalesce(next_attempt_at, now()) END) AS next_due
-            FROM mailsvc_recipient
-            WHERE message_pk = ANY($1::text[]) OR message_pk = ANY($2::text[])
-            GROUP BY message_pk
-        )
-        UPDATE mailsvc_message m
-        SET state = CASE WHEN a.all_delivered THEN 'delivered'
-                         WHEN a.all_final AND a.any_delivered THEN 'partial'
-                         WHEN a.all_final THEN 'failed'
-                         WHEN a.any_sending THEN 'sending'
-                         WHEN a.any_deferred THEN 'deferred'
-                         ELSE 'queued' END,
-            due_at = CASE WHEN a.all_final THEN NULL
-                          WHEN m.id = ANY($1::text[]) THEN a.next_due
-                          ELSE m.due_at END,
-            lease_owner = CASE WHEN m.id = ANY($1::text[]) THEN NULL ELSE m.lease_owner END,
-            lease_expires_at = CASE WHEN m.id = ANY($1::text[]) THEN NULL ELSE m.lease_expires_at END,
-            updated_at = now()
-        FROM agg a
-        WHERE m.id = a.message_pk
-        """,
-        release,
-        restate,
-    )
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from ..addresses import header_problem, parse_address
 from ..config import WebConfig
 from ..errors import MessageError
+from ..outbox.states import MessageState, RecipientState
 from ..rendering import TemplateRenderer, template_name_ok
 
 __all__ = [
@@ -317,7 +318,7 @@ class BatchAccepted(BaseModel):
 
 class RecipientStatusOut(BaseModel):
     recipient: str
-    state: str
+    state: RecipientState
     attempts: int
     last_code: int | None
     last_reply: str
@@ -329,7 +330,7 @@ class MessageStatusOut(BaseModel):
     id: str
     message_id: str
     batch_id: str | None
-    state: str
+    state: MessageState
     created_at: str
     recipients: list[RecipientStatusOut]
 

@@ -1,0 +1,68 @@
+"""``MAILSVC_DATABASE_URL``, parsed in one place.
+
+Why one parser: the outbox, ``mailsvc db``, the runtime's retention option and the dev inbox
+(which keeps its file next to the outbox's) all need to know which database a URL names; each
+reading it its own way is how ``postgres:`` came to be accepted by one and not another.
+
+    sqlite:///relative/path.sqlite3     a file relative to the working directory
+    sqlite:////absolute/path.sqlite3    an absolute path
+    postgresql://user@host:5432/db      also postgres:// and SQLAlchemy-style postgresql+asyncpg://
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_DATABASE_URL", "DatabaseURL", "parse_database_url"]
+
+SETTING = "MAILSVC_DATABASE_URL"
+DEFAULT_DATABASE_URL = "sqlite:///var/mailsvc.sqlite3"
+_POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseURL:
+    """What a database URL names.
+
+    >>> parse_database_url("sqlite:////srv/mail/outbox.sqlite3").path
+    PosixPath('/srv/mail/outbox.sqlite3')
+    >>> parse_database_url("postgres://mail:secret@db:5432/mail").where
+    'db:5432/mail'
+    """
+
+    url: str
+    kind: Literal["sqlite", "postgresql"]
+    path: Path | None = None  # the SQLite file
+    dsn: str | None = None  # the PostgreSQL URL as asyncpg takes it (postgresql://...)
+
+    @property
+    def where(self) -> str:
+        """The URL without scheme and credentials, for messages and logs."""
+        if self.path is not None:
+            return str(self.path)
+        return self.url.partition("://")[2].rpartition("@")[2]
+
+
+def parse_database_url(url: str | None) -> DatabaseURL:
+    """Parse ``url`` (None or empty: the default SQLite file); raise :class:`ConfigError` naming the fix.
+
+    >>> parse_database_url(None).path
+    PosixPath('var/mailsvc.sqlite3')
+    >>> parse_database_url("postgresql+asyncpg://db/mail").dsn
+    'postgresql://db/mail'
+    """
+    url = url or DEFAULT_DATABASE_URL
+    scheme, _, rest = url.partition(":")
+    if scheme == "sqlite":
+        if not rest.startswith("///"):
+            raise ConfigError(SETTING, f"{url!r}: write sqlite:///relative/path or sqlite:////absolute/path")
+        if not rest[3:]:
+            raise ConfigError(SETTING, "sqlite:/// needs a file path, e.g. sqlite:///var/mailsvc.sqlite3")
+        return DatabaseURL(url, "sqlite", path=Path(rest[3:]))
+    if scheme.split("+")[0] in _POSTGRES_SCHEMES and rest.startswith("//"):
+        return DatabaseURL(url, "postgresql", dsn=f"postgresql:{rest}")
+    raise ConfigError(SETTING, f"unknown database scheme {scheme!r}: use sqlite:///path or postgresql://...")

@@ -1,0 +1,310 @@
+"""Every outbox operation, written once, over a :class:`~mailsvc.outbox.store.Store`.
+
+Why one core (procrastinate's ``JobManager`` over its connector): the order of an
+operation's steps is where the promises live (a replayed key answers before the pending
+limit is looked at; nothing is refused after something was written; ids go back only
+after the commit; a final recipient is never overwritten). Written once here, each promise
+holds for SQLite and PostgreSQL alike, and a new column or state is added in one place.
+The backends (:mod:`.sqlite`, :mod:`.postgres`) hold only their SQL and their driver.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from ..errors import IdempotencyConflictError, NotFoundError, OutboxError, OutboxFullError
+from ..message import Envelope
+from .base import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_MAX_PENDING,
+    ClaimedMessage,
+    EnqueueResult,
+    MessageStatus,
+    Outbox,
+    RecipientOutcome,
+    RecipientStatus,
+    check_count,
+    check_envelopes,
+    need_fingerprint,
+)
+from .base import fingerprint as envelope_fingerprint
+from .groups import GroupCommit
+from .states import OUTCOMES, MessageState, RecipientState
+from .store import KeyRecord, OutcomeRow, Store, Tx
+
+__all__ = ["OutboxCore"]
+
+StoreT = TypeVar("StoreT", bound=Store)
+_REPLY_MAX = 1000  # characters of a server's reply kept per recipient
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One enqueue: ``count`` envelopes (``envelopes`` when they are all at hand)."""
+
+    count: int
+    key: str | None
+    digest: str
+    batch: bool
+    envelopes: list[Envelope] = field(default_factory=list)
+
+
+async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope]]:
+    yield envelopes
+
+
+def _new_ids(n: int) -> list[str]:
+    return [uuid.uuid4().hex for _ in range(n)]
+
+
+def outcome_rows(items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> list[OutcomeRow]:
+    """What a worker reports, checked (only outcomes) and trimmed for storage."""
+    rows = []
+    for id_, outcomes in items:
+        for o in outcomes:
+            if o.state not in OUTCOMES:
+                raise OutboxError(f"cannot record state {o.state!r} for {o.recipient}: not an outcome")
+            state = RecipientState(o.state)
+            next_at = o.next_attempt_at if state is RecipientState.DEFERRED else None
+            rows.append(OutcomeRow(id_, o.recipient, state, o.code, o.reply[:_REPLY_MAX], next_at))
+    return rows
+
+
+class OutboxCore(Outbox, Generic[StoreT]):
+    """The :class:`Outbox` contract over a store (see the module docstring).
+
+    ``group_max`` > 0 lets enqueues of up to that many messages share a transaction
+    (:mod:`.groups`); larger ones, and all when it is 0, take one of their own.
+    """
+
+    def __init__(
+        self,
+        store: StoreT,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        group_max: int = 0,
+    ) -> None:
+        self.store = store
+        self.max_pending = max_pending
+        self.idempotency_ttl = idempotency_ttl
+        self.group_max = group_max
+        self._groups: GroupCommit[_Request, EnqueueResult] = GroupCommit(self._enqueue_group)
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    # -- enqueue ---------------------------------------------------------------
+    async def enqueue(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+        fingerprint: str | None = None,
+    ) -> EnqueueResult:
+        envelopes = list(envelopes)
+        check_count(len(envelopes), len(envelopes))  # at least one
+        check_envelopes(envelopes)
+        digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else None
+        if len(envelopes) <= self.group_max:
+            return await self._groups.join(_Request(len(envelopes), idempotency_key, digest or "", batch, envelopes))
+        return await self.enqueue_stream(
+            len(envelopes), _one(envelopes), fingerprint=digest, idempotency_key=idempotency_key, batch=batch
+        )
+
+    async def enqueue_stream(
+        self,
+        count: int,
+        chunks: AsyncIterator[Sequence[Envelope]],
+        *,
+        fingerprint: str | None = None,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> EnqueueResult:
+        request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch)
+        check_count(count, count)  # at least one
+        async with self.store.write("enqueue") as tx:
+            result = await self._admit(tx, request)
+            if result.duplicate:
+                return result
+            written = 0
+            async for chunk in chunks:
+                check_envelopes(chunk, written)
+                end = written + len(chunk)
+                if end > count:
+                    check_count(count, end)
+                await tx.insert(result.ids[written:end], [result.batch_id] * len(chunk), chunk)
+                written = end
+            check_count(count, written)
+            await tx.notify()
+        return result
+
+    async def _enqueue_group(self, take: Callable[[], list[_Request]]) -> list[EnqueueResult | Exception]:
+        """Each request's checks in turn, then all their messages in one set of INSERTs."""
+        async with self.store.write("enqueue") as tx:
+            group = take()
+            pending = await tx.count_pending()
+            outcomes: list[EnqueueResult | Exception] = []
+            ids: list[str] = []
+            batch_ids: list[str | None] = []
+            envelopes: list[Envelope] = []
+            for request in group:
+                try:
+                    result = await self._admit(tx, request, pending)
+                except (OutboxFullError, IdempotencyConflictError) as exc:
+                    outcomes.append(exc)
+                    continue
+                outcomes.append(result)
+                if not result.duplicate:
+                    pending += request.count
+                    ids.extend(result.ids)
+                    batch_ids.extend(result.batch_id for _ in result.ids)
+                    envelopes.extend(request.envelopes)
+            if envelopes:
+                await tx.insert(ids, batch_ids, envelopes)
+                await tx.notify()
+        return outcomes
+
+    async def _admit(self, tx: Tx, request: _Request, pending: int | None = None) -> EnqueueResult:
+        """Replay a known key, refuse past the pending limit, or mint ids and hold the key.
+
+        Nothing is written before a refusal, so a refused request in a group leaves no trace.
+        ``pending``: the count a group keeps as it admits requests (else it is read here).
+        """
+        if request.key is not None:
+            found = await tx.find_key(request.key, self.idempotency_ttl)
+            if found is not None:
+                return _replay(request, found)
+        if pending is None:
+            pending = await tx.count_pending()
+        if pending + request.count > self.max_pending:
+            raise OutboxFullError(pending, self.max_pending)
+        result = EnqueueResult(ids=_new_ids(request.count), batch_id=uuid.uuid4().hex if request.batch else None)
+        if request.key is not None:
+            record = KeyRecord(request.digest, result.ids, result.batch_id)
+            found = await tx.hold_key(request.key, record, self.idempotency_ttl)
+            if found is not None:  # another node committed this key while we checked
+                return _replay(request, found)
+        return result
+
+    # -- workers ---------------------------------------------------------------
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+        if limit <= 0:
+            return []
+        async with self.store.write("claim messages") as tx:
+            rows = await tx.due_messages(limit)
+            if not rows:
+                return []
+            # Only recipients still to be tried and due now; a delivered one is never sent again.
+            due = await tx.take_recipients([r.id for r in rows])
+            await tx.lease(list(due), owner, lease_seconds)
+            # A message due with no due recipient should not exist; repair its due time rather than spin.
+            await tx.settle([r.id for r in rows if r.id not in due], [])
+            bodies = await tx.bodies(list(due))
+        claimed = []
+        for r in rows:
+            if r.id in due:
+                b = bodies[r.id]
+                envelope = Envelope(
+                    sender=b.sender,
+                    recipients=tuple(due[r.id]),
+                    data=b.data,
+                    message_id=r.message_id,
+                    mail_options=b.mail_options,
+                    rcpt_options=b.rcpt_options,
+                )
+                claimed.append(ClaimedMessage(r.id, envelope, r.attempts, r.created_at))
+        return claimed
+
+    async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
+        await self.record_many(owner, [(id, outcomes)])
+
+    async def record_many(self, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
+        """Record several messages' outcomes in one transaction (one commit, one round of fsyncs)."""
+        if not items:
+            return
+        rows = outcome_rows(items)
+        ids = sorted({id_ for id_, _ in items})
+        async with self.store.write("record an attempt") as tx:
+            holders = await tx.lock_messages(ids)
+            for id_ in ids:
+                if id_ not in holders:
+                    raise NotFoundError("message", id_)
+            if rows:
+                await tx.write_outcomes(rows)
+            await tx.count_attempts(ids)
+            # Another worker took a message after our lease lapsed: leave its lease alone.
+            mine = [i for i in ids if holders[i] in (None, owner)]
+            await tx.settle(mine, [i for i in ids if holders[i] not in (None, owner)])
+
+    async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
+        if not ids:
+            return []
+        async with self.store.write("extend leases") as tx:
+            return await tx.extend(ids, owner, lease_seconds)
+
+    async def release(self, ids: Sequence[str], owner: str) -> None:
+        if not ids:
+            return
+        async with self.store.write("release messages") as tx:
+            mine = await tx.held_by(sorted(ids), owner)
+            await tx.settle(mine, [])
+            if mine:
+                await tx.notify()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        await self.store.wait_for_work(timeout)
+
+    # -- status ----------------------------------------------------------------
+    async def status(self, id: str) -> MessageStatus:
+        async with self.store.read("read a message's status") as tx:
+            msg = await tx.message(id)
+            if msg is None:
+                raise NotFoundError("message", id)
+            rcpts = await tx.recipients(id)
+        return MessageStatus(
+            id=msg.id,
+            message_id=msg.message_id,
+            batch_id=msg.batch_id,
+            state=MessageState(msg.state),
+            created_at=msg.created_at,
+            recipients=[
+                RecipientStatus(
+                    recipient=r.address,
+                    state=RecipientState(r.state),
+                    attempts=r.attempts,
+                    last_code=r.last_code,
+                    last_reply=r.last_reply,
+                    updated_at=r.updated_at,
+                    next_attempt_at=r.next_attempt_at if r.state == RecipientState.DEFERRED else None,
+                )
+                for r in rcpts
+            ],
+        )
+
+    async def batch_status(self, batch_id: str) -> dict[str, int]:
+        async with self.store.read("read a batch's status") as tx:
+            counts = await tx.batch_counts(batch_id)
+        if not counts:
+            raise NotFoundError("batch", batch_id)
+        return counts
+
+    async def pending_count(self) -> int:
+        async with self.store.read("count pending messages") as tx:
+            return await tx.count_pending()
+
+    async def ping(self) -> None:
+        await self.store.ping()
+
+
+def _replay(request: _Request, found: KeyRecord) -> EnqueueResult:
+    if found.fingerprint != request.digest:
+        raise IdempotencyConflictError(request.key or "")
+    return EnqueueResult(ids=list(found.ids), batch_id=found.batch_id, duplicate=True)

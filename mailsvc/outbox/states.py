@@ -1,0 +1,88 @@
+"""The outbox's state vocabulary, declared once: every SQL statement and every caller uses these.
+
+A recipient moves ``queued`` -> ``sending`` (while a worker holds the lease) -> ``delivered`` |
+``deferred`` (retried at ``next_attempt_at``) | ``failed`` (a 5xx) | ``expired`` (retry lifetime
+exceeded). A message's state is derived from its recipients' (:func:`derive_state`): it is never
+``expired`` itself (a message whose recipients all expired is ``failed``), and ``partial`` when
+its recipients ended some delivered, some not.
+
+Why :class:`~enum.StrEnum`: members are plain strings, so rows read from either database compare
+equal to them, JSON and f-strings print their value, and SQL is formatted from them with
+:func:`sql_list`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+__all__ = [
+    "FINAL",
+    "FINAL_MESSAGE",
+    "OUTCOMES",
+    "PENDING",
+    "MessageState",
+    "RecipientState",
+    "derive_state",
+    "sql_list",
+]
+
+
+class RecipientState(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class MessageState(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    DEFERRED = "deferred"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    PARTIAL = "partial"
+
+
+#: A recipient in one of these is never tried again, and its state is never overwritten.
+FINAL: frozenset[RecipientState] = frozenset({RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.EXPIRED})
+#: A recipient in one of these is still owed an attempt.
+PENDING: frozenset[RecipientState] = frozenset(RecipientState) - FINAL
+#: What a worker may record after an attempt.
+OUTCOMES: frozenset[RecipientState] = FINAL | {RecipientState.DEFERRED}
+#: A message in one of these is done: no worker will touch it again.
+FINAL_MESSAGE: frozenset[MessageState] = frozenset({MessageState.DELIVERED, MessageState.FAILED, MessageState.PARTIAL})
+
+
+def derive_state(states: Iterable[str]) -> MessageState:
+    """A message's state from its recipients' states (PostgreSQL's ``_SETTLE`` is this rule in SQL).
+
+    >>> derive_state(["delivered", "deferred"])
+    <MessageState.DEFERRED: 'deferred'>
+    >>> derive_state(["delivered", "expired"])
+    <MessageState.PARTIAL: 'partial'>
+    """
+    seen = set(states)
+    if not seen or seen <= FINAL:
+        if seen == {RecipientState.DELIVERED}:
+            return MessageState.DELIVERED
+        return MessageState.PARTIAL if RecipientState.DELIVERED in seen else MessageState.FAILED
+    if RecipientState.SENDING in seen:
+        return MessageState.SENDING
+    if RecipientState.DEFERRED in seen:
+        return MessageState.DEFERRED
+    return MessageState.QUEUED
+
+
+def sql_list(states: Iterable[str]) -> str:
+    """``('a', 'b')`` for ``state IN ...``, in a stable order.
+
+    >>> sql_list(FINAL)
+    "('delivered', 'expired', 'failed')"
+    """
+    values = sorted(str(s) for s in states)
+    if not values or not all(v.isalpha() and v.islower() for v in values):
+        raise ValueError(f"not a list of states: {values!r}")
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"

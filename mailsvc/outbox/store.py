@@ -1,0 +1,192 @@
+"""What a storage backend gives the outbox core: transactions that run queries, nothing else.
+
+Why this seam (procrastinate's ``JobManager`` over its connector): every outbox operation is
+one sequence of steps (check, replay, refuse, write, settle) written once in :mod:`.core`;
+a backend supplies only the statements for each step, in its SQL dialect and its driver.
+A step never decides anything the other backend would have to decide the same way.
+
+A backend implements :class:`Store` (connections, the write and read transactions, waking
+workers, readiness) and :class:`Tx` (one method per query). Ids are the outbox's message ids;
+how a backend keys its rows (SQLite's integer ``pk``) stays inside it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..message import Envelope
+from .states import RecipientState
+
+__all__ = ["Body", "DueMessage", "KeyRecord", "MessageRow", "OutcomeRow", "RecipientRow", "Store", "Tx"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What an idempotency key answers: the request's fingerprint, the ids it got, its batch."""
+
+    fingerprint: str
+    ids: list[str]
+    batch_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueMessage:
+    id: str
+    message_id: str
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    sender: str
+    data: bytes
+    mail_options: tuple[str, ...]
+    rcpt_options: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRow:
+    """One recipient's outcome, checked and trimmed by the core (``next_attempt_at`` only when deferred)."""
+
+    id: str
+    recipient: str
+    state: RecipientState
+    code: int | None
+    reply: str
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: str
+    message_id: str
+    batch_id: str | None
+    state: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    address: str
+    state: str
+    attempts: int
+    last_code: int | None
+    last_reply: str
+    updated_at: datetime
+    next_attempt_at: datetime | None
+
+
+class Tx(abc.ABC):
+    """One open transaction. Writes become visible at commit, all of them or none."""
+
+    # -- enqueue
+    @abc.abstractmethod
+    async def count_pending(self) -> int:
+        """Messages not yet final."""
+
+    @abc.abstractmethod
+    async def find_key(self, key: str, ttl: float) -> KeyRecord | None:
+        """The key's record if it is younger than ``ttl`` seconds (an older one may be dropped)."""
+
+    @abc.abstractmethod
+    async def hold_key(self, key: str, record: KeyRecord, ttl: float) -> KeyRecord | None:
+        """Store ``record`` under ``key``; if another transaction stored a live one first, return that instead."""
+
+    @abc.abstractmethod
+    async def insert(self, ids: Sequence[str], batch_ids: Sequence[str | None], envelopes: Sequence[Envelope]) -> None:
+        """New queued messages (one id and batch id per envelope), due now."""
+
+    @abc.abstractmethod
+    async def notify(self) -> None:
+        """Wake waiting workers once this transaction commits."""
+
+    # -- claim
+    @abc.abstractmethod
+    async def due_messages(self, limit: int) -> list[DueMessage]:
+        """Up to ``limit`` messages due now, oldest due first, locked against other claims."""
+
+    @abc.abstractmethod
+    async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
+        """Mark the pending recipients due now ``sending``; their addresses per message, in order."""
+
+    @abc.abstractmethod
+    async def lease(self, ids: Sequence[str], owner: str, lease_seconds: float) -> None:
+        """Messages become ``sending``, held by ``owner``, due again when the lease lapses."""
+
+    @abc.abstractmethod
+    async def bodies(self, ids: Sequence[str]) -> dict[str, Body]: ...
+
+    # -- record, release, extend
+    @abc.abstractmethod
+    async def lock_messages(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """Lease owner per existing message (``ids`` sorted, so lockers never deadlock)."""
+
+    @abc.abstractmethod
+    async def held_by(self, ids: Sequence[str], owner: str) -> list[str]:
+        """Those of ``ids`` whose lease ``owner`` holds, locked."""
+
+    @abc.abstractmethod
+    async def write_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+        """Record attempts, leaving a recipient in a final state as it is."""
+
+    @abc.abstractmethod
+    async def count_attempts(self, ids: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def settle(self, release: Sequence[str], restate: Sequence[str]) -> None:
+        """Derive messages' states and due times from their recipients.
+
+        ``release``: the lease is dropped; recipients still ``sending`` were not
+        attempted and go back to ``queued`` (never tried) or ``deferred`` (tried
+        before), keeping their time; the message falls due at its earliest pending
+        recipient. ``restate``: another worker holds the lease, so only the state
+        is refreshed, and the due time cleared if the message is now final.
+        The rule is :func:`mailsvc.outbox.states.derive_state`.
+        """
+
+    @abc.abstractmethod
+    async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
+        """Renew the leases ``owner`` holds on ``sending`` messages; return their ids."""
+
+    # -- status
+    @abc.abstractmethod
+    async def message(self, id: str) -> MessageRow | None: ...
+
+    @abc.abstractmethod
+    async def recipients(self, id: str) -> list[RecipientRow]:
+        """In the order the message named them."""
+
+    @abc.abstractmethod
+    async def batch_counts(self, batch_id: str) -> dict[str, int]: ...
+
+
+class Store(abc.ABC):
+    """Connections to one database, and the transactions the core runs on them."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (:mod:`.migrations`); call inside the running loop."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def write(self, what: str) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction; storage failures become :class:`OutboxError` saying it could not ``what``."""
+
+    @abc.abstractmethod
+    def read(self, what: str) -> AbstractAsyncContextManager[Tx]:
+        """A consistent read."""
+
+    @abc.abstractmethod
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when :meth:`Tx.notify` was committed (here or, where possible, elsewhere), or after ``timeout``."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise :class:`OutboxError` unless the database is writable now."""
