@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     MAIL_MESSAGE_ID_DOMAIN: str | None = None
     MAIL_LOCAL_HOSTNAME: str | None = None  # the name sent in EHLO; the machine's FQDN when unset
     MAIL_ALLOW_PLAINTEXT_AUTH: bool = False  # AUTH without TLS to a non-loopback relay, on purpose
+    MAIL_TRANSPORT: str | None = None  # "package.module:factory" instead of SMTP (e.g. MemoryTransport in tests)
 
     # Service
     MAILSVC_DATABASE_URL: str = "sqlite:///var/mailsvc.sqlite3"

@@ -186,6 +186,7 @@ class Progress:
 
 
 def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[list[Any], list[str]]:
+    from ..envelopes import build_envelope
     from ..message import Message
     from ..rendering import TemplateRenderer
 
@@ -199,13 +200,7 @@ def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[li
         try:
             subject, text, html = renderer.render_parts(args.template, row.context)
             msg = Message(args.subject or subject, recipients=row.to, body=text, html=html, sender=args.sender)
-            envelopes.append(
-                msg.build(
-                    default_sender=config.default_sender,
-                    msgid_domain=config.message_id_domain,
-                    ascii_attachments=config.ascii_attachments,
-                )
-            )
+            envelopes.append(build_envelope(msg, config))
         except TemplateError as exc:
             errors.append(f"line {row.line}: {exc.reason}")
         except MessageError as exc:

@@ -110,6 +110,7 @@ def _headers(items: Sequence[str]) -> dict[str, str]:
 
 def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Envelope]:
     """Validate everything and build the wire form; raises InputError/MailError before any queueing."""
+    from ..envelopes import build_envelope
     from ..message import Message
     from ..rendering import TemplateRenderer
 
@@ -140,21 +141,14 @@ def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Envelope]:
         attachments=_attachments(args.attach),
         extra_headers=_headers(args.header),
     )
-    envelope = msg.build(
-        default_sender=config.default_sender,
-        msgid_domain=config.message_id_domain,
-        ascii_attachments=config.ascii_attachments,
-    )
-    return [envelope]
+    return [build_envelope(msg, config)]
 
 
 def outbox_from(settings: Any) -> Outbox:
     """The project's outbox, unopened, with the same limits (MAILSVC_MAX_PENDING, ...) as the service."""
-    from ..outbox import open_outbox
-    from ..runtime import outbox_options
+    from ..serviceoutbox import service_outbox
 
-    service = settings.service_config()
-    return open_outbox(service.database_url, **outbox_options(service))
+    return service_outbox(settings.service_config())
 
 
 async def enqueue(
