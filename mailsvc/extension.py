@@ -34,6 +34,17 @@ def _raise_if_nothing_delivered(result: SendResult) -> SendResult:
     return result
 
 
+def _build_or_fail(state: MailState, msg: Message) -> Envelope | SendResult:
+    """The envelope (and the message recorded), or a ``failed`` result naming the field that cannot be built."""
+    try:
+        envelope = state.build(msg)
+    except MessageError as exc:
+        recipients = tuple(str(r) for r in (*msg.recipients, *msg.cc, *msg.bcc))
+        return SendResult.all_failed(msg._msg_id or "", recipients, str(exc))
+    state.record(msg)
+    return envelope
+
+
 class Mail:
     """The extension: ``Mail(app)`` or ``mail.init_app(app)``, then ``await mail.send(msg)``.
 
@@ -109,15 +120,7 @@ class Mail:
         (bad header, bad address) gets a ``failed`` result naming the field.
         """
         state = self.state
-        envelopes: list[Envelope | SendResult] = []
-        for msg in messages:
-            try:
-                envelopes.append(state.build(msg))
-            except MessageError as exc:
-                recipients = tuple(str(r) for r in (*msg.recipients, *msg.cc, *msg.bcc))
-                envelopes.append(SendResult.all_failed(msg._msg_id or "", recipients, str(exc)))
-                continue
-            state.record(msg)
+        envelopes = [_build_or_fail(state, msg) for msg in messages]
         if state.config.suppress_send:
             return [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
         sent = iter(await state.pool.send_many([e for e in envelopes if isinstance(e, Envelope)]))

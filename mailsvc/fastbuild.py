@@ -153,18 +153,19 @@ def _qp_line(line: str) -> str:
         else:
             pieces.append(line[start:stop] + "=")
             start = stop
-    if line and line[-1] in " \t":
-        room = start - laststart
-        if room >= 3:
-            q = f"={ord(line[-1]):02X}"
-        elif room == 2:
-            q = line[-1] + "=\n"
-        else:
-            q = f"=\n={ord(line[-1]):02X}"
-        pieces.append(line[start:-1] + q)
-    else:
-        pieces.append(line[start:])
+    pieces.append(
+        line[start:-1] + _qp_trailing_space(line[-1], start - laststart) if line[-1] in " \t" else line[start:]
+    )
     return "\n".join(pieces)
+
+
+def _qp_trailing_space(char: str, room: int) -> str:
+    """The stdlib's ending for a line whose last character is a space or tab, given the room left on it."""
+    if room >= 3:
+        return f"={ord(char):02X}"
+    if room == 2:
+        return char + "=\n"
+    return f"=\n={ord(char):02X}"
 
 
 def _text_part(subtype: str, text: str) -> tuple[str, str]:
