@@ -11,8 +11,8 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 from email import policy as _policy
-from email.message import EmailMessage
-from typing import Any, cast
+from email.message import EmailMessage, MIMEPart
+from typing import Any
 
 from .errors import MessageError
 from .parts import Attachment, BuildPlan
@@ -54,28 +54,34 @@ def _add_attachments(m: EmailMessage, attachments: Sequence[Attachment], ascii_n
                 part[k] = v
 
 
-def _attach(m: EmailMessage, att: Attachment, related: EmailMessage | None, ascii_names: bool) -> EmailMessage:
+def _attach(m: EmailMessage, att: Attachment, related: MIMEPart | None, ascii_names: bool) -> MIMEPart:
     """Add one attachment (to the HTML part as related content when inline); return its new part."""
     maintype, subtype = att.resolved_content_type()
     data = att.data.encode("utf-8") if isinstance(att.data, str) else bytes(att.data)
     filename = _ascii_filename(att.filename) if (ascii_names and att.filename) else att.filename
     if related is not None:
         related.add_related(data, maintype, subtype, cid=att.content_id, filename=filename, disposition="inline")
-        return cast(EmailMessage, related.get_payload()[-1])  # type: ignore[index]
+        return _last_part(related)
     kwargs: dict[str, Any] = {"filename": filename, "disposition": (att.disposition or "attachment").lower()}
     if att.content_id:
         kwargs["cid"] = att.content_id
     m.add_attachment(data, maintype, subtype, **kwargs)
-    return cast(EmailMessage, m.get_payload()[-1])  # type: ignore[index]
+    return _last_part(m)
 
 
-def _find_html(m: EmailMessage) -> EmailMessage | None:
+def _last_part(m: MIMEPart) -> MIMEPart:
+    """The part just added to ``m`` (``add_related``/``add_attachment`` append it)."""
+    *_, part = m.iter_parts()
+    return part
+
+
+def _find_html(m: EmailMessage) -> MIMEPart | None:
     if m.get_content_type() == "text/html":
         return m
     if m.get_content_type() == "multipart/alternative":
         for part in m.iter_parts():
             if part.get_content_type() == "text/html":
-                return part  # type: ignore[return-value]
+                return part
     return None
 
 

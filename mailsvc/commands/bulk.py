@@ -43,7 +43,7 @@ _FINAL = frozenset({"delivered", "failed", "partial", "expired"})
 _ADDRESS_KEYS = ("email", "to")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bulk",
         help="queue one templated message per row of a CSV or JSON-lines file, as one batch",

@@ -36,7 +36,7 @@ class InputError(Exception):
     """Bad command-line input; ``str()`` names the option and why (exit code 2)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "send",
         help="queue one message and print its id",

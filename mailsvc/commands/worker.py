@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..worker import WorkerGroup
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "worker",
         help="run delivery workers until SIGTERM/SIGINT",
