@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,12 @@ _KEYS = {
     "MAIL_MESSAGE_ID_DOMAIN": "message_id_domain",
     "MAIL_LOCAL_HOSTNAME": "local_hostname",
     "MAIL_ALLOW_PLAINTEXT_AUTH": "allow_plaintext_auth",
+    "MAIL_TRANSPORT": "transport",
 }
 _FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
 MAIL_KEYS: Mapping[str, str] = _KEYS  # public: the settings module and its README check read it
+# MAIL_TRANSPORT: "package.module:attribute" (or "package.module.attribute").
+_DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?")
 
 
 def is_loopback(host: str) -> bool:
@@ -82,12 +86,27 @@ class MailConfig(BaseModel):
     message_id_domain: str | None = None
     local_hostname: str | None = None
     allow_plaintext_auth: bool = False
+    # "package.module:factory", called with this config for each connection; unset = SMTP.
+    transport: str | None = None
 
     @field_validator("server", "message_id_domain", "local_hostname", "username")
     @classmethod
     def _no_control_chars(cls, v: str | None) -> str | None:
         if v is not None and any(c in v for c in "\r\n\x00"):
             raise ValueError("must not contain CR, LF or NUL")
+        return v
+
+    @field_validator("transport")
+    @classmethod
+    def _dotted_path(cls, v: str | None) -> str | None:
+        """Only the spelling is checked here; the import happens where transports live (transports/factory.py)."""
+        if not v:
+            return None
+        if not _DOTTED_PATH.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not a dotted path: write 'package.module:Factory', "
+                "e.g. 'mailsvc.transports.memory:MemoryTransport'"
+            )
         return v
 
     @field_validator("default_sender")

@@ -14,57 +14,15 @@ from typing import Any
 
 from quart import Quart, current_app
 
-from . import fastbuild
 from .config import MailConfig
 from .errors import DeliveryError, MessageError
+from .mailstate import MailState
 from .message import Envelope, Message
-from .rendering import TemplateRenderer
-from .results import RecipientResult, SendResult
+from .results import SendResult
 from .transports.base import Transport
-from .transports.pool import ConnectionPool
-from .transports.smtp import SMTPTransport
+from .transports.factory import TransportFactory
 
 __all__ = ["Connection", "Mail", "MailState"]
-
-
-class MailState:
-    """Per-app delivery state: config, pool, recorders. Usable without any app (workers, CLI)."""
-
-    def __init__(self, config: MailConfig, templates: str | Path | None = None) -> None:
-        self.config = config
-        self.recorders: list[list[Message]] = []
-        self._pool: ConnectionPool | None = None
-        self.renderer = TemplateRenderer(templates) if templates is not None else None
-
-    def transport(self) -> Transport:
-        return SMTPTransport(self.config)
-
-    @property
-    def pool(self) -> ConnectionPool:
-        if self._pool is None:
-            self._pool = ConnectionPool(self.transport, self.config.pool_size, self.config.max_emails)
-        return self._pool
-
-    async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.aclose()
-
-    def build(self, msg: Message) -> Envelope:
-        # Same bytes as msg.build(...), written directly for plain text/HTML messages.
-        return fastbuild.build(
-            msg,
-            default_sender=self.config.default_sender,
-            msgid_domain=self.config.message_id_domain,
-            ascii_attachments=self.config.ascii_attachments,
-        )
-
-    def record(self, msg: Message) -> None:
-        for rec in self.recorders:
-            rec.append(msg)
-
-    def suppressed(self, envelope: Envelope) -> SendResult:
-        return SendResult(envelope.message_id, tuple(RecipientResult(r, "suppressed") for r in envelope.recipients))
 
 
 def _raise_if_nothing_delivered(result: SendResult) -> SendResult:
@@ -76,8 +34,23 @@ def _raise_if_nothing_delivered(result: SendResult) -> SendResult:
     return result
 
 
+def _build_or_fail(state: MailState, msg: Message) -> Envelope | SendResult:
+    """The envelope (and the message recorded), or a ``failed`` result naming the field that cannot be built."""
+    try:
+        envelope = state.build(msg)
+    except MessageError as exc:
+        recipients = tuple(str(r) for r in (*msg.recipients, *msg.cc, *msg.bcc))
+        return SendResult.all_failed(msg._msg_id or "", recipients, str(exc))
+    state.record(msg)
+    return envelope
+
+
 class Mail:
     """The extension: ``Mail(app)`` or ``mail.init_app(app)``, then ``await mail.send(msg)``.
+
+    ``transport=`` swaps SMTP for any transport factory ``(MailConfig) -> Transport`` (a factory,
+    not an instance: the pool opens several connections), as ``MAIL_TRANSPORT`` does by dotted path;
+    ``Mail(app, transport=lambda config: MemoryTransport(outbox=sent))`` runs an app's tests with no socket.
 
     >>> app = Quart(__name__)
     >>> app.config.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=8025, MAIL_DEFAULT_SENDER="me@example.com")
@@ -85,10 +58,16 @@ class Mail:
     """
 
     def __init__(
-        self, app: Quart | None = None, *, config: MailConfig | None = None, templates: str | Path | None = None
+        self,
+        app: Quart | None = None,
+        *,
+        config: MailConfig | None = None,
+        templates: str | Path | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         self.app = app
-        self._standalone = MailState(config, templates) if config is not None else None
+        self._transport = transport
+        self._standalone = MailState(config, templates, transport=transport) if config is not None else None
         if app is not None:
             self.init_app(app)
 
@@ -100,7 +79,7 @@ class Mail:
         if mapping.get("MAIL_SUPPRESS_SEND") is None:
             # Flask-Mail's default: an app under test (TESTING=True) records but sends nothing.
             mapping["MAIL_SUPPRESS_SEND"] = app.testing
-        state = MailState(MailConfig.from_mapping(mapping), templates)
+        state = MailState(MailConfig.from_mapping(mapping), templates, transport=self._transport)
         app.extensions["mailsvc"] = state
         app.after_serving(state.aclose)
 
@@ -141,15 +120,7 @@ class Mail:
         (bad header, bad address) gets a ``failed`` result naming the field.
         """
         state = self.state
-        envelopes: list[Envelope | SendResult] = []
-        for msg in messages:
-            try:
-                envelopes.append(state.build(msg))
-            except MessageError as exc:
-                recipients = tuple(str(r) for r in (*msg.recipients, *msg.cc, *msg.bcc))
-                envelopes.append(SendResult.all_failed(msg._msg_id or "", recipients, str(exc)))
-                continue
-            state.record(msg)
+        envelopes = [_build_or_fail(state, msg) for msg in messages]
         if state.config.suppress_send:
             return [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
         sent = iter(await state.pool.send_many([e for e in envelopes if isinstance(e, Envelope)]))

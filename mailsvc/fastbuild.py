@@ -28,11 +28,13 @@ from email.contentmanager import _encode_base64  # type: ignore[attr-defined]
 from email.quoprimime import _QUOPRI_BODY_ENCODE_MAP  # type: ignore[attr-defined]
 
 from .addresses import AddressLike
-from .message import _MANAGED, _POLICY_7BIT, Envelope, Message, _format_date
+from .message import _MANAGED, Message
+from .mimewriter import POLICY_7BIT, mime_bytes
+from .parts import BuildPlan, Envelope
 
 __all__ = ["build", "fast_path_applies"]
 
-_POLICY = _POLICY_7BIT
+_POLICY = POLICY_7BIT
 _NL = "\r\n"
 _REGISTRY = frozenset(_POLICY.header_factory.registry)  # type: ignore[attr-defined]  # names with structured parsers
 _MAXLEN = _POLICY.max_line_length or 78
@@ -151,18 +153,19 @@ def _qp_line(line: str) -> str:
         else:
             pieces.append(line[start:stop] + "=")
             start = stop
-    if line and line[-1] in " \t":
-        room = start - laststart
-        if room >= 3:
-            q = f"={ord(line[-1]):02X}"
-        elif room == 2:
-            q = line[-1] + "=\n"
-        else:
-            q = f"=\n={ord(line[-1]):02X}"
-        pieces.append(line[start:-1] + q)
-    else:
-        pieces.append(line[start:])
+    pieces.append(
+        line[start:-1] + _qp_trailing_space(line[-1], start - laststart) if line[-1] in " \t" else line[start:]
+    )
     return "\n".join(pieces)
+
+
+def _qp_trailing_space(char: str, room: int) -> str:
+    """The stdlib's ending for a line whose last character is a space or tab, given the room left on it."""
+    if room >= 3:
+        return f"={ord(char):02X}"
+    if room == 2:
+        return char + "=\n"
+    return f"=\n={ord(char):02X}"
 
 
 def _text_part(subtype: str, text: str) -> tuple[str, str]:
@@ -182,46 +185,30 @@ def build(
     """``msg.build(...)``'s envelope, with the bytes written directly when the shape allows."""
     if not fast_path_applies(msg):
         return msg.build(default_sender=default_sender, msgid_domain=msgid_domain, ascii_attachments=ascii_attachments)
-    c = msg.check(default_sender)
-    if any(a.smtputf8 for a in (c.sender, *c.to, *c.cc, *c.bcc, *c.reply_to)):
-        return msg.build(default_sender=default_sender, msgid_domain=msgid_domain, ascii_attachments=ascii_attachments)
-    msg_id = msg.mint_message_id(msgid_domain)
-    lines = [_header("Subject", msg.subject), _header("From", c.sender.header)]
-    if c.to:
-        lines.append(_header("To", ", ".join(a.header for a in c.to)))
-    if c.cc:
-        lines.append(_header("Cc", ", ".join(a.header for a in c.cc)))
-    if c.reply_to:
-        lines.append(_header("Reply-To", ", ".join(a.header for a in c.reply_to)))
-    lines.append(_header("Date", _format_date(msg.date)))
-    lines.append(_header("Message-ID", msg_id))
-    lines.extend(_header(name, str(value)) for name, value in msg.extra_headers.items())
+    plan = msg.plan(default_sender=default_sender, msgid_domain=msgid_domain, ascii_attachments=ascii_attachments)
+    return plan.envelope(mime_bytes(plan) if plan.smtputf8 else write(plan))
 
-    text, html = msg.body, msg.html
-    if text is None and html is None:
-        text = ""
-    if text is not None and html is not None:
-        (th, tb), (hh, hb) = _text_part("plain", text), _text_part("html", html)
-        # As EmailMessage.add_alternative leaves it: the HTML part carries its own MIME-Version.
-        parts = [f"{th}{_NL}{tb}", f"{hh}MIME-Version: 1.0{_NL}{_NL}{hb}"]
-        alltext = "\r\n".join(parts).encode("ascii")
-        boundary = _make_boundary(alltext)
-        ctype = f'Content-Type: multipart/alternative;{_NL} boundary="{boundary}"{_NL}'
-        if len(boundary) != 36:  # a collision suffix changes the folding: let the stdlib fold it
-            ctype = _header("Content-Type", f'multipart/alternative; boundary="{boundary}"')
-        lines.append(f"MIME-Version: 1.0{_NL}{ctype}{_NL}")
-        sep = f"--{boundary}"
-        lines.append(f"{sep}{_NL}{parts[0]}{_NL}{sep}{_NL}{parts[1]}{_NL}{sep}--{_NL}")
-    else:
-        subtype, content = ("plain", text) if text is not None else ("html", html)
-        assert content is not None
+
+def write(plan: BuildPlan) -> bytes:
+    """The plan's headers, then its text and/or HTML part, as the stdlib's generator would write them."""
+    lines = [_header(name, value) for name, value in plan.headers]
+    lines.append(_body(plan.parts))
+    return "".join(lines).encode("ascii")
+
+
+def _body(parts: tuple[tuple[str, str], ...]) -> str:
+    """MIME-Version, the content headers and the body: one text part, or text and HTML as alternatives."""
+    if len(parts) == 1:
+        [(subtype, content)] = parts
         ph, pb = _text_part(subtype, content)
-        lines.append(f"{ph}MIME-Version: 1.0{_NL}{_NL}{pb}")
-    return Envelope(
-        sender=c.sender.envelope,
-        recipients=tuple(c.envelope_to),
-        data="".join(lines).encode("ascii"),
-        message_id=msg_id,
-        mail_options=tuple(msg.mail_options),
-        rcpt_options=tuple(msg.rcpt_options),
-    )
+        return f"{ph}MIME-Version: 1.0{_NL}{_NL}{pb}"
+    (_, text), (_, html) = parts  # fast_path_applies: no alternatives beyond these two
+    (th, tb), (hh, hb) = _text_part("plain", text), _text_part("html", html)
+    # As EmailMessage.add_alternative leaves it: the HTML part carries its own MIME-Version.
+    inner = [f"{th}{_NL}{tb}", f"{hh}MIME-Version: 1.0{_NL}{_NL}{hb}"]
+    boundary = _make_boundary("\r\n".join(inner).encode("ascii"))
+    ctype = f'Content-Type: multipart/alternative;{_NL} boundary="{boundary}"{_NL}'
+    if len(boundary) != 36:  # a collision suffix changes the folding: let the stdlib fold it
+        ctype = _header("Content-Type", f'multipart/alternative; boundary="{boundary}"')
+    sep = f"--{boundary}"
+    return f"MIME-Version: 1.0{_NL}{ctype}{_NL}{sep}{_NL}{inner[0]}{_NL}{sep}{_NL}{inner[1]}{_NL}{sep}--{_NL}"

@@ -5,33 +5,30 @@ attributes, but nothing here reads an app or opens a connection. Everything the
 wire needs is produced by one call, :meth:`Message.build`, which validates every
 header first (so :class:`BadHeaderError` comes before any connection) and returns
 an immutable :class:`Envelope` of sender, recipients and bytes.
+
+Building is two steps: :meth:`Message.plan` checks the message and decides every
+header and part (the one place a header rule is written), then a writer encodes
+the plan: ``mimewriter`` (the stdlib, any shape) or ``fastbuild`` (common shapes).
 """
 
 from __future__ import annotations
 
 import functools
-import mimetypes
 import re
 import socket
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email import policy as _policy
-from email.message import EmailMessage
 from email.utils import format_datetime, formatdate, make_msgid
-from typing import Any, cast
 
 from .addresses import AddressLike, ParsedAddress, check_header, parse_address, parse_address_list
 from .errors import BadHeaderError, MessageError
+from .mimewriter import mime_bytes
+from .parts import HEADER_NAME, Attachment, BuildPlan, Envelope
 
-__all__ = ["Attachment", "Envelope", "Message", "default_msgid_domain", "normalize_newlines"]
+__all__ = ["Attachment", "BuildPlan", "Envelope", "Message", "default_msgid_domain", "normalize_newlines"]
 
-# Built once: 7bit transfer encodings so no server needs 8BITMIME, CRLF on the wire.
-_POLICY_7BIT = _policy.SMTP.clone(cte_type="7bit")
-_POLICY_UTF8 = _policy.SMTPUTF8
-_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 # Headers whose value the MIME structure owns; letting callers set them would break it.
 _STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version", "bcc", "content-disposition"}
 _MANAGED = {"from", "to", "cc", "subject", "date", "message-id", "reply-to"}
@@ -39,7 +36,7 @@ _MANAGED = {"from", "to", "cc", "subject", "date", "message-id", "reply-to"}
 
 def normalize_newlines(text: str) -> str:
     """Turn CRLF and bare CR into LF; the MIME layer then emits CRLF only (no SMTP smuggling)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 @functools.cache
@@ -50,56 +47,6 @@ def default_msgid_domain() -> str:
     """
     host = socket.gethostname()
     return host if host and re.fullmatch(r"[A-Za-z0-9.-]+", host) else "mailsvc.localdomain"
-
-
-@dataclass(slots=True)
-class Attachment:
-    """A file carried by a message; ``data`` is always in memory, never a path to open.
-
-    An inline image: ``Attachment("logo.png", "image/png", png, "inline", {"Content-ID": "<logo>"})``
-    and ``<img src="cid:logo">`` in the HTML.
-    """
-
-    filename: str | None = None
-    content_type: str | None = None
-    data: bytes | str = b""
-    disposition: str | None = None
-    headers: dict[str, str] | None = None
-
-    @property
-    def content_id(self) -> str | None:
-        for k, v in (self.headers or {}).items():
-            if k.lower() == "content-id":
-                return v.strip()
-        return None
-
-    @property
-    def is_inline(self) -> bool:
-        return (self.disposition or "attachment").lower() == "inline" and self.content_id is not None
-
-    def resolved_content_type(self) -> tuple[str, str]:
-        ctype = self.content_type or (mimetypes.guess_type(self.filename or "")[0]) or "application/octet-stream"
-        maintype, _, subtype = ctype.partition("/")
-        if (
-            not maintype
-            or not subtype
-            or not _HEADER_NAME.fullmatch(maintype)
-            or not _HEADER_NAME.fullmatch(subtype.split(";")[0].strip())
-        ):
-            raise MessageError("attachments.content_type", f"{ctype!r} is not a MIME type like 'image/png'")
-        return maintype.lower(), subtype.split(";")[0].strip().lower()
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What goes on the wire: envelope sender, envelope recipients and the message bytes."""
-
-    sender: str
-    recipients: tuple[str, ...]
-    data: bytes
-    message_id: str
-    mail_options: tuple[str, ...] = ()
-    rcpt_options: tuple[str, ...] = ()
 
 
 @dataclass
@@ -256,34 +203,73 @@ class Message:
         cc = parse_address_list(self.cc, "cc")
         bcc = parse_address_list(self.bcc, "bcc")
         reply_to = parse_address_list(self.reply_to, "reply_to")
-        for name, value in self.extra_headers.items():
-            if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-                raise BadHeaderError("extra_headers", f"{name!r} is not a valid header name")
-            if name.lower() in _STRUCTURAL:
-                raise MessageError("extra_headers", f"{name} is set by the MIME structure and cannot be overridden")
-            check_header(f"extra_headers.{name}", str(value))
-        for i, att in enumerate(self.attachments):
-            check_header(f"attachments[{i}].filename", att.filename or "")
-            check_header(f"attachments[{i}].content_type", att.content_type or "")
-            check_header(f"attachments[{i}].disposition", att.disposition or "")
-            for k, v in (att.headers or {}).items():
-                if not _HEADER_NAME.fullmatch(k):
-                    raise BadHeaderError(f"attachments[{i}].headers", f"{k!r} is not a valid header name")
-                check_header(f"attachments[{i}].headers.{k}", v)
-            att.resolved_content_type()
-        for opt in (*self.mail_options, *self.rcpt_options):
-            check_header("mail_options", opt)
-            if " " in opt:
-                raise BadHeaderError("mail_options", f"{opt!r} must be a single ESMTP parameter")
-        seen: set[str] = set()
-        envelope_to = []
-        for a in (*to, *cc, *bcc):
-            if a.envelope.lower() not in seen:
-                seen.add(a.envelope.lower())
-                envelope_to.append(a.envelope)
+        _check_extra_headers(self.extra_headers)
+        _check_attachments(self.attachments)
+        _check_options((*self.mail_options, *self.rcpt_options))
+        envelope_to = _unique_envelope((*to, *cc, *bcc))
         if not envelope_to:
             raise MessageError("recipients", "no recipients: pass recipients, cc or bcc")
         return _Checked(sender, to, cc, bcc, reply_to, envelope_to)
+
+    def plan(
+        self,
+        *,
+        default_sender: AddressLike | None = None,
+        msgid_domain: str | None = None,
+        ascii_attachments: bool = False,
+    ) -> BuildPlan:
+        """Check everything and lay the message out: the one plan both writers follow.
+
+        Bcc is in the envelope, never in a header. An extra header naming a managed
+        one (``To``, ``Date``, ...) replaces it and moves to the end, as ``del m[name]``
+        then ``m[name] = value`` leaves an ``EmailMessage``.
+        """
+        c = self.check(default_sender)
+        smtputf8 = any(a.smtputf8 for a in (c.sender, *c.to, *c.cc, *c.bcc, *c.reply_to))
+        msg_id = self.mint_message_id(msgid_domain)
+        mail_options = list(self.mail_options)
+        if smtputf8 and not any(o.upper() == "SMTPUTF8" for o in mail_options):
+            mail_options.append("SMTPUTF8")
+        return BuildPlan(
+            headers=self._plan_headers(c, msg_id),
+            parts=self._plan_parts(),
+            charset=self.charset or "utf-8",
+            attachments=tuple(self.attachments),
+            ascii_attachments=ascii_attachments,
+            smtputf8=smtputf8,
+            sender=c.sender.envelope,
+            recipients=tuple(c.envelope_to),
+            message_id=msg_id,
+            mail_options=tuple(mail_options),
+            rcpt_options=tuple(self.rcpt_options),
+        )
+
+    def _plan_headers(self, c: _Checked, msg_id: str) -> tuple[tuple[str, str], ...]:
+        """The top-level headers in the order they are written; extra headers last."""
+        headers = [("Subject", self.subject), ("From", c.sender.header)]
+        for name, addresses in (("To", c.to), ("Cc", c.cc), ("Reply-To", c.reply_to)):
+            if addresses:
+                headers.append((name, ", ".join(a.header for a in addresses)))
+        headers += [("Date", _format_date(self.date)), ("Message-ID", msg_id)]
+        for name, value in self.extra_headers.items():
+            if name.lower() in _MANAGED:
+                headers = [h for h in headers if h[0].lower() != name.lower()]
+            headers.append((name, str(value)))
+        return tuple(headers)
+
+    def _plan_parts(self) -> tuple[tuple[str, str], ...]:
+        """(subtype, text) of the body and its alternatives; ``html``/``plain`` in ``alts`` fill a missing one."""
+        alts = dict(self.alts) if self.alts else {}
+        html_alt = alts.pop("html", None)
+        html = self.html if self.html is not None else html_alt
+        text = self.body if self.body is not None else alts.pop("plain", None)
+        if text is None and html is None:
+            text = ""
+        parts = [(subtype, content) for subtype, content in (("plain", text), ("html", html)) if content is not None]
+        for subtype, content in alts.items():
+            check_header("alts", subtype)
+            parts.append((subtype, content))
+        return tuple([(subtype, normalize_newlines(content)) for subtype, content in parts])
 
     def build(
         self,
@@ -292,89 +278,48 @@ class Message:
         msgid_domain: str | None = None,
         ascii_attachments: bool = False,
     ) -> Envelope:
-        """Check everything, then produce the wire form. Bcc is in the envelope, never in a header."""
-        c = self.check(default_sender)
-        smtputf8 = any(a.smtputf8 for a in (c.sender, *c.to, *c.cc, *c.bcc, *c.reply_to))
-        pol = _POLICY_UTF8 if smtputf8 else _POLICY_7BIT
-        msg_id = self.mint_message_id(msgid_domain)
-        m = EmailMessage(policy=pol)
-        m["Subject"] = self.subject
-        m["From"] = c.sender.header
-        if c.to:
-            m["To"] = ", ".join(a.header for a in c.to)
-        if c.cc:
-            m["Cc"] = ", ".join(a.header for a in c.cc)
-        if c.reply_to:
-            m["Reply-To"] = ", ".join(a.header for a in c.reply_to)
-        m["Date"] = _format_date(self.date)
-        m["Message-ID"] = msg_id
-        for name, value in self.extra_headers.items():
-            if name.lower() in _MANAGED:
-                del m[name]
-            m[name] = str(value)
-        try:
-            self._set_body(m)
-        except (LookupError, UnicodeError) as exc:
-            raise MessageError("charset", f"cannot encode the body as {self.charset!r}: {exc}") from exc
-        self._add_attachments(m, ascii_attachments)
-        mail_options = list(self.mail_options)
-        if smtputf8 and not any(o.upper() == "SMTPUTF8" for o in mail_options):
-            mail_options.append("SMTPUTF8")
-        data = m.as_bytes(policy=pol)
-        return Envelope(
-            sender=c.sender.envelope,
-            recipients=tuple(c.envelope_to),
-            data=data,
-            message_id=msg_id,
-            mail_options=tuple(mail_options),
-            rcpt_options=tuple(self.rcpt_options),
-        )
+        """Check everything, then produce the wire form with the stdlib's MIME writer."""
+        plan = self.plan(default_sender=default_sender, msgid_domain=msgid_domain, ascii_attachments=ascii_attachments)
+        return plan.envelope(mime_bytes(plan))
 
-    def _set_body(self, m: EmailMessage) -> None:
-        charset = self.charset or "utf-8"
-        alts = dict(self.alts)
-        html = self.html if self.html is not None else alts.pop("html", None)
-        alts.pop("html", None) if self.html is not None else None
-        text = self.body if self.body is not None else alts.pop("plain", None)
-        if text is None and html is None:
-            text = ""
-        if text is not None:
-            m.set_content(normalize_newlines(text), subtype="plain", charset=charset)
-            if html is not None:
-                m.add_alternative(normalize_newlines(html), subtype="html", charset=charset)
-        else:
-            assert html is not None
-            m.set_content(normalize_newlines(html), subtype="html", charset=charset)
-        for subtype, content in alts.items():
-            check_header("alts", subtype)
-            m.add_alternative(normalize_newlines(content), subtype=subtype, charset=charset)
 
-    def _add_attachments(self, m: EmailMessage, ascii_names: bool) -> None:
-        html_part = _find_html(m)
-        # Inline parts first: once the root turns multipart/mixed, an html-only root can
-        # no longer become multipart/related, so the order of attach() calls must not matter.
-        ordered = sorted(self.attachments, key=lambda a: not (a.is_inline and html_part is not None))
-        for att in ordered:
-            maintype, subtype = att.resolved_content_type()
-            data = att.data.encode("utf-8") if isinstance(att.data, str) else bytes(att.data)
-            filename = _ascii_filename(att.filename) if (ascii_names and att.filename) else att.filename
-            extra = {k: v for k, v in (att.headers or {}).items() if k.lower() != "content-id"}
-            if att.is_inline and html_part is not None:
-                html_part.add_related(
-                    data, maintype, subtype, cid=att.content_id, filename=filename, disposition="inline"
-                )
-                part = cast(EmailMessage, html_part.get_payload()[-1])  # type: ignore[index]
-            else:
-                kwargs: dict[str, Any] = {
-                    "filename": filename,
-                    "disposition": (att.disposition or "attachment").lower(),
-                }
-                if att.content_id:
-                    kwargs["cid"] = att.content_id
-                m.add_attachment(data, maintype, subtype, **kwargs)
-                part = cast(EmailMessage, m.get_payload()[-1])  # type: ignore[index]
-            for k, v in extra.items():
-                part[k] = v
+def _check_extra_headers(headers: Mapping[str, str]) -> None:
+    for name, value in headers.items():
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            raise BadHeaderError("extra_headers", f"{name!r} is not a valid header name")
+        if name.lower() in _STRUCTURAL:
+            raise MessageError("extra_headers", f"{name} is set by the MIME structure and cannot be overridden")
+        check_header(f"extra_headers.{name}", str(value))
+
+
+def _check_attachments(attachments: Sequence[Attachment]) -> None:
+    for i, att in enumerate(attachments):
+        check_header(f"attachments[{i}].filename", att.filename or "")
+        check_header(f"attachments[{i}].content_type", att.content_type or "")
+        check_header(f"attachments[{i}].disposition", att.disposition or "")
+        for k, v in (att.headers or {}).items():
+            if not HEADER_NAME.fullmatch(k):
+                raise BadHeaderError(f"attachments[{i}].headers", f"{k!r} is not a valid header name")
+            check_header(f"attachments[{i}].headers.{k}", v)
+        att.resolved_content_type()
+
+
+def _check_options(options: Iterable[str]) -> None:
+    for opt in options:
+        check_header("mail_options", opt)
+        if " " in opt:
+            raise BadHeaderError("mail_options", f"{opt!r} must be a single ESMTP parameter")
+
+
+def _unique_envelope(addresses: Iterable[ParsedAddress]) -> list[str]:
+    """Envelope recipients in order, each once (compared case-insensitively)."""
+    seen: set[str] = set()
+    envelope_to = []
+    for a in addresses:
+        if a.envelope.lower() not in seen:
+            seen.add(a.envelope.lower())
+            envelope_to.append(a.envelope)
+    return envelope_to
 
 
 def _as_list(values: Sequence[AddressLike] | AddressLike | None) -> list[AddressLike]:
@@ -393,16 +338,6 @@ def _as_list(values: Sequence[AddressLike] | AddressLike | None) -> list[Address
     return list(values)
 
 
-def _find_html(m: EmailMessage) -> EmailMessage | None:
-    if m.get_content_type() == "text/html":
-        return m
-    if m.get_content_type() == "multipart/alternative":
-        for part in m.iter_parts():
-            if part.get_content_type() == "text/html":
-                return part  # type: ignore[return-value]
-    return None
-
-
 @functools.lru_cache(maxsize=4)
 def _date_of_second(second: int) -> str:
     """A Date header depends only on the whole second: a batch built in one second formats it once.
@@ -411,11 +346,6 @@ def _date_of_second(second: int) -> str:
     A zone change (``time.tzset``) shows from the next second on.
     """
     return formatdate(second, localtime=True)
-
-
-def _ascii_filename(name: str) -> str:
-    """Flask-Mail's MAIL_ASCII_ATTACHMENTS: transliterate for mail clients that mangle RFC 2231."""
-    return unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii") or "attachment"
 
 
 def _format_date(date: float | datetime | None) -> str:

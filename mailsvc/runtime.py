@@ -12,27 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
-from typing import Any
 
 from quart import Quart
 
 from .config import ServiceConfig
-from .dburl import parse_database_url
-from .outbox import Outbox, open_outbox
+from .outbox import Outbox
+from .serviceoutbox import service_outbox
 from .services import services
 from .worker import WorkerGroup
 
-__all__ = ["outbox_for", "outbox_options", "register"]
+__all__ = ["outbox_for", "register"]
 
 log = logging.getLogger("mailsvc.runtime")
-
-
-def outbox_options(service: ServiceConfig) -> dict[str, Any]:
-    """The outbox settings carried by the service config."""
-    options: dict[str, Any] = {"max_pending": service.max_pending, "idempotency_ttl": service.idempotency_ttl}
-    if service.retention_days and parse_database_url(service.database_url).kind == "postgresql":
-        options["retention_days"] = service.retention_days  # the PostgreSQL outbox purges old final mail itself
-    return options
 
 
 def outbox_for(app: Quart) -> Outbox:
@@ -46,7 +37,7 @@ def register(app: Quart, service: ServiceConfig) -> None:
     @app.while_serving
     async def _outbox_and_workers() -> AsyncGenerator[None, None]:
         parts = services(app)
-        outbox = open_outbox(service.database_url, **outbox_options(service))
+        outbox = service_outbox(service)
         await outbox.open()
         parts.outbox = outbox
         try:

@@ -31,10 +31,11 @@ from typing import Any
 
 from .config import MailConfig, ServiceConfig
 from .errors import DeliveryError, NotFoundError, OutboxError
-from .extension import MailState
+from .mailstate import MailState
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
+from .transports.factory import TransportFactory
 
 __all__ = ["Worker", "WorkerGroup", "WorkerStats", "default_owner"]
 
@@ -361,9 +362,16 @@ class WorkerGroup:
 
     @classmethod
     def from_service(
-        cls, outbox: Outbox, mail_config: MailConfig, service: ServiceConfig, count: int | None = None
+        cls,
+        outbox: Outbox,
+        mail_config: MailConfig,
+        service: ServiceConfig,
+        count: int | None = None,
+        *,
+        transport: TransportFactory | None = None,
     ) -> WorkerGroup:
-        mail = MailState(mail_config)
+        """``transport`` overrides ``MAIL_TRANSPORT`` (which overrides SMTP), as for ``Mail(app, transport=...)``."""
+        mail = MailState(mail_config, transport=transport)
         policy = RetryPolicy.from_service(service)
         backoff = RelayBackoff(policy)
         gate = asyncio.Semaphore(mail_config.pool_size)

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailsvc import Attachment, Message, MessageError, fastbuild
+from mailsvc import Attachment, BadHeaderError, Message, MessageError, fastbuild
+from mailsvc.mimewriter import mime_bytes
 
 SENDER = "News <news@bench.example>"
 _NO_SURROGATES: list[Literal["Cs"]] = ["Cs"]
@@ -218,7 +219,8 @@ def _stdlib_encode_text(text: str) -> tuple[str, str]:
     """What the plain path writes for one UTF-8 text part: the stdlib's choice and payload, lines ending in CRLF."""
     from email.contentmanager import _encode_text  # type: ignore[attr-defined]
 
-    from mailsvc.message import _POLICY_7BIT, normalize_newlines
+    from mailsvc.message import normalize_newlines
+    from mailsvc.mimewriter import POLICY_7BIT as _POLICY_7BIT
 
     cte, payload = _encode_text(normalize_newlines(text), "utf-8", None, _POLICY_7BIT)
     return cte, "\r\n".join(payload.replace("\r\n", "\n").split("\n"))
@@ -269,3 +271,27 @@ _line = st.one_of(
 def test_body_encoder_same_output_for_arbitrary_text(lines: list[str], sep: str) -> None:
     text = sep.join(lines)
     assert fastbuild._encode_text(text) == _stdlib_encode_text(text)
+
+
+def test_both_writers_follow_one_plan() -> None:
+    """A header added to the plan (as a signer or an unsubscribe rule would) is written alike by both writers."""
+    msg = Message(**CASES["text and html"])
+    msg.msgId = "<170000000000.1.2@bench.example>"
+    plan = msg.plan(default_sender=SENDER, msgid_domain="bench.example")
+    plan = plan.with_header("List-Unsubscribe", "<https://b.example/u?x=1>")
+    random.seed(7)
+    stdlib = mime_bytes(plan)
+    random.seed(7)
+    assert fastbuild.write(plan) == stdlib
+    assert b"\r\nList-Unsubscribe: <https://b.example/u?x=1>\r\n" in stdlib
+
+
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [(("X-Evil", "a\r\nBcc: x@evil.example"), "headers.X-Evil"), (("Bad Name", "x"), "headers")],
+)
+def test_a_plan_refuses_a_header_that_could_inject(header: tuple[str, str], field: str) -> None:
+    plan = Message(**CASES["text"]).plan(default_sender=SENDER)
+    with pytest.raises(BadHeaderError) as caught:
+        plan.with_header(*header)
+    assert caught.value.field == field

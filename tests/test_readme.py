@@ -8,6 +8,7 @@ the code's default.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -76,6 +77,19 @@ def test_documented_defaults_match_the_code() -> None:
             wrong.append(f"{name}: README says {table[name]!r}, code says {actual!r}")
     assert checked >= 20  # the parser still understands the table
     assert not wrong, "; ".join(wrong)
+
+
+def test_testing_without_a_socket_runs_as_written() -> None:
+    """The README's "Testing your app without a socket" block, executed as it stands, then its test run."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n### Testing your app without a socket\n", 1)[1].split("\n#", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    test = namespace["test_signup_sends_a_welcome"]
+    assert callable(test)
+    asyncio.run(test())
+    assert len(namespace["sent"]) == 1  # type: ignore[arg-type]
 
 
 def test_settings_from_the_environment_reach_mail_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -27,10 +27,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import MailError, MessageError, NotFoundError, OutboxError, TemplateError
 from .send import InputError, fail, outbox_from
+
+if TYPE_CHECKING:
+    from ..message import Envelope
+    from ..outbox import EnqueueResult
 
 __all__ = ["Row", "read_rows", "register", "run"]
 
@@ -38,7 +42,7 @@ MAX_ERRORS_SHOWN = 20
 _ADDRESS_KEYS = ("email", "to")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bulk",
         help="queue one templated message per row of a CSV or JSON-lines file, as one batch",
@@ -95,17 +99,17 @@ def _csv_rows(stream: TextIO) -> Iterator[Row | InputError]:
     if key is None:
         raise InputError(f"line 1: the CSV header needs an 'email' (or 'to') column; found {fields}")
     for record in reader:
-        line = reader.line_num
-        data = {(k or "").strip(): v for k, v in record.items()}
-        if None in record:  # more cells than header columns
-            yield InputError(f"line {line}: more values than the header has columns")
-            continue
         try:
-            to = _addresses(data.pop(key), line)
+            yield _csv_row(record, key, reader.line_num)
         except InputError as exc:
             yield exc
-            continue
-        yield Row(line, to, data)
+
+
+def _csv_row(record: dict[str | None, Any], key: str, line: int) -> Row:
+    if None in record:  # more cells than header columns
+        raise InputError(f"line {line}: more values than the header has columns")
+    data = {(k or "").strip(): v for k, v in record.items()}
+    return Row(line, _addresses(data.pop(key), line), data)
 
 
 def _jsonl_rows(stream: TextIO) -> Iterator[Row | InputError]:
@@ -184,7 +188,8 @@ class Progress:
             self.stream.flush()
 
 
-def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[list[Any], list[str]]:
+def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[list[Envelope], list[str]]:
+    from ..envelopes import build_envelope
     from ..message import Message
     from ..rendering import TemplateRenderer
 
@@ -192,19 +197,14 @@ def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[li
     if not renderer.exists(args.template):
         raise InputError(f"--template: no template {args.template!r} in {renderer.folder}")
     config = settings.mail_config()
-    envelopes, errors = [], []
+    envelopes: list[Envelope] = []
+    errors: list[str] = []
     progress = Progress("Preparing", len(rows))
     for i, row in enumerate(rows, start=1):
         try:
             subject, text, html = renderer.render_parts(args.template, row.context)
             msg = Message(args.subject or subject, recipients=row.to, body=text, html=html, sender=args.sender)
-            envelopes.append(
-                msg.build(
-                    default_sender=config.default_sender,
-                    msgid_domain=config.message_id_domain,
-                    ascii_attachments=config.ascii_attachments,
-                )
-            )
+            envelopes.append(build_envelope(msg, config))
         except TemplateError as exc:
             errors.append(f"line {row.line}: {exc.reason}")
         except MessageError as exc:
@@ -231,47 +231,74 @@ async def _wait(settings: Any, batch_id: str, total: int, poll: float, timeout: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, load_project_settings
-    from ..outbox.states import FINAL_MESSAGE, MessageState
-    from .send import enqueue
+    from ..cli import EXIT_OK, EXIT_USAGE, load_project_settings
 
     settings = load_project_settings()
     try:
-        fmt = _format_of(args)
-        try:
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8-sig")
-        except OSError as exc:
-            raise InputError(f"FILE: cannot read {args.file!r}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise InputError(f"FILE: {args.file!r} is not UTF-8 text") from exc
-        rows, errors = read_rows(text, fmt)
-        envelopes, build_errors = _build(rows, args, settings) if rows else ([], [])
+        envelopes, errors = _prepare(args, settings)
     except InputError as exc:
         return fail(EXIT_USAGE, str(exc))
-    errors += build_errors
     if errors:
-        for message in errors[:MAX_ERRORS_SHOWN]:
-            print(f"mailsvc bulk: {message}", file=sys.stderr)
-        if len(errors) > MAX_ERRORS_SHOWN:
-            print(f"mailsvc bulk: ... and {len(errors) - MAX_ERRORS_SHOWN} more", file=sys.stderr)
-        return fail(EXIT_USAGE, f"{len(errors)} bad row(s) in {args.file}; nothing was queued")
+        return _refuse(errors, args.file)
+    queued = _enqueue(settings, envelopes, args.idempotency_key)
+    if isinstance(queued, int):
+        return queued
+    print(queued.batch_id)
+    return _wait_and_report(settings, queued, args) if args.wait else EXIT_OK
+
+
+def _read(args: argparse.Namespace) -> str:
+    try:
+        return sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"FILE: cannot read {args.file!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"FILE: {args.file!r} is not UTF-8 text") from exc
+
+
+def _prepare(args: argparse.Namespace, settings: Any) -> tuple[list[Envelope], list[str]]:
+    """Every row parsed, rendered and built: (envelopes, per-row problems); InputError for the file as a whole."""
+    fmt = _format_of(args)
+    rows, errors = read_rows(_read(args), fmt)
+    envelopes, build_errors = _build(rows, args, settings) if rows else ([], [])
+    return envelopes, errors + build_errors
+
+
+def _refuse(errors: list[str], file: str) -> int:
+    """Show the first problems (and how many more) and queue nothing."""
+    from ..cli import EXIT_USAGE
+
+    for message in errors[:MAX_ERRORS_SHOWN]:
+        print(f"mailsvc bulk: {message}", file=sys.stderr)
+    if len(errors) > MAX_ERRORS_SHOWN:
+        print(f"mailsvc bulk: ... and {len(errors) - MAX_ERRORS_SHOWN} more", file=sys.stderr)
+    return fail(EXIT_USAGE, f"{len(errors)} bad row(s) in {file}; nothing was queued")
+
+
+def _enqueue(settings: Any, envelopes: list[Envelope], idempotency_key: str | None) -> EnqueueResult | int:
+    """The queued batch, or the exit code when the outbox refused it."""
+    from ..cli import EXIT_FAILED, EXIT_USAGE
+    from .send import enqueue
 
     print(f"Enqueuing {len(envelopes)} messages as one batch...", file=sys.stderr)
     try:
-        result = asyncio.run(enqueue(settings, envelopes, batch=True, idempotency_key=args.idempotency_key))
+        result = asyncio.run(enqueue(settings, envelopes, batch=True, idempotency_key=idempotency_key))
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"nothing queued: {exc}")
     except MailError as exc:
         return fail(EXIT_USAGE, str(exc))
     assert result.batch_id is not None  # enqueue(batch=True) always names the batch
-    print(
-        f"batch {result.batch_id}: {len(result.ids)} messages queued"
-        + (" (idempotent replay)" if result.duplicate else ""),
-        file=sys.stderr,
-    )
-    print(result.batch_id)
-    if not args.wait:
-        return EXIT_OK
+    replay = " (idempotent replay)" if result.duplicate else ""
+    print(f"batch {result.batch_id}: {len(result.ids)} messages queued{replay}", file=sys.stderr)
+    return result
+
+
+def _wait_and_report(settings: Any, result: EnqueueResult, args: argparse.Namespace) -> int:
+    """``--wait``: follow the batch until every message is final (or ``--timeout``); exit 0 only if all delivered."""
+    from ..cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK
+    from ..outbox.states import FINAL_MESSAGE, MessageState
+
+    assert result.batch_id is not None
     try:
         counts = asyncio.run(_wait(settings, result.batch_id, len(result.ids), args.poll, args.timeout))
     except NotFoundError as exc:

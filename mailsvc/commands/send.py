@@ -36,7 +36,7 @@ class InputError(Exception):
     """Bad command-line input; ``str()`` names the option and why (exit code 2)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "send",
         help="queue one message and print its id",
@@ -110,24 +110,10 @@ def _headers(items: Sequence[str]) -> dict[str, str]:
 
 def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Envelope]:
     """Validate everything and build the wire form; raises InputError/MailError before any queueing."""
+    from ..envelopes import build_envelope
     from ..message import Message
-    from ..rendering import TemplateRenderer
 
-    body, html = _stdin_or(args.body), _stdin_or(args.html)
-    if args.template and (body is not None or html is not None):
-        raise InputError("--template: give either a template or --body/--html, not both")
-    if args.context and not args.template:
-        raise InputError("--context: only used with --template")
-    subject = args.subject
-    if args.template:
-        renderer = TemplateRenderer(Path(settings.MAILSVC_TEMPLATES) / "email")
-        tpl_subject, body, html = renderer.render_parts(args.template, load_context(args.context))
-        subject = subject if subject is not None else tpl_subject
-    if body is None and html is None:
-        raise InputError("--body: give a body (--body, --html or --template)")
-    if not subject:
-        raise InputError("--subject: a subject is required (or a template with a subject file)")
-    config = settings.mail_config()
+    subject, body, html = _content(args, settings)
     msg = Message(
         subject,
         recipients=list(args.to),
@@ -140,21 +126,43 @@ def build_envelopes(args: argparse.Namespace, settings: Any) -> list[Envelope]:
         attachments=_attachments(args.attach),
         extra_headers=_headers(args.header),
     )
-    envelope = msg.build(
-        default_sender=config.default_sender,
-        msgid_domain=config.message_id_domain,
-        ascii_attachments=config.ascii_attachments,
-    )
-    return [envelope]
+    return [build_envelope(msg, settings.mail_config())]
+
+
+def _content(args: argparse.Namespace, settings: Any) -> tuple[str, str | None, str | None]:
+    """(subject, text, HTML) from --body/--html or a rendered --template; InputError when they do not add up."""
+    body, html = _stdin_or(args.body), _stdin_or(args.html)
+    _refuse_mixed_sources(args, body, html)
+    subject = args.subject
+    if args.template:
+        tpl_subject, body, html = _render(args, settings)
+        subject = subject if subject is not None else tpl_subject
+    if body is None and html is None:
+        raise InputError("--body: give a body (--body, --html or --template)")
+    if not subject:
+        raise InputError("--subject: a subject is required (or a template with a subject file)")
+    return subject, body, html
+
+
+def _refuse_mixed_sources(args: argparse.Namespace, body: str | None, html: str | None) -> None:
+    if args.template and (body is not None or html is not None):
+        raise InputError("--template: give either a template or --body/--html, not both")
+    if args.context and not args.template:
+        raise InputError("--context: only used with --template")
+
+
+def _render(args: argparse.Namespace, settings: Any) -> tuple[str, str | None, str | None]:
+    from ..rendering import TemplateRenderer
+
+    renderer = TemplateRenderer(Path(settings.MAILSVC_TEMPLATES) / "email")
+    return renderer.render_parts(args.template, load_context(args.context))
 
 
 def outbox_from(settings: Any) -> Outbox:
     """The project's outbox, unopened, with the same limits (MAILSVC_MAX_PENDING, ...) as the service."""
-    from ..outbox import open_outbox
-    from ..runtime import outbox_options
+    from ..serviceoutbox import service_outbox
 
-    service = settings.service_config()
-    return open_outbox(service.database_url, **outbox_options(service))
+    return service_outbox(settings.service_config())
 
 
 async def enqueue(

@@ -7,7 +7,7 @@ import argparse
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the web service (hypercorn)", description="Run the service under hypercorn.")
     p.add_argument("--bind", default="127.0.0.1:8000", help="host:port to listen on (default 127.0.0.1:8000)")
     p.add_argument(

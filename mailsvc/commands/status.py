@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "status",
         help="show a message's or batch's delivery status",
@@ -37,18 +37,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.batch:
-        print(f"batch {args.id}")
-        for state, n in sorted(data["counts"].items()):
-            print(f"  {state:<10} {n}")
+        _print_batch(args.id, data)
     else:
-        print(f"message {data['id']}  {data['state']}  Message-ID {data['message_id']}  queued {data['created_at']}")
-        for r in data["recipients"]:
-            code = "" if r["last_code"] is None else f" {r['last_code']}"
-            retry = f" next attempt {r['next_attempt_at']}" if r["next_attempt_at"] else ""
-            print(f"  {r['recipient']:<40} {r['state']:<9} attempts {r['attempts']}  updated {r['updated_at']}{retry}")
-            if r["last_reply"] or code:
-                print(f"      last reply:{code} {r['last_reply']}")
+        _print_message(data)
     return EXIT_OK
+
+
+def _print_batch(batch_id: str, data: dict[str, Any]) -> None:
+    print(f"batch {batch_id}")
+    for state, n in sorted(data["counts"].items()):
+        print(f"  {state:<10} {n}")
+
+
+def _print_message(data: dict[str, Any]) -> None:
+    print(f"message {data['id']}  {data['state']}  Message-ID {data['message_id']}  queued {data['created_at']}")
+    for r in data["recipients"]:
+        code = "" if r["last_code"] is None else f" {r['last_code']}"
+        retry = f" next attempt {r['next_attempt_at']}" if r["next_attempt_at"] else ""
+        print(f"  {r['recipient']:<40} {r['state']:<9} attempts {r['attempts']}  updated {r['updated_at']}{retry}")
+        if r["last_reply"] or code:
+            print(f"      last reply:{code} {r['last_reply']}")
 
 
 async def _fetch(url: str, ident: str, batch: bool) -> dict[str, Any]:

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..config import MailConfig, ServiceConfig
     from ..outbox import Outbox
+    from ..transports.factory import TransportFactory
     from ..worker import WorkerGroup
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "worker",
         help="run delivery workers until SIGTERM/SIGINT",
@@ -39,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "(every one delivered, failed or expired; for batch jobs and benchmarks)",
     )
     p.add_argument(
+        "--transport",
+        metavar="MODULE:FACTORY",
+        help="deliver through this transport factory instead of MAIL_TRANSPORT or SMTP, "
+        "e.g. mailsvc.transports.memory:MemoryTransport (no socket: for tests and dry runs)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -49,36 +56,43 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_FAILED, EXIT_OK, load_project_settings
-    from ..errors import MailError
+    from ..cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_project_settings
+    from ..errors import ConfigError, MailError
     from ..logsetup import configure_logging
+    from ..transports.factory import factory_for, resolve
 
     configure_logging(args.log_level)
     settings = load_project_settings()
+    mail_config = settings.mail_config()
+    try:  # a bad --transport or MAIL_TRANSPORT is a usage error, reported before anything starts
+        transport = factory_for(mail_config, resolve(args.transport) if args.transport else None)
+    except ConfigError as exc:
+        print(f"mailsvc worker: {'--transport: ' + exc.reason if args.transport else exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        asyncio.run(_main(settings.mail_config(), settings.service_config(), args.concurrency, args.until_empty))
+        asyncio.run(_main(mail_config, settings.service_config(), args.concurrency, args.until_empty, transport))
     except MailError as exc:
         print(f"mailsvc worker: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
-async def _main(mail_config: MailConfig, service: ServiceConfig, count: int | None, until_empty: bool) -> None:
-    from ..outbox import open_outbox
-    from ..runtime import outbox_options
+async def _main(
+    mail_config: MailConfig, service: ServiceConfig, count: int | None, until_empty: bool, transport: TransportFactory
+) -> None:
+    from ..serviceoutbox import service_outbox
     from ..worker import WorkerGroup
 
-    outbox = open_outbox(service.database_url, **outbox_options(service))
+    outbox = service_outbox(service)
     await outbox.open()
     try:
-        group = WorkerGroup.from_service(outbox, mail_config, service, count=count)
+        group = WorkerGroup.from_service(outbox, mail_config, service, count=count, transport=transport)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, group.request_stop)
         await group.start()
         print(
-            f"mailsvc worker: {len(group.workers)} claim loop(s) delivering via "
-            f"{mail_config.server}:{mail_config.port}",
+            f"mailsvc worker: {len(group.workers)} claim loop(s) delivering via {_via(mail_config, transport)}",
             file=sys.stderr,
             flush=True,
         )
@@ -105,3 +119,12 @@ async def _work_left(outbox: Outbox, group: WorkerGroup) -> bool:
     if any(w.busy for w in group.workers):
         return True
     return await outbox.pending_count() > 0
+
+
+def _via(mail_config: MailConfig, transport: TransportFactory) -> str:
+    """Where mail goes, for the start-up line: the relay, or the transport plugged in instead."""
+    from ..transports.smtp import SMTPTransport
+
+    if transport is SMTPTransport:
+        return f"{mail_config.server}:{mail_config.port}"
+    return getattr(transport, "__qualname__", type(transport).__name__)

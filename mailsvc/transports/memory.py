@@ -1,7 +1,13 @@
-"""A transport that keeps envelopes in a list: a real transport for tests, swapped in, not patched."""
+"""A transport that keeps envelopes in a list: a real transport for tests, swapped in, not patched.
+
+Plug it in with ``Mail(app, transport=lambda config: MemoryTransport(outbox=sent))`` to read what
+was sent, or ``MAIL_TRANSPORT=mailsvc.transports.memory:MemoryTransport`` to deliver into nowhere
+(each connection keeps its own list): the whole path runs, building and pooling included, with no socket.
+"""
 
 from __future__ import annotations
 
+from ..config import MailConfig
 from ..message import Envelope
 from ..results import RecipientResult, SendResult
 from .base import Transport
@@ -10,9 +16,17 @@ __all__ = ["MemoryTransport"]
 
 
 class MemoryTransport(Transport):
-    """Accepts everything and appends it to ``outbox``."""
+    """Accepts everything and appends it to ``outbox``.
 
-    def __init__(self, outbox: list[Envelope] | None = None) -> None:
+    It takes the :class:`MailConfig` like every transport factory (and ignores it).
+
+    >>> sent: list[Envelope] = []
+    >>> MemoryTransport(outbox=sent).outbox is sent
+    True
+    """
+
+    def __init__(self, config: MailConfig | None = None, *, outbox: list[Envelope] | None = None) -> None:
+        self.config = config
         self.outbox: list[Envelope] = outbox if outbox is not None else []
         self._open = False
 

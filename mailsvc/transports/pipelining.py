@@ -28,11 +28,13 @@ import asyncio
 import collections
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
 from aiosmtplib import (
     SMTPDataError,
+    SMTPException,
     SMTPNotSupported,
     SMTPRecipientRefused,
     SMTPRecipientsRefused,
@@ -126,6 +128,25 @@ def _command(*args: bytes) -> bytes:
     return b" ".join(args) + b"\r\n"
 
 
+@dataclass(frozen=True, slots=True)
+class _Replies:
+    """The server's answers to one pipelined transaction, in order; ``final`` only if DATA got its 354."""
+
+    mail: SMTPResponse
+    rcpts: list[SMTPResponse]
+    data: SMTPResponse
+    final: SMTPResponse | None
+
+    @property
+    def codes(self) -> list[int]:
+        return [
+            self.mail.code,
+            *(r.code for r in self.rcpts),
+            self.data.code,
+            *([self.final.code] if self.final else []),
+        ]
+
+
 async def _pipelined(
     smtp: aiosmtplib.SMTP,
     protocol: SMTPProtocol,
@@ -135,6 +156,36 @@ async def _pipelined(
     mail_options: list[str],
     rcpt_options: list[str],
 ) -> tuple[dict[str, SMTPResponse], str]:
+    group, content = _commands(smtp, sender, recipients, message, mail_options, rcpt_options)
+    replies = await _exchange(protocol, group, content, len(recipients))
+    if _DOMAIN_UNAVAILABLE in replies.codes:
+        smtp.close()  # as aiosmtplib does on 421: the server is going away
+    refused = [
+        SMTPRecipientRefused(r.code, r.message, rcpt)
+        for rcpt, r in zip(recipients, replies.rcpts, strict=False)
+        if r.code not in (_OK, _WILL_FORWARD)
+    ]
+    error = _error(replies, refused, sender, len(recipients))
+    if error is not None:
+        await _reset(smtp)
+        raise error
+    assert replies.final is not None  # no error: DATA got its 354 and the content its 250
+    return {e.recipient: SMTPResponse(e.code, e.message) for e in refused}, replies.final.message
+
+
+def _commands(
+    smtp: aiosmtplib.SMTP,
+    sender: str,
+    recipients: Sequence[str],
+    message: bytes,
+    mail_options: list[str],
+    rcpt_options: list[str],
+) -> tuple[list[bytes], bytes]:
+    """(MAIL, every RCPT and DATA as command lines, the dot-stuffed content), all encoded and checked.
+
+    Everything is checked before the first byte is written: a bad address never
+    leaves half an envelope on the server.
+    """
     utf8 = any(o.lower() == "smtputf8" for o in mail_options)
     if utf8 and not smtp.supports_extension("smtputf8"):
         raise SMTPNotSupported("SMTPUTF8 is not supported by this server")
@@ -143,13 +194,15 @@ async def _pipelined(
     if smtp.supports_extension("size"):
         # RFC 1870 counts the octets as transmitted, before dot-stuffing (as aiosmtplib does).
         mail_options.insert(0, f"size={size}")
-    # Everything is encoded and checked before the first byte is written: a bad
-    # address never leaves half an envelope on the server.
     rcpt_opts = [o.encode("ascii") for o in rcpt_options]
     group = [_command(b"MAIL", b"FROM:" + quote(sender).encode(encoding), *(o.encode("ascii") for o in mail_options))]
     group += [_command(b"RCPT", b"TO:" + quote(r).encode(encoding), *rcpt_opts) for r in recipients]
     group.append(b"DATA\r\n")
+    return group, content
 
+
+async def _exchange(protocol: SMTPProtocol, group: list[bytes], content: bytes, n_rcpts: int) -> _Replies:
+    """Write the group at once, read its replies in order, then the content if DATA was accepted."""
     lock = protocol._command_lock
     if lock is None:
         raise SMTPServerDisconnected("Server not connected")
@@ -157,7 +210,7 @@ async def _pipelined(
         with _ReplyReader(protocol) as replies:
             protocol.write(b"".join(group))
             mail_reply = await replies.next()
-            rcpt_replies = [await replies.next() for _ in recipients]
+            rcpt_replies = [await replies.next() for _ in range(n_rcpts)]
             data_reply = await replies.next()
             final: SMTPResponse | None = None
             if data_reply.code == _START_INPUT:
@@ -165,30 +218,21 @@ async def _pipelined(
                 # RFC 2920: with DATA accepted but nobody to deliver to, end the content at once.
                 protocol.write(content if mail_reply.code == _OK and accepted else b".\r\n")
                 final = await replies.next()
+    return _Replies(mail_reply, rcpt_replies, data_reply, final)
 
-    codes = [mail_reply.code, *(r.code for r in rcpt_replies), data_reply.code, *([final.code] if final else [])]
-    if _DOMAIN_UNAVAILABLE in codes:
-        smtp.close()  # as aiosmtplib does on 421: the server is going away
-    refused = [
-        SMTPRecipientRefused(r.code, r.message, rcpt)
-        for rcpt, r in zip(recipients, rcpt_replies, strict=False)
-        if r.code not in (_OK, _WILL_FORWARD)
-    ]
-    error: Exception | None = None
-    if mail_reply.code != _OK:
-        error = SMTPSenderRefused(mail_reply.code, mail_reply.message, sender)
-    elif len(refused) == len(recipients):
-        error = SMTPRecipientsRefused(refused)
-    elif data_reply.code != _START_INPUT:
-        error = SMTPDataError(data_reply.code, data_reply.message)
-    elif final is None or final.code != _OK:
-        assert final is not None
-        error = SMTPDataError(final.code, final.message)
-    if error is not None:
-        await _reset(smtp)
-        raise error
-    assert final is not None
-    return {e.recipient: SMTPResponse(e.code, e.message) for e in refused}, final.message
+
+def _error(replies: _Replies, refused: list[SMTPRecipientRefused], sender: str, n_rcpts: int) -> SMTPException | None:
+    """The exception ``SMTP.sendmail`` raises for these replies, or None when the message was accepted."""
+    if replies.mail.code != _OK:
+        return SMTPSenderRefused(replies.mail.code, replies.mail.message, sender)
+    if len(refused) == n_rcpts:
+        return SMTPRecipientsRefused(refused)
+    if replies.data.code != _START_INPUT:
+        return SMTPDataError(replies.data.code, replies.data.message)
+    assert replies.final is not None  # DATA got its 354, so the content was sent and answered
+    if replies.final.code != _OK:
+        return SMTPDataError(replies.final.code, replies.final.message)
+    return None
 
 
 async def _reset(smtp: aiosmtplib.SMTP) -> None:

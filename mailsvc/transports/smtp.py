@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Literal
 
 import aiosmtplib
 from aiosmtplib import (
@@ -20,6 +21,7 @@ from aiosmtplib import (
     SMTPException,
     SMTPNotSupported,
     SMTPRecipientsRefused,
+    SMTPResponse,
     SMTPResponseException,
     SMTPSenderRefused,
 )
@@ -129,31 +131,13 @@ class SMTPTransport(Transport):
                     mail_options=list(envelope.mail_options),
                     rcpt_options=list(envelope.rcpt_options),
                 )
-        except SMTPRecipientsRefused as exc:
+        except (SMTPRecipientsRefused, SMTPNotSupported, SMTPSenderRefused, SMTPDataError) as exc:
+            # The server answered: the connection is still in step (unless it said 421, closing).
             self.sent += 1
-            by_rcpt = {e.recipient: e for e in exc.recipients}
-            if any(e.code == 421 for e in exc.recipients):
-                await self.close()  # 421: the server is closing this connection
-            return SendResult(
-                envelope.message_id,
-                tuple(
-                    RecipientResult(r, "refused", by_rcpt[r].code, by_rcpt[r].message)
-                    if r in by_rcpt
-                    else RecipientResult(r, "failed", None, "not attempted")
-                    for r in envelope.recipients
-                ),
-            )
-        except SMTPNotSupported as exc:
-            # Raised before MAIL FROM: the connection is fine, the message can never go this way.
-            self.sent += 1
-            return SendResult.all_failed(
-                envelope.message_id, envelope.recipients, f"5.6.7 {exc.message}; non-ASCII addresses need it", 553
-            )
-        except (SMTPSenderRefused, SMTPDataError) as exc:
-            self.sent += 1
-            if exc.code == 421:
+            result, closing = _refusal(envelope, exc)
+            if closing:
                 await self.close()
-            return SendResult.all_failed(envelope.message_id, envelope.recipients, exc.message, exc.code)
+            return result
         except BaseException as exc:
             self._abort()  # mid-transaction the protocol state is unknown: no QUIT, just drop it
             if isinstance(exc, asyncio.CancelledError):
@@ -162,15 +146,7 @@ class SMTPTransport(Transport):
         self.sent += 1
         if any(e.code == 421 for e in errors.values()):
             await self.close()
-        return SendResult(
-            envelope.message_id,
-            tuple(
-                RecipientResult(r, "refused", errors[r].code, errors[r].message)
-                if r in errors
-                else RecipientResult(r, "delivered", 250, "OK")
-                for r in envelope.recipients
-            ),
-        )
+        return _per_recipient(envelope, errors, accepted="delivered")
 
     def _translate(self, exc: BaseException, stage: str) -> DeliveryError:
         where = f"{self.config.server}:{self.config.port}"
@@ -193,3 +169,36 @@ class SMTPTransport(Transport):
         if isinstance(exc, (SMTPException, OSError)):
             return ConnectionFailedError(f"SMTP {stage} to {where} failed: {exc}")
         return ConnectionFailedError(f"SMTP {stage} to {where} failed: {type(exc).__name__}: {exc}")
+
+
+def _per_recipient(
+    envelope: Envelope, refused: dict[str, SMTPResponse], *, accepted: Literal["delivered", "failed"]
+) -> SendResult:
+    """One result per envelope recipient: the server's refusal where it refused, else ``accepted``.
+
+    ``accepted`` is "failed" (no reply, "not attempted") when every recipient was refused as a whole.
+    """
+    ok = (250, "OK") if accepted == "delivered" else (None, "not attempted")
+    return SendResult(
+        envelope.message_id,
+        tuple(
+            RecipientResult(r, "refused", refused[r].code, refused[r].message)
+            if r in refused
+            else RecipientResult(r, accepted, *ok)
+            for r in envelope.recipients
+        ),
+    )
+
+
+def _refusal(
+    envelope: Envelope, exc: SMTPRecipientsRefused | SMTPNotSupported | SMTPSenderRefused | SMTPDataError
+) -> tuple[SendResult, bool]:
+    """The result of a transaction the server refused, and whether it is closing the connection (421)."""
+    if isinstance(exc, SMTPRecipientsRefused):
+        by_rcpt = {e.recipient: SMTPResponse(e.code, e.message) for e in exc.recipients}
+        return _per_recipient(envelope, by_rcpt, accepted="failed"), any(e.code == 421 for e in exc.recipients)
+    if isinstance(exc, SMTPNotSupported):
+        # Raised before MAIL FROM: the connection is fine, the message can never go this way.
+        reason = f"5.6.7 {exc.message}; non-ASCII addresses need it"
+        return SendResult.all_failed(envelope.message_id, envelope.recipients, reason, 553), False
+    return SendResult.all_failed(envelope.message_id, envelope.recipients, exc.message, exc.code), exc.code == 421

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 
 from ..config import WebConfig
+from ..envelopes import build_envelope
 from ..errors import (
     IdempotencyConflictError,
     MessageError,
@@ -71,7 +72,7 @@ def _build(state: MailState, msg: Message, prefix: str = "") -> Envelope:
             422, "the message cannot be built as given", errors=[FieldError(field=field, reason=reason)]
         )
     try:
-        return state.build(msg)
+        return build_envelope(msg, state.config)
     except MessageError as exc:
         raise ProblemException(
             422,
