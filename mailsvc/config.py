@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from .addresses import AddressLike, parse_address
+from .dburl import DEFAULT_DATABASE_URL
 from .errors import ConfigError, MessageError
 
 __all__ = ["MAIL_KEYS", "MailConfig", "ServiceConfig", "WebConfig", "env_field", "is_loopback", "service_env_name"]
@@ -198,7 +199,7 @@ class ServiceConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    database_url: str = "sqlite:///var/mailsvc.sqlite3"
+    database_url: str = DEFAULT_DATABASE_URL
     dev_mode: bool = True
     dev_smtp_port: int = Field(default=8025, ge=0, le=65535)
     dev_inbox_max: int = Field(default=1000, ge=1)  # captured messages kept; the oldest go first

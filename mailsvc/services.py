@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the parts' types only; importing them here at run time woul
     from .config import ServiceConfig
     from .devinbox import DevInbox
     from .devinbox.store import InboxStore
-    from .extension import MailState
+    from .mailstate import MailState
     from .outbox import Outbox
     from .rendering import TemplateRenderer
     from .web.state import WebState

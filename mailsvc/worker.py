@@ -40,6 +40,7 @@ from .transports.factory import TransportFactory
 __all__ = ["Worker", "WorkerGroup", "WorkerStats", "default_owner"]
 
 log = logging.getLogger("mailsvc.worker")
+_SERVICE = ServiceConfig.model_fields  # the defaults, written once there
 
 _LOG_GROUP = 50  # messages per delivery log line: short enough for any log shipper's line limit
 
@@ -72,10 +73,10 @@ class Worker:
         backoff: RelayBackoff | None = None,
         gate: asyncio.Semaphore | None = None,
         owner: str | None = None,
-        claim_batch: int = 100,
-        concurrency: int = 100,
-        lease_seconds: float = 300.0,
-        poll_interval: float = 1.0,
+        claim_batch: int = _SERVICE["claim_batch"].default,
+        concurrency: int = _SERVICE["worker_concurrency"].default,
+        lease_seconds: float = _SERVICE["lease_seconds"].default,
+        poll_interval: float = _SERVICE["poll_interval"].default,
     ) -> None:
         self.outbox = outbox
         self.mail = mail

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..config import ServiceConfig
 from ..errors import MessageError
 from ..message import Envelope
 from .states import MessageState, RecipientState
@@ -33,8 +34,9 @@ __all__ = [
     "fingerprint",
 ]
 
-DEFAULT_MAX_PENDING = 100_000
-DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
+# The service's defaults, written once on ServiceConfig; an outbox opened without a config gets the same.
+DEFAULT_MAX_PENDING: int = ServiceConfig.model_fields["max_pending"].default
+DEFAULT_IDEMPOTENCY_TTL: float = ServiceConfig.model_fields["idempotency_ttl"].default
 
 
 # Parts of a rendered message that differ between two renderings of the same
