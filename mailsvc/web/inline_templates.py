@@ -62,21 +62,10 @@ class _Env(DictItemsFirst, SandboxedEnvironment):
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         if operator_ == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple, bytes)) and isinstance(n, int) and len(seq) * n > _MAX_REPEAT:
-                    raise SecurityError("repetition too large")
-            if (
-                isinstance(left, int)
-                and isinstance(right, int)
-                and left.bit_length() + right.bit_length() > MAX_INT_BITS
-            ):
-                raise SecurityError("integer too large")
+            _check_product(left, right)
             return operator.mul(left, right)
         if operator_ == "**":
-            if isinstance(right, int) and abs(right) > 100:
-                raise SecurityError("exponent too large")
-            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > MAX_INT_BITS:
-                raise SecurityError("integer too large")
+            _check_power(left, right)
             return operator.pow(left, right)
         if operator_ == "%" and isinstance(left, str):
             checked_percent(left, right)
@@ -92,6 +81,21 @@ class _Env(DictItemsFirst, SandboxedEnvironment):
         if wrapper is not None:
             checked_format_spec(value.__self__)
         return wrapper
+
+
+def _check_product(left: Any, right: Any) -> None:
+    for seq, n in ((left, right), (right, left)):
+        if isinstance(seq, str | list | tuple | bytes) and isinstance(n, int) and len(seq) * n > _MAX_REPEAT:
+            raise SecurityError("repetition too large")
+    if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+        raise SecurityError("integer too large")
+
+
+def _check_power(left: Any, right: Any) -> None:
+    if isinstance(right, int) and abs(right) > 100:
+        raise SecurityError("exponent too large")
+    if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > MAX_INT_BITS:
+        raise SecurityError("integer too large")
 
 
 @dataclass

@@ -89,23 +89,47 @@ def _replaced_size(s: str, old: str, new: str, count: int | None = None) -> int:
     return len(s) + hits * (len(new) - len(old))
 
 
+def _width(owner: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    width = args[0] if args else kwargs.get("width")
+    if isinstance(width, int):
+        _check_size(width, "a width")
+
+
+def _expandtabs(owner: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    size = kwargs.get("tabsize", args[0] if args else 8)
+    if isinstance(size, int):
+        _check_size(len(owner) * max(size, 1), "the expanded size")
+
+
+def _str_replace(owner: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        count = args[2] if len(args) > 2 and isinstance(args[2], int) else None
+        _check_size(_replaced_size(owner, args[0], args[1], count), "the replaced size")
+
+
+def _str_join(owner: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    raise SecurityError("str.join is not allowed in a request template; use the join filter")
+
+
+_STR_METHODS: dict[str, Callable[[str, tuple[Any, ...], Mapping[str, Any]], None]] = {
+    "ljust": _width,
+    "rjust": _width,
+    "center": _width,
+    "zfill": _width,
+    "expandtabs": _expandtabs,
+    "replace": _str_replace,
+    "join": _str_join,
+}
+
+
 def guarded_str_method(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     """Check a call of a bound ``str`` method from a template before it runs (``'x'.ljust(10**9)``)."""
     owner = getattr(obj, "__self__", None)
     if not isinstance(owner, str):
         return
-    name = getattr(obj, "__name__", "")
-    if name in ("ljust", "rjust", "center", "zfill") and args and isinstance(args[0], int):
-        _check_size(args[0], "a width")
-    elif name == "expandtabs":
-        size = kwargs.get("tabsize", args[0] if args else 8)
-        if isinstance(size, int):
-            _check_size(len(owner) * max(size, 1), "the expanded size")
-    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
-        count = args[2] if len(args) > 2 and isinstance(args[2], int) else None
-        _check_size(_replaced_size(owner, args[0], args[1], count), "the replaced size")
-    elif name == "join" and args:
-        raise SecurityError("str.join is not allowed in a request template; use the join filter")
+    check = _STR_METHODS.get(getattr(obj, "__name__", ""))
+    if check is not None:
+        check(owner, args, kwargs)
 
 
 def _wrap(check: Callable[..., None], original: Callable[..., Any]) -> Callable[..., Any]:
