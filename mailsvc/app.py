@@ -9,6 +9,7 @@ from quart import Quart
 
 from .config import MailConfig, ServiceConfig
 from .extension import Mail
+from .pagesafety import harden_html
 from .services import Services
 
 __all__ = ["create_app"]
@@ -32,6 +33,7 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     app.jinja_env.globals["dev_inbox"] = service.dev_mode  # pages link to /inbox only where it exists
     parts = Services(service, Mail(app).state)
     parts.install(app)
+    app.after_request(harden_html)  # CSP, X-Frame-Options, nosniff, Referrer-Policy on every HTML page
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

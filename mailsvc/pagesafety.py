@@ -15,17 +15,17 @@ from urllib.parse import quote, urlsplit
 
 from quart import Request, Response
 
-__all__ = ["FRAME_CSP", "PAGE_CSP", "download", "framed_html", "same_origin", "secure_page"]
+__all__ = ["FRAME_CSP", "PAGE_CSP", "download", "framed_html", "harden_html", "same_origin", "secure_page"]
 
 FRAME_CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; font-src data:; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; "
     "sandbox allow-popups allow-popups-to-escape-sandbox"
 )
-# Our own pages need no script at all; frames only from ourselves.
+# Our own pages need no script at all; they frame only ourselves and are framed by nobody.
 PAGE_CSP = (
     "default-src 'self'; script-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "frame-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'"
+    "frame-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
 IFRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
 
@@ -34,6 +34,7 @@ def framed_html(html: str) -> Response:
     """The HTML of a message or preview, for an iframe: no script, no remote loads, no referrer."""
     response = Response(html, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = FRAME_CSP
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"  # shown in our own pages' iframes only
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
@@ -41,8 +42,18 @@ def framed_html(html: str) -> Response:
 
 
 def secure_page(response: Response) -> Response:
+    """One of our own pages: no script, never framed (clickjacking), no referrer to other sites."""
     response.headers["Content-Security-Policy"] = PAGE_CSP
+    response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+async def harden_html(response: Response) -> Response:
+    """``after_request`` for the whole app: every HTML answer without a policy of its own gets ours."""
+    if response.mimetype == "text/html" and "Content-Security-Policy" not in response.headers:
+        secure_page(response)
     return response
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,7 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[str, RecordingHandler]]
             env={**env, "PYTHONPATH": str(ROOT)},
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # hypercorn spawns a worker child: stop the whole group
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -65,13 +67,22 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[str, RecordingHandler]]
             assert proc.poll() is None, (tmp_path / "hypercorn.log").read_text()
             yield base, handler
         finally:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 15)
-            except TimeoutError:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
             log.close()
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group (hypercorn and its worker), SIGKILL it if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 async def _wait(handler: RecordingHandler, n: int) -> None:
@@ -134,3 +145,45 @@ async def test_json_and_form_through_real_hypercorn(service: tuple[str, Recordin
                 break
             await asyncio.sleep(0.05)
         assert status["state"] == "delivered" and by_subject["Via JSON"].message["Message-ID"] == status["message_id"]
+
+
+def _hypercorn_refuses(tmp_path: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``hypercorn asgi:app`` until it exits (it must, on its own): its status and its output."""
+    log_path = tmp_path / "refused.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{_free_port()}"],
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "MAILSVC_DATABASE_URL": f"sqlite:///{tmp_path}/outbox.sqlite3",
+                **env,
+                "PYTHONPATH": str(ROOT),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            status = proc.wait(60)
+        finally:
+            _stop_group(proc)  # the worker child too, whatever happened
+    return status, log_path.read_text(errors="replace")
+
+
+def test_hypercorn_exits_non_zero_when_the_settings_refuse_to_start(tmp_path: Path) -> None:
+    """An open relay is refused at import; hypercorn's supervisor used to report that as success (exit 0)."""
+    status, output = _hypercorn_refuses(tmp_path, {"MAIL_SERVER": "smtp.example.com", "MAILSVC_API_KEYS": ""})
+    assert status != 0, output
+    assert "MAILSVC_API_KEYS" in output and "open relay" in output
+
+
+def test_hypercorn_exits_non_zero_when_a_part_cannot_start(tmp_path: Path) -> None:
+    """The dev inbox's SMTP port is taken: the lifespan fails, and so does the process."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, output = _hypercorn_refuses(tmp_path, {"MAILSVC_DEV_SMTP_PORT": str(port)})
+    assert status != 0, output
+    assert "MAILSVC_DEV_SMTP_PORT" in output

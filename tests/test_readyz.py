@@ -24,6 +24,8 @@ async def test_readyz_is_503_while_the_outbox_cannot_be_written(
 ) -> None:
     async with running(smtp_port, handler, tmp_path, workers=0) as svc:
         r = await svc.client.get("/readyz")
+        assert r.status_code == 200 and await r.get_json() == {"status": "ready"}  # anonymous: nothing more
+        r = await svc.client.get("/readyz", headers=AUTH)
         assert r.status_code == 200 and (await r.get_json())["outbox"] == "ok"
 
         outbox = svc.outbox
@@ -33,14 +35,15 @@ async def test_readyz_is_503_while_the_outbox_cannot_be_written(
         blocker = sqlite3.connect(outbox.path, isolation_level=None)
         try:
             blocker.execute("BEGIN IMMEDIATE")  # the write lock, held
-            r = await svc.client.get("/readyz")
+            assert await (await svc.client.get("/readyz")).get_json() == {"status": "not ready"}
+            r = await svc.client.get("/readyz", headers=AUTH)
             body = await r.get_json()
             assert r.status_code == 503, body
             assert body["status"] == "not ready"
             assert body["outbox"].startswith("unavailable:") and "cannot be written" in body["outbox"]
             assert str(outbox.path) not in str(body) and outbox.path.name not in str(
                 body
-            )  # no paths to anonymous callers
+            )  # no paths, even to a caller with a key
             assert r.headers["Content-Type"].startswith("application/json")
             # readiness told the truth: a message would not be accepted now either
             post = await svc.client.post("/api/messages", json=MSG, headers=AUTH)

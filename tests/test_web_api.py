@@ -264,9 +264,12 @@ async def test_outbox_full_is_503_with_retry_after(smtp_port: int, handler: Reco
 
 async def test_readyz_healthz_openapi_docs(smtp_port: int, handler: RecordingHandler, tmp_path: Path) -> None:
     async with running(smtp_port, handler, tmp_path, workers=0) as svc:
-        r = await svc.client.get("/readyz")
+        r = await svc.client.get("/readyz", headers=AUTH)
         body = await r.get_json()
         assert r.status_code == 200 and body["outbox"] == "ok" and body["relay"]["reachable"] is True
+        for anonymous in ({}, {"Authorization": "Bearer wrong-key"}):
+            r = await svc.client.get("/readyz", headers=anonymous)
+            assert await r.get_json() == {"status": "ready"}
         assert (await svc.client.get("/healthz")).status_code == 200
         doc = await (await svc.client.get("/openapi.json")).get_json()
         assert set(doc["paths"]) == {"/api/messages", "/api/messages/bulk", "/api/messages/{id}", "/api/batches/{id}"}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 
 from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..config import ServiceConfig
 from . import api, forms, health, openapi
@@ -59,7 +59,13 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
         """Routing errors (404, 405) and 413 on the API as problem+json; pages keep Quart's default."""
         if request.path.startswith("/api/") and exc.code is not None:
             detail = exc.description if exc.code != 413 else f"the request is larger than {web.max_request_bytes} bytes"
-            return problem_response(ProblemException(exc.code, detail))
+            # RFC 9110: a 405 says which methods the resource has (werkzeug computed them for its own page).
+            allow = (
+                {"Allow": ", ".join(exc.valid_methods)}
+                if isinstance(exc, MethodNotAllowed) and exc.valid_methods
+                else None
+            )
+            return problem_response(ProblemException(exc.code, detail, headers=allow))
         return exc
 
     return state

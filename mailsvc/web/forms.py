@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from quart import Blueprint, Response, redirect, render_template, request, session, url_for
@@ -46,10 +47,24 @@ def _form_field(path: str) -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only our own relative paths: no open redirect through ``?next=``."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+    r"""Only a path on this site: no open redirect through ``?next=``.
+
+    Checked as a browser would read it: browsers drop tabs and newlines from a URL and
+    read ``\\`` as ``/``, so ``/\t/evil.test`` and ``/\\evil.test`` mean ``//evil.test``
+    (another host). Any control character, space or backslash, and anything that
+    parses with a scheme or a host, sends the user to ``/`` instead.
+
+        >>> [_safe_next(t) for t in ("/inbox?x=1", "/\t/evil.test", "//evil.test", "/\\evil.test", "https://x")]
+        ['/inbox?x=1', '/', '/', '/', '/']
+    """
+    if not target or len(target) > 2000 or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if "\\" in target or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return target
 
 
 async def _render_form(

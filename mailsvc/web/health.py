@@ -14,10 +14,11 @@ import logging
 import time
 from typing import Any
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from ..errors import OutboxError
 from ..services import services
+from .state import web_state
 
 __all__ = ["bp"]
 
@@ -67,4 +68,15 @@ async def readyz() -> Response:
             log.warning("readyz: outbox unavailable: %s", exc)
             body["outbox"], status = "unavailable: the outbox cannot be written (details in the service log)", 503
     body["status"] = "ready" if status == 200 else "not ready"
+    if not _may_see_details():
+        body = {"status": body["status"]}  # the relay's address and the queue length are the operator's
     return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+def _may_see_details() -> bool:
+    """Dev mode (everything is local) or a caller with a valid API key; never an anonymous caller."""
+    ws = web_state()
+    if ws.service.dev_mode:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token) and ws.keys.identify(token.strip()) is not None
