@@ -7,15 +7,16 @@ pool is created lazily inside the running loop and closed in ``after_serving``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from quart import Quart, current_app
 
 from .config import MailConfig
-from .errors import DeliveryError, MessageError
+from .errors import DeliveryError, MessageError, RecipientsRefusedError
 from .mailstate import MailState
 from .message import Envelope, Message
 from .results import SendResult
@@ -25,12 +26,30 @@ from .transports.factory import TransportFactory
 __all__ = ["Connection", "Mail", "MailState"]
 
 
+_T = TypeVar("_T")
+
+
+def _run_sync(work: Coroutine[Any, Any, _T], name: str) -> _T:
+    """Run ``work`` in a loop of its own; refuse (closing the coroutine) if this thread already runs one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    work.close()
+    raise RuntimeError(f"mail.{name}_sync() was called inside a running event loop: use `await mail.{name}(...)`")
+
+
 def _raise_if_nothing_delivered(result: SendResult) -> SendResult:
+    """Nobody accepted it: raise what smtplib's ``sendmail`` would (a partial refusal stays a result)."""
     if result.recipients and not any(r.ok for r in result.recipients):
+        reason = f"no recipient accepted message {result.message_id}"
+        if all(r.code is not None for r in result.recipients):
+            refused = {
+                r.recipient: (r.code or 0, (r.reply or "").encode("utf-8", "replace")) for r in result.recipients
+            }
+            raise RecipientsRefusedError(reason, recipients=refused, result=result)
         last = result.recipients[-1]
-        raise DeliveryError(
-            f"no recipient accepted message {result.message_id}", code=last.code, reply=last.reply, result=result
-        )
+        raise DeliveryError(reason, code=last.code, reply=last.reply, result=result)
     return result
 
 
@@ -130,6 +149,20 @@ class Mail:
         """Flask-Mail's shortcut: ``await mail.send_message("Hi", recipients=[...], body="...")``."""
         return await self.send(Message(*args, **kwargs))
 
+    # -- synchronous code: threads, Celery tasks, scripts -------------------------
+    def send_sync(self, message: Message) -> SendResult:
+        """:meth:`send` for code that has no event loop; blocks until the relay answered.
+
+        Each call runs its own loop (``asyncio.run``), opens a connection in it and
+        closes it before returning, like Flask-Mail's ``mail.send``. From a coroutine,
+        ``await mail.send(msg)`` instead: blocking there would stall every other request.
+        """
+        return _run_sync(self.send(message), "send")
+
+    def send_many_sync(self, messages: Sequence[Message]) -> list[SendResult]:
+        """:meth:`send_many` for code that has no event loop (one loop, one pool, for the whole batch)."""
+        return _run_sync(self.send_many(messages), "send_many")
+
     def connect(self) -> Connection:
         """``async with mail.connect() as conn: await conn.send(msg)`` on one reused connection."""
         return Connection(self.state)
@@ -159,6 +192,15 @@ class Connection:
     def __init__(self, state: MailState) -> None:
         self._state = state
         self._transport: Transport | None = None
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError(
+            "mail.connect() is asynchronous here: write `async with mail.connect() as conn:` "
+            "and `await conn.send(msg)` (from synchronous code, use mail.send_sync / send_many_sync)"
+        )
+
+    def __exit__(self, *exc: object) -> None:  # present so that `with` reaches __enter__'s message
+        return None
 
     async def __aenter__(self) -> Connection:
         if not self._state.config.suppress_send:

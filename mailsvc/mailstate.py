@@ -7,6 +7,8 @@ re-exports :class:`MailState` for code that found it there.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from pathlib import Path
 
 from .config import MailConfig
@@ -38,7 +40,8 @@ class MailState:
     ) -> None:
         self.config = config
         self.recorders: list[list[Message]] = []
-        self._pool: ConnectionPool | None = None
+        # One pool per event loop: a pool's sockets belong to the loop that opened them.
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = weakref.WeakKeyDictionary()
         self._transport_factory = factory_for(config, transport)
         self.renderer = TemplateRenderer(templates) if templates is not None else None
 
@@ -48,12 +51,16 @@ class MailState:
 
     @property
     def pool(self) -> ConnectionPool:
-        if self._pool is None:
-            self._pool = ConnectionPool(self.transport, self.config.pool_size, self.config.max_emails)
-        return self._pool
+        """The running loop's pool (made on first use in that loop; call it from a coroutine)."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None or pool.closed:
+            pool = self._pools[loop] = ConnectionPool(self.transport, self.config.pool_size, self.config.max_emails)
+        return pool
 
     async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
+        """Close the running loop's pool (other loops' pools close when their loop ends)."""
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
         if pool is not None:
             await pool.aclose()
 

@@ -27,7 +27,7 @@ from aiosmtplib import (
 )
 
 from ..config import MailConfig, is_loopback
-from ..errors import ConnectionFailedError, DeliveryError, TransportSecurityError
+from ..errors import AuthenticationError, ConnectionFailedError, DeliveryError, TransportSecurityError
 from ..message import Envelope, default_msgid_domain
 from ..results import RecipientResult, SendResult
 from .base import Transport
@@ -161,7 +161,9 @@ class SMTPTransport(Transport):
                 f"{where} does not offer STARTTLS but MAIL_USE_TLS requires it; nothing was sent"
             )
         if isinstance(exc, SMTPAuthenticationError):
-            return DeliveryError(f"{where} rejected MAIL_USERNAME/MAIL_PASSWORD", code=exc.code, reply=exc.message)
+            return AuthenticationError(
+                f"{where} rejected MAIL_USERNAME/MAIL_PASSWORD", code=exc.code, reply=exc.message
+            )
         if isinstance(exc, SMTPConnectResponseError):
             return ConnectionFailedError(f"{where} refused the connection", code=exc.code, reply=exc.message)
         if isinstance(exc, SMTPResponseException):
