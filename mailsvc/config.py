@@ -128,12 +128,31 @@ class MailConfig(BaseModel):
             raise ValueError(f"no such file: {v}")
         return v
 
+    @field_validator("username", "password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        """Flask-Mail skips AUTH when the credentials are empty strings (a blank line in .env); so do we."""
+        if v == "" or (isinstance(v, SecretStr) and v.get_secret_value() == ""):
+            return None
+        return v
+
     @model_validator(mode="after")
     def _coherent(self) -> MailConfig:
         if self.use_tls and self.use_ssl:
             raise ValueError(
                 "MAIL_USE_TLS/MAIL_USE_SSL: they are mutually exclusive; set MAIL_USE_SSL for "
                 "implicit TLS (port 465) or MAIL_USE_TLS for STARTTLS (port 587), not both"
+            )
+        # The classic swap: it would hang for MAIL_TIMEOUT (465 never greets in clear) or fail obscurely.
+        if self.use_tls and self.port == 465:
+            raise ValueError(
+                "MAIL_USE_TLS: port 465 is implicit TLS (SMTPS), where STARTTLS never starts: "
+                "set MAIL_USE_SSL=true and MAIL_USE_TLS=false (or use port 587 with MAIL_USE_TLS)"
+            )
+        if self.use_ssl and self.port in (25, 587):
+            raise ValueError(
+                f"MAIL_USE_SSL: port {self.port} starts in plain text and upgrades with STARTTLS: "
+                "set MAIL_USE_TLS=true and MAIL_USE_SSL=false (or use port 465 with MAIL_USE_SSL)"
             )
         if (
             self.password is not None
