@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     MAIL_MESSAGE_ID_DOMAIN: str | None = env_field(M, "message_id_domain")
     MAIL_LOCAL_HOSTNAME: str | None = env_field(M, "local_hostname")
     MAIL_ALLOW_PLAINTEXT_AUTH: bool = env_field(M, "allow_plaintext_auth")
+    MAIL_DEBUG: bool = env_field(M, "debug")
     MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" instead of SMTP
 
     # Service: outbox, workers, dev inbox

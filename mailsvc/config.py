@@ -43,6 +43,7 @@ _KEYS = {
     "MAIL_LOCAL_HOSTNAME": "local_hostname",
     "MAIL_ALLOW_PLAINTEXT_AUTH": "allow_plaintext_auth",
     "MAIL_TRANSPORT": "transport",
+    "MAIL_DEBUG": "debug",
 }
 _FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
 MAIL_KEYS: Mapping[str, str] = _KEYS  # public: the settings module and its README check read it
@@ -89,6 +90,7 @@ class MailConfig(BaseModel):
     allow_plaintext_auth: bool = False
     # "package.module:factory", called with this config for each connection; unset = SMTP.
     transport: str | None = None
+    debug: bool = False  # log each SMTP connection and transaction (never a password or a body) at INFO
 
     @field_validator("server", "message_id_domain", "local_hostname", "username")
     @classmethod

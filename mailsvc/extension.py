@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from quart import Quart, current_app
+from quart import Quart, current_app, has_app_context
 
+from . import message as message_module
+from .addresses import AddressLike
 from .config import MailConfig
 from .errors import DeliveryError, MessageError, RecipientsRefusedError
 from .mailstate import MailState
@@ -27,6 +29,17 @@ __all__ = ["Connection", "Mail", "MailState"]
 
 
 _T = TypeVar("_T")
+
+
+def _current_default_sender() -> AddressLike | None:
+    """Inside an app context, that app's MAIL_DEFAULT_SENDER (Flask-Mail fills ``msg.sender`` at construction)."""
+    if not has_app_context():
+        return None
+    state = current_app.extensions.get("mailsvc")
+    return state.config.default_sender if isinstance(state, MailState) else None
+
+
+message_module.ambient_default_sender = _current_default_sender
 
 
 def _run_sync(work: Coroutine[Any, Any, _T], name: str) -> _T:
@@ -99,6 +112,7 @@ class Mail:
             # Flask-Mail's default: an app under test (TESTING=True) records but sends nothing.
             mapping["MAIL_SUPPRESS_SEND"] = app.testing
         state = MailState(MailConfig.from_mapping(mapping), templates, transport=self._transport)
+        state.app = app
         app.extensions["mailsvc"] = state
         app.after_serving(state.aclose)
 
@@ -123,6 +137,7 @@ class Mail:
         envelope = state.build(message)
         state.record(message)
         if state.config.suppress_send:
+            state.dispatched(message)
             return state.suppressed(envelope)
         try:
             async with state.pool.connection() as conn:
@@ -130,7 +145,9 @@ class Mail:
         except DeliveryError as exc:
             exc.result = SendResult.all_failed(envelope.message_id, envelope.recipients, str(exc), exc.code)
             raise
-        return _raise_if_nothing_delivered(result)
+        _raise_if_nothing_delivered(result)
+        state.dispatched(message)
+        return result
 
     async def send_many(self, messages: Sequence[Message]) -> list[SendResult]:
         """Send concurrently over at most ``MAIL_POOL_SIZE`` connections; one result per message.
@@ -141,9 +158,14 @@ class Mail:
         state = self.state
         envelopes = [_build_or_fail(state, msg) for msg in messages]
         if state.config.suppress_send:
-            return [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
-        sent = iter(await state.pool.send_many([e for e in envelopes if isinstance(e, Envelope)]))
-        return [e if isinstance(e, SendResult) else next(sent) for e in envelopes]
+            results = [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
+        else:
+            sent = iter(await state.pool.send_many([e for e in envelopes if isinstance(e, Envelope)]))
+            results = [e if isinstance(e, SendResult) else next(sent) for e in envelopes]
+        for msg, result in zip(messages, results, strict=True):
+            if any(r.ok for r in result.recipients):
+                state.dispatched(msg)
+        return results
 
     async def send_message(self, *args: Any, **kwargs: Any) -> SendResult:
         """Flask-Mail's shortcut: ``await mail.send_message("Hi", recipients=[...], body="...")``."""
@@ -216,12 +238,15 @@ class Connection:
         envelope = self._state.build(message)
         self._state.record(message)
         if self._transport is None:
+            self._state.dispatched(message)
             return self._state.suppressed(envelope)
         limit = self._state.config.max_emails
         if limit is not None and self._transport.sent >= limit:
             await self._transport.close()
             await self._transport.open()
-        return _raise_if_nothing_delivered(await self._transport.send(envelope))
+        result = _raise_if_nothing_delivered(await self._transport.send(envelope))
+        self._state.dispatched(message)
+        return result
 
     async def send_message(self, *args: Any, **kwargs: Any) -> SendResult:
         return await self.send(Message(*args, **kwargs))

@@ -16,6 +16,7 @@ from .envelopes import build_envelope
 from .message import Envelope, Message
 from .rendering import TemplateRenderer
 from .results import RecipientResult, SendResult
+from .signals import email_dispatched
 from .transports.base import Transport
 from .transports.factory import TransportFactory, factory_for
 from .transports.pool import ConnectionPool
@@ -44,6 +45,7 @@ class MailState:
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = weakref.WeakKeyDictionary()
         self._transport_factory = factory_for(config, transport)
         self.renderer = TemplateRenderer(templates) if templates is not None else None
+        self.app: object | None = None  # the app whose extension made this state (the signal's ``app``)
 
     def transport(self) -> Transport:
         """A new, unopened connection (the pool calls this for each one it opens)."""
@@ -70,6 +72,11 @@ class MailState:
     def record(self, msg: Message) -> None:
         for rec in self.recorders:
             rec.append(msg)
+
+    def dispatched(self, msg: Message) -> None:
+        """Flask-Mail's ``email_dispatched`` signal, once the relay took the message (or it was suppressed)."""
+        if email_dispatched.receivers:
+            email_dispatched.send(msg, app=self.app)
 
     def suppressed(self, envelope: Envelope) -> SendResult:
         return SendResult(envelope.message_id, tuple(RecipientResult(r, "suppressed") for r in envelope.recipients))

@@ -101,6 +101,10 @@ class SMTPTransport(Transport):
             raise self._translate(exc, "connect") from exc
         self._smtp = smtp
         self.sent = 0
+        if c.debug:
+            tls = "TLS" if smtp.get_transport_info("sslcontext") is not None else "no TLS"
+            extensions = ", ".join(sorted(smtp.esmtp_extensions)) or "none"
+            log.info("smtp: connected to %s:%d (%s); extensions: %s", c.server, c.port, tls, extensions)
 
     async def _login(self, smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
         """AUTH, only over TLS (or to loopback), and only if the relay offers it: each refusal says which."""
@@ -167,7 +171,13 @@ class SMTPTransport(Transport):
         self.sent += 1
         if any(e.code == 421 for e in errors.values()):
             await self.close()
-        return _per_recipient(envelope, errors, accepted="delivered")
+        result = _per_recipient(envelope, errors, accepted="delivered")
+        if self.config.debug:
+            for r in result.recipients:
+                log.info(
+                    "smtp: %s -> %s: %s %s %s", envelope.message_id, r.recipient, r.status, r.code or "", r.reply or ""
+                )
+        return result
 
     def _translate(self, exc: BaseException, stage: str) -> DeliveryError:
         where = f"{self.config.server}:{self.config.port}"
