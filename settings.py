@@ -14,6 +14,8 @@ environment form must differ say so here, beside the reason.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,11 @@ from mailsvc.config import (
     config_error_from,
     env_field,
     service_env_name,
+    unknown_settings,
 )
 
 M, S, W = MailConfig, ServiceConfig, WebConfig
+log = logging.getLogger("mailsvc")
 
 # Settings whose environment form differs from the model field, and why (checked by the tests).
 DIFFERS_FROM_MODEL = {
@@ -132,7 +136,9 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build Settings or exit with one line naming the bad setting."""
+    """Build Settings or exit with one line naming the bad setting; warn of names that look like typos."""
+    for line in unknown_settings(_names_given(), Settings.model_fields):
+        log.warning("%s", line)
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
         settings.mail_config()
@@ -142,3 +148,15 @@ def load_settings(**overrides: object) -> Settings:
     except ValueError as exc:  # ConfigError
         raise SystemExit(f"mailsvc: configuration error: {exc}") from None
     return settings
+
+
+def _names_given() -> set[str]:
+    """The names in the environment and in ``.env`` (the places Settings reads)."""
+    names = set(os.environ)
+    env_file = Path(".env")
+    if env_file.is_file():
+        for line in env_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            name = line.strip().removeprefix("export ").split("=", 1)[0].strip()
+            if name and not name.startswith("#"):
+                names.add(name)
+    return names

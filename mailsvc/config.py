@@ -9,9 +9,10 @@ load, with a message naming the setting and the fix.
 from __future__ import annotations
 
 import copy
+import difflib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,17 @@ from .addresses import AddressLike, parse_address
 from .dburl import DEFAULT_DATABASE_URL
 from .errors import ConfigError, MessageError
 
-__all__ = ["MAIL_KEYS", "MailConfig", "ServiceConfig", "WebConfig", "env_field", "is_loopback", "service_env_name"]
+__all__ = [
+    "NOT_SETTINGS",
+    "unknown_settings",
+    "MAIL_KEYS",
+    "MailConfig",
+    "ServiceConfig",
+    "WebConfig",
+    "env_field",
+    "is_loopback",
+    "service_env_name",
+]
 
 # Flask-Mail setting name -> MailConfig field.
 _KEYS = {
@@ -254,6 +265,28 @@ def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigE
         setting, _, msg = msg.partition(": ")
         return ConfigError(setting, msg)
     return ConfigError(setting, msg)
+
+
+# Names that look like settings but are read elsewhere, on purpose.
+NOT_SETTINGS = frozenset({"MAILSVC_SETTINGS_MODULE", "MAILSVC_TEST_POSTGRES_URL", "MAIL_TEMPLATE_FOLDER"})
+
+
+def unknown_settings(names: Iterable[str], known: Collection[str]) -> list[str]:
+    """One line per ``MAIL_*``/``MAILSVC_*`` name that is not a setting, with the nearest known one.
+
+    A typo'd key is otherwise ignored without a word, and the default silently applies.
+
+    >>> unknown_settings(["MAIL_USE_TSL", "MAIL_PORT", "HOME"], ["MAIL_USE_TLS", "MAIL_PORT"])
+    ['MAIL_USE_TSL is not a mailsvc setting and is ignored (did you mean MAIL_USE_TLS?)']
+    """
+    lines = []
+    for name in sorted(set(names)):
+        if not name.startswith(("MAIL_", "MAILSVC_")) or name in known or name in NOT_SETTINGS:
+            continue
+        near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        lines.append(f"{name} is not a mailsvc setting and is ignored{hint}")
+    return lines
 
 
 def service_env_name(field: str) -> str:

@@ -8,6 +8,7 @@ pool is created lazily inside the running loop and closed in ``after_serving``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +18,15 @@ from quart import Quart, current_app, has_app_context
 
 from . import message as message_module
 from .addresses import AddressLike
-from .config import MailConfig
+from .config import MAIL_KEYS, MailConfig, unknown_settings
 from .errors import DeliveryError, MessageError, RecipientsRefusedError
 from .mailstate import MailState
 from .message import Envelope, Message
 from .results import SendResult
 from .transports.base import Transport
 from .transports.factory import TransportFactory
+
+log = logging.getLogger("mailsvc")
 
 __all__ = ["Connection", "Mail", "MailState"]
 
@@ -108,6 +111,8 @@ class Mail:
             Path(app.root_path) / (app.template_folder or "templates") / "email"
         )
         mapping = dict(app.config)
+        for line in unknown_settings(mapping, MAIL_KEYS):
+            log.warning("app.config: %s", line)
         if mapping.get("MAIL_SUPPRESS_SEND") is None:
             # Flask-Mail's default: an app under test (TESTING=True) records but sends nothing.
             mapping["MAIL_SUPPRESS_SEND"] = app.testing
