@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mailsvc.addresses import AddressRules
 from mailsvc.config import (
     MAIL_KEYS,
     MailConfig,
@@ -32,14 +33,16 @@ from mailsvc.config import (
     service_env_name,
     unknown_settings,
 )
+from mailsvc.errors import ConfigError
 
 M, S, W = MailConfig, ServiceConfig, WebConfig
+DEV_SENDER = "mailsvc@localhost.localdomain"  # dev mode's From when none is set: it only reaches the dev inbox
+DEV_IGNORES = ("MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME", "MAIL_PASSWORD")
 log = logging.getLogger("mailsvc")
 
 # Settings whose environment form differs from the model field, and why (checked by the tests).
 DIFFERS_FROM_MODEL = {
     "MAIL_SERVER": "unset means the embedded dev inbox; the library's default is localhost",
-    "MAIL_DEFAULT_SENDER": "the service always needs a From; the library (like Flask-Mail) has none",
     "MAILSVC_TEMPLATES": "the templates beside this file, wherever the process is started",
     "MAILSVC_API_KEYS": "comma-separated in the environment, a tuple of secrets on the model",
     "MAILSVC_ALLOWED_DOMAINS": "comma-separated in the environment, a tuple on the model",
@@ -58,7 +61,7 @@ class Settings(BaseSettings):
     MAIL_USE_SSL: bool = env_field(M, "use_ssl")
     MAIL_USERNAME: str | None = env_field(M, "username")
     MAIL_PASSWORD: SecretStr | None = env_field(M, "password")
-    MAIL_DEFAULT_SENDER: str | None = env_field(M, "default_sender", default="mailsvc@localhost.localdomain")
+    MAIL_DEFAULT_SENDER: str | None = env_field(M, "default_sender")
     MAIL_MAX_EMAILS: int | None = env_field(M, "max_emails")
     MAIL_SUPPRESS_SEND: bool = env_field(M, "suppress_send")
     MAIL_ASCII_ATTACHMENTS: bool = env_field(M, "ascii_attachments")
@@ -70,6 +73,7 @@ class Settings(BaseSettings):
     MAIL_LOCAL_HOSTNAME: str | None = env_field(M, "local_hostname")
     MAIL_ALLOW_PLAINTEXT_AUTH: bool = env_field(M, "allow_plaintext_auth")
     MAIL_DEBUG: bool = env_field(M, "debug")
+    MAIL_ADDRESS_RULES: AddressRules = env_field(M, "address_rules")
     MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" instead of SMTP
 
     # Service: outbox, workers, dev inbox
@@ -110,11 +114,32 @@ class Settings(BaseSettings):
     MAILSVC_RATE_BURST: int = env_field(W, "rate_burst")
 
     def mail_config(self) -> MailConfig:
-        """The delivery config; in dev mode it points at the embedded inbox on 127.0.0.1."""
+        """The delivery config; in dev mode it points at the embedded inbox on 127.0.0.1, and only there.
+
+        Dev mode ignores the relay settings a ``.env`` may still hold (TLS, credentials): the dev
+        inbox speaks plain SMTP on loopback, and a password has no business going there. With a
+        real relay, a From address must be configured: a made-up one would be sent for real.
+        """
         data = {k: getattr(self, k) for k in MAIL_KEYS}
         if self.MAIL_SERVER is None:
-            data.update(MAIL_SERVER="127.0.0.1", MAIL_PORT=self.MAILSVC_DEV_SMTP_PORT)
-        return MailConfig.from_mapping(data)
+            ignored = [k for k in DEV_IGNORES if data.get(k) not in (None, False, "")]
+            if ignored:
+                log.warning("dev mode: ignoring %s (mail goes to the dev inbox on 127.0.0.1)", ", ".join(ignored))
+            data.update({k: None for k in DEV_IGNORES})
+            data.update(
+                MAIL_SERVER="127.0.0.1",
+                MAIL_PORT=self.MAILSVC_DEV_SMTP_PORT,
+                MAIL_ADDRESS_RULES="permissive",
+                MAIL_DEFAULT_SENDER=self.MAIL_DEFAULT_SENDER or DEV_SENDER,
+            )
+        config = MailConfig.from_mapping(data)  # every other setting's problem first, by name
+        if self.MAIL_SERVER is not None and not self.MAIL_DEFAULT_SENDER:
+            raise ConfigError(
+                "MAIL_DEFAULT_SENDER",
+                f"required with a real relay (MAIL_SERVER={self.MAIL_SERVER}): set the From address "
+                "this relay lets you send as, e.g. MAIL_DEFAULT_SENDER='Shop <shop@example.com>'",
+            )
+        return config
 
     @property
     def dev_mode(self) -> bool:

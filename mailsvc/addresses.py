@@ -14,15 +14,30 @@ from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.headerregistry import Address as _HeaderAddress
 from email.utils import getaddresses
+from typing import Literal
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_MAX_LENGTH, LOCAL_PART_MAX_LENGTH
 
 from .errors import AddressError, BadHeaderError, MessageError
 
-__all__ = ["AddressLike", "ParsedAddress", "check_header", "header_problem", "parse_address", "parse_address_list"]
+__all__ = [
+    "AddressLike",
+    "AddressRules",
+    "ParsedAddress",
+    "check_header",
+    "header_problem",
+    "parse_address",
+    "parse_address_list",
+]
 
 AddressLike = str | tuple[str, str]
+# "permissive" (the default): what Flask-Mail sends, i.e. any syntactically valid address, including
+# quoted local parts, IP literals and special-use or dotless domains (root@localhost, *.test, *.local).
+# "deliverable": only addresses that can be delivered on the public internet (email_validator's rules).
+# Header-injection checks apply under both.
+AddressRules = Literal["permissive", "deliverable"]
 
 # CR, LF, NUL and every other character str.splitlines() breaks on: the email package
 # refuses them in headers, and some MUAs treat them as line ends.
@@ -87,7 +102,7 @@ def _header_form(display_name: str, envelope: str) -> str:
     return str(_HeaderAddress(display_name=display_name, username=local, domain=domain))
 
 
-def parse_address(value: AddressLike, field: str = "address") -> ParsedAddress:
+def parse_address(value: AddressLike, field: str = "address", rules: AddressRules = "permissive") -> ParsedAddress:
     """Parse ``"Name <a@b.example>"``, ``"a@b.example"`` or ``("Name", "a@b.example")``.
 
     Results are cached (the parse is pure and :class:`ParsedAddress` immutable):
@@ -99,9 +114,9 @@ def parse_address(value: AddressLike, field: str = "address") -> ParsedAddress:
     'zoe@xn--bcher-kva.example'
     """
     try:
-        return _parse_cached(value)
+        return _parse_cached(value, rules)
     except TypeError:  # unhashable, e.g. a tuple holding a list: nothing to cache, same checks
-        return _parse(value, field)
+        return _parse(value, field, rules)
     except _Invalid as exc:
         raise exc.error_class(field, exc.reason) from exc.__cause__
 
@@ -115,14 +130,14 @@ class _Invalid(Exception):
 
 
 @functools.lru_cache(maxsize=4096, typed=True)
-def _parse_cached(value: AddressLike) -> ParsedAddress:
+def _parse_cached(value: AddressLike, rules: AddressRules) -> ParsedAddress:
     try:
-        return _parse(value, "")
+        return _parse(value, "", rules)
     except MessageError as exc:
         raise _Invalid(type(exc), exc.reason) from exc.__cause__
 
 
-def _parse(value: AddressLike, field: str) -> ParsedAddress:
+def _parse(value: AddressLike, field: str, rules: AddressRules) -> ParsedAddress:
     if isinstance(value, tuple):
         if len(value) != 2 or not all(isinstance(v, str) for v in value):
             raise AddressError(field, "a tuple address must be (display name, address)")
@@ -132,7 +147,7 @@ def _parse(value: AddressLike, field: str) -> ParsedAddress:
     elif isinstance(value, str):
         check_header(field, value)
         if _PLAIN.fullmatch(value):  # what getaddresses would return; it costs more than the rest
-            return _checked("", value, field)
+            return _checked("", value, field, rules)
         parsed = getaddresses([value])
         if len(parsed) != 1 or not parsed[0][1]:
             raise AddressError(field, f"{value!r} is not one email address")
@@ -142,21 +157,51 @@ def _parse(value: AddressLike, field: str) -> ParsedAddress:
             raise AddressError(field, f"{value!r} is not a valid email address")
     else:
         raise AddressError(field, f"expected a string or (name, address) tuple, got {type(value).__name__}")
-    return _checked(name, addr, field)
+    return _checked(name, addr, field, rules)
 
 
-def _checked(name: str, addr: str, field: str) -> ParsedAddress:
+def _checked(name: str, addr: str, field: str, rules: AddressRules) -> ParsedAddress:
     """``addr`` validated by email_validator, its domain in IDNA form."""
-    local, domain = _plain_address(addr.strip()) or _validated(addr, field)
+    local, domain = _plain_address(addr.strip(), rules) or _validated(addr, field, rules)
     return ParsedAddress(display_name=name.strip(), envelope=f"{local}@{domain}", smtputf8=not local.isascii())
 
 
-def _validated(addr: str, field: str) -> tuple[str, str]:
+def _validated(addr: str, field: str, rules: AddressRules) -> tuple[str, str]:
+    addr = addr.strip()
     try:
-        checked = validate_email(addr.strip(), check_deliverability=False, allow_smtputf8=True)
+        checked = validate_email(addr, check_deliverability=False, allow_smtputf8=True)
+        return checked.local_part, checked.ascii_domain
+    except EmailNotValidError as exc:
+        if rules == "deliverable":
+            raise AddressError(field, f"{addr!r} is not a valid email address: {exc}") from exc
+    # Permissive: the local part by email_validator's syntax rules (quoted allowed), the domain as a hostname.
+    local, sep, domain = addr.rpartition("@")
+    try:
+        if not sep:
+            raise EmailNotValidError("there is no @-sign")
+        local = validate_email(
+            f"{local}@example.com", check_deliverability=False, allow_smtputf8=True, allow_quoted_local=True
+        ).local_part
+        ascii_domain = _any_domain(domain)
     except EmailNotValidError as exc:
         raise AddressError(field, f"{addr!r} is not a valid email address: {exc}") from exc
-    return checked.local_part, checked.ascii_domain
+    return local, ascii_domain
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _any_domain(domain: str) -> str:
+    """A syntactically valid host name (special-use and dotless ones included) or IP literal, in ASCII."""
+    if domain.startswith("["):
+        return validate_email(f"a@{domain}", check_deliverability=False, allow_domain_literal=True).ascii_domain
+    try:
+        ascii_domain = idna.encode(domain, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise EmailNotValidError(f"the domain {domain!r} is not a valid host name ({exc})") from exc
+    if len(ascii_domain) > 253 or not all(_LABEL.fullmatch(label) for label in ascii_domain.split(".")):
+        raise EmailNotValidError(f"the domain {domain!r} is not a valid host name")
+    return ascii_domain
 
 
 # A dot-atom local part at an ASCII domain: what bulk recipients nearly always look like.
@@ -164,7 +209,7 @@ _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*
 _PLAIN = re.compile(rf"({_LOCAL})@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
 
 
-def _plain_address(addr: str) -> tuple[str, str] | None:
+def _plain_address(addr: str, rules: AddressRules) -> tuple[str, str] | None:
     """(local part, ASCII domain) as ``validate_email`` returns them, for plain addresses only; else None.
 
     Why: each recipient of a bulk send is new, so the parse cache cannot help, and
@@ -180,20 +225,27 @@ def _plain_address(addr: str) -> tuple[str, str] | None:
     local = m.group(1)
     if len(local) > LOCAL_PART_MAX_LENGTH or local.lower() in CASE_INSENSITIVE_MAILBOX_NAMES:
         return None
-    domain = _ascii_domain(m.group(2))
+    domain = _ascii_domain(m.group(2), rules)
     return None if domain is None else (local, domain)
 
 
 @functools.lru_cache(maxsize=1024)
-def _ascii_domain(domain: str) -> str | None:
+def _ascii_domain(domain: str, rules: AddressRules) -> str | None:
     try:
         return validate_email(f"a@{domain}", check_deliverability=False, allow_smtputf8=True).ascii_domain
+    except EmailNotValidError:
+        if rules == "deliverable":
+            return None
+    try:
+        return _any_domain(domain)
     except EmailNotValidError:
         return None
 
 
 def parse_address_list(
-    values: AddressLike | list[AddressLike] | tuple[AddressLike, ...] | None, field: str
+    values: AddressLike | list[AddressLike] | tuple[AddressLike, ...] | None,
+    field: str,
+    rules: AddressRules = "permissive",
 ) -> list[ParsedAddress]:
     """Parse one address or a list of them; ``None`` is an empty list."""
     if values is None:
@@ -205,4 +257,4 @@ def parse_address_list(
         and "@" not in values[0]
     ):
         values = [values]  # type: ignore[list-item]
-    return [parse_address(v, f"{field}[{i}]") for i, v in enumerate(values)]
+    return [parse_address(v, f"{field}[{i}]", rules) for i, v in enumerate(values)]

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from .addresses import AddressLike, parse_address
+from .addresses import AddressLike, AddressRules, parse_address
 from .dburl import DEFAULT_DATABASE_URL
 from .errors import ConfigError, MessageError
 
@@ -55,6 +55,7 @@ _KEYS = {
     "MAIL_ALLOW_PLAINTEXT_AUTH": "allow_plaintext_auth",
     "MAIL_TRANSPORT": "transport",
     "MAIL_DEBUG": "debug",
+    "MAIL_ADDRESS_RULES": "address_rules",
 }
 _FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
 MAIL_KEYS: Mapping[str, str] = _KEYS  # public: the settings module and its README check read it
@@ -102,6 +103,9 @@ class MailConfig(BaseModel):
     # "package.module:factory", called with this config for each connection; unset = SMTP.
     transport: str | None = None
     debug: bool = False  # log each SMTP connection and transaction (never a password or a body) at INFO
+    # "permissive": what Flask-Mail sends (root@localhost, *.test, IP literals, quoted local parts);
+    # "deliverable": only addresses deliverable on the public internet. Injection is refused under both.
+    address_rules: AddressRules = "permissive"
 
     @field_validator("server", "message_id_domain", "local_hostname", "username")
     @classmethod

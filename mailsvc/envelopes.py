@@ -30,4 +30,5 @@ def build_envelope(msg: Message, config: MailConfig) -> Envelope:
         default_sender=config.default_sender,
         msgid_domain=config.message_id_domain,
         ascii_attachments=config.ascii_attachments,
+        address_rules=config.address_rules,
     )

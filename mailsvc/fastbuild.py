@@ -27,7 +27,7 @@ import sys
 from email.contentmanager import _encode_base64  # type: ignore[attr-defined]
 from email.quoprimime import _QUOPRI_BODY_ENCODE_MAP  # type: ignore[attr-defined]
 
-from .addresses import AddressLike
+from .addresses import AddressLike, AddressRules
 from .message import _MANAGED, Message
 from .mimewriter import POLICY_7BIT, mime_bytes
 from .parts import BuildPlan, Envelope
@@ -181,11 +181,22 @@ def build(
     default_sender: AddressLike | None = None,
     msgid_domain: str | None = None,
     ascii_attachments: bool = False,
+    address_rules: AddressRules = "permissive",
 ) -> Envelope:
     """``msg.build(...)``'s envelope, with the bytes written directly when the shape allows."""
     if not fast_path_applies(msg):
-        return msg.build(default_sender=default_sender, msgid_domain=msgid_domain, ascii_attachments=ascii_attachments)
-    plan = msg.plan(default_sender=default_sender, msgid_domain=msgid_domain, ascii_attachments=ascii_attachments)
+        return msg.build(
+            default_sender=default_sender,
+            msgid_domain=msgid_domain,
+            ascii_attachments=ascii_attachments,
+            address_rules=address_rules,
+        )
+    plan = msg.plan(
+        default_sender=default_sender,
+        msgid_domain=msgid_domain,
+        ascii_attachments=ascii_attachments,
+        address_rules=address_rules,
+    )
     return plan.envelope(mime_bytes(plan) if plan.smtputf8 else write(plan))
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from email.utils import format_datetime, formatdate, make_msgid
 from typing import Protocol
 
-from .addresses import AddressLike, ParsedAddress, check_header, parse_address, parse_address_list
+from .addresses import AddressLike, AddressRules, ParsedAddress, check_header, parse_address, parse_address_list
 from .errors import BadHeaderError, MessageError
 from .mimewriter import mime_bytes
 from .parts import HEADER_NAME, Attachment, BuildPlan, Envelope
@@ -213,17 +213,18 @@ class Message:
             + parse_address_list(self.bcc, "bcc")
         )
 
-    def check(self, default_sender: AddressLike | None = None) -> _Checked:
+    def check(self, default_sender: AddressLike | None = None, address_rules: AddressRules = "permissive") -> _Checked:
         """Validate every header-bound value; raise before anything touches the network."""
         check_header("subject", self.subject)
         sender_value = self.sender if self.sender else default_sender
         if not sender_value:
             raise MessageError("sender", "no sender: pass sender= or set MAIL_DEFAULT_SENDER")
-        sender = parse_address(sender_value, "sender")
-        to = parse_address_list(self.recipients, "recipients")
-        cc = parse_address_list(self.cc, "cc")
-        bcc = parse_address_list(self.bcc, "bcc")
-        reply_to = parse_address_list(self.reply_to, "reply_to")
+        rules = address_rules
+        sender = parse_address(sender_value, "sender", rules)
+        to = parse_address_list(self.recipients, "recipients", rules)
+        cc = parse_address_list(self.cc, "cc", rules)
+        bcc = parse_address_list(self.bcc, "bcc", rules)
+        reply_to = parse_address_list(self.reply_to, "reply_to", rules)
         _check_extra_headers(self.extra_headers)
         _check_attachments(self.attachments)
         _check_options((*self.mail_options, *self.rcpt_options))
@@ -238,6 +239,7 @@ class Message:
         default_sender: AddressLike | None = None,
         msgid_domain: str | None = None,
         ascii_attachments: bool = False,
+        address_rules: AddressRules = "permissive",
     ) -> BuildPlan:
         """Check everything and lay the message out: the one plan both writers follow.
 
@@ -245,7 +247,7 @@ class Message:
         one (``To``, ``Date``, ...) replaces it and moves to the end, as ``del m[name]``
         then ``m[name] = value`` leaves an ``EmailMessage``.
         """
-        c = self.check(default_sender)
+        c = self.check(default_sender, address_rules)
         smtputf8 = any(a.smtputf8 for a in (c.sender, *c.to, *c.cc, *c.bcc, *c.reply_to))
         msg_id = self.mint_message_id(msgid_domain)
         mail_options = list(self.mail_options)
@@ -298,9 +300,15 @@ class Message:
         default_sender: AddressLike | None = None,
         msgid_domain: str | None = None,
         ascii_attachments: bool = False,
+        address_rules: AddressRules = "permissive",
     ) -> Envelope:
         """Check everything, then produce the wire form with the stdlib's MIME writer."""
-        plan = self.plan(default_sender=default_sender, msgid_domain=msgid_domain, ascii_attachments=ascii_attachments)
+        plan = self.plan(
+            default_sender=default_sender,
+            msgid_domain=msgid_domain,
+            ascii_attachments=ascii_attachments,
+            address_rules=address_rules,
+        )
         return plan.envelope(mime_bytes(plan))
 
 

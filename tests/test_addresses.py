@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from mailsvc import AddressError, BadHeaderError
 from mailsvc.addresses import ParsedAddress, _parse, parse_address
+from mailsvc.errors import MessageError
 
 GOOD = [
     "a@b.example",
@@ -22,7 +23,7 @@ GOOD = [
 @pytest.mark.parametrize("value", GOOD)
 def test_cached_parse_is_the_uncached_parse(value: str | tuple[str, str]) -> None:
     first = parse_address(value, "sender")
-    assert first == _parse(value, "sender")
+    assert first == _parse(value, "sender", "permissive")
     assert parse_address(value, "recipients[0]") == first  # second call: from the cache
 
 
@@ -44,11 +45,14 @@ def test_a_repeated_bad_address_names_each_callers_field(value: object, error: t
 
 
 def test_invalid_address_keeps_email_validators_reason_as_cause() -> None:
-    for field in ("sender", "reply_to[0]"):
+    for field, value, rules in (
+        ("sender", "ann@nodot", "deliverable"),  # a dotless domain: accepted by the permissive default
+        ("reply_to[0]", "ann@-bad.example", "permissive"),
+    ):
         with pytest.raises(AddressError) as err:
-            parse_address("ann@nodot", field)
+            parse_address(value, field, rules)  # type: ignore[arg-type]
         assert isinstance(err.value.__cause__, EmailNotValidError)
-        assert "ann@nodot" in err.value.reason
+        assert value in err.value.reason
 
 
 def test_unhashable_value_is_refused_not_crashed() -> None:
@@ -75,7 +79,7 @@ def test_same_answer_cached_or_not(value: str | tuple[str, str]) -> None:
         return p, p.header
 
     for _ in range(2):
-        assert outcome(lambda: parse_address(value, "x")) == outcome(lambda: _parse(value, "x"))
+        assert outcome(lambda: parse_address(value, "x")) == outcome(lambda: _parse(value, "x", "permissive"))
 
 
 # -- the plain-address shortcut answers exactly as getaddresses + validate_email --------------------------------
@@ -99,8 +103,9 @@ def _reference(value: str | tuple[str, str]) -> object:
 
 
 def _ours(value: str | tuple[str, str]) -> object:
+    """Under the "deliverable" rules the shortcuts must answer exactly as email_validator does."""
     try:
-        return _parse(value, "x")
+        return _parse(value, "x", "deliverable")
     except AddressError as exc:
         assert isinstance(exc.__cause__, EmailNotValidError), exc
         return ("invalid", str(exc.__cause__))
@@ -163,3 +168,33 @@ def test_plain_addresses_get_the_validators_answer(value: str | tuple[str, str])
 @given(st.one_of(_plain, st.emails(), st.tuples(st.sampled_from(["", "Ann"]), _plain)))
 def test_plain_address_shortcut_is_exact(value: str | tuple[str, str]) -> None:
     assert _ours(value) == _reference(value)
+
+
+# -- issue 14: Flask-Mail's addresses are accepted by default; "deliverable" is opt-in ------------------------
+
+FLASK_MAIL_ACCEPTS = ["root@localhost", "a@b.test", "a@x.local", "a@[127.0.0.1]", '"john doe"@example.com', "a@host"]
+
+
+@pytest.mark.parametrize("value", FLASK_MAIL_ACCEPTS)
+def test_special_use_dotless_literal_and_quoted_addresses_are_accepted_by_default(value: str) -> None:
+    parsed = parse_address(value, "to")
+    assert parsed.envelope.lower() == value.lower()
+    with pytest.raises(AddressError) as exc:
+        parse_address(value, "to", "deliverable")
+    assert exc.value.field == "to"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a@-b.example", "a@b..c", "no-at-sign", "a@", "@b.example", "a b@c.example", "a@exa mple.com", "a@" + "b" * 64],
+)
+def test_permissive_rules_still_refuse_what_is_not_an_address(value: str) -> None:
+    with pytest.raises(AddressError):
+        parse_address(value, "to")
+
+
+@pytest.mark.parametrize("value", ["a@localhost\r\nBcc: x@evil.example", "a@b.test\nX: y", "a@[127.0.0.1]\x00"])
+def test_injection_is_refused_under_both_rules(value: str) -> None:
+    for rules in ("permissive", "deliverable"):
+        with pytest.raises(MessageError):
+            parse_address(value, "to", rules)  # type: ignore[arg-type]

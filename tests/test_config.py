@@ -100,6 +100,7 @@ def test_password_never_in_repr_or_str_of_settings(monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("MAIL_PASSWORD", SECRET)
     monkeypatch.setenv("MAIL_SERVER", "smtp.example.com")
+    monkeypatch.setenv("MAIL_DEFAULT_SENDER", "shop@example.com")
     monkeypatch.setenv("MAIL_USE_TLS", "true")
     from settings import Settings
 
@@ -114,7 +115,11 @@ def test_password_never_in_repr_or_str_of_settings(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     "env, setting",
     [
-        ({"MAIL_USE_TLS": "true", "MAIL_USE_SSL": "true"}, "MAIL_USE_TLS/MAIL_USE_SSL"),
+        (
+            {"MAIL_SERVER": "smtp.example.com", "MAIL_USE_TLS": "true", "MAIL_USE_SSL": "true"},
+            "MAIL_USE_TLS/MAIL_USE_SSL",
+        ),
+        ({"MAIL_SERVER": "smtp.example.com"}, "MAIL_DEFAULT_SENDER"),  # a real relay needs a real From
         ({"MAIL_PORT": "0"}, "MAIL_PORT"),
         ({"MAIL_PORT": "70000"}, "MAIL_PORT"),
         ({"MAIL_DEFAULT_SENDER": "nobody at all"}, "MAIL_DEFAULT_SENDER"),
@@ -133,3 +138,26 @@ def test_settings_fail_at_startup_with_one_line(
         load_settings()
     text = str(err.value)
     assert setting in text and "\n" not in text and SECRET not in text
+
+
+def test_dev_mode_ignores_relay_tls_and_credentials_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A .env written for production must not make every dev-inbox delivery fail on STARTTLS."""
+    monkeypatch.chdir(tmp_path)
+    for k, v in {
+        "MAIL_USE_TLS": "true",
+        "MAIL_PORT": "587",
+        "MAIL_USERNAME": "me",
+        "MAIL_PASSWORD": SECRET,
+        "MAIL_ADDRESS_RULES": "deliverable",
+    }.items():
+        monkeypatch.setenv(k, v)
+    from settings import load_settings
+
+    with caplog.at_level("WARNING", logger="mailsvc"):
+        cfg = load_settings().mail_config()
+    assert (cfg.server, cfg.use_tls, cfg.use_ssl, cfg.username, cfg.password) == ("127.0.0.1", False, False, None, None)
+    assert cfg.address_rules == "permissive" and cfg.default_sender == "mailsvc@localhost.localdomain"
+    assert "dev mode: ignoring MAIL_USE_TLS, MAIL_USERNAME, MAIL_PASSWORD" in caplog.text
+    assert SECRET not in caplog.text

@@ -173,7 +173,9 @@ def _hypercorn_refuses(tmp_path: Path, env: dict[str, str]) -> tuple[int, str]:
 
 def test_hypercorn_exits_non_zero_when_the_settings_refuse_to_start(tmp_path: Path) -> None:
     """An open relay is refused at import; hypercorn's supervisor used to report that as success (exit 0)."""
-    status, output = _hypercorn_refuses(tmp_path, {"MAIL_SERVER": "smtp.example.com", "MAILSVC_API_KEYS": ""})
+    status, output = _hypercorn_refuses(
+        tmp_path, {"MAIL_SERVER": "smtp.example.com", "MAIL_DEFAULT_SENDER": "s@example.com", "MAILSVC_API_KEYS": ""}
+    )
     assert status != 0, output
     assert "MAILSVC_API_KEYS" in output and "open relay" in output
 

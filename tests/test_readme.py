@@ -97,6 +97,7 @@ def test_settings_from_the_environment_reach_mail_config(monkeypatch: pytest.Mon
     monkeypatch.chdir(tmp_path)  # no stray .env
     env = {
         "MAIL_SERVER": "smtp.example.com",
+        "MAIL_DEFAULT_SENDER": "shop@example.com",
         "MAIL_PASSWORD": "pw",
         "MAIL_ALLOW_PLAINTEXT_AUTH": "true",
         "MAIL_LOCAL_HOSTNAME": "client.example.com",

@@ -73,6 +73,7 @@ def service_env(db_url: str, smtp_port: int) -> dict[str, str]:
         MAILSVC_DATABASE_URL=db_url,
         MAIL_SERVER="127.0.0.1",
         MAIL_PORT=str(smtp_port),
+        MAIL_DEFAULT_SENDER="svc@example.com",
         MAIL_POOL_SIZE="4",
         MAIL_TIMEOUT="20",
         MAILSVC_WORKERS="0",

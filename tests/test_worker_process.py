@@ -43,6 +43,7 @@ def cli_env(tmp_path: Path, db: Path, port: int = 25, **settings: str) -> dict[s
         MAILSVC_SETTINGS_MODULE="settings",
         MAIL_SERVER="127.0.0.1",
         MAIL_PORT=str(port),
+        MAIL_DEFAULT_SENDER="svc@example.com",
         MAILSVC_DATABASE_URL=f"sqlite:///{db}",
         MAILSVC_LEASE_SECONDS="2",
         MAILSVC_POLL_INTERVAL="0.05",
