@@ -67,9 +67,11 @@ class WebState:
     async def api_principal(self, scope: Scope, *, allow_session: bool = False) -> Principal:
         """Bearer key (or the open service's anonymous caller) that may ``scope`` (else 403), rate-limited.
 
-        GET routes also accept the form's session (``allow_session``).
+        GET routes also accept the form's session (``allow_session``) when no Authorization is sent:
+        a key named explicitly is the one that acts.
         """
-        p = await self.session_principal() if allow_session else None
+        use_session = allow_session and "Authorization" not in request.headers
+        p = await self.session_principal() if use_session else None
         if p is None:
             p = self.keys.bearer(request, self.failures)
         p.require(scope)
