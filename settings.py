@@ -14,6 +14,8 @@ environment form must differ say so here, beside the reason.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,11 @@ from mailsvc.config import (
     config_error_from,
     env_field,
     service_env_name,
+    unknown_settings,
 )
 
 M, S, W = MailConfig, ServiceConfig, WebConfig
+log = logging.getLogger("mailsvc")
 
 # Settings whose environment form differs from the model field, and why (checked by the tests).
 DIFFERS_FROM_MODEL = {
@@ -65,6 +69,7 @@ class Settings(BaseSettings):
     MAIL_MESSAGE_ID_DOMAIN: str | None = env_field(M, "message_id_domain")
     MAIL_LOCAL_HOSTNAME: str | None = env_field(M, "local_hostname")
     MAIL_ALLOW_PLAINTEXT_AUTH: bool = env_field(M, "allow_plaintext_auth")
+    MAIL_DEBUG: bool = env_field(M, "debug")
     MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" instead of SMTP
 
     # Service: outbox, workers, dev inbox
@@ -133,7 +138,9 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build Settings or exit with one line naming the bad setting."""
+    """Build Settings or exit with one line naming the bad setting; warn of names that look like typos."""
+    for line in unknown_settings(_names_given(), Settings.model_fields):
+        log.warning("%s", line)
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
         settings.mail_config()
@@ -143,3 +150,15 @@ def load_settings(**overrides: object) -> Settings:
     except ValueError as exc:  # ConfigError
         raise SystemExit(f"mailsvc: configuration error: {exc}") from None
     return settings
+
+
+def _names_given() -> set[str]:
+    """The names in the environment and in ``.env`` (the places Settings reads)."""
+    names = set(os.environ)
+    env_file = Path(".env")
+    if env_file.is_file():
+        for line in env_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            name = line.strip().removeprefix("export ").split("=", 1)[0].strip()
+            if name and not name.startswith("#"):
+                names.add(name)
+    return names

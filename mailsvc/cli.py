@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import pkgutil
 import sys
@@ -44,8 +45,16 @@ def load_project_settings() -> Any:
         raise SystemExit(EXIT_USAGE) from None
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("mailsvc")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailsvc", description="Durable, asyncio-first email service.")
+    parser.add_argument("--version", action="version", version=f"mailsvc {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from . import commands
 

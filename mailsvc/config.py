@@ -9,9 +9,10 @@ load, with a message naming the setting and the fix.
 from __future__ import annotations
 
 import copy
+import difflib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,17 @@ from .addresses import AddressLike, parse_address
 from .dburl import DEFAULT_DATABASE_URL
 from .errors import ConfigError, MessageError
 
-__all__ = ["MAIL_KEYS", "MailConfig", "ServiceConfig", "WebConfig", "env_field", "is_loopback", "service_env_name"]
+__all__ = [
+    "NOT_SETTINGS",
+    "unknown_settings",
+    "MAIL_KEYS",
+    "MailConfig",
+    "ServiceConfig",
+    "WebConfig",
+    "env_field",
+    "is_loopback",
+    "service_env_name",
+]
 
 # Flask-Mail setting name -> MailConfig field.
 _KEYS = {
@@ -43,6 +54,7 @@ _KEYS = {
     "MAIL_LOCAL_HOSTNAME": "local_hostname",
     "MAIL_ALLOW_PLAINTEXT_AUTH": "allow_plaintext_auth",
     "MAIL_TRANSPORT": "transport",
+    "MAIL_DEBUG": "debug",
 }
 _FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
 MAIL_KEYS: Mapping[str, str] = _KEYS  # public: the settings module and its README check read it
@@ -89,6 +101,7 @@ class MailConfig(BaseModel):
     allow_plaintext_auth: bool = False
     # "package.module:factory", called with this config for each connection; unset = SMTP.
     transport: str | None = None
+    debug: bool = False  # log each SMTP connection and transaction (never a password or a body) at INFO
 
     @field_validator("server", "message_id_domain", "local_hostname", "username")
     @classmethod
@@ -128,12 +141,31 @@ class MailConfig(BaseModel):
             raise ValueError(f"no such file: {v}")
         return v
 
+    @field_validator("username", "password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        """Flask-Mail skips AUTH when the credentials are empty strings (a blank line in .env); so do we."""
+        if v == "" or (isinstance(v, SecretStr) and v.get_secret_value() == ""):
+            return None
+        return v
+
     @model_validator(mode="after")
     def _coherent(self) -> MailConfig:
         if self.use_tls and self.use_ssl:
             raise ValueError(
                 "MAIL_USE_TLS/MAIL_USE_SSL: they are mutually exclusive; set MAIL_USE_SSL for "
                 "implicit TLS (port 465) or MAIL_USE_TLS for STARTTLS (port 587), not both"
+            )
+        # The classic swap: it would hang for MAIL_TIMEOUT (465 never greets in clear) or fail obscurely.
+        if self.use_tls and self.port == 465:
+            raise ValueError(
+                "MAIL_USE_TLS: port 465 is implicit TLS (SMTPS), where STARTTLS never starts: "
+                "set MAIL_USE_SSL=true and MAIL_USE_TLS=false (or use port 587 with MAIL_USE_TLS)"
+            )
+        if self.use_ssl and self.port in (25, 587):
+            raise ValueError(
+                f"MAIL_USE_SSL: port {self.port} starts in plain text and upgrades with STARTTLS: "
+                "set MAIL_USE_TLS=true and MAIL_USE_SSL=false (or use port 465 with MAIL_USE_SSL)"
             )
         if (
             self.password is not None
@@ -236,6 +268,28 @@ def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigE
         setting, _, msg = msg.partition(": ")
         return ConfigError(setting, msg)
     return ConfigError(setting, msg)
+
+
+# Names that look like settings but are read elsewhere, on purpose.
+NOT_SETTINGS = frozenset({"MAILSVC_SETTINGS_MODULE", "MAILSVC_TEST_POSTGRES_URL", "MAIL_TEMPLATE_FOLDER"})
+
+
+def unknown_settings(names: Iterable[str], known: Collection[str]) -> list[str]:
+    """One line per ``MAIL_*``/``MAILSVC_*`` name that is not a setting, with the nearest known one.
+
+    A typo'd key is otherwise ignored without a word, and the default silently applies.
+
+    >>> unknown_settings(["MAIL_USE_TSL", "MAIL_PORT", "HOME"], ["MAIL_USE_TLS", "MAIL_PORT"])
+    ['MAIL_USE_TSL is not a mailsvc setting and is ignored (did you mean MAIL_USE_TLS?)']
+    """
+    lines = []
+    for name in sorted(set(names)):
+        if not name.startswith(("MAIL_", "MAILSVC_")) or name in known or name in NOT_SETTINGS:
+            continue
+        near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        lines.append(f"{name} is not a mailsvc setting and is ignored{hint}")
+    return lines
 
 
 def service_env_name(field: str) -> str:

@@ -2,7 +2,10 @@
 
 Callers catch :class:`MailError` for "anything from us", or a subclass that also
 inherits the builtin they would naturally catch (``ValueError`` for bad input,
-``ConnectionError`` for an unreachable server), as aiosmtplib does::
+``ConnectionError`` for an unreachable server), as aiosmtplib does. Delivery
+errors also inherit the :mod:`smtplib` exception a Flask-Mail user already catches
+(``except smtplib.SMTPException``, ``SMTPAuthenticationError``,
+``SMTPRecipientsRefused``, ``SMTPServerDisconnected`` keep working)::
 
     MailError
     ├── ConfigError (ValueError)            a setting is wrong; message names it and the fix
@@ -10,9 +13,11 @@ inherits the builtin they would naturally catch (``ValueError`` for bad input,
     │   ├── BadHeaderError                  CR, LF or NUL in a header value
     │   └── AddressError                    an address that does not parse
     ├── TemplateError (LookupError)         unknown template, missing variable, syntax error
-    ├── DeliveryError                       nothing was delivered; carries the server's reply
+    ├── DeliveryError (smtplib.SMTPException)   nothing was delivered; carries the server's reply
     │   ├── TransportSecurityError          TLS missing/invalid; nothing was sent in clear
-    │   └── ConnectionFailedError (ConnectionError)
+    │   ├── AuthenticationError (smtplib.SMTPAuthenticationError)
+    │   ├── RecipientsRefusedError (smtplib.SMTPRecipientsRefused)   every recipient refused
+    │   └── ConnectionFailedError (smtplib.SMTPServerDisconnected, ConnectionError)
     └── OutboxError                         the durable outbox could not do what was asked
         ├── OutboxFullError                 backpressure: too much undelivered mail
         ├── IdempotencyConflictError        same key, different message
@@ -24,8 +29,11 @@ knows them and chained with ``raise ... from exc``.
 
 from __future__ import annotations
 
+import smtplib
+
 __all__ = [
     "AddressError",
+    "AuthenticationError",
     "BadHeaderError",
     "ConfigError",
     "ConnectionFailedError",
@@ -36,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "OutboxError",
     "OutboxFullError",
+    "RecipientsRefusedError",
     "TemplateError",
     "TransportSecurityError",
 ]
@@ -85,12 +94,16 @@ class TemplateError(MailError, LookupError):
         super().__init__(f"template {template!r}{where}: {reason}")
 
 
-class DeliveryError(MailError):
+class DeliveryError(MailError, smtplib.SMTPException):
     """No recipient accepted the message.
 
     ``code`` and ``reply`` hold the server's last answer when there was one, and
-    ``result`` the per-recipient :class:`~mailsvc.results.SendResult`.
+    ``result`` the per-recipient :class:`~mailsvc.results.SendResult`; ``smtp_code``
+    and ``smtp_error`` hold the same answer under smtplib's names.
     """
+
+    smtp_code: int
+    smtp_error: bytes | str
 
     def __init__(
         self,
@@ -104,15 +117,33 @@ class DeliveryError(MailError):
         self.code = code
         self.reply = reply
         self.result = result
+        self.smtp_code = code if code is not None else -1
+        self.smtp_error = (reply or reason).encode("utf-8", "replace")
         detail = f" (server said {code} {reply})" if code is not None else ""
-        super().__init__(f"{reason}{detail}")
+        Exception.__init__(self, f"{reason}{detail}")
+
+    def __str__(self) -> str:  # OSError's own __str__ would show errno/strerror, which are never set here
+        return str(self.args[0])
 
 
 class TransportSecurityError(DeliveryError):
     """TLS could not be established as configured; nothing was sent in clear."""
 
 
-class ConnectionFailedError(DeliveryError, ConnectionError):
+class AuthenticationError(DeliveryError, smtplib.SMTPAuthenticationError):
+    """The relay refused ``MAIL_USERNAME``/``MAIL_PASSWORD``."""
+
+
+class RecipientsRefusedError(DeliveryError, smtplib.SMTPRecipientsRefused):
+    """Every recipient was refused; ``recipients`` maps each to ``(code, reply)`` as smtplib's does."""
+
+    def __init__(self, reason: str, *, recipients: dict[str, tuple[int, bytes]], result: object | None = None) -> None:
+        self.recipients = recipients
+        code, reply = next(iter(recipients.values()), (None, b""))
+        super().__init__(reason, code=code, reply=reply.decode("utf-8", "replace") if code else None, result=result)
+
+
+class ConnectionFailedError(DeliveryError, smtplib.SMTPServerDisconnected, ConnectionError):
     """The SMTP server could not be reached, or dropped the connection."""
 
 

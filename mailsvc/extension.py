@@ -7,30 +7,65 @@ pool is created lazily inside the running loop and closed in ``after_serving``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
-from quart import Quart, current_app
+from quart import Quart, current_app, has_app_context
 
-from .config import MailConfig
-from .errors import DeliveryError, MessageError
+from . import message as message_module
+from .addresses import AddressLike
+from .config import MAIL_KEYS, MailConfig, unknown_settings
+from .errors import DeliveryError, MessageError, RecipientsRefusedError
 from .mailstate import MailState
 from .message import Envelope, Message
 from .results import SendResult
 from .transports.base import Transport
 from .transports.factory import TransportFactory
 
+log = logging.getLogger("mailsvc")
+
 __all__ = ["Connection", "Mail", "MailState"]
 
 
+_T = TypeVar("_T")
+
+
+def _current_default_sender() -> AddressLike | None:
+    """Inside an app context, that app's MAIL_DEFAULT_SENDER (Flask-Mail fills ``msg.sender`` at construction)."""
+    if not has_app_context():
+        return None
+    state = current_app.extensions.get("mailsvc")
+    return state.config.default_sender if isinstance(state, MailState) else None
+
+
+message_module.ambient_default_sender = _current_default_sender
+
+
+def _run_sync(work: Coroutine[Any, Any, _T], name: str) -> _T:
+    """Run ``work`` in a loop of its own; refuse (closing the coroutine) if this thread already runs one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    work.close()
+    raise RuntimeError(f"mail.{name}_sync() was called inside a running event loop: use `await mail.{name}(...)`")
+
+
 def _raise_if_nothing_delivered(result: SendResult) -> SendResult:
+    """Nobody accepted it: raise what smtplib's ``sendmail`` would (a partial refusal stays a result)."""
     if result.recipients and not any(r.ok for r in result.recipients):
+        reason = f"no recipient accepted message {result.message_id}"
+        if all(r.code is not None for r in result.recipients):
+            refused = {
+                r.recipient: (r.code or 0, (r.reply or "").encode("utf-8", "replace")) for r in result.recipients
+            }
+            raise RecipientsRefusedError(reason, recipients=refused, result=result)
         last = result.recipients[-1]
-        raise DeliveryError(
-            f"no recipient accepted message {result.message_id}", code=last.code, reply=last.reply, result=result
-        )
+        raise DeliveryError(reason, code=last.code, reply=last.reply, result=result)
     return result
 
 
@@ -76,10 +111,13 @@ class Mail:
             Path(app.root_path) / (app.template_folder or "templates") / "email"
         )
         mapping = dict(app.config)
+        for line in unknown_settings(mapping, MAIL_KEYS):
+            log.warning("app.config: %s", line)
         if mapping.get("MAIL_SUPPRESS_SEND") is None:
             # Flask-Mail's default: an app under test (TESTING=True) records but sends nothing.
             mapping["MAIL_SUPPRESS_SEND"] = app.testing
         state = MailState(MailConfig.from_mapping(mapping), templates, transport=self._transport)
+        state.app = app
         app.extensions["mailsvc"] = state
         app.after_serving(state.aclose)
 
@@ -104,6 +142,7 @@ class Mail:
         envelope = state.build(message)
         state.record(message)
         if state.config.suppress_send:
+            state.dispatched(message)
             return state.suppressed(envelope)
         try:
             async with state.pool.connection() as conn:
@@ -111,7 +150,9 @@ class Mail:
         except DeliveryError as exc:
             exc.result = SendResult.all_failed(envelope.message_id, envelope.recipients, str(exc), exc.code)
             raise
-        return _raise_if_nothing_delivered(result)
+        _raise_if_nothing_delivered(result)
+        state.dispatched(message)
+        return result
 
     async def send_many(self, messages: Sequence[Message]) -> list[SendResult]:
         """Send concurrently over at most ``MAIL_POOL_SIZE`` connections; one result per message.
@@ -122,13 +163,32 @@ class Mail:
         state = self.state
         envelopes = [_build_or_fail(state, msg) for msg in messages]
         if state.config.suppress_send:
-            return [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
-        sent = iter(await state.pool.send_many([e for e in envelopes if isinstance(e, Envelope)]))
-        return [e if isinstance(e, SendResult) else next(sent) for e in envelopes]
+            results = [e if isinstance(e, SendResult) else state.suppressed(e) for e in envelopes]
+        else:
+            sent = iter(await state.pool.send_many([e for e in envelopes if isinstance(e, Envelope)]))
+            results = [e if isinstance(e, SendResult) else next(sent) for e in envelopes]
+        for msg, result in zip(messages, results, strict=True):
+            if any(r.ok for r in result.recipients):
+                state.dispatched(msg)
+        return results
 
     async def send_message(self, *args: Any, **kwargs: Any) -> SendResult:
         """Flask-Mail's shortcut: ``await mail.send_message("Hi", recipients=[...], body="...")``."""
         return await self.send(Message(*args, **kwargs))
+
+    # -- synchronous code: threads, Celery tasks, scripts -------------------------
+    def send_sync(self, message: Message) -> SendResult:
+        """:meth:`send` for code that has no event loop; blocks until the relay answered.
+
+        Each call runs its own loop (``asyncio.run``), opens a connection in it and
+        closes it before returning, like Flask-Mail's ``mail.send``. From a coroutine,
+        ``await mail.send(msg)`` instead: blocking there would stall every other request.
+        """
+        return _run_sync(self.send(message), "send")
+
+    def send_many_sync(self, messages: Sequence[Message]) -> list[SendResult]:
+        """:meth:`send_many` for code that has no event loop (one loop, one pool, for the whole batch)."""
+        return _run_sync(self.send_many(messages), "send_many")
 
     def connect(self) -> Connection:
         """``async with mail.connect() as conn: await conn.send(msg)`` on one reused connection."""
@@ -160,6 +220,15 @@ class Connection:
         self._state = state
         self._transport: Transport | None = None
 
+    def __enter__(self) -> NoReturn:
+        raise TypeError(
+            "mail.connect() is asynchronous here: write `async with mail.connect() as conn:` "
+            "and `await conn.send(msg)` (from synchronous code, use mail.send_sync / send_many_sync)"
+        )
+
+    def __exit__(self, *exc: object) -> None:  # present so that `with` reaches __enter__'s message
+        return None
+
     async def __aenter__(self) -> Connection:
         if not self._state.config.suppress_send:
             self._transport = self._state.transport()
@@ -174,12 +243,15 @@ class Connection:
         envelope = self._state.build(message)
         self._state.record(message)
         if self._transport is None:
+            self._state.dispatched(message)
             return self._state.suppressed(envelope)
         limit = self._state.config.max_emails
         if limit is not None and self._transport.sent >= limit:
             await self._transport.close()
             await self._transport.open()
-        return _raise_if_nothing_delivered(await self._transport.send(envelope))
+        result = _raise_if_nothing_delivered(await self._transport.send(envelope))
+        self._state.dispatched(message)
+        return result
 
     async def send_message(self, *args: Any, **kwargs: Any) -> SendResult:
         return await self.send(Message(*args, **kwargs))

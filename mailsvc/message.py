@@ -17,10 +17,11 @@ import functools
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime, formatdate, make_msgid
+from typing import Protocol
 
 from .addresses import AddressLike, ParsedAddress, check_header, parse_address, parse_address_list
 from .errors import BadHeaderError, MessageError
@@ -59,6 +60,22 @@ class _Checked:
     envelope_to: list[str] = field(default_factory=list)
 
 
+class SupportsSend(Protocol):
+    """What :meth:`Message.send` needs: ``mail.connect()``'s connection (or the ``Mail`` itself)."""
+
+    async def send(self, message: Message, /) -> object: ...
+
+
+def _no_ambient_sender() -> AddressLike | None:
+    return None
+
+
+# Where a Message built without ``sender`` looks for a default at construction, as Flask-Mail's does
+# inside an app context. The Quart extension installs its lookup (this module knows nothing of apps);
+# outside an app context it answers None and the default is applied when the message is built.
+ambient_default_sender: Callable[[], AddressLike | None] = _no_ambient_sender
+
+
 class Message:
     """An email, with Flask-Mail's constructor and attributes.
 
@@ -92,7 +109,7 @@ class Message:
         self.body = body
         self.html = html
         self.alts: dict[str, str] = dict(alts or {})
-        self.sender = sender
+        self.sender = sender if sender is not None else ambient_default_sender()
         self.cc: list[AddressLike] = _as_list(cc)
         self.bcc: list[AddressLike] = _as_list(bcc)
         self.attachments: list[Attachment] = list(attachments or [])
@@ -174,6 +191,10 @@ class Message:
                 yield from (k, v)
         yield from self.mail_options
         yield from self.rcpt_options
+
+    async def send(self, connection: SupportsSend) -> object:
+        """Flask-Mail's ``msg.send(conn)``: ``await msg.send(conn)`` inside ``async with mail.connect() as conn``."""
+        return await connection.send(self)
 
     def as_bytes(self, default_sender: AddressLike | None = None) -> bytes:
         return self.build(default_sender=default_sender).data

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import email
+import queue
 import ssl
+import threading
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -142,3 +144,32 @@ async def smtp_server(
     finally:
         server.close()
         await server.wait_closed()
+
+
+@contextmanager
+def threaded_smtp_server(handler: Any, **options: Any) -> Iterator[int]:
+    """:func:`smtp_server` on a loop of its own in a thread, for tests of synchronous sending."""
+    ready: queue.Queue[int | BaseException] = queue.Queue()
+    stop: list[asyncio.Event] = []
+
+    async def serve() -> None:
+        stop.append(asyncio.Event())
+        try:
+            async with smtp_server(handler, **options) as port:
+                ready.put(port)
+                await stop[0].wait()
+        except BaseException as exc:
+            ready.put(exc)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    got = ready.get(timeout=10)
+    if isinstance(got, BaseException):
+        raise got
+    try:
+        yield got
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(10)
+        loop.close()

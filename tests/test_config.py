@@ -52,7 +52,10 @@ def test_plaintext_password_allowed_to_loopback_only(server: str) -> None:
 
 @pytest.mark.parametrize("mode", ["MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_ALLOW_PLAINTEXT_AUTH"])
 def test_password_to_remote_host_needs_tls_or_explicit_opt_in(mode: str) -> None:
-    cfg = MailConfig.from_mapping({"MAIL_SERVER": "smtp.example.com", "MAIL_PASSWORD": SECRET, mode: True})
+    port = {"MAIL_USE_SSL": 465, "MAIL_USE_TLS": 587}.get(mode, 25)
+    cfg = MailConfig.from_mapping(
+        {"MAIL_SERVER": "smtp.example.com", "MAIL_PORT": port, "MAIL_PASSWORD": SECRET, mode: True}
+    )
     assert cfg.password is not None
 
 

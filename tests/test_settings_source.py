@@ -88,3 +88,30 @@ def test_environment_values_reach_the_models(monkeypatch: pytest.MonkeyPatch, tm
     assert service.web.max_render_chars == 4096 and service.claim_batch == 7
     assert [k.get_secret_value() for k in service.web.api_keys] == ["k1", "k2"]
     assert service.web.allowed_domains == ("example.com", "shop.example")
+
+
+def test_a_typo_in_the_environment_is_reported_with_the_nearest_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("MAILSVC_WORKES=2\n# MAIL_COMMENTED=1\n")
+    monkeypatch.setenv("MAIL_USE_TSL", "true")
+    with caplog.at_level("WARNING", logger="mailsvc"):
+        load_settings()
+    assert "MAIL_USE_TSL is not a mailsvc setting and is ignored (did you mean MAIL_USE_TLS?)" in caplog.text
+    assert "MAILSVC_WORKES is not a mailsvc setting and is ignored (did you mean MAILSVC_WORKERS?)" in caplog.text
+    assert "MAIL_COMMENTED" not in caplog.text
+
+
+def test_a_typo_in_app_config_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    from quart import Quart
+
+    from mailsvc import Mail
+
+    app = Quart(__name__)
+    app.config.update(MAIL_SERVER="127.0.0.1", MAIL_DEFUALT_SENDER="shop@example.com")
+    with caplog.at_level("WARNING", logger="mailsvc"):
+        Mail(app)
+    assert "MAIL_DEFUALT_SENDER is not a mailsvc setting and is ignored (did you mean MAIL_DEFAULT_SENDER?)" in (
+        caplog.text
+    )

@@ -206,7 +206,7 @@ class PostgresStore(Store):
         try:
             conn = await asyncpg.connect(self.dsn, timeout=10)
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (asyncpg.PostgresError, *_UNREACHABLE) as exc:
             # The slow poll still works without the listener; try again on the next wait.
             log.warning("outbox: cannot LISTEN on %s (%s); polling only", NOTIFY_CHANNEL, exc)
             return
@@ -603,6 +603,16 @@ class PostgresOutbox(OutboxCore[PostgresStore]):
         return total
 
 
+# The server or the connection is gone: a network error, a closed or killed connection, or asyncpg's
+# InternalClientError from a connection whose operation was cut off by the server (not an InterfaceError).
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
+
+
 @contextmanager
 def _translate(what: str) -> Iterator[None]:
     """Map driver and network errors to :class:`OutboxError`, chained; ours pass through."""
@@ -612,5 +622,5 @@ def _translate(what: str) -> Iterator[None]:
         raise
     except asyncpg.PostgresError as exc:
         raise OutboxError(f"could not {what}: PostgreSQL said {exc.sqlstate} {exc}") from exc
-    except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except _UNREACHABLE as exc:
         raise OutboxError(f"could not {what}: cannot reach PostgreSQL ({exc})") from exc

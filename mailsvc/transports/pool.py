@@ -3,12 +3,18 @@
 Why: opening SMTP (and TLS, and AUTH) costs several round trips; reusing at most
 ``MAIL_POOL_SIZE`` connections keeps a bulk send fast without flooding the relay.
 A connection that raised is closed and replaced, never handed out again.
+
+A pool belongs to the event loop it was made in (its sockets do). So that code
+which calls ``asyncio.run(mail.send(msg))`` again and again (scripts, Celery
+tasks, threads) leaks nothing, the first connection also starts a small async
+generator in that loop: ``asyncio.run`` closes every live async generator before it
+closes its loop (``loop.shutdown_asyncgens``), and closing this one closes the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from ..errors import DeliveryError
@@ -30,11 +36,25 @@ class ConnectionPool:
         self._sem = asyncio.Semaphore(size)
         self._all: set[Transport] = set()
         self._closed = False
+        self._lifetime: AsyncGenerator[None, None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _until_loop_ends(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:  # the loop is shutting down (asyncio.run's end) or the pool was closed
+            await self.aclose()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Transport]:
         if self._closed:
             raise RuntimeError("connection pool is closed")
+        if self._lifetime is None:
+            self._lifetime = self._until_loop_ends()
+            await self._lifetime.__anext__()  # registered with the running loop from here on
         async with self._sem:
             conn = self._idle.pop() if self._idle else self._factory()
             self._all.add(conn)

@@ -27,7 +27,7 @@ from aiosmtplib import (
 )
 
 from ..config import MailConfig, is_loopback
-from ..errors import ConnectionFailedError, DeliveryError, TransportSecurityError
+from ..errors import AuthenticationError, ConnectionFailedError, DeliveryError, TransportSecurityError
 from ..message import Envelope, default_msgid_domain
 from ..results import RecipientResult, SendResult
 from .base import Transport
@@ -45,6 +45,14 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _plain_text_answer(err: ssl.SSLError) -> bool:
+    """OpenSSL's words for "the peer sent something that is not TLS" (a plain SMTP greeting)."""
+    text = f"{err.reason} {err}".lower()
+    return any(
+        w in text for w in ("wrong version number", "record layer failure", "packet length too long", "http request")
+    )
 
 
 class SMTPTransport(Transport):
@@ -84,12 +92,7 @@ class SMTPTransport(Transport):
             async with asyncio.timeout(c.timeout):
                 await smtp.connect()
                 if c.username is not None and c.password is not None:
-                    tls = smtp.get_transport_info("sslcontext") is not None
-                    if not tls and not is_loopback(c.server) and not c.allow_plaintext_auth:
-                        raise TransportSecurityError(
-                            f"refusing to send the password to {c.server} without TLS; set MAIL_USE_TLS or MAIL_USE_SSL"
-                        )
-                    await smtp.login(c.username, c.password.get_secret_value())
+                    await self._login(smtp, c.username, c.password.get_secret_value())
         except DeliveryError:
             smtp.close()
             raise
@@ -98,6 +101,28 @@ class SMTPTransport(Transport):
             raise self._translate(exc, "connect") from exc
         self._smtp = smtp
         self.sent = 0
+        if c.debug:
+            tls = "TLS" if smtp.get_transport_info("sslcontext") is not None else "no TLS"
+            extensions = ", ".join(sorted(smtp.esmtp_extensions)) or "none"
+            log.info("smtp: connected to %s:%d (%s); extensions: %s", c.server, c.port, tls, extensions)
+
+    async def _login(self, smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
+        """AUTH, only over TLS (or to loopback), and only if the relay offers it: each refusal says which."""
+        c = self.config
+        tls = smtp.get_transport_info("sslcontext") is not None
+        if not tls and not is_loopback(c.server) and not c.allow_plaintext_auth:
+            raise TransportSecurityError(
+                f"refusing to send the password to {c.server} without TLS; set MAIL_USE_TLS or MAIL_USE_SSL"
+            )
+        if smtp.last_ehlo_response is None:
+            await smtp.ehlo()
+        if not smtp.supports_extension("auth"):
+            hint = "" if tls else ", or set MAIL_USE_TLS if it offers AUTH only after STARTTLS"
+            raise DeliveryError(
+                f"{c.server}:{c.port} does not offer AUTH: unset MAIL_USERNAME and MAIL_PASSWORD "
+                f"if this relay needs no login{hint}"
+            )
+        await smtp.login(username, password)
 
     async def close(self) -> None:
         smtp, self._smtp = self._smtp, None
@@ -146,22 +171,44 @@ class SMTPTransport(Transport):
         self.sent += 1
         if any(e.code == 421 for e in errors.values()):
             await self.close()
-        return _per_recipient(envelope, errors, accepted="delivered")
+        result = _per_recipient(envelope, errors, accepted="delivered")
+        if self.config.debug:
+            for r in result.recipients:
+                log.info(
+                    "smtp: %s -> %s: %s %s %s", envelope.message_id, r.recipient, r.status, r.code or "", r.reply or ""
+                )
+        return result
 
     def _translate(self, exc: BaseException, stage: str) -> DeliveryError:
         where = f"{self.config.server}:{self.config.port}"
         if isinstance(exc, DeliveryError):
             return exc
         if isinstance(exc, TimeoutError):
-            return ConnectionFailedError(f"SMTP {stage} to {where} exceeded MAIL_TIMEOUT ({self.config.timeout}s)")
+            hint = ""
+            if stage == "connect" and not self.config.use_ssl:
+                hint = (
+                    f"; no SMTP greeting came: if {self.config.port} is an implicit-TLS port (usually 465), "
+                    "set MAIL_USE_SSL=true (and MAIL_USE_TLS=false)"
+                )
+            return ConnectionFailedError(
+                f"SMTP {stage} to {where} exceeded MAIL_TIMEOUT ({self.config.timeout}s){hint}"
+            )
         if (sslerr := _ssl_cause(exc)) is not None:
-            return TransportSecurityError(f"TLS with {where} failed: {sslerr}")
-        if isinstance(exc, SMTPException) and "starttls" in str(exc).lower():
+            hint = ""
+            if self.config.use_ssl and _plain_text_answer(sslerr):
+                hint = (
+                    f"; the server answered in plain text, so {self.config.port} is not an implicit-TLS port: "
+                    "set MAIL_USE_TLS=true (STARTTLS, usually port 587) and MAIL_USE_SSL=false"
+                )
+            return TransportSecurityError(f"TLS with {where} failed: {sslerr}{hint}")
+        if isinstance(exc, SMTPException) and self.config.use_tls and "starttls" in str(exc).lower():
             return TransportSecurityError(
                 f"{where} does not offer STARTTLS but MAIL_USE_TLS requires it; nothing was sent"
             )
         if isinstance(exc, SMTPAuthenticationError):
-            return DeliveryError(f"{where} rejected MAIL_USERNAME/MAIL_PASSWORD", code=exc.code, reply=exc.message)
+            return AuthenticationError(
+                f"{where} rejected MAIL_USERNAME/MAIL_PASSWORD", code=exc.code, reply=exc.message
+            )
         if isinstance(exc, SMTPConnectResponseError):
             return ConnectionFailedError(f"{where} refused the connection", code=exc.code, reply=exc.message)
         if isinstance(exc, SMTPResponseException):

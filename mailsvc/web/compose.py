@@ -30,6 +30,7 @@ from ..errors import (
 from ..extension import MailState
 from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..outbox import EnqueueResult, Outbox
+from ..rendering import html_to_text
 from .auth import Principal
 from .bulkstream import BulkRequest
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
@@ -103,6 +104,8 @@ def build_single(state: MailState, m: MessageIn) -> Envelope:
         subject, text, html = _render_named(state, m.template, m.context, "context")
     else:
         subject, text, html = m.subject or "", m.text, m.html
+        if text is None and html is not None:  # as a template with only an .html part gets one
+            text = html_to_text(html)
     msg = Message(
         subject=subject,
         recipients=list(m.to),
@@ -147,8 +150,22 @@ class BulkBuilder:
                     errors.append(FieldError(field=exc.field, reason=exc.reason))
             if errors:
                 raise ProblemException(422, "a template string does not compile", errors=errors)
+        # Header values are templates too (a per-recipient List-Unsubscribe URL), in the same sandbox.
+        self.header_templates: dict[str, InlineTemplate] = {}
+        header_errors: list[FieldError] = []
+        for name, value in head.headers.items():
+            if "{{" not in value and "{%" not in value:
+                continue
+            try:
+                self.header_templates[name] = InlineTemplate.compile(
+                    f"headers.{name}", value, html=False, max_chars=998, max_source=web.max_template_chars
+                )
+            except InlineTemplateError as exc:
+                header_errors.append(FieldError(field=exc.field, reason=exc.reason))
+        if header_errors:
+            raise ProblemException(422, "a header template does not compile", errors=header_errors)
         self.attachments = _attachments(head.attachments)
-        self.budget = request_budget(count * max(1, len(self.inline)), web.render_seconds)
+        self.budget = request_budget(count * max(1, len(self.inline) + len(self.header_templates)), web.render_seconds)
         self.reply_to = list(head.reply_to) or None
         self.headers = dict(head.headers)
         # The Message-ID domain once per request: without MAIL_MESSAGE_ID_DOMAIN each build asks the
@@ -172,6 +189,11 @@ class BulkBuilder:
             else:
                 parts = {f: t.render(r.context, f"{where}.context", self.budget) for f, t in self.inline.items()}
                 subject, text, html = parts.get("subject", ""), parts.get("text"), parts.get("html")
+                if text is None and html is not None:
+                    text = html_to_text(html)
+            headers = dict(self.headers)
+            for name, t in self.header_templates.items():
+                headers[name] = t.render(r.context, f"{where}.context", self.budget)
         except InlineTemplateError as exc:
             raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
         msg = Message(
@@ -182,7 +204,7 @@ class BulkBuilder:
             sender=head.sender,
             reply_to=self.reply_to,  # type: ignore[arg-type]
             attachments=list(self.attachments),
-            extra_headers=dict(self.headers),
+            extra_headers=headers,
         )
         msg.mint_message_id(self.msgid_domain)  # what the build would mint, with the domain looked up once
         return _build(self.state, msg, where)
