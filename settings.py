@@ -98,6 +98,7 @@ class Settings(BaseSettings):
 
     # Web layer: who may send, how much
     MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys
+    MAILSVC_API_KEYS_FILE: Path | None = env_field(W, "api_keys_file")  # JSON: tenants with keys and scopes
     MAILSVC_ALLOW_ANONYMOUS: bool = env_field(W, "allow_anonymous")
     MAILSVC_SECRET_KEY: SecretStr | None = env_field(W, "secret_key")
     MAILSVC_SECURE_COOKIES: bool | None = env_field(W, "secure_cookies")
@@ -112,6 +113,7 @@ class Settings(BaseSettings):
     MAILSVC_RENDER_SECONDS: float = env_field(W, "render_seconds")
     MAILSVC_RATE_LIMIT: float = env_field(W, "rate_limit")
     MAILSVC_RATE_BURST: int = env_field(W, "rate_burst")
+    MAILSVC_AUTH_FAILURE_LIMIT: int = env_field(W, "auth_failure_limit")
 
     def mail_config(self) -> MailConfig:
         """The delivery config; in dev mode it points at the embedded inbox on 127.0.0.1, and only there.

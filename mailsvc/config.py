@@ -214,6 +214,7 @@ class WebConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     api_keys: tuple[SecretStr, ...] = ()
+    api_keys_file: Path | None = None  # JSON: tenants, their keys and scopes (web/tenants.py, README "Tenants")
     allow_anonymous: bool = False
     secret_key: SecretStr | None = None  # signs session cookies; random per process when unset
     secure_cookies: bool | None = None  # None: Secure flag unless dev mode (plain http on 127.0.0.1)
@@ -228,6 +229,8 @@ class WebConfig(BaseModel):
     render_seconds: float = Field(default=5.0, gt=0, le=300)  # wall clock for all of a request's templates
     rate_limit: float = Field(default=50.0, ge=0)  # requests per second per key; 0 = no limit
     rate_burst: int = Field(default=100, ge=1)
+    # Failed API keys and sign-ins per client address per minute, as a burst refilled over the minute; then 429.
+    auth_failure_limit: int = Field(default=10, ge=1)
 
 
 class ServiceConfig(BaseModel):

@@ -375,3 +375,57 @@ async def test_concurrent_enqueues_each_get_their_own_answer(make_outbox: MakeOu
     assert len({tuple(r.ids) for r in keyed}) <= 1  # one message for the key, whoever got it
     for r in stored:
         assert (await outbox.status(r.ids[0])).state == "queued"
+
+
+# -- tenants: a message and a batch belong to whoever created them -------------------------------
+
+
+async def test_another_tenant_s_ids_read_as_unknown(outbox: Outbox) -> None:
+    """Grouped (single messages) and streamed (a batch) enqueues alike record the tenant."""
+    mine = await outbox.enqueue([envelope()], tenant="acme")
+    theirs, batch = await asyncio.gather(
+        outbox.enqueue([envelope("Other")], tenant="globex"),
+        outbox.enqueue(bulk(3), batch=True, tenant="globex"),
+    )
+    assert batch.batch_id is not None
+    assert (await outbox.status(mine.ids[0], tenant="acme")).state == "queued"
+    assert await outbox.batch_status(batch.batch_id, tenant="globex") == {"queued": 3}
+    for id_ in (theirs.ids[0], batch.ids[0]):
+        with pytest.raises(NotFoundError) as other:
+            await outbox.status(id_, tenant="acme")
+        with pytest.raises(NotFoundError) as unknown:
+            await outbox.status("f" * 32, tenant="acme")
+        assert str(other.value) == str(unknown.value).replace("f" * 32, id_)
+    with pytest.raises(NotFoundError):
+        await outbox.batch_status(batch.batch_id, tenant="acme")
+    # Unrestricted (an admin key, the CLI): every tenant's.
+    assert (await outbox.status(theirs.ids[0])).state == "queued"
+    assert await outbox.batch_status(batch.batch_id) == {"queued": 3}
+
+
+async def test_mail_without_a_tenant_is_seen_only_unrestricted(outbox: Outbox) -> None:
+    """What was queued before tenants (or by a caller that names none) belongs to no tenant."""
+    result = await outbox.enqueue(bulk(2), batch=True)
+    assert result.batch_id is not None
+    with pytest.raises(NotFoundError):
+        await outbox.status(result.ids[0], tenant="acme")
+    with pytest.raises(NotFoundError):
+        await outbox.batch_status(result.batch_id, tenant="acme")
+    assert await outbox.batch_status(result.batch_id) == {"queued": 2}
+
+
+# -- signed-out sessions -------------------------------------------------------------------------
+
+
+async def test_a_revoked_session_is_refused_until_its_record_expires(make_outbox: MakeOutbox) -> None:
+    first = await make_outbox()
+    second = await make_outbox()  # another node on the same database
+    soon = datetime.now(UTC) + timedelta(seconds=0.5)
+    assert not await first.session_revoked("s1")
+    await first.revoke_session("s1", datetime.now(UTC) + timedelta(hours=1))
+    await first.revoke_session("s1", soon)  # a second sign-out never shortens the first
+    await first.revoke_session("s2", soon)
+    assert await second.session_revoked("s1") and await second.session_revoked("s2")
+    assert not await second.session_revoked("s3")
+    await asyncio.sleep(0.6)
+    assert await second.session_revoked("s1") and not await second.session_revoked("s2")

@@ -27,7 +27,7 @@ import pytest
 
 from mailsvc import MailConfig, Message
 from mailsvc.config import ServiceConfig
-from mailsvc.errors import OutboxError
+from mailsvc.errors import NotFoundError, OutboxError
 from mailsvc.outbox import Outbox, migrations, open_outbox, upgrade_database
 from mailsvc.outbox.migrations import available
 from mailsvc.outbox.postgres import Schema as PostgresSchema
@@ -130,6 +130,11 @@ async def test_queued_mail_is_delivered_after_the_upgrade(old: tuple[str, dict[s
             ("dan@example.com", "delivered", 2),
         ]
         assert await outbox.batch_status(made["batch_id"]) == {"delivered": 3}
+        # Mail queued before tenants belongs to none: an admin (unrestricted) sees it, a tenant does not.
+        with pytest.raises(NotFoundError):
+            await outbox.status(made["solo"], tenant="acme")
+        with pytest.raises(NotFoundError):
+            await outbox.batch_status(made["batch_id"], tenant="acme")
 
 
 async def _drained(outbox: Outbox, within: float = 20.0) -> None:
@@ -172,24 +177,29 @@ async def test_a_later_migration_is_applied_in_place_and_then_refused_by_older_c
 ) -> None:
     url, _ = old
     async with schema_of(url) as schema:
-        later = [*available(schema.backend), migrations.Migration(2, "note", NEXT[schema.backend])]
-        assert [m.label for m in await migrations.upgrade(schema, later)] == ["0002_note"]
-        assert await schema.applied() == {1, 2}
+        shipped = available(schema.backend)
+        nxt = len(shipped) + 1
+        later = [*shipped, migrations.Migration(nxt, "note", NEXT[schema.backend])]
+        applied = [m.label for m in await migrations.upgrade(schema, later)]
+        assert applied == [m.label for m in shipped[1:]] + [f"{nxt:04d}_note"]
+        assert await schema.applied() == set(range(1, nxt + 1))
         assert await migrations.upgrade(schema, later) == []
-    # The rows survived the ALTER; this code, which knows only version 1, refuses to write to version 2.
-    with pytest.raises(OutboxError, match="version 2 but this mailsvc knows only up to 1"):
+    # The rows survived the ALTER; this code, which knows only the shipped versions, refuses to write to a later one.
+    with pytest.raises(OutboxError, match=f"version {nxt} but this mailsvc knows only up to {nxt - 1}"):
         await open_outbox(url).open()
 
 
 async def test_a_failing_migration_leaves_the_database_as_it_was(old: tuple[str, dict[str, Any]]) -> None:
     url, made = old
+    await upgrade_database(url)  # the shipped migrations; then a later one that fails half-way
     async with schema_of(url) as schema:
+        shipped = available(schema.backend)
         broken = NEXT[schema.backend] + "\nALTER TABLE no_such_table ADD COLUMN x integer;"
-        later = [*available(schema.backend), migrations.Migration(2, "broken", broken)]
+        later = [*shipped, migrations.Migration(len(shipped) + 1, "broken", broken)]
         with pytest.raises((sqlite3.Error, asyncpg.PostgresError)):
             await migrations.upgrade(schema, later)
-        assert await schema.applied() == {1}
-    async with open_outbox(url) as outbox:  # still version 1, the half-applied ALTER rolled back
+        assert await schema.applied() == set(range(1, len(shipped) + 1))
+    async with open_outbox(url) as outbox:  # still the shipped version, the half-applied ALTER rolled back
         assert await outbox.pending_count() == made["pending"]
 
 
@@ -217,8 +227,12 @@ async def test_db_upgrade_on_sqlite_from_several_processes_at_once(tmp_path: Pat
     assert sum("applied 0001_initial" in out for _, out, _ in runs) == 1, runs
     assert sum("is up to date" in out for _, out, _ in runs) == 3, runs
     with sqlite3.connect(tmp_path / "new" / "outbox.sqlite3") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(available("sqlite")),)
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
     conn.close()
-    rc, out, err = await mailsvc_cli(sqlite_url, "db", "upgrade")  # written by 5c1063a: already current
-    assert (rc, out.strip()) == (0, f"outbox schema at {sqlite_url.removeprefix('sqlite:///')} is up to date"), err
+    path = sqlite_url.removeprefix("sqlite:///")
+    rc, out, err = await mailsvc_cli(sqlite_url, "db", "upgrade")  # written by 5c1063a: version 1 recognised
+    later = ", ".join(m.label for m in available("sqlite")[1:])
+    assert (rc, out.strip()) == (0, f"outbox schema at {path}: applied {later}"), err
+    rc, out, err = await mailsvc_cli(sqlite_url, "db", "upgrade")
+    assert (rc, out.strip()) == (0, f"outbox schema at {path} is up to date"), err

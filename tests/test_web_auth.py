@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from mailsvc.app import create_app
-from mailsvc.config import MailConfig
+from mailsvc.config import MailConfig, WebConfig
 from mailsvc.errors import ConfigError
 from mailsvc.web.auth import KeyRing, key_id
 from mailsvc.web.ratelimit import RateLimiter
@@ -36,8 +36,10 @@ def test_dev_mode_runs_open_and_says_so(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_keyring() -> None:
-    ring = KeyRing((SecretStr("alpha"), SecretStr("beta")))
-    assert ring.identify("beta") == key_id("beta") and ring.identify("alpha") == key_id("alpha")
+    ring = KeyRing.from_config(WebConfig(api_keys=(SecretStr("alpha"), SecretStr("beta"))))
+    beta, alpha = ring.identify("beta"), ring.identify("alpha")
+    assert beta is not None and alpha is not None
+    assert (beta.id, beta.tenant) == (key_id("beta"), key_id("beta")) and alpha.tenant == key_id("alpha")
     assert ring.identify("alph") is None and ring.identify("") is None and ring.identify("bêta\udc80") is None
     assert not ring.open and KeyRing(()).open
 

@@ -60,13 +60,13 @@ def service_config(
 ) -> ServiceConfig:
     web.setdefault("api_keys", (SecretStr(KEY),))
     web.setdefault("secure_cookies", False)
+    defaults = {"database_url": f"sqlite:///{tmp_path}/outbox.sqlite3", "poll_interval": 0.02}
     return ServiceConfig(
-        database_url=f"sqlite:///{tmp_path}/outbox.sqlite3",
         dev_mode=dev_mode,
         workers=workers,
         templates=TEMPLATES,
         web=WebConfig(**web),
-        **{"poll_interval": 0.02, "retry_first": 0.05, "retry_max": 0.1, **(service or {})},
+        **{**defaults, "retry_first": 0.05, "retry_max": 0.1, **(service or {})},
     )
 
 

@@ -161,14 +161,18 @@ class Outbox(abc.ABC):
         idempotency_key: str | None = None,
         batch: bool = False,
         fingerprint: str | None = None,
+        tenant: str | None = None,
     ) -> EnqueueResult:
-        """Store all envelopes in one transaction or none.
+        """Store all envelopes in one transaction or none, owned by ``tenant``.
 
         ``idempotency_key`` seen within the idempotency window (24 h) returns the
         first call's result with ``duplicate=True`` and stores nothing. Whether
         the content matches is judged by ``fingerprint`` when the caller passes
         one (e.g. a hash of the request body), else by :func:`fingerprint` of the
         envelopes. ``batch=True`` mints a ``batch_id`` shared by all of them.
+        ``tenant`` is recorded on every message: :meth:`status` and :meth:`batch_status`
+        asked for another tenant answer as for an unknown id. The key is not scoped
+        here: a caller serving several tenants puts the tenant into the key.
 
         Raises :class:`OutboxFullError` past the pending limit,
         :class:`IdempotencyConflictError` for a reused key with other content,
@@ -184,6 +188,7 @@ class Outbox(abc.ABC):
         fingerprint: str | None = None,
         idempotency_key: str | None = None,
         batch: bool = False,
+        tenant: str | None = None,
     ) -> EnqueueResult:
         """:meth:`enqueue` for a batch too big to hold rendered at once: every chunk in one transaction, or none.
 
@@ -236,12 +241,29 @@ class Outbox(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def status(self, id: str) -> MessageStatus:
-        """Raise :class:`NotFoundError` for an unknown id."""
+    async def status(self, id: str, *, tenant: str | None = None) -> MessageStatus:
+        """Raise :class:`NotFoundError` for an unknown id, or one ``tenant`` did not create.
+
+        ``tenant=None`` sees every message (an admin key, the CLI); a tenant never sees
+        another's, nor those written before tenants existed.
+        """
 
     @abc.abstractmethod
-    async def batch_status(self, batch_id: str) -> dict[str, int]:
-        """Counts of messages per state; raise :class:`NotFoundError` for an unknown batch."""
+    async def batch_status(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
+        """Counts of messages per state; :class:`NotFoundError` for an unknown batch (``tenant`` as :meth:`status`)."""
+
+    @abc.abstractmethod
+    async def revoke_session(self, sid: str, until: datetime) -> None:
+        """Record that the form session ``sid`` signed out; it stays refused until ``until``.
+
+        Why in the outbox's database: every node of the service shares it, so a cookie
+        replayed to any node after sign-out is refused, and a restart forgets nothing.
+        ``until`` is when every cookie of the session has expired anyway; the record goes then.
+        """
+
+    @abc.abstractmethod
+    async def session_revoked(self, sid: str) -> bool:
+        """Whether the session ``sid`` signed out (see :meth:`revoke_session`)."""
 
     @abc.abstractmethod
     async def pending_count(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Generic, TypeVar
 
 from ..errors import IdempotencyConflictError, NotFoundError, OutboxError, OutboxFullError
@@ -43,12 +44,13 @@ _REPLY_MAX = 1000  # characters of a server's reply kept per recipient
 
 @dataclass(frozen=True, slots=True)
 class _Request:
-    """One enqueue: ``count`` envelopes (``envelopes`` when they are all at hand)."""
+    """One enqueue: ``count`` envelopes (``envelopes`` when they are all at hand) for ``tenant``."""
 
     count: int
     key: str | None
     digest: str
     batch: bool
+    tenant: str | None
     envelopes: list[Envelope] = field(default_factory=list)
 
 
@@ -58,6 +60,14 @@ async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope
 
 def _new_ids(n: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(n)]
+
+
+def _visible(owner: str | None, tenant: str | None) -> bool:
+    """A row is seen by its own tenant, and by every caller when ``tenant`` is None (admin, CLI).
+
+    Rows written before tenants (``owner`` None) are therefore seen only unrestricted.
+    """
+    return tenant is None or owner == tenant
 
 
 def outcome_rows(items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> list[OutcomeRow]:
@@ -108,15 +118,22 @@ class OutboxCore(Outbox, Generic[StoreT]):
         idempotency_key: str | None = None,
         batch: bool = False,
         fingerprint: str | None = None,
+        tenant: str | None = None,
     ) -> EnqueueResult:
         envelopes = list(envelopes)
         check_count(len(envelopes), len(envelopes))  # at least one
         check_envelopes(envelopes)
         digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else None
         if len(envelopes) <= self.group_max:
-            return await self._groups.join(_Request(len(envelopes), idempotency_key, digest or "", batch, envelopes))
+            request = _Request(len(envelopes), idempotency_key, digest or "", batch, tenant, envelopes)
+            return await self._groups.join(request)
         return await self.enqueue_stream(
-            len(envelopes), _one(envelopes), fingerprint=digest, idempotency_key=idempotency_key, batch=batch
+            len(envelopes),
+            _one(envelopes),
+            fingerprint=digest,
+            idempotency_key=idempotency_key,
+            batch=batch,
+            tenant=tenant,
         )
 
     async def enqueue_stream(
@@ -127,8 +144,9 @@ class OutboxCore(Outbox, Generic[StoreT]):
         fingerprint: str | None = None,
         idempotency_key: str | None = None,
         batch: bool = False,
+        tenant: str | None = None,
     ) -> EnqueueResult:
-        request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch)
+        request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch, tenant)
         check_count(count, count)  # at least one
         async with self.store.write("enqueue") as tx:
             result = await self._admit(tx, request)
@@ -140,7 +158,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 end = written + len(chunk)
                 if end > count:
                     check_count(count, end)
-                await tx.insert(result.ids[written:end], [result.batch_id] * len(chunk), chunk)
+                n = len(chunk)
+                await tx.insert(result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, chunk)
                 written = end
             check_count(count, written)
             await tx.notify()
@@ -154,6 +173,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             outcomes: list[EnqueueResult | Exception] = []
             ids: list[str] = []
             batch_ids: list[str | None] = []
+            tenants: list[str | None] = []
             envelopes: list[Envelope] = []
             for request in group:
                 try:
@@ -166,9 +186,10 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     pending += request.count
                     ids.extend(result.ids)
                     batch_ids.extend(result.batch_id for _ in result.ids)
+                    tenants.extend(request.tenant for _ in result.ids)
                     envelopes.extend(request.envelopes)
             if envelopes:
-                await tx.insert(ids, batch_ids, envelopes)
+                await tx.insert(ids, batch_ids, tenants, envelopes)
                 await tx.notify()
         return outcomes
 
@@ -263,11 +284,11 @@ class OutboxCore(Outbox, Generic[StoreT]):
         await self.store.wait_for_work(timeout)
 
     # -- status ----------------------------------------------------------------
-    async def status(self, id: str) -> MessageStatus:
+    async def status(self, id: str, *, tenant: str | None = None) -> MessageStatus:
         async with self.store.read("read a message's status") as tx:
             msg = await tx.message(id)
-            if msg is None:
-                raise NotFoundError("message", id)
+            if msg is None or not _visible(msg.tenant, tenant):
+                raise NotFoundError("message", id)  # another tenant's id reads exactly as an unknown one
             rcpts = await tx.recipients(id)
         return MessageStatus(
             id=msg.id,
@@ -289,12 +310,21 @@ class OutboxCore(Outbox, Generic[StoreT]):
             ],
         )
 
-    async def batch_status(self, batch_id: str) -> dict[str, int]:
+    async def batch_status(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
         async with self.store.read("read a batch's status") as tx:
-            counts = await tx.batch_counts(batch_id)
-        if not counts:
+            batch = await tx.batch(batch_id)
+        if batch is None or not batch.counts or not _visible(batch.tenant, tenant):
             raise NotFoundError("batch", batch_id)
-        return counts
+        return batch.counts
+
+    # -- signed-out sessions ---------------------------------------------------
+    async def revoke_session(self, sid: str, until: datetime) -> None:
+        async with self.store.write("record a sign-out") as tx:
+            await tx.revoke_session(sid, until)
+
+    async def session_revoked(self, sid: str) -> bool:
+        async with self.store.read("check a session") as tx:
+            return await tx.session_revoked(sid)
 
     async def pending_count(self) -> int:
         async with self.store.read("count pending messages") as tx:

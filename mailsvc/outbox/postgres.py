@@ -33,6 +33,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -44,7 +45,7 @@ from . import migrations
 from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
 from .core import OutboxCore
 from .states import FINAL, PENDING, MessageState, RecipientState, sql_list
-from .store import Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
+from .store import BatchRow, Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
 
 __all__ = ["NOTIFY_CHANNEL", "PostgresOutbox", "PostgresStore", "asyncpg_dsn", "upgrade_schema"]
 
@@ -293,18 +294,25 @@ class _PgTx(Tx):
         # Another transaction committed this key first; it is never deleted while live.
         return await self.find_key(key, ttl)
 
-    async def insert(self, ids: Sequence[str], batch_ids: Sequence[str | None], envelopes: Sequence[Envelope]) -> None:
+    async def insert(
+        self,
+        ids: Sequence[str],
+        batch_ids: Sequence[str | None],
+        tenants: Sequence[str | None],
+        envelopes: Sequence[Envelope],
+    ) -> None:
         """All rows in three set-based statements (fast for a 10,000-message batch)."""
         await self.conn.execute(
             """
-            INSERT INTO mailsvc_message (id, message_id, batch_id, due_at)
-            SELECT id, mid, bid, now()
-            FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(id, mid, bid, n)
+            INSERT INTO mailsvc_message (id, message_id, batch_id, tenant, due_at)
+            SELECT id, mid, bid, ten, now()
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(id, mid, bid, ten, n)
             ORDER BY n
             """,
             list(ids),
             [e.message_id for e in envelopes],
             list(batch_ids),
+            list(tenants),
         )
         await self.conn.copy_records_to_table(
             "mailsvc_body",
@@ -439,9 +447,9 @@ class _PgTx(Tx):
     # -- status
     async def message(self, id: str) -> MessageRow | None:
         r = await self.conn.fetchrow(
-            "SELECT id, message_id, batch_id, state, created_at FROM mailsvc_message WHERE id = $1", id
+            "SELECT id, message_id, batch_id, state, created_at, tenant FROM mailsvc_message WHERE id = $1", id
         )
-        return None if r is None else MessageRow(r["id"], r["message_id"], r["batch_id"], r["state"], r["created_at"])
+        return None if r is None else MessageRow(*r)
 
     async def recipients(self, id: str) -> list[RecipientRow]:
         rows = await self.conn.fetch(
@@ -451,11 +459,32 @@ class _PgTx(Tx):
         )
         return [RecipientRow(*r) for r in rows]
 
-    async def batch_counts(self, batch_id: str) -> dict[str, int]:
+    async def batch(self, batch_id: str) -> BatchRow | None:
+        """Counts per state, and the tenant of one row (every message of a batch has its creator's)."""
         rows = await self.conn.fetch(
-            "SELECT state, count(*) AS n FROM mailsvc_message WHERE batch_id = $1 GROUP BY state", batch_id
+            "SELECT state, count(*) AS n, min(tenant) AS tenant FROM mailsvc_message WHERE batch_id = $1"
+            " GROUP BY state",
+            batch_id,
         )
-        return {r["state"]: r["n"] for r in rows}
+        if not rows:
+            return None
+        return BatchRow(rows[0]["tenant"], {r["state"]: r["n"] for r in rows})
+
+    # -- signed-out sessions
+    async def revoke_session(self, sid: str, until: datetime) -> None:
+        await self.conn.execute("DELETE FROM mailsvc_revoked_session WHERE expires_at <= now()")
+        await self.conn.execute(
+            "INSERT INTO mailsvc_revoked_session (sid, expires_at) VALUES ($1, $2) ON CONFLICT (sid)"
+            " DO UPDATE SET expires_at = greatest(mailsvc_revoked_session.expires_at, EXCLUDED.expires_at)",
+            sid,
+            until,
+        )
+
+    async def session_revoked(self, sid: str) -> bool:
+        found = await self.conn.fetchval(
+            "SELECT true FROM mailsvc_revoked_session WHERE sid = $1 AND expires_at > now()", sid
+        )
+        return bool(found)
 
 
 # Recipients still marked sending were not attempted: back to queued (never tried) or deferred.

@@ -31,7 +31,7 @@ from . import migrations
 from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
 from .core import OutboxCore
 from .states import FINAL, FINAL_MESSAGE, PENDING, MessageState, RecipientState, derive_state, sql_list
-from .store import Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
+from .store import BatchRow, Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
 
 __all__ = ["SqliteOutbox", "SqliteStore", "upgrade_schema"]
 
@@ -274,7 +274,13 @@ class _SqliteTx(Tx):
         )
         return None
 
-    async def insert(self, ids: Sequence[str], batch_ids: Sequence[str | None], envelopes: Sequence[Envelope]) -> None:
+    async def insert(
+        self,
+        ids: Sequence[str],
+        batch_ids: Sequence[str | None],
+        tenants: Sequence[str | None],
+        envelopes: Sequence[Envelope],
+    ) -> None:
         """Rows numbered on from the highest ``pk``, so recipients need no lookup of their message's."""
         if self._next_pk is None:
             row = await self._one("SELECT coalesce(max(pk), 0) FROM messages")
@@ -282,10 +288,10 @@ class _SqliteTx(Tx):
         first, now = self._next_pk, self.now
         self._next_pk += len(envelopes)
         await self.db.executemany(
-            "INSERT INTO messages (pk, id, message_id, batch_id, created_at, updated_at, due_at, sender, data,"
-            " mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
+            " data, mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (first + i, ids[i], env.message_id, batch_ids[i], now, now, now, env.sender, env.data)
+                (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now, now, env.sender, env.data)
                 + (_json_list(env.mail_options), _json_list(env.rcpt_options))
                 for i, env in enumerate(envelopes)
             ],
@@ -414,8 +420,10 @@ class _SqliteTx(Tx):
 
     # -- status
     async def message(self, id: str) -> MessageRow | None:
-        row = await self._one("SELECT id, message_id, batch_id, state, created_at FROM messages WHERE id = ?", (id,))
-        return None if row is None else MessageRow(row[0], row[1], row[2], row[3], _dt(row[4]))
+        row = await self._one(
+            "SELECT id, message_id, batch_id, state, created_at, tenant FROM messages WHERE id = ?", (id,)
+        )
+        return None if row is None else MessageRow(row[0], row[1], row[2], row[3], _dt(row[4]), row[5])
 
     async def recipients(self, id: str) -> list[RecipientRow]:
         rows = await self._all(
@@ -428,9 +436,26 @@ class _SqliteTx(Tx):
             for a, st, n, code, reply, updated, next_at in rows
         ]
 
-    async def batch_counts(self, batch_id: str) -> dict[str, int]:
+    async def batch(self, batch_id: str) -> BatchRow | None:
+        """The counts from the (batch_id, state) index alone; the tenant from one row (a batch has one)."""
+        owner = await self._one("SELECT tenant FROM messages WHERE batch_id = ? LIMIT 1", (batch_id,))
+        if owner is None:
+            return None
         rows = await self._all("SELECT state, count(*) FROM messages WHERE batch_id = ? GROUP BY state", (batch_id,))
-        return {state: int(n) for state, n in rows}
+        return BatchRow(owner[0], {state: int(n) for state, n in rows})
+
+    # -- signed-out sessions
+    async def revoke_session(self, sid: str, until: datetime) -> None:
+        await self.db.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (self.now,))
+        await self.db.execute(
+            "INSERT INTO revoked_sessions (sid, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (sid) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
+            (sid, until.timestamp()),
+        )
+
+    async def session_revoked(self, sid: str) -> bool:
+        row = await self._one("SELECT 1 FROM revoked_sessions WHERE sid = ? AND expires_at > ?", (sid, self.now))
+        return row is not None
 
 
 def _next_due(rows: list[tuple[str, float | None]], now: float) -> float | None:

@@ -21,7 +21,17 @@ from datetime import datetime
 from ..message import Envelope
 from .states import RecipientState
 
-__all__ = ["Body", "DueMessage", "KeyRecord", "MessageRow", "OutcomeRow", "RecipientRow", "Store", "Tx"]
+__all__ = [
+    "BatchRow",
+    "Body",
+    "DueMessage",
+    "KeyRecord",
+    "MessageRow",
+    "OutcomeRow",
+    "RecipientRow",
+    "Store",
+    "Tx",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,15 @@ class MessageRow:
     batch_id: str | None
     state: str
     created_at: datetime
+    tenant: str | None  # who created it; None: written before tenants existed
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """A batch's tenant (every message of a batch has its creator's) and its messages per state."""
+
+    tenant: str | None
+    counts: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +117,14 @@ class Tx(abc.ABC):
         """Store ``record`` under ``key``; if another transaction stored a live one first, return that instead."""
 
     @abc.abstractmethod
-    async def insert(self, ids: Sequence[str], batch_ids: Sequence[str | None], envelopes: Sequence[Envelope]) -> None:
-        """New queued messages (one id and batch id per envelope), due now."""
+    async def insert(
+        self,
+        ids: Sequence[str],
+        batch_ids: Sequence[str | None],
+        tenants: Sequence[str | None],
+        envelopes: Sequence[Envelope],
+    ) -> None:
+        """New queued messages (one id, batch id and tenant per envelope), due now."""
 
     @abc.abstractmethod
     async def notify(self) -> None:
@@ -162,7 +187,17 @@ class Tx(abc.ABC):
         """In the order the message named them."""
 
     @abc.abstractmethod
-    async def batch_counts(self, batch_id: str) -> dict[str, int]: ...
+    async def batch(self, batch_id: str) -> BatchRow | None:
+        """The batch's tenant and its counts per state; None when no message has that batch id."""
+
+    # -- signed-out sessions
+    @abc.abstractmethod
+    async def revoke_session(self, sid: str, until: datetime) -> None:
+        """Remember ``sid`` as signed out until ``until`` (and forget those whose time has passed)."""
+
+    @abc.abstractmethod
+    async def session_revoked(self, sid: str) -> bool:
+        """Whether ``sid`` was signed out (and its record has not expired)."""
 
 
 class Store(abc.ABC):

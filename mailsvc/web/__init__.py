@@ -4,8 +4,10 @@ Layout (one job per module)::
 
     schemas    pydantic models shared by form, API and /openapi.json
     problems   RFC 9457 problem details
-    auth       API keys, session sign-in, CSRF, the open-relay guard
-    ratelimit  per-key token buckets
+    tenants    which tenant each API key acts for, and its scopes (MAILSVC_API_KEYS_FILE)
+    auth       API keys, CSRF, the open-relay guard
+    sessions   the form's sign-in, revoked server-side at sign-out
+    ratelimit  per-tenant token buckets; failed keys and sign-ins per client address
     inline_templates   request-supplied Jinja strings, sandboxed and capped
     jsonscan   a JSON object whose big array is walked an element at a time
     bulkstream a bulk request: checked in one walk, built and stored in chunks in another

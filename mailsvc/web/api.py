@@ -1,8 +1,10 @@
 """The JSON API: ``/api/messages``, ``/api/messages/bulk``, ``/api/messages/<id>``, ``/api/batches/<id>``.
 
-Every route authenticates, rate-limits, parses strictly (415 non-JSON, 400 bad
+Every route authenticates, checks the key's scope (``send`` to POST, ``read`` to GET; 403
+otherwise), rate-limits per tenant, parses strictly (415 non-JSON, 400 bad
 JSON, 413 too large, 422 invalid fields) and only then touches the outbox, so a
-refused request has queued nothing.
+refused request has queued nothing. A status lookup sees only the caller's tenant's
+mail (an ``admin`` key sees all): another tenant's id is a 404 like an unknown one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .jsonscan import BulkBody
 from .problems import FieldError, ProblemException, not_an_object, not_json, validation_problem
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
 from .state import web_state
+from .tenants import Scope
 
 __all__ = ["bp", "status_out"]
 
@@ -92,14 +95,14 @@ def _accepted(body: BaseModel, location: str, duplicate: bool) -> Response:
 @bp.post("/api/messages")
 async def send_message() -> Response:
     ws = web_state()
-    principal = ws.api_principal()
+    principal = await ws.api_principal(Scope.SEND)
     m = validate(MessageIn, await read_json())
     key = idempotency_key()
     envelope = compose.build_single(ws.mail, m)
     result = await compose.enqueue(
         ws.outbox(),
         [envelope],
-        principal=principal.id,
+        principal=principal,
         idempotency_key=key,
         fingerprint=compose.fingerprint_of("message", m.model_dump_json()),
         batch=False,
@@ -112,16 +115,14 @@ async def send_message() -> Response:
 async def send_bulk() -> Response:
     """Walked a recipient at a time (``bulkstream``): the body is never all parsed or all rendered at once."""
     ws = web_state()
-    principal = ws.api_principal()
+    principal = await ws.api_principal(Scope.SEND)
     try:
         body = BulkBody.parse(await read_text())
     except (ValueError, RecursionError) as exc:
         raise not_json(exc) from None
     req = BulkRequest.check(body, ws.check_context())
     key = idempotency_key()
-    result = await compose.enqueue_bulk(
-        ws.outbox(), req, ws.mail, ws.config, principal=principal.id, idempotency_key=key
-    )
+    result = await compose.enqueue_bulk(ws.outbox(), req, ws.mail, ws.config, principal=principal, idempotency_key=key)
     assert result.batch_id is not None
     out = BatchAccepted(batch_id=result.batch_id, count=len(result.ids))
     return _accepted(out, f"/api/batches/{result.batch_id}", result.duplicate)
@@ -157,10 +158,10 @@ def _check_id(kind: str, ident: str) -> None:
 @bp.get("/api/messages/<id>")
 async def message_status(id: str) -> Response:
     ws = web_state()
-    ws.api_principal(allow_session=True)
+    principal = await ws.api_principal(Scope.READ, allow_session=True)
     _check_id("message", id)
     try:
-        s = await ws.outbox().status(id)
+        s = await ws.outbox().status(id, tenant=principal.sees)
     except OutboxError as exc:
         raise compose.outbox_problem(exc) from None
     return Response(status_out(s).model_dump_json(), content_type="application/json")
@@ -169,10 +170,10 @@ async def message_status(id: str) -> Response:
 @bp.get("/api/batches/<id>")
 async def batch_status(id: str) -> Response:
     ws = web_state()
-    ws.api_principal(allow_session=True)
+    principal = await ws.api_principal(Scope.READ, allow_session=True)
     _check_id("batch", id)
     try:
-        counts = await ws.outbox().batch_status(id)
+        counts = await ws.outbox().batch_status(id, tenant=principal.sees)
     except OutboxError as exc:
         raise compose.outbox_problem(exc) from None
     body = BatchStatusOut(batch_id=id, total=sum(counts.values()), counts=counts)

@@ -1,12 +1,15 @@
-"""Who may send: Bearer API keys, the form's signed session, and the open-relay guard.
+"""Who may send: Bearer API keys and their tenants, the form's signed session, and the open-relay guard.
 
 Why hashes compared in constant time: the raw keys never sit in request-time
 data structures and the comparison leaks no timing about which prefix matched.
-A key is known in logs and rate limits only by ``key_id``, a short digest.
+A key is known in logs only by ``key_id``, a short digest; what it may do and
+whose mail it sees is its tenant's (:mod:`.tenants`). Failed keys are counted per
+client address (:class:`~.ratelimit.FailureLimiter`): past the limit, 429.
 
->>> ring = KeyRing((SecretStr("s3cret"),))
->>> ring.identify("s3cret") == key_id("s3cret"), ring.identify("nope")
-(True, None)
+>>> from pydantic import SecretStr
+>>> ring = KeyRing([ApiKey(SecretStr("s3cret"), "shop")])
+>>> ring.identify("s3cret").tenant, ring.identify("nope")
+('shop', None)
 """
 
 from __future__ import annotations
@@ -15,64 +18,115 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import SecretStr
 from quart import Request, session
 
-from ..config import ServiceConfig
+from ..config import ServiceConfig, WebConfig
 from ..errors import ConfigError
 from ..pagesafety import same_origin
-from .problems import ProblemException
+from .problems import ProblemException, retry_after
+from .ratelimit import FailureLimiter, client_address
+from .tenants import ALL_SCOPES, ApiKey, Scope, key_id, key_table
 
 __all__ = ["KeyRing", "Principal", "check_startup", "csrf_token", "key_id", "verify_csrf"]
 
 log = logging.getLogger("mailsvc.web")
 
 
-def key_id(key: str) -> str:
-    """A non-secret name for a key: 12 hex digits of its SHA-256."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-
-
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller of a request: ``id`` is a key id, or ``anon:<address>`` when the service is open."""
+    """The caller of a request.
+
+    ``id`` names it in logs (a key id, or ``anon:<address>`` when the service is open);
+    ``tenant`` owns what it queues (None only on an open service, where nobody is
+    anyone and every caller may do everything, as before tenants).
+    """
 
     id: str
     via: str  # "bearer" | "session" | "anonymous"
+    tenant: str | None
+    scopes: frozenset[Scope]
+
+    @classmethod
+    def of(cls, key: ApiKey, via: str) -> Principal:
+        return cls(key.id, via, key.tenant, key.scopes)
+
+    @classmethod
+    def anonymous(cls, remote_addr: str | None) -> Principal:
+        return cls(f"anon:{remote_addr or '-'}", "anonymous", None, ALL_SCOPES)
+
+    def may(self, scope: Scope) -> bool:
+        return Scope.ADMIN in self.scopes or scope in self.scopes
+
+    def require(self, scope: Scope) -> None:
+        """403 naming the scope this key lacks."""
+        if not self.may(scope):
+            raise ProblemException(
+                403,
+                f"this API key lacks the '{scope}' scope (its tenant's keys file lists what each key may do)",
+                title="Forbidden",
+            )
+
+    @property
+    def sees(self) -> str | None:
+        """The tenant whose mail this caller may look up; None: every tenant's (admin, or an open service)."""
+        return None if Scope.ADMIN in self.scopes else self.tenant
+
+    @property
+    def bucket(self) -> str:
+        """Its rate-limit bucket: the tenant's, shared by all its keys (per address on an open service)."""
+        return f"tenant:{self.tenant}" if self.tenant is not None else self.id
+
+    @property
+    def idempotency_scope(self) -> str:
+        """What an Idempotency-Key is scoped to: the tenant (for a key of its own, that is its key id)."""
+        return self.tenant if self.tenant is not None else self.id
 
 
 class KeyRing:
-    """The configured API keys, held as SHA-256 digests."""
+    """The configured API keys, held as SHA-256 digests with their tenants and scopes."""
 
-    def __init__(self, keys: tuple[SecretStr, ...]) -> None:
+    def __init__(self, keys: Sequence[ApiKey]) -> None:
         self._keys = [
-            (
-                hashlib.sha256(k.get_secret_value().encode("utf-8", "surrogatepass")).digest(),
-                key_id(k.get_secret_value()),
-            )
-            for k in keys
+            (hashlib.sha256(k.secret.get_secret_value().encode("utf-8", "surrogatepass")).digest(), k) for k in keys
         ]
+        self._by_id = {k.id: k for k in keys}
+
+    @classmethod
+    def from_config(cls, web: WebConfig) -> KeyRing:
+        """``MAILSVC_API_KEYS`` and ``MAILSVC_API_KEYS_FILE``; :class:`ConfigError` if the file is unusable."""
+        return cls(key_table(web))
 
     @property
     def open(self) -> bool:
         """No keys configured: anyone may send (dev mode, or MAILSVC_ALLOW_ANONYMOUS)."""
         return not self._keys
 
-    def identify(self, presented: str) -> str | None:
-        """The key id for a presented key, checking every key so timing says nothing."""
+    def identify(self, presented: str) -> ApiKey | None:
+        """The key presented, checking every key so timing says nothing."""
         digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
-        found: str | None = None
-        for known, kid in self._keys:
+        found: ApiKey | None = None
+        for known, key in self._keys:
             if hmac.compare_digest(digest, known):
-                found = kid
+                found = key
         return found
 
-    def bearer(self, request: Request) -> Principal:
-        """Authenticate a JSON request; raise 401 problems (RFC 6750) otherwise."""
+    def by_id(self, kid: str) -> ApiKey | None:
+        """The key a signed session names (its id was signed into the cookie at sign-in)."""
+        return self._by_id.get(kid)
+
+    def bearer(self, request: Request, failures: FailureLimiter) -> Principal:
+        """Authenticate a JSON request; 401 problems (RFC 6750), 429 once its address failed too often."""
         if self.open:
-            return Principal(f"anon:{request.remote_addr or '-'}", "anonymous")
+            return Principal.anonymous(request.remote_addr)
+        address = client_address(request.remote_addr)
+        wait = failures.blocked(address)
+        if wait is not None:
+            raise ProblemException(
+                429, "too many invalid API keys from this address; wait and try again", headers=retry_after(wait)
+            )
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
@@ -81,36 +135,29 @@ class KeyRing:
                 "send Authorization: Bearer <key> (keys are set in MAILSVC_API_KEYS)",
                 headers={"WWW-Authenticate": 'Bearer realm="mailsvc"'},
             )
-        kid = self.identify(token.strip()) if scheme.lower() == "bearer" else None
-        if kid is None:
+        key = self.identify(token.strip()) if scheme.lower() == "bearer" else None
+        if key is None:
+            failures.failed(address)
+            log.info("refused an invalid API key from %s", address)  # never the key
             raise ProblemException(
                 401,
                 "the API key is not valid",
                 headers={"WWW-Authenticate": 'Bearer realm="mailsvc", error="invalid_token"'},
             )
-        return Principal(kid, "bearer")
-
-    def from_session(self) -> Principal | None:
-        """The signed-in form user, if any (also accepted on the status GET routes)."""
-        if self.open:
-            return None
-        kid = session.get("key_id")
-        if isinstance(kid, str) and any(hmac.compare_digest(kid, k) for _, k in self._keys):
-            return Principal(kid, "session")
-        return None
+        return Principal.of(key, "bearer")
 
 
 def check_startup(service: ServiceConfig) -> None:
     """Refuse to be an open relay: a real relay and no keys is an error unless allowed on purpose."""
     web = service.web
-    if web.api_keys:
+    if web.api_keys or web.api_keys_file is not None:
         return
     if not service.dev_mode and not web.allow_anonymous:
         raise ConfigError(
             "MAILSVC_API_KEYS",
             "a real SMTP relay is configured (MAIL_SERVER) but no API keys, which would make this an open "
-            "relay: set MAILSVC_API_KEYS=<key>[,<key>...], or MAILSVC_ALLOW_ANONYMOUS=true if that is "
-            "really what you want",
+            "relay: set MAILSVC_API_KEYS=<key>[,<key>...] (or MAILSVC_API_KEYS_FILE), or "
+            "MAILSVC_ALLOW_ANONYMOUS=true if that is really what you want",
         )
     if service.dev_mode:
         log.warning("no MAILSVC_API_KEYS: the form and JSON API are open (dev mode, mail goes to the dev inbox)")

@@ -31,6 +31,7 @@ from ..extension import MailState
 from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..outbox import EnqueueResult, Outbox
 from ..rendering import html_to_text
+from .auth import Principal
 from .bulkstream import BulkRequest
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
 from .problems import FieldError, ProblemException, retry_after
@@ -230,19 +231,29 @@ def outbox_problem(exc: OutboxError) -> ProblemException:
     return ProblemException(503, "the outbox is unavailable; retry later", headers=retry_after(5))
 
 
+def _scoped(principal: Principal, key: str | None) -> str | None:
+    """An Idempotency-Key means "this request" within a tenant: another tenant's same key is another request.
+
+    For a key of its own (``MAILSVC_API_KEYS``) the tenant is its key id, the scope keys had before tenants.
+    """
+    return f"{principal.idempotency_scope}:{key}" if key is not None else None
+
+
 async def enqueue(
     outbox: Outbox,
     envelopes: list[Envelope],
     *,
-    principal: str,
+    principal: Principal,
     idempotency_key: str | None,
     fingerprint: str,
     batch: bool,
 ) -> EnqueueResult:
-    """Commit the envelopes (all or none) and log one line per accepted message, never a body."""
-    scoped = f"{principal}:{idempotency_key}" if idempotency_key is not None else None
+    """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body."""
+    scoped = _scoped(principal, idempotency_key)
     try:
-        result = await outbox.enqueue(envelopes, idempotency_key=scoped, batch=batch, fingerprint=fingerprint)
+        result = await outbox.enqueue(
+            envelopes, idempotency_key=scoped, batch=batch, fingerprint=fingerprint, tenant=principal.tenant
+        )
     except OutboxError as exc:
         raise outbox_problem(exc) from None
     if not result.duplicate:
@@ -253,11 +264,11 @@ async def enqueue(
                 env.message_id,
                 len(env.recipients),
                 len(env.data),
-                principal,
+                principal.id,
                 f" batch={result.batch_id}" if result.batch_id else "",
             )
     else:
-        log.info("idempotent replay ids=%s key=%s", ",".join(result.ids[:3]), principal)
+        log.info("idempotent replay ids=%s key=%s", ",".join(result.ids[:3]), principal.id)
     return result
 
 
@@ -267,23 +278,28 @@ async def enqueue_bulk(
     state: MailState,
     web: WebConfig,
     *,
-    principal: str,
+    principal: Principal,
     idempotency_key: str | None,
 ) -> EnqueueResult:
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
-    scoped = f"{principal}:{idempotency_key}" if idempotency_key is not None else None
+    scoped = _scoped(principal, idempotency_key)
     builder = await BulkBuilder.create(state, request.head, request.count, web)  # 422 if a template does not compile
     chunks = request.chunks(builder.build_one)
     try:
         async with aclosing(chunks):
             result = await outbox.enqueue_stream(
-                request.count, chunks, fingerprint=request.fingerprint, idempotency_key=scoped, batch=True
+                request.count,
+                chunks,
+                fingerprint=request.fingerprint,
+                idempotency_key=scoped,
+                batch=True,
+                tenant=principal.tenant,
             )
     except OutboxError as exc:
         raise outbox_problem(exc) from None
     if result.duplicate:
-        log.info("idempotent replay batch=%s key=%s", result.batch_id, principal)
+        log.info("idempotent replay batch=%s key=%s", result.batch_id, principal.id)
     else:
         # One line per batch (a line per message cost more than storing it); ids are in the outbox.
-        log.info("accepted batch=%s messages=%d key=%s", result.batch_id, len(result.ids), principal)
+        log.info("accepted batch=%s messages=%d key=%s", result.batch_id, len(result.ids), principal.id)
     return result

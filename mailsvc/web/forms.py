@@ -4,28 +4,36 @@ Why the form goes through :class:`~mailsvc.web.schemas.MessageIn`: it is the
 same validation as the JSON API, so the form can never accept what the API
 refuses. Errors are shown next to the field with the user's values kept; a
 per-page nonce doubles as the Idempotency-Key, so a double-click queues once.
+The signed-in user acts as the tenant of the key it signed in with (its mail, its
+rate limit, its scopes); sign-out revokes the session on every node (:mod:`.sessions`).
+Failed sign-ins count against the client address like failed API keys.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import math
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from quart import Blueprint, Response, redirect, render_template, request, session, url_for
+from quart import Blueprint, Response, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
-from . import compose
+from . import compose, sessions
 from .auth import Principal, csrf_token, verify_csrf
 from .problems import ProblemException, validation_problem
+from .ratelimit import client_address
 from .schemas import MessageIn, split_addresses
 from .state import WebState, web_state
+from .tenants import Scope
 
 __all__ = ["bp"]
 
 bp = Blueprint("mailsvc_form", __name__)
+log = logging.getLogger("mailsvc.web")
 
 # API field (first path segment) -> form field the message is shown next to.
 _FORM_FIELD = {
@@ -83,23 +91,23 @@ async def _render_form(
         templates=names,
         csrf_token=csrf_token(),
         nonce=secrets.token_urlsafe(16),
-        signed_in=ws.keys.from_session() is not None,
+        signed_in=await ws.session_principal() is not None,
         open_service=ws.keys.open,
         max_attachment=ws.config.max_attachment_bytes,
     )
     return Response(html, status=status, headers=headers or {}, content_type="text/html; charset=utf-8")
 
 
-def _form_principal(ws: WebState) -> Principal | None:
+async def _form_principal(ws: WebState) -> Principal | None:
     if ws.keys.open:
-        return Principal(f"anon:{request.remote_addr or '-'}", "anonymous")
-    return ws.keys.from_session()
+        return Principal.anonymous(request.remote_addr)
+    return await ws.session_principal()
 
 
 @bp.get("/")
 async def form() -> Response:
     ws = web_state()
-    if _form_principal(ws) is None:
+    if await _form_principal(ws) is None:
         return redirect(url_for("mailsvc_form.signin", next="/"))  # type: ignore[return-value]
     return await _render_form(ws, {}, {})
 
@@ -142,12 +150,13 @@ async def _to_data(form: MultiDict[str, str]) -> dict[str, Any]:
 async def _refused(
     ws: WebState, principal: Principal, form: MultiDict[str, str], values: dict[str, str]
 ) -> Response | None:
-    """The form again with why, for a cross-site post or a stale token (403) or too many sends (429)."""
+    """The form again with why: cross-site, a stale token or a key that may not send (403), too many sends (429)."""
     try:
         verify_csrf(form.get("csrf_token"), request)
+        principal.require(Scope.SEND)
     except ProblemException as exc:
         return await _render_form(ws, values, {"form": [exc.detail or "forbidden"]}, status=403)
-    wait = ws.limiter.take(principal.id)
+    wait = ws.limiter.take(principal.bucket)
     if wait is not None:
         return await _render_form(
             ws,
@@ -162,7 +171,7 @@ async def _refused(
 @bp.post("/")
 async def submit() -> Response:
     ws = web_state()
-    principal = _form_principal(ws)
+    principal = await _form_principal(ws)
     if principal is None:
         return redirect(url_for("mailsvc_form.signin", next="/"))  # type: ignore[return-value]
     form = await request.form
@@ -182,7 +191,7 @@ async def submit() -> Response:
         result = await compose.enqueue(
             ws.outbox(),
             [envelope],
-            principal=principal.id,
+            principal=principal,
             idempotency_key=f"form:{nonce}"[:200] if nonce else None,
             fingerprint=compose.fingerprint_of("form", m.model_dump_json()),
             batch=False,
@@ -220,29 +229,36 @@ async def signin_post() -> Response:
     target = _safe_next(form.get("next"))
     error: str | None = None
     status = 200
+    headers: dict[str, str] = {}
+    address = client_address(request.remote_addr)
     try:
         verify_csrf(form.get("csrf_token"), request)
     except ProblemException as exc:
         error, status = exc.detail, 403
-    if error is None and ws.limiter.take(f"signin:{request.remote_addr}") is not None:
-        error, status = "Too many attempts; wait a moment.", 429
+    wait = ws.failures.blocked(address) if error is None else None
+    if wait is not None:
+        error, status = "Too many failed attempts from your address; wait a minute and try again.", 429
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
     if error is None:
-        kid = ws.keys.identify(form.get("key", ""))
-        if kid is None:
+        key = ws.keys.identify(form.get("key", ""))
+        if key is None:
+            ws.failures.failed(address)
+            log.info("refused a sign-in with an invalid key from %s", address)  # never the key
             error, status = "That key is not valid.", 401
         else:
-            session.clear()
-            session["key_id"] = kid
+            sessions.sign_in(key)
             return redirect(target)  # type: ignore[return-value]
     html = await render_template(
         "signin.html", csrf_token=csrf_token(), next=target, error=error, open_service=ws.keys.open
     )
-    return Response(html, status=status, content_type="text/html; charset=utf-8")
+    return Response(html, status=status, headers=headers, content_type="text/html; charset=utf-8")
 
 
 @bp.post("/signout")
 async def signout() -> Response:
+    ws = web_state()
     form = await request.form
     verify_csrf(form.get("csrf_token"), request)
-    session.clear()
+    if not ws.keys.open:
+        await sessions.sign_out(ws.outbox())
     return redirect(url_for("mailsvc_form.signin"))  # type: ignore[return-value]

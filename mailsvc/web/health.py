@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from ..errors import OutboxError
 from ..services import services
@@ -78,5 +78,4 @@ def _may_see_details() -> bool:
     ws = web_state()
     if ws.service.dev_mode:
         return True
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and bool(token) and ws.keys.identify(token.strip()) is not None
+    return ws.bearer_is_valid()
