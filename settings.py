@@ -33,6 +33,7 @@ from mailsvc.config import (
     service_env_name,
     unknown_settings,
 )
+from mailsvc.dburl import dev_outbox_url
 from mailsvc.errors import ConfigError
 
 M, S, W = MailConfig, ServiceConfig, WebConfig
@@ -159,7 +160,11 @@ class Settings(BaseSettings):
         return WebConfig(**{**self._fields_of(WebConfig), "api_keys": keys, "allowed_domains": domains})
 
     def service_config(self) -> ServiceConfig:
-        return ServiceConfig(**self._fields_of(ServiceConfig), dev_mode=self.dev_mode, web=self.web_config())
+        """The service config; dev mode queues into an outbox of its own (``dev_outbox_url``)."""
+        fields = self._fields_of(ServiceConfig)
+        if self.dev_mode:
+            fields["database_url"] = dev_outbox_url(self.MAILSVC_DATABASE_URL)
+        return ServiceConfig(**fields, dev_mode=self.dev_mode, web=self.web_config())
 
 
 def load_settings(**overrides: object) -> Settings:

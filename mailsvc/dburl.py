@@ -17,7 +17,7 @@ from typing import Literal
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_DATABASE_URL", "DatabaseURL", "parse_database_url"]
+__all__ = ["DEFAULT_DATABASE_URL", "DatabaseURL", "dev_outbox_url", "parse_database_url"]
 
 SETTING = "MAILSVC_DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite:///var/mailsvc.sqlite3"
@@ -66,3 +66,23 @@ def parse_database_url(url: str | None) -> DatabaseURL:
     if scheme.split("+")[0] in _POSTGRES_SCHEMES and rest.startswith("//"):
         return DatabaseURL(url, "postgresql", dsn=f"postgresql:{rest}")
     raise ConfigError(SETTING, f"unknown database scheme {scheme!r}: use sqlite:///path or postgresql://...")
+
+
+def dev_outbox_url(url: str | None) -> str:
+    """The outbox dev mode uses instead of ``url``: always an SQLite file of its own.
+
+    Why its own: mail accepted in dev mode must never reach a real relay once
+    ``MAIL_SERVER`` is set (it was addressed to test accounts, from a made-up
+    sender). So dev mode never writes to the production outbox, SQLite or
+    PostgreSQL: ``var/mailsvc.sqlite3`` becomes ``var/mailsvc.dev.sqlite3``.
+
+    >>> dev_outbox_url("sqlite:///var/mailsvc.sqlite3")
+    'sqlite:///var/mailsvc.dev.sqlite3'
+    >>> dev_outbox_url("postgresql://db/mail")
+    'sqlite:///var/mailsvc.dev.sqlite3'
+    """
+    parsed = parse_database_url(url)
+    path = parsed.path if parsed.path is not None else Path(DEFAULT_DATABASE_URL.removeprefix("sqlite:///"))
+    if path.stem.endswith(".dev"):
+        return f"sqlite:///{path.as_posix()}"
+    return f"sqlite:///{path.with_name(f'{path.stem}.dev{path.suffix}').as_posix()}"

@@ -17,7 +17,7 @@ from quart import Quart
 
 from .config import ServiceConfig
 from .outbox import Outbox
-from .serviceoutbox import service_outbox
+from .serviceoutbox import dev_leftovers, service_outbox
 from .services import services
 from .worker import WorkerGroup
 
@@ -31,12 +31,27 @@ def outbox_for(app: Quart) -> Outbox:
     return services(app).open_outbox()
 
 
+def _report_dev_leftovers(service: ServiceConfig, relay: str) -> None:
+    left = dev_leftovers(service.database_url)
+    if left is not None:
+        path, count = left
+        log.warning(
+            "%d message(s) accepted in dev mode remain undelivered in %s; they are not sent to %s "
+            "(dev mail stays in dev: delete the file, or run without MAIL_SERVER to see them in the dev inbox)",
+            count,
+            path,
+            relay,
+        )
+
+
 def register(app: Quart, service: ServiceConfig) -> None:
     """Open the outbox (and start ``service.workers`` delivery workers) while the app serves."""
 
     @app.while_serving
     async def _outbox_and_workers() -> AsyncGenerator[None, None]:
         parts = services(app)
+        if not service.dev_mode:
+            _report_dev_leftovers(service, parts.mail.config.server)
         outbox = service_outbox(service)
         await outbox.open()
         parts.outbox = outbox

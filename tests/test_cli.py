@@ -18,6 +18,7 @@ import pytest
 from mailsvc.app import create_app
 from mailsvc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from mailsvc.config import MailConfig, ServiceConfig
+from mailsvc.dburl import dev_outbox_url
 from mailsvc.outbox import open_outbox
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,12 +26,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh outbox URL; the CLI reads the project's settings.py from the repo root."""
+    """The outbox the CLI queues into; the CLI reads the project's settings.py from the repo root.
+
+    No MAIL_SERVER: dev mode, whose mail goes to an outbox of its own beside the configured one.
+    """
     url = f"sqlite:///{tmp_path}/o.sqlite3"
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("MAILSVC_DATABASE_URL", url)
     monkeypatch.delenv("MAIL_SERVER", raising=False)
-    yield url
+    yield dev_outbox_url(url)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -227,7 +231,13 @@ async def test_bulk_wait_follows_real_delivery_to_the_dev_inbox(tmp_path: Path) 
     rows.write_text("email,name,url\n" + "".join(f"user{i}@example.com,User {i},https://x/{i}\n" for i in range(25)))
     app = create_app(
         MailConfig(default_sender="app@example.com"),
-        ServiceConfig(database_url=url, dev_smtp_port=0, workers=1, poll_interval=0.05, templates=REPO / "templates"),
+        ServiceConfig(
+            database_url=dev_outbox_url(url),  # the dev service's own outbox, as settings.py gives it
+            dev_smtp_port=0,
+            workers=1,
+            poll_interval=0.05,
+            templates=REPO / "templates",
+        ),
     )
     async with app.test_app() as served:
         env = os.environ | {"MAILSVC_DATABASE_URL": url}

@@ -46,10 +46,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _service() -> ServiceConfig:
+    """The service config, on the configured MAILSVC_DATABASE_URL even without MAIL_SERVER.
+
+    Why not dev mode's own outbox: ``db`` commands are an operator's, run by a deploy job that
+    may not set the relay; dev mode's outbox is upgraded whenever dev mode opens it.
+    """
     from ..cli import load_project_settings
 
-    service: ServiceConfig = load_project_settings().service_config()
-    return service
+    settings = load_project_settings()
+    service: ServiceConfig = settings.service_config()
+    return service.model_copy(update={"database_url": settings.MAILSVC_DATABASE_URL})
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
