@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 
+import jinja2
 from quart import Quart
 
 from .config import MailConfig, ServiceConfig
 from .extension import Mail
 from .pagesafety import harden_html
 from .services import Services
+from .templatepaths import check_template_folder, email_folders, page_folders
 
 __all__ = ["create_app"]
 
@@ -27,9 +29,12 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     from . import devinbox, previews, runtime, web
 
     service = service or ServiceConfig()
-    app = Quart(__name__, template_folder=str(service.templates.resolve()), static_folder=None)
+    check_template_folder(service.templates)  # a typo'd folder fails here, not as a 500 on every page
+    app = Quart(__name__, static_folder=None)
+    # Pages: the project's folder first, then the packaged ones (an installed wheel serves from anywhere).
+    app.jinja_loader = jinja2.FileSystemLoader([str(f) for f in page_folders(service.templates)])
     app.config.update(mail_config.to_mapping())
-    app.config["MAIL_TEMPLATE_FOLDER"] = str(service.templates.resolve() / "email")
+    app.config["MAIL_TEMPLATE_FOLDER"] = [str(f) for f in email_folders(service.templates)]
     app.jinja_env.globals["dev_inbox"] = service.dev_mode  # pages link to /inbox only where it exists
     parts = Services(service, Mail(app).state)
     parts.install(app)

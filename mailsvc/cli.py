@@ -25,19 +25,26 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 
 
 def load_project_settings() -> Any:
-    """Import the project's settings module and build its Settings (exits 2 on a bad setting)."""
-    name = os.environ.get("MAILSVC_SETTINGS_MODULE", "settings")
+    """Import the project's settings module and build its Settings (exits 2 on a bad setting).
+
+    Without ``MAILSVC_SETTINGS_MODULE`` and without a ``settings.py`` in the working
+    directory, mailsvc's own :mod:`mailsvc.settings` applies (the environment and
+    ``.env`` only), so an installed wheel runs from any directory.
+    """
+    name = os.environ.get("MAILSVC_SETTINGS_MODULE")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError:
-        print(
-            f"mailsvc: cannot import settings module {name!r}; run from the project folder "
-            "or set MAILSVC_SETTINGS_MODULE",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_USAGE) from None
+        module = importlib.import_module(name or "settings")
+    except ModuleNotFoundError as exc:
+        if name is not None or exc.name != "settings":
+            print(
+                f"mailsvc: cannot import settings module {name or 'settings'!r}: {exc}; run from the project "
+                "folder or set MAILSVC_SETTINGS_MODULE",
+                file=sys.stderr,
+            )
+            raise SystemExit(EXIT_USAGE) from None
+        module = importlib.import_module("mailsvc.settings")
     try:
         return module.load_settings()
     except SystemExit as exc:

@@ -243,7 +243,8 @@ class ServiceConfig(BaseModel):
     dev_smtp_port: int = Field(default=8025, ge=0, le=65535)
     dev_inbox_max: int = Field(default=1000, ge=1)  # captured messages kept; the oldest go first
     workers: int = Field(default=1, ge=0, le=64)
-    templates: Path = Path("templates")
+    # The project's template folder (pages, and email/ templates), searched before the packaged ones; None: those only.
+    templates: Path | None = None
     # Outbox and delivery workers (issue 3). Times are seconds; tests use fractions.
     max_pending: int = Field(default=100_000, ge=1)
     idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)

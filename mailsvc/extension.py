@@ -97,7 +97,7 @@ class Mail:
         app: Quart | None = None,
         *,
         config: MailConfig | None = None,
-        templates: str | Path | None = None,
+        templates: str | Path | Sequence[str | Path] | None = None,
         transport: TransportFactory | None = None,
     ) -> None:
         self.app = app

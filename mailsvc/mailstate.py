@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import MailConfig
@@ -37,7 +38,11 @@ class MailState:
     """
 
     def __init__(
-        self, config: MailConfig, templates: str | Path | None = None, *, transport: TransportFactory | None = None
+        self,
+        config: MailConfig,
+        templates: str | Path | Sequence[str | Path] | None = None,
+        *,
+        transport: TransportFactory | None = None,
     ) -> None:
         self.config = config
         self.recorders: list[list[Message]] = []

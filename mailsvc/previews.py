@@ -23,6 +23,7 @@ from .errors import TemplateError
 from .pagesafety import IFRAME_SANDBOX, framed_html, secure_page
 from .rendering import TemplateRenderer, template_name_ok
 from .services import services
+from .templatepaths import email_folders
 
 __all__ = ["Preview", "render_preview", "register"]
 
@@ -59,7 +60,16 @@ def _excerpt(path: Path, line: int, around: int = 3) -> list[tuple[int, str]]:
     return [(n, lines[n - 1]) for n in range(lo, hi + 1)]
 
 
-def _where(exc: BaseException, folder: Path) -> tuple[Path | None, int | None]:
+def _relative(renderer: TemplateRenderer, path: Path) -> str | None:
+    """``path`` as a template file name (``welcome.html``) if it lies in one of the renderer's folders."""
+    resolved = path.resolve()
+    for folder in renderer.folders:
+        if folder.resolve() in resolved.parents:
+            return resolved.relative_to(folder.resolve()).as_posix()
+    return None
+
+
+def _where(exc: BaseException, renderer: TemplateRenderer) -> tuple[Path | None, int | None]:
     """The template file and line an error came from, read off the traceback Jinja rewrites.
 
     ``TemplateError.line`` is set for syntax errors only; for a missing variable or a
@@ -71,7 +81,7 @@ def _where(exc: BaseException, folder: Path) -> tuple[Path | None, int | None]:
         tb: TracebackType | None = seen.__traceback__
         for frame, lineno in traceback.walk_tb(tb):
             path = Path(frame.f_code.co_filename)
-            if path.suffix in (".html", ".txt") and folder in path.resolve().parents:
+            if path.suffix in (".html", ".txt") and _relative(renderer, path) is not None:
                 found = (path, lineno)
         if found[0] is not None:
             return found
@@ -79,15 +89,15 @@ def _where(exc: BaseException, folder: Path) -> tuple[Path | None, int | None]:
     return found
 
 
-def _error(exc: BaseException, folder: Path, name: str) -> PreviewError:
-    path, line = _where(exc, folder)
+def _error(exc: BaseException, renderer: TemplateRenderer, name: str) -> PreviewError:
+    path, line = _where(exc, renderer)
     if isinstance(exc, TemplateError):
         message, line = exc.reason, exc.line or line
         if path is None and exc.line and "syntax error in " in exc.reason:
-            path = folder / exc.reason.split("syntax error in ", 1)[1].split(":", 1)[0]
+            path = renderer.path(exc.reason.split("syntax error in ", 1)[1].split(":", 1)[0])
     else:
         message = f"{type(exc).__name__}: {exc}"
-    rel = path.resolve().relative_to(folder.resolve()).as_posix() if path is not None else None
+    rel = _relative(renderer, path) if path is not None else None
     if rel is not None:  # the page already says which file; don't repeat it in the message
         message = message.replace(f"syntax error in {rel}: ", "syntax error: ", 1)
     return PreviewError(message, rel, line, _excerpt(path, line) if path is not None and line else [])
@@ -95,12 +105,11 @@ def _error(exc: BaseException, folder: Path, name: str) -> PreviewError:
 
 def render_preview(renderer: TemplateRenderer, name: str) -> Preview:
     """Render ``name`` with its sample context; errors are returned in the Preview, never raised."""
-    folder = renderer.folder
-    files = [f"{name}{s}" for s in _SUFFIXES if (folder / f"{name}{s}").is_file()]
+    files = [f"{name}{s}" for s in _SUFFIXES if renderer.path(f"{name}{s}") is not None]
     preview = Preview(name=name, files=files)
-    sample = folder / f"{name}.sample.json"
+    sample = renderer.path(f"{name}.sample.json")
     context: dict[str, Any] = {}
-    if sample.is_file():
+    if sample is not None:
         preview.sample_file = sample.name
         try:
             loaded = json.loads(sample.read_text(encoding="utf-8"))
@@ -117,8 +126,8 @@ def render_preview(renderer: TemplateRenderer, name: str) -> Preview:
     try:
         preview.subject, preview.text, preview.html = renderer.render_parts(name, context)
     except Exception as exc:
-        preview.error = _error(exc, folder, name)
-        if not sample.is_file() and isinstance(exc, TemplateError) and "variable missing" in exc.reason:
+        preview.error = _error(exc, renderer, name)
+        if sample is None and isinstance(exc, TemplateError) and "variable missing" in exc.reason:
             preview.error.message += f" (add {name}.sample.json beside the template with sample values)"
     return preview
 
@@ -167,7 +176,10 @@ def register(app: Quart, service: ServiceConfig) -> TemplateRenderer | None:
     """Add /previews in dev mode only (as Rails shows mailer previews in development only)."""
     if not service.dev_mode:
         return None
-    renderer = TemplateRenderer(service.templates.resolve() / "email")
+    renderer = TemplateRenderer(email_folders(service.templates))
     renderer.env.auto_reload = True  # an edited template shows on the next reload of the page
+    # ... and so does a new project file overriding a packaged one, which Jinja's cache (checking only
+    # the mtime of the file it loaded) would not notice: previews compile afresh each time.
+    renderer.env.cache = None
     app.register_blueprint(bp)
     return renderer

@@ -9,7 +9,7 @@ every message has a readable plain alternative.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,19 @@ class _Environment(DictItemsFirst, jinja2.Environment):
 class TemplateRenderer:
     """Renders ``<name>.subject.txt``, ``<name>.txt`` and ``<name>.html`` from ``folder``.
 
+    ``folder`` may be a search path: each file is taken from the first folder that has it,
+    so a project's folder listed first overrides the packaged templates file by file.
+
     >>> r = TemplateRenderer("templates/email")            # doctest: +SKIP
     >>> r.render_message("thank_you", {"name": "Ann"}, recipients=["ann@example.com"])  # doctest: +SKIP
     """
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        loader = jinja2.FileSystemLoader(str(self.folder))
+    def __init__(self, folder: str | Path | Sequence[str | Path]) -> None:
+        self.folders = tuple(Path(f) for f in ([folder] if isinstance(folder, str | Path) else folder))
+        if not self.folders:
+            raise ValueError("TemplateRenderer needs at least one folder")
+        self.folder = self.folders[0]  # the first place looked in: the project's own, where one is configured
+        loader = jinja2.FileSystemLoader([str(f) for f in self.folders])
         self.env: jinja2.Environment = _Environment(
             loader=loader,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -77,30 +83,38 @@ class TemplateRenderer:
         # filesystem lookups per message. Files not found yet are looked for every time.
         self._compiled: dict[str, jinja2.Template] = {}
 
+    def path(self, filename: str) -> Path | None:
+        """The file ``filename`` (relative, e.g. ``welcome.html``) is read from: the first folder that has it."""
+        for folder in self.folders:
+            if (candidate := folder / filename).is_file():
+                return candidate
+        return None
+
     def names(self) -> list[str]:
-        """Every template that has a subject file or a body part."""
+        """Every template that has a subject file or a body part, in any of the folders."""
         found: set[str] = set()
-        for path in self.folder.rglob("*"):
-            rel = path.relative_to(self.folder).as_posix()
-            for suffix in (".subject.txt", ".txt", ".html"):
-                if rel.endswith(suffix):
-                    base = rel[: -len(suffix)]
-                    if template_name_ok(base):
-                        found.add(base)
-                    break
+        for folder in self.folders:
+            for path in folder.rglob("*"):
+                rel = path.relative_to(folder).as_posix()
+                for suffix in (".subject.txt", ".txt", ".html"):
+                    if rel.endswith(suffix):
+                        base = rel[: -len(suffix)]
+                        if template_name_ok(base):
+                            found.add(base)
+                        break
         return sorted(found)
 
     def exists(self, name: str) -> bool:
         cached = () if self.env.auto_reload else self._compiled
         return template_name_ok(name) and any(
-            f"{name}{s}" in cached or (self.folder / f"{name}{s}").is_file() for s in (".txt", ".html")
+            f"{name}{s}" in cached or self.path(f"{name}{s}") is not None for s in (".txt", ".html")
         )
 
     def _template(self, filename: str) -> jinja2.Template | None:
         """The compiled template, or None when the file does not exist (yet)."""
         if not self.env.auto_reload and (template := self._compiled.get(filename)) is not None:
             return template
-        if not (self.folder / filename).is_file():
+        if self.path(filename) is None:
             return None
         template = self.env.get_template(filename)
         if not self.env.auto_reload:  # the previews set it to show edits at once: no caching then
@@ -133,7 +147,8 @@ class TemplateRenderer:
     def render_parts(self, name: str, context: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         """Return (subject, text, html); text is derived from html when only html exists."""
         if not self.exists(name):
-            raise TemplateError(name, f"unknown template; expected {name}.txt or {name}.html in {self.folder}")
+            where = ", ".join(str(f) for f in self.folders)
+            raise TemplateError(name, f"unknown template; expected {name}.txt or {name}.html in {where}")
         variables = dict(self.env.globals, **context)
         subject = (self._render(name, f"{name}.subject.txt", variables) or "").strip()
         text = self._render(name, f"{name}.txt", variables)

@@ -1,9 +1,12 @@
-"""Template previews through the real app: real template files in a temporary folder."""
+"""Template previews through the real app: the packaged templates plus a project folder of real files.
+
+The project folder holds only the broken and odd templates; ``welcome`` and ``thank_you``
+come from the package, so every test here also runs the search path (project first).
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,14 +17,12 @@ from mailsvc import MailConfig
 from mailsvc.app import create_app
 from mailsvc.config import ServiceConfig, WebConfig
 
-REPO_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
 
 @pytest.fixture
 def templates(tmp_path: Path) -> Path:
     folder = tmp_path / "templates"
-    shutil.copytree(REPO_TEMPLATES, folder)
     email = folder / "email"
+    email.mkdir(parents=True)
     (email / "broken.html").write_text("<p>Hi {{ name }}</p>\n<p>{% if %}</p>\n")
     (email / "broken.sample.json").write_text('{"name": "Ann"}')
     (email / "needs_sample.txt").write_text("Hello\nDear {{ customer }},\n")
@@ -101,9 +102,20 @@ async def test_unknown_or_unsafe_names_are_404(client: Client, name: str) -> Non
 
 
 async def test_edits_show_without_restart(client: Client, templates: Path) -> None:
+    """A project file overrides the packaged one of the same name, at once; the other parts stay packaged."""
     assert "Welcome aboard, Ann!" in await (await client.get("/previews/welcome")).get_data(as_text=True)
     (templates / "email" / "welcome.subject.txt").write_text("Hello again, {{ name }}")
-    assert "Hello again, Ann" in await (await client.get("/previews/welcome")).get_data(as_text=True)
+    page = await (await client.get("/previews/welcome")).get_data(as_text=True)
+    assert "Hello again, Ann" in page and "Welcome aboard" not in page
+    assert "https://example.com/login" in page  # welcome.txt, still the packaged one
+
+
+async def test_a_broken_override_is_shown_in_the_project_file(client: Client, templates: Path) -> None:
+    (templates / "email" / "thank_you.html").write_text("<p>Thanks {{ name }}</p>\n<p>{{ 1 / 0 }}</p>\n")
+    response = await client.get("/previews/thank_you")
+    page = await response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "thank_you.html" in page and "ZeroDivisionError" in page and "{{ 1 / 0 }}" in page
 
 
 async def test_previews_are_404_with_a_real_relay(tmp_path: Path, templates: Path) -> None:

@@ -12,7 +12,7 @@ from mailsvc import Mail, Message, TemplateError, TemplateRenderer
 from tests.helpers import config, standalone
 from tests.servers import RecordingHandler, smtp_server
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "email"
+TEMPLATES = Path(__file__).resolve().parent.parent / "mailsvc" / "templates" / "email"
 
 
 @pytest.fixture(scope="module")

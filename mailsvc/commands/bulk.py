@@ -192,10 +192,11 @@ def _build(rows: list[Row], args: argparse.Namespace, settings: Any) -> tuple[li
     from ..envelopes import build_envelope
     from ..message import Message
     from ..rendering import TemplateRenderer
+    from ..templatepaths import email_folders
 
-    renderer = TemplateRenderer(Path(settings.MAILSVC_TEMPLATES) / "email")
+    renderer = TemplateRenderer(email_folders(settings.MAILSVC_TEMPLATES))
     if not renderer.exists(args.template):
-        raise InputError(f"--template: no template {args.template!r} in {renderer.folder}")
+        raise InputError(f"--template: no template {args.template!r} in {', '.join(map(str, renderer.folders))}")
     config = settings.mail_config()
     envelopes: list[Envelope] = []
     errors: list[str] = []

@@ -153,8 +153,9 @@ def _refuse_mixed_sources(args: argparse.Namespace, body: str | None, html: str 
 
 def _render(args: argparse.Namespace, settings: Any) -> tuple[str, str | None, str | None]:
     from ..rendering import TemplateRenderer
+    from ..templatepaths import email_folders
 
-    renderer = TemplateRenderer(Path(settings.MAILSVC_TEMPLATES) / "email")
+    renderer = TemplateRenderer(email_folders(settings.MAILSVC_TEMPLATES))
     return renderer.render_parts(args.template, load_context(args.context))
 
 

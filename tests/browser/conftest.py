@@ -53,9 +53,10 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, dev_smtp_port: int) -> It
     tmp = tmp_path_factory.mktemp("browser-service")
     log_path = tmp / "hypercorn.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "MAILSVC_"))}
-    # The project's templates plus one broken template, so the previews' error page is exercised too.
+    # A project folder with one broken template beside the packaged ones, so the previews' error page is exercised too.
     templates = tmp / "templates"
     shutil.copytree(REPO / "templates", templates)
+    (templates / "email").mkdir(exist_ok=True)
     (templates / "email" / "broken.html").write_text("<p>Hello {{ name }}</p>\n<p>{% if %}oops{% endif %}</p>\n")
     env |= {
         "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/o.sqlite3",

@@ -1,0 +1,205 @@
+"""The service's settings, read from the environment: the only module in ``mailsvc/`` that reads it.
+
+Every key is an environment variable (or a line in ``.env``). Flask-Mail's
+``MAIL_*`` names configure delivery; ``MAILSVC_*`` names configure the service.
+The app factory, the worker and the library never import this module: they
+receive config models as data. A project's own ``settings.py`` (the one beside
+this repository's ``templates/``) builds on it, and the CLI falls back to it when
+there is none, so an installed wheel runs from any directory on the environment alone.
+
+Why every field is ``env_field(Model, "name")``: the default and the bounds of each
+setting live once, on the config model (``mailsvc/config.py``) that the library,
+the worker and the tests also build directly. Only the few settings whose
+environment form must differ say so here, beside the reason.
+``tests/test_settings_source.py`` fails if a setting and its model field drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .addresses import AddressRules
+from .config import (
+    MAIL_KEYS,
+    MailConfig,
+    ServiceConfig,
+    WebConfig,
+    config_error_from,
+    env_field,
+    service_env_name,
+    unknown_settings,
+)
+from .dburl import dev_outbox_url
+from .errors import ConfigError
+from .templatepaths import check_template_folder
+
+M, S, W = MailConfig, ServiceConfig, WebConfig
+DEV_SENDER = "mailsvc@localhost.localdomain"  # dev mode's From when none is set: it only reaches the dev inbox
+DEV_IGNORES = ("MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME", "MAIL_PASSWORD")
+log = logging.getLogger("mailsvc")
+
+# Settings whose environment form differs from the model field, and why (checked by the tests).
+DIFFERS_FROM_MODEL = {
+    "MAIL_SERVER": "unset means the embedded dev inbox; the library's default is localhost",
+    "MAILSVC_API_KEYS": "comma-separated in the environment, a tuple of secrets on the model",
+    "MAILSVC_ALLOWED_DOMAINS": "comma-separated in the environment, a tuple on the model",
+}
+
+
+class Settings(BaseSettings):
+    """Environment-driven settings; contradictions fail at start-up naming the setting."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True)
+
+    # Delivery (Flask-Mail names). MAIL_SERVER unset = embedded dev inbox.
+    MAIL_SERVER: str | None = env_field(M, "server", default=None)
+    MAIL_PORT: int = env_field(M, "port")
+    MAIL_USE_TLS: bool = env_field(M, "use_tls")
+    MAIL_USE_SSL: bool = env_field(M, "use_ssl")
+    MAIL_USERNAME: str | None = env_field(M, "username")
+    MAIL_PASSWORD: SecretStr | None = env_field(M, "password")
+    MAIL_DEFAULT_SENDER: str | None = env_field(M, "default_sender")
+    MAIL_MAX_EMAILS: int | None = env_field(M, "max_emails")
+    MAIL_SUPPRESS_SEND: bool = env_field(M, "suppress_send")
+    MAIL_ASCII_ATTACHMENTS: bool = env_field(M, "ascii_attachments")
+    MAIL_TIMEOUT: float = env_field(M, "timeout")
+    MAIL_VALIDATE_CERTS: bool = env_field(M, "validate_certs")
+    MAIL_CA_FILE: Path | None = env_field(M, "ca_file")
+    MAIL_POOL_SIZE: int = env_field(M, "pool_size")
+    MAIL_MESSAGE_ID_DOMAIN: str | None = env_field(M, "message_id_domain")
+    MAIL_LOCAL_HOSTNAME: str | None = env_field(M, "local_hostname")
+    MAIL_ALLOW_PLAINTEXT_AUTH: bool = env_field(M, "allow_plaintext_auth")
+    MAIL_DEBUG: bool = env_field(M, "debug")
+    MAIL_ADDRESS_RULES: AddressRules = env_field(M, "address_rules")
+    MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" instead of SMTP
+
+    # Service: outbox, workers, dev inbox
+    MAILSVC_DATABASE_URL: str = env_field(S, "database_url")
+    MAILSVC_DEV_SMTP_PORT: int = env_field(S, "dev_smtp_port")
+    MAILSVC_DEV_INBOX_MAX: int = env_field(S, "dev_inbox_max")
+    MAILSVC_WORKERS: int = env_field(S, "workers")
+    MAILSVC_TEMPLATES: Path | None = env_field(S, "templates")  # unset: the packaged templates only
+    MAILSVC_MAX_PENDING: int = env_field(S, "max_pending")
+    MAILSVC_IDEMPOTENCY_TTL: float = env_field(S, "idempotency_ttl")
+    MAILSVC_LEASE_SECONDS: float = env_field(S, "lease_seconds")
+    MAILSVC_CLAIM_BATCH: int = env_field(S, "claim_batch")
+    MAILSVC_WORKER_CONCURRENCY: int = env_field(S, "worker_concurrency")
+    MAILSVC_POLL_INTERVAL: float = env_field(S, "poll_interval")
+    MAILSVC_RETRY_FIRST: float = env_field(S, "retry_first")
+    MAILSVC_RETRY_MAX: float = env_field(S, "retry_max")
+    MAILSVC_RETRY_LIFETIME: float = env_field(S, "retry_lifetime")
+    MAILSVC_RETRY_JITTER: float = env_field(S, "retry_jitter")
+    MAILSVC_RELAY_BACKOFF: float = env_field(S, "relay_backoff")
+    MAILSVC_RELAY_BACKOFF_MAX: float = env_field(S, "relay_backoff_max")
+    MAILSVC_RETENTION_DAYS: float = env_field(S, "retention_days")
+
+    # Web layer: who may send, how much
+    MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys
+    MAILSVC_API_KEYS_FILE: Path | None = env_field(W, "api_keys_file")  # JSON: tenants with keys and scopes
+    MAILSVC_ALLOW_ANONYMOUS: bool = env_field(W, "allow_anonymous")
+    MAILSVC_SECRET_KEY: SecretStr | None = env_field(W, "secret_key")
+    MAILSVC_SECURE_COOKIES: bool | None = env_field(W, "secure_cookies")
+    MAILSVC_ALLOW_SENDER: bool = env_field(W, "allow_sender")
+    MAILSVC_ALLOWED_DOMAINS: str = ""  # comma-separated
+    MAILSVC_MAX_REQUEST_BYTES: int = env_field(W, "max_request_bytes")
+    MAILSVC_MAX_ATTACHMENT_BYTES: int = env_field(W, "max_attachment_bytes")
+    MAILSVC_MAX_RECIPIENTS: int = env_field(W, "max_recipients")
+    MAILSVC_MAX_BATCH: int = env_field(W, "max_batch")
+    MAILSVC_MAX_RENDER_CHARS: int = env_field(W, "max_render_chars")
+    MAILSVC_MAX_TEMPLATE_CHARS: int = env_field(W, "max_template_chars")
+    MAILSVC_RENDER_SECONDS: float = env_field(W, "render_seconds")
+    MAILSVC_RATE_LIMIT: float = env_field(W, "rate_limit")
+    MAILSVC_RATE_BURST: int = env_field(W, "rate_burst")
+    MAILSVC_AUTH_FAILURE_LIMIT: int = env_field(W, "auth_failure_limit")
+
+    def mail_config(self) -> MailConfig:
+        """The delivery config; in dev mode it points at the embedded inbox on 127.0.0.1, and only there.
+
+        Dev mode ignores the relay settings a ``.env`` may still hold (TLS, credentials): the dev
+        inbox speaks plain SMTP on loopback, and a password has no business going there. With a
+        real relay, a From address must be configured: a made-up one would be sent for real.
+        """
+        data = {k: getattr(self, k) for k in MAIL_KEYS}
+        if self.MAIL_SERVER is None:
+            ignored = [k for k in DEV_IGNORES if data.get(k) not in (None, False, "")]
+            if ignored:
+                log.warning("dev mode: ignoring %s (mail goes to the dev inbox on 127.0.0.1)", ", ".join(ignored))
+            data.update({k: None for k in DEV_IGNORES})
+            data.update(
+                MAIL_SERVER="127.0.0.1",
+                MAIL_PORT=self.MAILSVC_DEV_SMTP_PORT,
+                MAIL_ADDRESS_RULES="permissive",
+                MAIL_DEFAULT_SENDER=self.MAIL_DEFAULT_SENDER or DEV_SENDER,
+            )
+        config = MailConfig.from_mapping(data)  # every other setting's problem first, by name
+        if self.MAIL_SERVER is not None and not self.MAIL_DEFAULT_SENDER:
+            raise ConfigError(
+                "MAIL_DEFAULT_SENDER",
+                f"required with a real relay (MAIL_SERVER={self.MAIL_SERVER}): set the From address "
+                "this relay lets you send as, e.g. MAIL_DEFAULT_SENDER='Shop <shop@example.com>'",
+            )
+        return config
+
+    @property
+    def dev_mode(self) -> bool:
+        return self.MAIL_SERVER is None
+
+    def _fields_of(self, model: type[BaseModel]) -> dict[str, Any]:
+        """The model's fields that are settings, read under their ``MAILSVC_*`` names."""
+        names = type(self).model_fields
+        return {f: getattr(self, service_env_name(f)) for f in model.model_fields if service_env_name(f) in names}
+
+    def web_config(self) -> WebConfig:
+        """Comma-separated lists split here, so the model holds clean tuples."""
+        keys = tuple(SecretStr(k.strip()) for k in self.MAILSVC_API_KEYS.get_secret_value().split(",") if k.strip())
+        domains = tuple(d.strip() for d in self.MAILSVC_ALLOWED_DOMAINS.split(",") if d.strip())
+        return WebConfig(**{**self._fields_of(WebConfig), "api_keys": keys, "allowed_domains": domains})
+
+    def service_config(self) -> ServiceConfig:
+        """The service config; dev mode queues into an outbox of its own (``dev_outbox_url``)."""
+        fields = self._fields_of(ServiceConfig)
+        if self.dev_mode:
+            fields["database_url"] = dev_outbox_url(self.MAILSVC_DATABASE_URL)
+        return ServiceConfig(**fields, dev_mode=self.dev_mode, web=self.web_config())
+
+
+_S = TypeVar("_S", bound=Settings)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings or exit with one line naming the bad setting; warn of names that look like typos."""
+    return build_settings(Settings, **overrides)
+
+
+def build_settings(settings_class: type[_S], **overrides: object) -> _S:
+    """:func:`load_settings` for a project's subclass of :class:`Settings` (its own defaults)."""
+    for line in unknown_settings(_names_given(), settings_class.model_fields):
+        log.warning("%s", line)
+    try:
+        settings = settings_class(**overrides)  # type: ignore[arg-type]
+        settings.mail_config()
+        settings.service_config()
+        check_template_folder(settings.MAILSVC_TEMPLATES)
+    except ValidationError as exc:
+        raise SystemExit(f"mailsvc: configuration error: {config_error_from(exc, {})}") from None
+    except ValueError as exc:  # ConfigError
+        raise SystemExit(f"mailsvc: configuration error: {exc}") from None
+    return settings
+
+
+def _names_given() -> set[str]:
+    """The names in the environment and in ``.env`` (the places Settings reads)."""
+    names = set(os.environ)
+    env_file = Path(".env")
+    if env_file.is_file():
+        for line in env_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            name = line.strip().removeprefix("export ").split("=", 1)[0].strip()
+            if name and not name.startswith("#"):
+                names.add(name)
+    return names
