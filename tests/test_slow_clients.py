@@ -63,7 +63,9 @@ def _env(tmp: Path, overrides: dict[str, str]) -> dict[str, str]:
 
 
 def _command(open_files: int | None, args: Sequence[str]) -> list[str]:
-    """``python -m mailsvc.cli ...``, with the open-file limit lowered first when asked."""
+    """``python -m mailsvc.cli ...`` (or hypercorn's CLI), with the open-file limit lowered first when asked."""
+    if args[0] == "hypercorn":
+        return [sys.executable, "-m", *args]
     if open_files is None:
         return [sys.executable, "-m", "mailsvc.cli", *args]
     code = (
@@ -76,7 +78,10 @@ def _command(open_files: int | None, args: Sequence[str]) -> list[str]:
 
 
 @asynccontextmanager
-async def serve(tmp: Path, open_files: int | None = None, **overrides: str) -> AsyncIterator[Served]:
+async def serve(
+    tmp: Path, open_files: int | None = None, *, command: Sequence[str] = ("serve",), **overrides: str
+) -> AsyncIterator[Served]:
+    """``mailsvc serve`` (or ``command``, e.g. hypercorn's CLI) on a socket bound here and handed over."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
@@ -85,7 +90,7 @@ async def serve(tmp: Path, open_files: int | None = None, **overrides: str) -> A
     log = tmp / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            _command(open_files, ["serve", "--bind", f"fd://{sock.fileno()}"]),
+            _command(open_files, [*command, "--bind", f"fd://{sock.fileno()}"]),
             cwd=tmp,
             env=_env(tmp, overrides),
             stdout=out,
@@ -193,7 +198,7 @@ async def test_early_401s_never_drop_the_next_request(tmp_path: Path) -> None:
     """The race of the finding (about 1-2 % dropped): headers and body in separate writes, the next at once."""
     async with serve(tmp_path) as served:
         statuses: list[int] = []
-        for _ in range(100):
+        for _ in range(200):
             reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
             writer.write(_post_head(len(BODY), key="wrong"))
             await writer.drain()
@@ -202,7 +207,7 @@ async def test_early_401s_never_drop_the_next_request(tmp_path: Path) -> None:
             await writer.drain()
             statuses += [status for status, _ in await _read_responses(reader, 2)]
             writer.close()
-    assert statuses == [401, 200] * 100
+    assert statuses == [401, 200] * 200
 
 
 async def test_a_large_unread_body_gets_connection_close(tmp_path: Path) -> None:
@@ -338,3 +343,29 @@ async def test_running_out_of_descriptors_logs_once_per_interval(tmp_path: Path)
                 pytest.fail(f"no /healthz after the clients left:\n{served.text()[-3000:]}")
     assert len(re.findall("cannot accept connections", text)) == 1, text[-3000:]
     assert "Traceback" not in text and "out of system resource" not in text
+
+
+# --- hypercorn's own command line gets the same limits through hypercorn_config.py -------------------------
+
+HYPERCORN = ("hypercorn", "--config", "python:hypercorn_config", "asgi:app")
+
+
+async def test_hypercorn_config_module_applies_the_settings(tmp_path: Path) -> None:
+    """An idle connection closes after MAILSVC_KEEP_ALIVE_TIMEOUT (1 s here, hypercorn's default is 5 s)."""
+    async with serve(tmp_path, command=HYPERCORN, MAILSVC_KEEP_ALIVE_TIMEOUT="1") as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        assert await _closed_within(reader, 4)
+        writer.close()
+
+
+async def test_early_401_keeps_the_connection_under_hypercorn_asgi_app(tmp_path: Path) -> None:
+    async with serve(tmp_path, command=HYPERCORN) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(_post_head(len(BODY), key="wrong"))
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(BODY + HEALTHZ)
+        await writer.drain()
+        responses = await _read_responses(reader, 2)
+        writer.close()
+    assert [status for status, _ in responses] == [401, 200]
