@@ -190,6 +190,7 @@ async def test_next_request_after_an_early_401_is_answered(tmp_path: Path) -> No
         await writer.drain()
         responses = await _read_responses(reader, 2)
         writer.close()
+        assert await _pending(served) == 0
     assert [status for status, _ in responses] == [401, 200]
     assert "close" not in responses[0][1].get("connection", "")
 
