@@ -64,3 +64,17 @@ async def test_a_client_that_went_away_needs_no_drain() -> None:
     body = RequestBody(queue.get, declared=100)
     sent = await _answer(body)
     assert body.ended and (b"connection", b"close") not in sent[0]["headers"]
+
+
+async def test_a_408_is_not_drained() -> None:
+    """The client was too slow with this body already: no waiting for the rest, the connection is closed."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    body = RequestBody(queue.get, declared=10)
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    answer = UnreadBodyAnswer(body, send)
+    await answer.send({"type": "http.response.start", "status": 408, "headers": []})
+    assert sent[0]["headers"] == [(b"connection", b"close")] and body.received == 0

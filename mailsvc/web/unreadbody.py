@@ -115,7 +115,9 @@ class UnreadBodyAnswer:
             await self._send(message)
 
     async def _start(self, message: HTTPResponseStartEvent) -> None:
-        drained = self._body.small_enough_to_drain and await self._body.discard(DRAIN_BYTES, DRAIN_SECONDS)
+        # A 408 means the client was already too slow with this body: waiting for the rest would reward it.
+        worth_it = message["status"] != 408 and self._body.small_enough_to_drain
+        drained = worth_it and await self._body.discard(DRAIN_BYTES, DRAIN_SECONDS)
         if not drained:
             self._closing = True
             headers = list(message.get("headers", ()))
