@@ -259,7 +259,26 @@ class ServiceConfig(BaseModel):
     relay_backoff: float = Field(default=30.0, gt=0)
     relay_backoff_max: float = Field(default=300.0, gt=0)
     retention_days: float = Field(default=0.0, ge=0)  # delete final messages after N days (PostgreSQL); 0 = keep
+    # The HTTP server (``mailsvc serve``, or hypercorn with ``--config python:hypercorn_config``): slow and
+    # abusive clients (issue 13). Headers must arrive within keep_alive_timeout, a body within body_timeout.
+    keep_alive_timeout: float = Field(default=5.0, gt=0, le=3600)  # idle keep-alive; also the wait for headers
+    body_timeout: float = Field(default=60.0, gt=0, le=3600)  # a request's whole body, once its headers are in
+    # hypercorn closes a connection silent this long even while its request is being answered: a backstop only.
+    read_timeout: float = Field(default=120.0, gt=0, le=3600)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers (431)
+    max_connections: int = Field(default=1000, ge=0)  # open client connections per process; 0 = no cap
     web: WebConfig = Field(default_factory=WebConfig)
+
+    @model_validator(mode="after")
+    def _answers_fit_the_read_timeout(self) -> ServiceConfig:
+        """hypercorn's read timeout also runs while a request is answered: shorter than the render budget, it
+        would cut off (with no answer at all) a request that is still within its limits."""
+        if self.read_timeout <= self.web.render_seconds:
+            raise ValueError(
+                f"MAILSVC_READ_TIMEOUT: {self.read_timeout:g} s would cut off requests still rendering within "
+                f"MAILSVC_RENDER_SECONDS ({self.web.render_seconds:g} s): make it longer than that"
+            )
+        return self
 
 
 def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigError:
@@ -269,7 +288,7 @@ def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigE
     field = str(loc[0]) if loc else ""
     setting = names.get(field, field.upper() or "MAIL_*")
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if not field and msg.startswith("MAIL_"):
+    if not field and msg.startswith(("MAIL_", "MAILSVC_")):
         setting, _, msg = msg.partition(": ")
         return ConfigError(setting, msg)
     return ConfigError(setting, msg)

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     MAILSVC_RELAY_BACKOFF_MAX: float = env_field(S, "relay_backoff_max")
     MAILSVC_RETENTION_DAYS: float = env_field(S, "retention_days")
 
+    # The HTTP server: slow and abusive clients
+    MAILSVC_KEEP_ALIVE_TIMEOUT: float = env_field(S, "keep_alive_timeout")
+    MAILSVC_BODY_TIMEOUT: float = env_field(S, "body_timeout")
+    MAILSVC_READ_TIMEOUT: float = env_field(S, "read_timeout")
+    MAILSVC_MAX_HEADER_BYTES: int = env_field(S, "max_header_bytes")
+    MAILSVC_MAX_CONNECTIONS: int = env_field(S, "max_connections")
+
     # Web layer: who may send, how much
     MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys
     MAILSVC_API_KEYS_FILE: Path | None = env_field(W, "api_keys_file")  # JSON: tenants with keys and scopes

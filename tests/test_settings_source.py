@@ -62,6 +62,10 @@ def test_defaults_and_bounds_are_the_models(setting: str) -> None:
         ({"MAILSVC_WORKERS": "65"}, "MAILSVC_WORKERS"),
         ({"MAILSVC_RETRY_JITTER": "1"}, "MAILSVC_RETRY_JITTER"),
         ({"MAIL_POOL_SIZE": "0"}, "MAIL_POOL_SIZE"),
+        ({"MAILSVC_MAX_HEADER_BYTES": "100"}, "MAILSVC_MAX_HEADER_BYTES"),
+        ({"MAILSVC_MAX_CONNECTIONS": "-1"}, "MAILSVC_MAX_CONNECTIONS"),
+        # hypercorn's read timeout also runs while a request renders: it must outlast the render budget.
+        ({"MAILSVC_READ_TIMEOUT": "4", "MAILSVC_RENDER_SECONDS": "5"}, "MAILSVC_READ_TIMEOUT"),
     ],
 )
 def test_a_bound_from_the_model_is_enforced_on_the_environment(

@@ -1,4 +1,4 @@
-"""``mailsvc serve``: run the service under hypercorn with the project's settings."""
+"""``mailsvc serve``: run the service under hypercorn with the project's settings and limits (mailsvc.serving)."""
 
 from __future__ import annotations
 
@@ -21,23 +21,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
-    from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
+    from .. import serving
     from ..app import create_app
     from ..cli import load_project_settings
     from ..logsetup import configure_logging
 
     settings = load_project_settings()
     configure_logging(args.log_level)
-    app = create_app(settings.mail_config(), settings.service_config())
+    service = settings.service_config()
+    app = create_app(settings.mail_config(), service)
     config = Config()
     config.bind = [args.bind]
     config.errorlog = logging.getLogger("hypercorn.error")  # through our root handler, not a second one
     config.errorlog.setLevel(logging.INFO)  # "Running on ..."
     config.accesslog = "-"
-    asyncio.run(serve(app, config))
+    serving.run(app, config, service)  # timeouts, header limit, connection cap, accept errors throttled
     return 0

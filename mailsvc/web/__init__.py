@@ -12,6 +12,7 @@ Layout (one job per module)::
     jsonscan   a JSON object whose big array is walked an element at a time
     bulkstream a bulk request: checked in one walk, built and stored in chunks in another
     compose    models -> envelopes -> one atomic enqueue
+    unreadbody the rest of a body a handler did not read: drained, or Connection: close (keep-alive kept honest)
     api, forms, openapi, health   the routes
 
 ``register`` refuses to start an open relay (a real relay and no keys) with a
@@ -30,6 +31,7 @@ from . import api, forms, health, openapi
 from .auth import check_startup
 from .problems import ProblemException, problem_response
 from .state import WebState
+from .unreadbody import KeepAliveConnection
 
 __all__ = ["register"]
 
@@ -42,12 +44,14 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
     app.secret_key = web.secret_key.get_secret_value() if web.secret_key else secrets.token_urlsafe(32)
     app.config.update(
         MAX_CONTENT_LENGTH=web.max_request_bytes,
+        BODY_TIMEOUT=service.body_timeout,  # a slow body: 408 and the connection closed (issue 13, finding 9)
         MAX_FORM_MEMORY_SIZE=min(web.max_request_bytes, 4 * 1024 * 1024),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure,
         SESSION_COOKIE_NAME="mailsvc_session",
     )
+    app.asgi_http_class = KeepAliveConnection  # an early 401/413 must not cost the next request on the connection
     state = WebState.from_service(service)
     for bp in (api.bp, forms.bp, openapi.bp, health.bp):
         app.register_blueprint(bp)
