@@ -24,12 +24,15 @@ from .problems import FieldError, ProblemException, not_an_object, not_json, val
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
 from .state import web_state
 
-__all__ = ["bp", "status_out"]
+__all__ = ["ID_PATTERN", "IDEMPOTENCY_KEY_PATTERN", "bp", "status_out"]
 
 bp = Blueprint("mailsvc_api", __name__)
 M = TypeVar("M", bound=BaseModel)
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Checked here and stated as these patterns in /openapi.json.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_ID = re.compile(ID_PATTERN)
 
 
 def _json_mimetype() -> None:
@@ -75,7 +78,7 @@ def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ProblemException(
             422, errors=[FieldError(field="Idempotency-Key", reason="1 to 200 printable ASCII characters")]
         )
@@ -150,7 +153,7 @@ def status_out(s: MessageStatus) -> MessageStatusOut:
 
 
 def _check_id(kind: str, ident: str) -> None:
-    if not _ID.match(ident):
+    if not _ID.fullmatch(ident):
         raise ProblemException(404, f"no {kind} with id {ident[:80]!r}")
 
 
