@@ -47,6 +47,7 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
         SESSION_COOKIE_NAME="mailsvc_session",
     )
     state = WebState.from_service(service)
+    app.url_map.converters["message_id"] = api.MessageIdConverter
     for bp in (api.bp, forms.bp, openapi.bp, health.bp):
         app.register_blueprint(bp)
 

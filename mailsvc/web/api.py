@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, request
+from werkzeug.routing import BaseConverter
 
 from ..errors import OutboxError
 from ..outbox import MessageStatus
@@ -24,7 +25,7 @@ from .problems import FieldError, ProblemException, not_an_object, not_json, val
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
 from .state import web_state
 
-__all__ = ["ID_PATTERN", "IDEMPOTENCY_KEY_PATTERN", "bp", "status_out"]
+__all__ = ["ID_PATTERN", "IDEMPOTENCY_KEY_PATTERN", "MessageIdConverter", "bp", "status_out"]
 
 bp = Blueprint("mailsvc_api", __name__)
 M = TypeVar("M", bound=BaseModel)
@@ -33,6 +34,17 @@ IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _ID = re.compile(ID_PATTERN)
+
+
+class MessageIdConverter(BaseConverter):
+    """``<message_id:id>``: any path segment but ``bulk``, the bulk route's own.
+
+    Why: otherwise ``GET /api/messages/bulk`` reaches the status route (404, no
+    such message) and ``OPTIONS`` advertises GET there; with it, ``bulk`` is one
+    resource that answers POST, and 405 with ``Allow: POST`` to anything else.
+    """
+
+    regex = r"(?!bulk(?:/|$))[^/]+"
 
 
 def _json_mimetype() -> None:
@@ -157,7 +169,7 @@ def _check_id(kind: str, ident: str) -> None:
         raise ProblemException(404, f"no {kind} with id {ident[:80]!r}")
 
 
-@bp.get("/api/messages/<id>")
+@bp.get("/api/messages/<message_id:id>")
 async def message_status(id: str) -> Response:
     ws = web_state()
     ws.api_principal(allow_session=True)

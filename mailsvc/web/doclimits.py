@@ -56,7 +56,9 @@ def narrow(schemas: dict[str, Any], ctx: CheckContext) -> dict[str, Any]:
     if "MessageIn" in out:
         props = out["MessageIn"]["properties"]
         for name in _ADDRESS_FIELDS:
-            _cap_addresses(props[name], web.max_recipients, web.allowed_domains)
+            # ``to`` has at least one address, so cc and bcc each have at most one fewer than the total allows.
+            most = web.max_recipients if name == "to" else web.max_recipients - 1
+            _cap_addresses(props[name], most, web.allowed_domains)
             props[name]["description"] += f"; to, cc and bcc together at most {web.max_recipients} addresses"
     if "BulkRecipient" in out:
         _cap_addresses(out["BulkRecipient"]["properties"]["to"], None, web.allowed_domains)

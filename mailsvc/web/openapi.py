@@ -77,6 +77,14 @@ _IDEM = {
     "description": "retries with the same key (within 24 h) return the first answer and queue nothing",
 }
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
+# /api/messages/bulk is the bulk route's own (api.MessageIdConverter): no message id is "bulk".
+_MESSAGE_ID = {**_ID, "schema": {"type": "string", "pattern": ID_PATTERN, "not": {"const": "bulk"}}}
+
+
+def _not_allowed(description: str) -> dict[str, Any]:
+    out = _problem(description)
+    out["headers"] = {"Allow": {"schema": {"type": "string"}, "description": "the methods it takes", "required": True}}
+    return out
 
 
 def _json(
@@ -137,8 +145,13 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
                 "get": {
                     "summary": "A message's state and each recipient's state, attempts and last reply",
                     "operationId": "messageStatus",
-                    "parameters": [_ID],
-                    "responses": {"200": _json(MessageStatusOut, "status"), "404": _problem("unknown id"), **_ERRORS},
+                    "parameters": [_MESSAGE_ID],
+                    "responses": {
+                        "200": _json(MessageStatusOut, "status"),
+                        "404": _problem("unknown id"),
+                        "405": _not_allowed("id 'bulk' is the bulk route's path, which only takes POST"),
+                        **_ERRORS,
+                    },
                 }
             },
             "/api/batches/{id}": {

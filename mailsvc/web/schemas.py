@@ -45,6 +45,7 @@ __all__ = [
     "BulkRecipient",
     "CONTENT_RULE",
     "CheckContext",
+    "JINJA_FORMAT",
     "MAILBOX_FORMAT",
     "MessageIn",
     "MessageStatusOut",
@@ -61,6 +62,7 @@ _MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0
 _BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
 # JSON Schema has no format for "Name <a@b.example>": the document names this one and says what it means.
 MAILBOX_FORMAT = "mailbox"
+JINJA_FORMAT = "jinja"
 _MAILBOX_DOC = (
     "'a@b.example' or 'Name <a@b.example>' (RFC 5322, internationalised too); the domain has a dot"
     " and is not special-use (.test, .local, .invalid, .arpa, .onion)"
@@ -335,13 +337,24 @@ class BulkRecipient(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
+# A template string of a bulk request: its own format in the document, since its grammar is Jinja's.
+_Jinja = Field(
+    json_schema_extra={
+        "format": JINJA_FORMAT,
+        "description": "rendered in Jinja's sandbox with each recipient's context, which must hold every name it reads",
+    }
+)
+
+
 class BulkHead(_Common):
     """Everything of a bulk request but its recipients (validated before they are walked one by one)."""
 
     template: TemplateName | None = None
-    subject: Annotated[str, Field(max_length=998)] | None = Field(default=None, description="Jinja template string")
-    text: str | None = Field(default=None, description="Jinja template string")
-    html: str | None = Field(default=None, description="Jinja template string (autoescaped)")
+    subject: Annotated[HeaderText, _Jinja] | None = Field(
+        default=None, description="Jinja template string of one line; what it prints must be one line too"
+    )
+    text: Annotated[str, _Jinja] | None = Field(default=None, description="Jinja template string")
+    html: Annotated[str, _Jinja] | None = Field(default=None, description="Jinja template string (autoescaped)")
 
     @model_validator(mode="after")
     def _shape(self, info: ValidationInfo) -> BulkHead:
