@@ -53,7 +53,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The service as deployed: API keys, default limits, the repository's templates; no worker (nothing sent)."""
+    """The service as deployed: API keys, small limits, the repository's templates; no worker (nothing sent)."""
     tmp = tmp_path_factory.mktemp("contract")
     port = _free_port()
     env = {
@@ -68,6 +68,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "MAILSVC_WORKERS": "0",
         "MAILSVC_RATE_LIMIT": "0",
         "MAILSVC_SECURE_COOKIES": "false",
+        # Small limits, so that the coverage phase's boundary cases are quick to build; 3001 bytes is not a
+        # multiple of 3, so the document's exact base64 bound is tested too.
+        "MAILSVC_MAX_ATTACHMENT_BYTES": "3001",
+        "MAILSVC_MAX_TEMPLATE_CHARS": "2000",
+        "MAILSVC_MAX_BATCH": "20",
     }
     log = (tmp / "hypercorn.log").open("wb")
     proc = subprocess.Popen(
@@ -114,6 +119,8 @@ def test_service_keeps_its_openapi_contract(service: str, tmp_path: Path) -> Non
             "--report-dir",
             str(tmp_path),
             "--no-color",
+            "--report",
+            "ndjson",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT), "SCHEMATHESIS_HOOKS": "tests.contract_hooks"},
         cwd=tmp_path,

@@ -11,8 +11,8 @@ reason the schema could state.
 
     >>> from mailsvc.config import WebConfig
     >>> from mailsvc.web.schemas import CheckContext
-    >>> attachment_chars(10)
-    16
+    >>> attachment_chars(10), attachment_chars(12)
+    (16, 16)
     >>> bulk = {"BulkIn": {"properties": {"recipients": {"type": "array"}}}}
     >>> narrow(bulk, CheckContext(WebConfig(max_batch=5)))["BulkIn"]["properties"]["recipients"]["maxItems"]
     5
@@ -51,7 +51,10 @@ def narrow(schemas: dict[str, Any], ctx: CheckContext) -> dict[str, Any]:
     web = ctx.web
     if "AttachmentIn" in out:
         content = out["AttachmentIn"]["properties"]["content"]
-        content["maxLength"] = attachment_chars(web.max_attachment_bytes)
+        content["maxLength"] = longest = attachment_chars(web.max_attachment_bytes)
+        spare = web.max_attachment_bytes % 3
+        if spare:  # at the longest, the last group must be padded down to the bytes that remain
+            content["anyOf"] = [{"maxLength": longest - 4}, {"pattern": "==$" if spare == 1 else "=$"}]
         content["description"] += f"; at most {web.max_attachment_bytes} bytes once decoded (else 413)"
     if "MessageIn" in out:
         props = out["MessageIn"]["properties"]
