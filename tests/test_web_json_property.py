@@ -92,22 +92,18 @@ BULK_FIELDS = [
 
 
 def _put(body: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``path`` (``a``, ``a.b``, ``a[0].b``) in ``body``, creating what is missing on the way."""
-    parts = path.replace("[0]", ".0").split(".")
+    """Set ``path`` (``a``, ``a.b``, ``a[0].b``) in ``body``, replacing whatever is in the way."""
+    parts: list[Any] = [0 if p == "0" else p for p in path.replace("[0]", ".0").split(".")]
     node: Any = body
-    for i, part in enumerate(parts[:-1]):
-        nxt: Any = [{}] if parts[i + 1] == "0" else {}
-        if part == "0":
-            node = node[0]
-            continue
-        if not isinstance(node.get(part), dict | list) or (isinstance(node.get(part), list) and not node[part]):
-            node[part] = nxt
-        node = node[part]
-    last = parts[-1]
-    if last == "0":
-        node[0] = value
-    else:
-        node[last] = value
+    for part, nxt in zip(parts, parts[1:], strict=False):
+        child = node[part] if isinstance(node, list) or part in node else None
+        if nxt == 0 and not (isinstance(child, list) and child):
+            child = [{}]
+        elif nxt != 0 and not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
 
 
 def _encode(body: dict[str, Any], raw: bool) -> bytes:
