@@ -9,13 +9,8 @@ keys each reads). Validation reads the same settings through
 client generated from ``/openapi.json`` sends nothing the service refuses for a
 reason the schema could state.
 
-    >>> from mailsvc.config import WebConfig
-    >>> from mailsvc.web.schemas import CheckContext
-    >>> attachment_chars(10), attachment_chars(12)
+    >>> attachment_chars(10), attachment_chars(12)  # 10 bytes: 16 characters, the last group "xx=="
     (16, 16)
-    >>> bulk = {"BulkIn": {"properties": {"recipients": {"type": "array"}}}}
-    >>> narrow(bulk, CheckContext(WebConfig(max_batch=5)))["BulkIn"]["properties"]["recipients"]["maxItems"]
-    5
 """
 
 from __future__ import annotations
