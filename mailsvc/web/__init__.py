@@ -11,6 +11,7 @@ Layout (one job per module)::
     bulkstream a bulk request: checked in one walk, built and stored in chunks in another
     compose    models -> envelopes -> one atomic enqueue
     api, forms, openapi, health   the routes
+    doclimits              the OpenAPI schemas narrowed to this deployment (limits, templates, sender)
 
 ``register`` refuses to start an open relay (a real relay and no keys) with a
 :class:`~mailsvc.errors.ConfigError` naming ``MAILSVC_API_KEYS``.
