@@ -119,8 +119,6 @@ def test_service_keeps_its_openapi_contract(service: str, tmp_path: Path) -> Non
             "--report-dir",
             str(tmp_path),
             "--no-color",
-            "--report",
-            "ndjson",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT), "SCHEMATHESIS_HOOKS": "tests.contract_hooks"},
         cwd=tmp_path,
