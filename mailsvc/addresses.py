@@ -23,6 +23,7 @@ from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES, EMAIL_
 from .errors import AddressError, BadHeaderError, MessageError
 
 __all__ = [
+    "HEADER_LINE_PATTERN",
     "AddressLike",
     "AddressRules",
     "ParsedAddress",
@@ -41,7 +42,10 @@ AddressRules = Literal["permissive", "deliverable"]
 
 # CR, LF, NUL and every other character str.splitlines() breaks on: the email package
 # refuses them in headers, and some MUAs treat them as line ends.
-_BAD_HEADER_CHARS = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_BAD_HEADER_CLASS = r"\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_BAD_HEADER_CHARS = re.compile(f"[{_BAD_HEADER_CLASS}]")
+# The same rule as a JSON Schema (ECMA-262) pattern, for the OpenAPI document: one line, none of those characters.
+HEADER_LINE_PATTERN = f"^[^{_BAD_HEADER_CLASS}]*$"
 _ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
 
 

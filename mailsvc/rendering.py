@@ -15,18 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 
 from .errors import TemplateError
 from .message import Message
 
-__all__ = ["TemplateRenderer", "html_to_text", "template_name_ok"]
+__all__ = ["TEMPLATE_NAME_PATTERN", "TemplateRenderer", "html_to_text", "template_name_ok"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*$")
+# Also the OpenAPI document's pattern for a template name (ECMA-262 reads it the same way).
+TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*$"
+_NAME = re.compile(TEMPLATE_NAME_PATTERN)
 
 
 def template_name_ok(name: str) -> bool:
     """Names are plain words and slashes: no dots, so no ``..`` escapes from the folder."""
-    return bool(_NAME.match(name))
+    return bool(_NAME.fullmatch(name))
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -156,6 +159,26 @@ class TemplateRenderer:
         if text is None and html is not None:
             text = html_to_text(html)
         return subject, text, html
+
+    def variables(self, name: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The context names the template reads: in any part, and in its subject.
+
+        Why: the API's document tells a caller which ``context`` keys a named
+        template needs (a missing one is a 422, the environment being strict).
+        Names read only through ``{% include %}`` or ``{% extends %}`` are not seen.
+        """
+        every: set[str] = set()
+        subject: set[str] = set()
+        for suffix in (".subject.txt", ".txt", ".html"):
+            path = self.path(f"{name}{suffix}")  # the project's override first, then the packaged one
+            if path is None:
+                continue
+            found = jinja2.meta.find_undeclared_variables(self.env.parse(path.read_text(encoding="utf-8")))
+            found -= set(self.env.globals)
+            every |= found
+            if suffix == ".subject.txt":
+                subject |= found
+        return frozenset(every), frozenset(subject)
 
     def render_message(self, name: str, context: Mapping[str, Any] | None = None, **fields: Any) -> Message:
         """Build a :class:`Message` from a template; ``fields`` are Message's own arguments."""

@@ -14,6 +14,7 @@ Layout (one job per module)::
     compose    models -> envelopes -> one atomic enqueue
     unreadbody the rest of a body a handler did not read: drained, or Connection: close (keep-alive kept honest)
     api, forms, openapi, health   the routes
+    doclimits              the OpenAPI schemas narrowed to this deployment (limits, templates, sender)
 
 ``register`` refuses to start an open relay (a real relay and no keys) with a
 :class:`~mailsvc.errors.ConfigError` naming ``MAILSVC_API_KEYS``.
@@ -53,6 +54,7 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
     )
     app.asgi_http_class = KeepAliveConnection  # an early 401/413 must not cost the next request on the connection
     state = WebState.from_service(service)
+    app.url_map.converters["message_id"] = api.MessageIdConverter
     for bp in (api.bp, forms.bp, openapi.bp, health.bp):
         app.register_blueprint(bp)
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, request
+from werkzeug.routing import BaseConverter
 
 from ..errors import OutboxError
 from ..outbox import MessageStatus
@@ -27,12 +28,26 @@ from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, Message
 from .state import web_state
 from .tenants import Scope
 
-__all__ = ["bp", "status_out"]
+__all__ = ["ID_PATTERN", "IDEMPOTENCY_KEY_PATTERN", "MessageIdConverter", "bp", "status_out"]
 
 bp = Blueprint("mailsvc_api", __name__)
 M = TypeVar("M", bound=BaseModel)
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Checked here and stated as these patterns in /openapi.json.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_ID = re.compile(ID_PATTERN)
+
+
+class MessageIdConverter(BaseConverter):
+    """``<message_id:id>``: any path segment but ``bulk``, the bulk route's own.
+
+    Why: otherwise ``GET /api/messages/bulk`` reaches the status route (404, no
+    such message) and ``OPTIONS`` advertises GET there; with it, ``bulk`` is one
+    resource that answers POST, and 405 with ``Allow: POST`` to anything else.
+    """
+
+    regex = r"(?!bulk(?:/|$))[^/]+"
 
 
 def _json_mimetype() -> None:
@@ -78,7 +93,7 @@ def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ProblemException(
             422, errors=[FieldError(field="Idempotency-Key", reason="1 to 200 printable ASCII characters")]
         )
@@ -151,11 +166,11 @@ def status_out(s: MessageStatus) -> MessageStatusOut:
 
 
 def _check_id(kind: str, ident: str) -> None:
-    if not _ID.match(ident):
+    if not _ID.fullmatch(ident):
         raise ProblemException(404, f"no {kind} with id {ident[:80]!r}")
 
 
-@bp.get("/api/messages/<id>")
+@bp.get("/api/messages/<message_id:id>")
 async def message_status(id: str) -> Response:
     ws = web_state()
     principal = await ws.api_principal(Scope.READ, allow_session=True)

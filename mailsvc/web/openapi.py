@@ -15,15 +15,19 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint, Response, render_template
 
-from .problems import Problem
+from .api import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN
+from .doclimits import narrow
+from .problems import PROBLEM_JSON, Problem
 from .schemas import (
     Accepted,
     BatchAccepted,
     BatchStatusOut,
     BulkIn,
+    CheckContext,
     MessageIn,
     MessageStatusOut,
 )
+from .state import web_state
 
 __all__ = ["bp", "openapi_document"]
 
@@ -36,47 +40,70 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _problem(description: str, retry: bool = False) -> dict[str, Any]:
+def _problem(description: str, retry: bool = False, auth: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": description,
-        "content": {"application/problem+json": {"schema": _ref(Problem)}},
+        "content": {PROBLEM_JSON: {"schema": _ref(Problem)}},
     }
     if retry:
-        out["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        out["headers"] = {
+            "Retry-After": {"schema": {"type": "integer", "minimum": 1}, "description": "seconds", "required": True}
+        }
+    if auth:
+        out["headers"] = {
+            "WWW-Authenticate": {"schema": {"type": "string"}, "description": "RFC 6750 Bearer challenge"}
+        }
     return out
 
 
 _ERRORS = {
-    "401": _problem("missing or invalid API key"),
+    "401": _problem("missing or invalid API key", auth=True),
+    "403": _problem("the key may not do this"),
     "429": _problem("rate limit for this key exceeded", retry=True),
+    "503": _problem("the outbox is full, not open yet or unavailable", retry=True),
 }
 _POST_ERRORS = {
     "400": _problem("malformed JSON"),
-    "413": _problem("request or attachment too large"),
+    "413": _problem("the request, or an attachment once decoded, is larger than this deployment's limit"),
     "415": _problem("body is not application/json"),
-    "422": _problem("invalid fields (listed in errors); nothing queued"),
-    "503": _problem("outbox full or unavailable", retry=True),
+    "422": _problem("invalid fields (each listed in errors, by field); nothing queued"),
     **_ERRORS,
 }
 _IDEM = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "maxLength": 200},
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
     "description": "retries with the same key (within 24 h) return the first answer and queue nothing",
 }
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
+# /api/messages/bulk is the bulk route's own (api.MessageIdConverter): no message id is "bulk".
+_MESSAGE_ID = {**_ID, "schema": {"type": "string", "pattern": ID_PATTERN, "not": {"const": "bulk"}}}
 
 
-def _json(model: type[BaseModel], description: str, location: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
-    if location:
-        out["headers"] = {"Location": {"schema": {"type": "string"}, "description": "status URL"}}
+def _not_allowed(description: str) -> dict[str, Any]:
+    out = _problem(description)
+    out["headers"] = {"Allow": {"schema": {"type": "string"}, "description": "the methods it takes", "required": True}}
     return out
 
 
-def openapi_document() -> dict[str, Any]:
+def _json(
+    model: type[BaseModel], description: str, location: bool = False, links: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+    if location:
+        out["headers"] = {"Location": {"schema": {"type": "string"}, "description": "status URL", "required": True}}
+    if links:
+        out["links"] = links
+    return out
+
+
+def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
+    """The document; with ``ctx``, narrowed to that deployment's limits and templates (:mod:`.doclimits`)."""
     _, defs = models_json_schema([(m, "validation") for m in _MODELS], ref_template="#/components/schemas/{model}")
     schemas = defs.get("$defs", {})
+    if ctx is not None:
+        schemas = narrow(schemas, ctx)
     return {
         "openapi": "3.1.0",
         "info": {"title": "mailsvc", "version": "1", "description": "Queue email for durable delivery."},
@@ -94,7 +121,10 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "sendMessage",
                     "parameters": [_IDEM],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(MessageIn)}}},
-                    "responses": {"202": _json(Accepted, "queued", location=True), **_POST_ERRORS},
+                    "responses": {
+                        "202": _json(Accepted, "queued", location=True, links=_link("messageStatus", "id")),
+                        **_POST_ERRORS,
+                    },
                 }
             },
             "/api/messages/bulk": {
@@ -103,22 +133,32 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "sendBulk",
                     "parameters": [_IDEM],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(BulkIn)}}},
-                    "responses": {"202": _json(BatchAccepted, "batch queued", location=True), **_POST_ERRORS},
+                    "responses": {
+                        "202": _json(
+                            BatchAccepted, "batch queued", location=True, links=_link("batchStatus", "batch_id")
+                        ),
+                        **_POST_ERRORS,
+                    },
                 }
             },
             "/api/messages/{id}": {
                 "get": {
                     "summary": "A message's state and each recipient's state, attempts and last reply",
                     "operationId": "messageStatus",
-                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": _json(MessageStatusOut, "status"), "404": _problem("unknown id"), **_ERRORS},
+                    "parameters": [_MESSAGE_ID],
+                    "responses": {
+                        "200": _json(MessageStatusOut, "status"),
+                        "404": _problem("unknown id"),
+                        "405": _not_allowed("id 'bulk' is the bulk route's path, which only takes POST"),
+                        **_ERRORS,
+                    },
                 }
             },
             "/api/batches/{id}": {
                 "get": {
                     "summary": "Counts of a batch's messages per state",
                     "operationId": "batchStatus",
-                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "parameters": [_ID],
                     "responses": {"200": _json(BatchStatusOut, "counts"), "404": _problem("unknown id"), **_ERRORS},
                 }
             },
@@ -126,9 +166,13 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+def _link(operation: str, field: str) -> dict[str, Any]:
+    return {operation: {"operationId": operation, "parameters": {"id": f"$response.body#/{field}"}}}
+
+
 @bp.get("/openapi.json")
 async def openapi_json() -> dict[str, Any]:
-    return openapi_document()
+    return openapi_document(web_state().check_context())
 
 
 def _type_of(schema: dict[str, Any]) -> str:
@@ -154,7 +198,7 @@ def _prose(text: str) -> Markup:
 
 @bp.get("/docs")
 async def docs() -> Response:
-    doc = openapi_document()
+    doc = openapi_document(web_state().check_context())
     schemas = []
     for name, schema in doc["components"]["schemas"].items():
         required = set(schema.get("required", []))

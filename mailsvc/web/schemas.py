@@ -12,7 +12,6 @@ unit use) only the context-free checks run.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from dataclasses import dataclass
@@ -24,16 +23,17 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationInfo,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from ..addresses import header_problem, parse_address
+from ..addresses import HEADER_LINE_PATTERN, header_problem, parse_address
 from ..config import WebConfig
 from ..errors import MessageError
 from ..outbox.states import MessageState, RecipientState
-from ..rendering import TemplateRenderer, template_name_ok
+from ..rendering import TEMPLATE_NAME_PATTERN, TemplateRenderer, template_name_ok
 
 __all__ = [
     "Accepted",
@@ -43,7 +43,10 @@ __all__ = [
     "BulkHead",
     "BulkIn",
     "BulkRecipient",
+    "CONTENT_RULE",
     "CheckContext",
+    "JINJA_FORMAT",
+    "MAILBOX_FORMAT",
     "MessageIn",
     "MessageStatusOut",
     "RecipientStatusOut",
@@ -51,8 +54,19 @@ __all__ = [
     "split_addresses",
 ]
 
-_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
-_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+# Each rule below is one regex, checked by a validator (with a message a user can act on) and stated as the
+# same ``pattern`` in the OpenAPI document, so the two cannot disagree.
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
+_MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+# Canonical padded base64: what ``binascii.a2b_base64(strict_mode=True)`` accepts.
+_BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+# JSON Schema has no format for "Name <a@b.example>": the document names this one and says what it means.
+MAILBOX_FORMAT = "mailbox"
+JINJA_FORMAT = "jinja"
+_MAILBOX_DOC = (
+    "'a@b.example' or 'Name <a@b.example>' (RFC 5322, internationalised too); the domain has a dot"
+    " and is not special-use (.test, .local, .invalid, .arpa, .onion)"
+)
 # Headers the service sets itself; letting a request set them would allow spoofing or break MIME.
 FORBIDDEN_HEADERS = frozenset(
     {
@@ -73,6 +87,14 @@ FORBIDDEN_HEADERS = frozenset(
         "content-disposition",
     }
 )
+
+
+def _any_case(word: str) -> str:
+    """``from`` as ``[Ff][Rr][Oo][Mm]``: ECMA-262 patterns in JSON Schema have no case-insensitive flag."""
+    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_FORBIDDEN_HEADER_PATTERN = "^(?:" + "|".join(_any_case(h) for h in sorted(FORBIDDEN_HEADERS)) + ")$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +153,26 @@ def _one_or_list(v: Any) -> Any:
     return [v] if isinstance(v, str) else v
 
 
-Address = Annotated[str, Field(max_length=998), AfterValidator(_address)]
+Address = Annotated[
+    str,
+    Field(min_length=1, max_length=998, json_schema_extra={"format": MAILBOX_FORMAT, "description": _MAILBOX_DOC}),
+    AfterValidator(_address),
+]
 AddressList = Annotated[
     list[Address],
-    BeforeValidator(_one_or_list, json_schema_input_type=str | list[str]),
+    BeforeValidator(_one_or_list, json_schema_input_type=Address | list[Address]),
 ]
-HeaderText = Annotated[str, Field(max_length=998), AfterValidator(_no_ctl)]
+HeaderText = Annotated[
+    str,
+    Field(
+        max_length=998,
+        json_schema_extra={
+            "pattern": HEADER_LINE_PATTERN,
+            "description": "one line; an RFC 2047 encoded-word must decode and hide no line break either",
+        },
+    ),
+    AfterValidator(_no_ctl),
+]
 
 
 def _template_name(v: str, info: ValidationInfo) -> str:
@@ -149,7 +185,11 @@ def _template_name(v: str, info: ValidationInfo) -> str:
     return v
 
 
-TemplateName = Annotated[str, Field(max_length=200), AfterValidator(_template_name)]
+TemplateName = Annotated[
+    str,
+    Field(max_length=200, json_schema_extra={"pattern": TEMPLATE_NAME_PATTERN}),
+    AfterValidator(_template_name),
+]
 
 
 def _header_name(v: str) -> str:
@@ -161,6 +201,11 @@ def _header_name(v: str) -> str:
 
 
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+# The names a request may set, as ``propertyNames`` of ``headers`` (``_header_name`` is the check).
+_HEADER_NAMES_SCHEMA: dict[str, JsonValue] = {
+    "pattern": _HEADER_NAME.pattern,
+    "not": {"pattern": _FORBIDDEN_HEADER_PATTERN},
+}
 
 
 class AttachmentIn(BaseModel):
@@ -169,11 +214,14 @@ class AttachmentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: Annotated[HeaderText, Field(min_length=1, max_length=255)]
-    content_type: str = "application/octet-stream"
-    content: str = Field(description="base64 (standard alphabet, padded)")
+    content_type: str = Field(default="application/octet-stream", json_schema_extra={"pattern": _MIME.pattern})
+    content: str = Field(
+        description="base64 (standard alphabet, padded)",
+        json_schema_extra={"contentEncoding": "base64", "pattern": _BASE64.pattern},
+    )
 
     def data(self) -> bytes:
-        return base64.b64decode(self.content, validate=True)
+        return binascii.a2b_base64(self.content, strict_mode=True)
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> AttachmentIn:
@@ -181,10 +229,9 @@ class AttachmentIn(BaseModel):
             raise PydanticCustomError(
                 "mime_type", "content_type {ct!r} is not a MIME type like 'image/png'", {"ct": self.content_type[:80]}
             )
-        try:
-            raw = base64.b64decode(self.content, validate=True)
-        except (binascii.Error, ValueError):
-            raise PydanticCustomError("base64", "content is not valid base64") from None
+        if not _BASE64.fullmatch(self.content):
+            raise PydanticCustomError("base64", "content is not valid base64 (standard alphabet, padded)")
+        raw = self.data()
         ctx = _ctx(info)
         if ctx is not None and len(raw) > ctx.web.max_attachment_bytes:
             raise PydanticCustomError(
@@ -195,8 +242,43 @@ class AttachmentIn(BaseModel):
         return self
 
 
+# How a body is given (null counts as absent): a named ``template``, or a ``subject`` with ``text``, ``html``
+# or both. ``_check_content`` enforces it and this fragment states it in the document; a test checks they agree.
+CONTENT_RULE: dict[str, Any] = {
+    "oneOf": [
+        {
+            "required": ["template"],
+            "properties": {
+                "template": {"type": "string"},
+                "subject": {"type": "null"},
+                "text": {"type": "null"},
+                "html": {"type": "null"},
+            },
+        },
+        {
+            "required": ["subject"],
+            "properties": {"template": {"type": "null"}, "subject": {"type": "string"}},
+            "anyOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["html"], "properties": {"html": {"type": "string"}}},
+            ],
+        },
+    ]
+}
+
+
+def _check_content(template: str | None, subject: str | None, text: str | None, html: str | None) -> None:
+    if template is not None and (subject is not None or text is not None or html is not None):
+        raise PydanticCustomError("either_or", "template: give either template or subject/text/html, not both")
+    if template is None:
+        if subject is None:
+            raise PydanticCustomError("missing_subject", "subject: required unless a template is given")
+        if text is None and html is None:
+            raise PydanticCustomError("missing_body", "text: give text, html or both (or a template)")
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=CONTENT_RULE)
 
     sender: Address | None = Field(default=None, description="From; only when the service allows it")
     reply_to: AddressList = Field(default_factory=list, description="one address or a list")
@@ -207,6 +289,7 @@ class _Common(BaseModel):
         default_factory=dict,
         max_length=50,
         description="extra headers such as List-Unsubscribe; From, To, Subject, Date and MIME headers are refused",
+        json_schema_extra={"propertyNames": _HEADER_NAMES_SCHEMA},
     )
 
     def _check_sender(self, info: ValidationInfo) -> None:
@@ -233,15 +316,7 @@ class MessageIn(_Common):
     @model_validator(mode="after")
     def _shape(self, info: ValidationInfo) -> MessageIn:
         self._check_sender(info)
-        if self.template is not None and (self.subject is not None or self.text is not None or self.html is not None):
-            raise PydanticCustomError(
-                "either_or", "template: give either template + context or subject/text/html, not both"
-            )
-        if self.template is None:
-            if self.subject is None:
-                raise PydanticCustomError("missing_subject", "subject: required unless a template is given")
-            if self.text is None and self.html is None:
-                raise PydanticCustomError("missing_body", "text: give text, html or both (or a template)")
+        _check_content(self.template, self.subject, self.text, self.html)
         ctx = _ctx(info)
         n = len(self.to) + len(self.cc) + len(self.bcc)
         if ctx is not None and n > ctx.web.max_recipients:
@@ -262,24 +337,29 @@ class BulkRecipient(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
+# A template string of a bulk request: its own format in the document, since its grammar is Jinja's.
+_Jinja = Field(
+    json_schema_extra={
+        "format": JINJA_FORMAT,
+        "description": "rendered in Jinja's sandbox with each recipient's context, which must hold every name it reads",
+    }
+)
+
+
 class BulkHead(_Common):
     """Everything of a bulk request but its recipients (validated before they are walked one by one)."""
 
     template: TemplateName | None = None
-    subject: Annotated[str, Field(max_length=998)] | None = Field(default=None, description="Jinja template string")
-    text: str | None = Field(default=None, description="Jinja template string")
-    html: str | None = Field(default=None, description="Jinja template string (autoescaped)")
+    subject: Annotated[HeaderText, _Jinja] | None = Field(
+        default=None, description="Jinja template string of one line; what it prints must be one line too"
+    )
+    text: Annotated[str, _Jinja] | None = Field(default=None, description="Jinja template string")
+    html: Annotated[str, _Jinja] | None = Field(default=None, description="Jinja template string (autoescaped)")
 
     @model_validator(mode="after")
     def _shape(self, info: ValidationInfo) -> BulkHead:
         self._check_sender(info)
-        if self.template is not None and (self.subject is not None or self.text is not None or self.html is not None):
-            raise PydanticCustomError("either_or", "template: give either template or subject/text/html, not both")
-        if self.template is None:
-            if self.subject is None:
-                raise PydanticCustomError("missing_subject", "subject: required unless a template is given")
-            if self.text is None and self.html is None:
-                raise PydanticCustomError("missing_body", "text: give text, html or both (or a template)")
+        _check_content(self.template, self.subject, self.text, self.html)
         return self
 
 
