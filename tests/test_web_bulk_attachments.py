@@ -30,7 +30,9 @@ from tests.pgtools import fresh_schema
 from tests.servers import RecordingHandler
 from tests.webkit import AUTH, SENDER, running
 
-FAST = dict(retry_first=0.05, retry_max=0.2, poll_interval=0.02, lease_seconds=60.0, workers=1, dev_mode=False)
+FAST: dict[str, Any] = dict(
+    retry_first=0.05, retry_max=0.2, poll_interval=0.02, lease_seconds=60.0, workers=1, dev_mode=False
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
