@@ -8,6 +8,7 @@ headers and parts are decided once, in :meth:`mailsvc.message.Message.plan`.
 
 from __future__ import annotations
 
+import binascii
 import unicodedata
 from collections.abc import Sequence
 from email import policy as _policy
@@ -17,7 +18,7 @@ from typing import Any
 from .errors import MessageError
 from .parts import Attachment, BuildPlan
 
-__all__ = ["POLICY_7BIT", "POLICY_UTF8", "mime_bytes"]
+__all__ = ["POLICY_7BIT", "POLICY_UTF8", "attachment_body", "mime_bytes"]
 
 # Built once: 7bit transfer encodings so no server needs 8BITMIME, CRLF on the wire.
 POLICY_7BIT = _policy.SMTP.clone(cte_type="7bit")
@@ -39,6 +40,22 @@ def mime_bytes(plan: BuildPlan) -> bytes:
         raise MessageError("charset", f"cannot encode the body as {plan.charset!r}: {exc}") from exc
     _add_attachments(m, plan.attachments, plan.ascii_attachments)
     return m.as_bytes(policy=pol)
+
+
+def attachment_body(data: bytes | str) -> bytes:
+    """The bytes an attachment's body has in what :func:`mime_bytes` writes: base64 lines, CRLF-ended.
+
+    Why: a bulk batch sends one attachment to every recipient; the outbox stores these
+    bytes once and cuts them out of each message (``Outbox.enqueue_stream(shared=...)``).
+    It is the stdlib's encoding (``email.contentmanager.set_bytes_content``: base64 in
+    lines of ``max_line_length // 4 * 3`` input bytes, as both policies write it, with
+    CRLF line ends); ``tests/test_blobs.py`` holds it to what :func:`mime_bytes` writes,
+    and the outbox cuts only where these exact bytes are found, so a difference would
+    store more, never send other bytes.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    step = (POLICY_7BIT.max_line_length or 78) // 4 * 3
+    return b"".join(binascii.b2a_base64(raw[i : i + step]).replace(b"\n", b"\r\n") for i in range(0, len(raw), step))
 
 
 def _add_attachments(m: EmailMessage, attachments: Sequence[Attachment], ascii_names: bool) -> None:

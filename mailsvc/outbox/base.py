@@ -189,6 +189,7 @@ class Outbox(abc.ABC):
         idempotency_key: str | None = None,
         batch: bool = False,
         tenant: str | None = None,
+        shared: Sequence[bytes] = (),
     ) -> EnqueueResult:
         """:meth:`enqueue` for a batch too big to hold rendered at once: every chunk in one transaction, or none.
 
@@ -200,6 +201,13 @@ class Outbox(abc.ABC):
         the request, since the envelopes are not all at hand); a replayed key
         returns before ``chunks`` is started. An exception raised by ``chunks``
         rolls everything back and propagates unchanged.
+
+        ``shared``: bytes many of the envelopes contain verbatim (a bulk attachment's
+        encoded body, :func:`mailsvc.mimewriter.attachment_body`). Each one of 4 KiB or
+        more is stored once, cut from every message where its exact bytes occur, and
+        put back at the recorded offsets when the message is claimed, so a worker sends
+        exactly the bytes given here; it is deleted when the last message that needs
+        it is final (:mod:`.blobs`).
         """
 
     @abc.abstractmethod

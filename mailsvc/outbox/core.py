@@ -10,9 +10,10 @@ The backends (:mod:`.sqlite`, :mod:`.postgres`) hold only their SQL and their dr
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -32,9 +33,10 @@ from .base import (
     need_fingerprint,
 )
 from .base import fingerprint as envelope_fingerprint
+from .blobs import SharedBlobs, Splice, check_blobs, reassemble
 from .groups import GroupCommit
 from .states import OUTCOMES, MessageState, RecipientState
-from .store import KeyRecord, OutcomeRow, Store, Tx
+from .store import Body, KeyRecord, OutcomeRow, Store, Tx
 
 __all__ = ["OutboxCore"]
 
@@ -145,21 +147,25 @@ class OutboxCore(Outbox, Generic[StoreT]):
         idempotency_key: str | None = None,
         batch: bool = False,
         tenant: str | None = None,
+        shared: Sequence[bytes] = (),
     ) -> EnqueueResult:
         request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch, tenant)
         check_count(count, count)  # at least one
+        blobs = await asyncio.to_thread(SharedBlobs, shared) if shared else None  # hashed before the lock
         async with self.store.write("enqueue") as tx:
             result = await self._admit(tx, request)
             if result.duplicate:
                 return result
             written = 0
+            stored: set[str] = set()
             async for chunk in chunks:
                 check_envelopes(chunk, written)
                 end = written + len(chunk)
                 if end > count:
                     check_count(count, end)
                 n = len(chunk)
-                await tx.insert(result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, chunk)
+                rows, splices = (chunk, []) if blobs is None else await _cut(tx, blobs, chunk, stored)
+                await tx.insert(result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, rows, splices)
                 written = end
             check_count(count, written)
             await tx.notify()
@@ -228,7 +234,12 @@ class OutboxCore(Outbox, Generic[StoreT]):
             await tx.lease(list(due), owner, lease_seconds)
             # A message due with no due recipient should not exist; repair its due time rather than spin.
             await tx.settle([r.id for r in rows if r.id not in due], [])
+            await tx.drop_blobs([r.id for r in rows if r.id not in due])
             bodies = await tx.bodies(list(due))
+            digests = sorted({s.digest for b in bodies.values() for s in b.splices})
+            blobs = await tx.blobs(digests) if digests else {}
+        if blobs:
+            bodies = await asyncio.to_thread(_whole, bodies, blobs)
         claimed = []
         for r in rows:
             if r.id in due:
@@ -264,6 +275,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             # Another worker took a message after our lease lapsed: leave its lease alone.
             mine = [i for i in ids if holders[i] in (None, owner)]
             await tx.settle(mine, [i for i in ids if holders[i] not in (None, owner)])
+            await tx.drop_blobs(ids)
 
     async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
         if not ids:
@@ -277,6 +289,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
         async with self.store.write("release messages") as tx:
             mine = await tx.held_by(sorted(ids), owner)
             await tx.settle(mine, [])
+            await tx.drop_blobs(mine)
             if mine:
                 await tx.notify()
 
@@ -332,6 +345,31 @@ class OutboxCore(Outbox, Generic[StoreT]):
 
     async def ping(self) -> None:
         await self.store.ping()
+
+
+async def _cut(
+    tx: Tx, blobs: SharedBlobs, chunk: Sequence[Envelope], stored: set[str]
+) -> tuple[list[Envelope], list[tuple[Splice, ...]]]:
+    """The chunk with the shared blobs cut out (off the loop), storing each blob the first time one is cut.
+
+    ``stored``: digests this enqueue has put already. A blob found in no message is never stored.
+    """
+    cuts = await asyncio.to_thread(blobs.cut_all, [env.data for env in chunk])
+    new = {s.digest for _, splices in cuts for s in splices} - stored
+    if new:
+        await tx.put_blobs({d: blobs.by_digest[d] for d in sorted(new)})
+        stored |= new
+    rows = [env if not splices else replace(env, data=data) for env, (data, splices) in zip(chunk, cuts, strict=True)]
+    return rows, [splices for _, splices in cuts]
+
+
+def _whole(bodies: dict[str, Body], blobs: dict[str, bytes]) -> dict[str, Body]:
+    """Bodies with their blobs put back (each blob checked against its digest once per claim)."""
+    check_blobs(blobs)
+    return {
+        id_: replace(b, data=reassemble(b.data, b.splices, blobs), splices=()) if b.splices else b
+        for id_, b in bodies.items()
+    }
 
 
 def _replay(request: _Request, found: KeyRecord) -> EnqueueResult:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any
@@ -43,6 +43,7 @@ from ..errors import ConfigError, OutboxError
 from ..message import Envelope
 from . import migrations
 from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
+from .blobs import Splice
 from .core import OutboxCore
 from .states import FINAL, PENDING, MessageState, RecipientState, sql_list
 from .store import BatchRow, Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
@@ -54,6 +55,9 @@ log = logging.getLogger("mailsvc.outbox.postgres")
 NOTIFY_CHANNEL = "mailsvc_outbox"
 # An arbitrary constant shared by every node: pg_advisory_lock's key (a bigint).
 LOCK_KEY = 0x6D61696C737663  # "mailsvc"
+# The first key of the (int, int) advisory locks that serialise deleting one blob (a space apart from LOCK_KEY's).
+BLOB_LOCK_CLASS = 0x626C6F62  # "blob"
+_PUT_BLOB_TRIES = 5
 _FINAL = sql_list(FINAL)
 _PENDING = sql_list(PENDING)
 
@@ -225,7 +229,7 @@ class PostgresStore(Store):
             raise OutboxError("the outbox database is read-only (a standby, or default_transaction_read_only)")
 
     async def purge(self, older_than_seconds: float, batch_size: int) -> int:
-        """Delete up to ``batch_size`` final messages older than that, skipping rows others hold."""
+        """Delete up to ``batch_size`` final messages older than that, and unused blobs, skipping rows others hold."""
         async with self._transaction("delete old messages") as conn:
             n: int = await conn.fetchval(
                 """
@@ -242,6 +246,9 @@ class PostgresStore(Store):
                 older_than_seconds,
                 batch_size,
             )
+            # Blobs no message needs (normally gone when their last message became final; this also
+            # takes one an enqueue held when that happened and then rolled back).
+            await _delete_unused_blobs(conn, None)
         return n
 
     async def purge_keys(self, ttl: float) -> None:
@@ -300,8 +307,9 @@ class _PgTx(Tx):
         batch_ids: Sequence[str | None],
         tenants: Sequence[str | None],
         envelopes: Sequence[Envelope],
+        splices: Sequence[Sequence[Splice]] = (),
     ) -> None:
-        """All rows in three set-based statements (fast for a 10,000-message batch)."""
+        """All rows in set-based statements (fast for a 10,000-message batch)."""
         await self.conn.execute(
             """
             INSERT INTO mailsvc_message (id, message_id, batch_id, tenant, due_at)
@@ -330,6 +338,42 @@ class _PgTx(Tx):
             [r[1] for r in rcpts],
             [r[2] for r in rcpts],
         )
+        cuts = [
+            (i, pos, sp.at, sp.digest)
+            for i, c in zip(ids, splices or [()] * len(ids), strict=True)
+            for pos, sp in enumerate(c)
+        ]
+        if cuts:
+            await self.conn.execute(
+                "INSERT INTO mailsvc_splice (message_pk, position, at, digest) "
+                "SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[])",
+                *(list(col) for col in zip(*cuts, strict=True)),
+            )
+
+    async def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
+        """Each blob present and share-locked (``FOR KEY SHARE``) until this transaction ends.
+
+        Why the lock: a worker deleting a blob (:meth:`drop_blobs`) locks it ``FOR UPDATE
+        SKIP LOCKED``, so it leaves alone one an enqueue in progress is about to reference,
+        and an enqueue never waits for more than such a short delete. Concurrent enqueues
+        of the same blob share the lock and never wait for each other. One deleted under
+        us is inserted again (the loop); the bytes travel only when the row is missing.
+        """
+        missing = sorted(blobs)
+        for _ in range(_PUT_BLOB_TRIES):
+            held = await self.conn.fetch(
+                "SELECT digest FROM mailsvc_blob WHERE digest = ANY($1::text[]) ORDER BY digest FOR KEY SHARE", missing
+            )
+            missing = sorted(set(missing) - {r["digest"] for r in held})
+            if not missing:
+                return
+            await self.conn.execute(
+                "INSERT INTO mailsvc_blob (digest, data) SELECT * FROM unnest($1::text[], $2::bytea[])"
+                " ON CONFLICT (digest) DO NOTHING",
+                missing,
+                [blobs[d] for d in missing],
+            )
+        raise OutboxError(f"could not enqueue: blob {missing[0][:12]} kept being deleted while it was stored")
 
     async def notify(self) -> None:
         await self.conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)  # delivered at commit
@@ -381,10 +425,29 @@ class _PgTx(Tx):
             " WHERE message_pk = ANY($1::text[])",
             list(ids),
         )
+        cuts: dict[str, list[Splice]] = {}
+        for r in await self.conn.fetch(
+            "SELECT message_pk, at, digest FROM mailsvc_splice WHERE message_pk = ANY($1::text[])"
+            " ORDER BY message_pk, position",
+            list(ids),
+        ):
+            cuts.setdefault(r["message_pk"], []).append(Splice(r["at"], r["digest"]))
         return {
-            b["message_pk"]: Body(b["sender"], bytes(b["data"]), tuple(b["mail_options"]), tuple(b["rcpt_options"]))
+            b["message_pk"]: Body(
+                b["sender"],
+                bytes(b["data"]),
+                tuple(b["mail_options"]),
+                tuple(b["rcpt_options"]),
+                tuple(cuts.get(b["message_pk"], ())),
+            )
             for b in rows
         }
+
+    async def blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        rows = await self.conn.fetch(
+            "SELECT digest, data FROM mailsvc_blob WHERE digest = ANY($1::text[])", list(digests)
+        )
+        return {r["digest"]: bytes(r["data"]) for r in rows}
 
     # -- record, release, extend
     async def lock_messages(self, ids: Sequence[str]) -> dict[str, str | None]:
@@ -429,6 +492,26 @@ class _PgTx(Tx):
         if release:
             await self.conn.execute(_UNLEASE_RECIPIENTS, list(release))
         await self.conn.execute(_SETTLE, list(release), list(restate))
+
+    async def drop_blobs(self, ids: Sequence[str]) -> None:
+        """Forget final messages' splices; delete their blobs unless a message or an enqueue still has them.
+
+        Two workers finishing the last two messages of a blob at once would each still see
+        the other's splice, and neither delete it: an advisory lock per blob, taken after the
+        splices are gone, makes the second look after the first committed. The blob row is
+        then locked ``FOR UPDATE SKIP LOCKED`` (an enqueue holding it will reference it),
+        and the delete runs in a statement of its own, whose snapshot sees every splice
+        committed before the lock.
+        """
+        if not ids:
+            return
+        gone = await self.conn.fetch(_DROP_SPLICES, list(ids))
+        digests = sorted({r["digest"] for r in gone})
+        if not digests:
+            return
+        for key in sorted({_blob_lock(d) for d in digests}):
+            await self.conn.execute("SELECT pg_advisory_xact_lock($1::int, $2::int)", BLOB_LOCK_CLASS, key)
+        await _delete_unused_blobs(self.conn, digests)
 
     async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
         rows = await self.conn.fetch(
@@ -487,6 +570,35 @@ class _PgTx(Tx):
         return bool(found)
 
 
+def _blob_lock(digest: str) -> int:
+    """The second key of a blob's advisory lock: its digest's first 32 bits, signed (an int)."""
+    return int.from_bytes(bytes.fromhex(digest[:8]), "big", signed=True)
+
+
+async def _delete_unused_blobs(conn: asyncpg.Connection, digests: Sequence[str] | None) -> int:
+    """Delete the blobs (of ``digests``; all when None) that no splice names and nobody holds; return how many."""
+    locked = await conn.fetch(
+        "SELECT digest FROM mailsvc_blob b WHERE ($1::text[] IS NULL OR digest = ANY($1::text[]))"
+        " AND NOT EXISTS (SELECT 1 FROM mailsvc_splice s WHERE s.digest = b.digest)"
+        " ORDER BY digest FOR UPDATE SKIP LOCKED",
+        None if digests is None else list(digests),
+    )
+    if not locked:
+        return 0
+    deleted = await conn.fetch(
+        "DELETE FROM mailsvc_blob b WHERE digest = ANY($1::text[])"
+        " AND NOT EXISTS (SELECT 1 FROM mailsvc_splice s WHERE s.digest = b.digest) RETURNING 1",
+        [r["digest"] for r in locked],
+    )
+    return len(deleted)
+
+
+# The splices of those of $1 that are final now: no worker will send them again.
+_DROP_SPLICES = """
+DELETE FROM mailsvc_splice s USING mailsvc_message m
+WHERE m.id = ANY($1::text[]) AND m.due_at IS NULL AND s.message_pk = m.id
+RETURNING s.digest
+"""
 # Recipients still marked sending were not attempted: back to queued (never tried) or deferred.
 _UNLEASE_RECIPIENTS = f"""
 UPDATE mailsvc_recipient

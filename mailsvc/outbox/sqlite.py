@@ -17,8 +17,9 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..errors import OutboxError
 from ..message import Envelope
 from . import migrations
 from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
+from .blobs import Splice
 from .core import OutboxCore
 from .states import FINAL, FINAL_MESSAGE, PENDING, MessageState, RecipientState, derive_state, sql_list
 from .store import BatchRow, Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
@@ -280,8 +282,9 @@ class _SqliteTx(Tx):
         batch_ids: Sequence[str | None],
         tenants: Sequence[str | None],
         envelopes: Sequence[Envelope],
+        splices: Sequence[Sequence[Splice]] = (),
     ) -> None:
-        """Rows numbered on from the highest ``pk``, so recipients need no lookup of their message's."""
+        """Rows numbered on from the highest ``pk``, so recipients and splices need no lookup of their message's."""
         if self._next_pk is None:
             row = await self._one("SELECT coalesce(max(pk), 0) FROM messages")
             self._next_pk = (int(row[0]) if row else 0) + 1
@@ -299,6 +302,19 @@ class _SqliteTx(Tx):
         await self.db.executemany(
             "INSERT INTO recipients (msg, position, address, updated_at) VALUES (?, ?, ?, ?)",
             [(first + i, pos, rcpt, now) for i, env in enumerate(envelopes) for pos, rcpt in enumerate(env.recipients)],
+        )
+        if splices:
+            await self.db.executemany(
+                "INSERT INTO splices (msg, position, at, digest) VALUES (?, ?, ?, ?)",
+                [(first + i, pos, sp.at, sp.digest) for i, cuts in enumerate(splices) for pos, sp in enumerate(cuts)],
+            )
+
+    async def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
+        """One writer at a time: a blob found here stays until this transaction commits."""
+        digests = list(blobs)
+        have = {r[0] for r in await self._all(f"SELECT digest FROM blobs WHERE digest IN ({_marks(digests)})", digests)}
+        await self.db.executemany(
+            "INSERT INTO blobs (digest, data) VALUES (?, ?)", [(d, blobs[d]) for d in digests if d not in have]
         )
 
     async def notify(self) -> None:
@@ -340,7 +356,24 @@ class _SqliteTx(Tx):
         )
 
     async def bodies(self, ids: Sequence[str]) -> dict[str, Body]:
-        return {i: self._bodies[i] for i in ids}
+        """The rows read with the claim, with their splices (a message without any keeps its data whole)."""
+        ids_by_pk = {self._pks[i]: i for i in ids}
+        cuts: dict[str, list[Splice]] = {}
+        for chunk in _chunks(list(ids_by_pk)):
+            for msg, at, digest in await self._all(
+                f"SELECT msg, at, digest FROM splices WHERE msg IN ({_marks(chunk)}) ORDER BY msg, position", chunk
+            ):
+                cuts.setdefault(ids_by_pk[msg], []).append(Splice(at, digest))
+        return {i: replace(self._bodies[i], splices=tuple(cuts[i])) if i in cuts else self._bodies[i] for i in ids}
+
+    async def blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for chunk in _chunks(digests):
+            for digest, data in await self._all(
+                f"SELECT digest, data FROM blobs WHERE digest IN ({_marks(chunk)})", chunk
+            ):
+                found[digest] = bytes(data)
+        return found
 
     # -- record, release, extend
     async def lock_messages(self, ids: Sequence[str]) -> dict[str, str | None]:
@@ -406,6 +439,23 @@ class _SqliteTx(Tx):
             ):
                 rows[msg].append((state, next_at))
         return rows
+
+    async def drop_blobs(self, ids: Sequence[str]) -> None:
+        """One writer at a time: no enqueue can be about to use a blob this deletes."""
+        digests: set[str] = set()
+        for chunk in _chunks([self._pks[i] for i in ids]):
+            rows = await self._all(
+                f"DELETE FROM splices WHERE msg IN (SELECT pk FROM messages WHERE pk IN ({_marks(chunk)})"
+                " AND due_at IS NULL) RETURNING digest",
+                chunk,
+            )
+            digests.update(r[0] for r in rows)
+        for chunk in _chunks(sorted(digests)):
+            await self.db.execute(
+                f"DELETE FROM blobs WHERE digest IN ({_marks(chunk)})"
+                " AND NOT EXISTS (SELECT 1 FROM splices WHERE splices.digest = blobs.digest)",
+                chunk,
+            )
 
     async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
         kept: list[str] = []

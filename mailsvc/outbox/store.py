@@ -13,12 +13,13 @@ how a backend keys its rows (SQLite's integer ``pk``) stays inside it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..message import Envelope
+from .blobs import Splice
 from .states import RecipientState
 
 __all__ = [
@@ -53,10 +54,13 @@ class DueMessage:
 
 @dataclass(frozen=True, slots=True)
 class Body:
+    """A message's stored data, and where shared blobs go back into it (none: the data is whole)."""
+
     sender: str
     data: bytes
     mail_options: tuple[str, ...]
     rcpt_options: tuple[str, ...]
+    splices: tuple[Splice, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +127,21 @@ class Tx(abc.ABC):
         batch_ids: Sequence[str | None],
         tenants: Sequence[str | None],
         envelopes: Sequence[Envelope],
+        splices: Sequence[Sequence[Splice]] = (),
     ) -> None:
-        """New queued messages (one id, batch id and tenant per envelope), due now."""
+        """New queued messages (one id, batch id and tenant per envelope), due now.
+
+        ``splices``: per envelope, where blobs were cut from its data (empty: none anywhere);
+        every digest named is in the store already (:meth:`put_blobs`).
+        """
+
+    @abc.abstractmethod
+    async def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
+        """Store each blob under its digest unless it is there, and keep it until this transaction ends.
+
+        Why "keep": a worker finishing the last message that used a blob deletes it
+        (:meth:`drop_blobs`); a blob this enqueue is about to reference must survive that.
+        """
 
     @abc.abstractmethod
     async def notify(self) -> None:
@@ -144,7 +161,12 @@ class Tx(abc.ABC):
         """Messages become ``sending``, held by ``owner``, due again when the lease lapses."""
 
     @abc.abstractmethod
-    async def bodies(self, ids: Sequence[str]) -> dict[str, Body]: ...
+    async def bodies(self, ids: Sequence[str]) -> dict[str, Body]:
+        """Each message's stored data with its splices, in order."""
+
+    @abc.abstractmethod
+    async def blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        """The blobs with these digests (a non-final message's are never missing)."""
 
     # -- record, release, extend
     @abc.abstractmethod
@@ -172,6 +194,15 @@ class Tx(abc.ABC):
         recipient. ``restate``: another worker holds the lease, so only the state
         is refreshed, and the due time cleared if the message is now final.
         The rule is :func:`mailsvc.outbox.states.derive_state`.
+        """
+
+    @abc.abstractmethod
+    async def drop_blobs(self, ids: Sequence[str]) -> None:
+        """Forget the splices of those of ``ids`` that are final now; delete blobs no message needs any more.
+
+        Called after :meth:`settle`: a final message is never sent again, so only
+        messages still owed an attempt keep a blob. A blob some enqueue in progress
+        holds (:meth:`put_blobs`) may be left for that batch's own last message.
         """
 
     @abc.abstractmethod

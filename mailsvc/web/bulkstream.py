@@ -29,9 +29,21 @@ from .jsonscan import BulkBody
 from .problems import FieldError, ProblemException, errors_from_validation, is_too_large, not_an_object
 from .schemas import BulkHead, BulkRecipient, CheckContext
 
-__all__ = ["BulkRequest", "CHUNK"]
+__all__ = ["CHUNK", "CHUNK_BYTES", "BulkRequest", "chunk_size"]
 
 CHUNK = 250  # messages rendered and stored together: ~1 MB of MIME at a time
+CHUNK_BYTES = 32 * 1024 * 1024  # at most this much MIME per chunk, when messages carry attachments
+
+
+def chunk_size(attachment_bytes: int) -> int:
+    """Messages per chunk when each carries ``attachment_bytes`` of encoded attachments.
+
+    Why: two chunks are in memory at once (one built while one is stored); at 250
+    messages of 12 MB that was 6 GB for one request. Few messages of that size fill a chunk.
+    """
+    return max(1, min(CHUNK, CHUNK_BYTES // max(1, attachment_bytes)))
+
+
 _MAX_REPORTED = 20
 
 

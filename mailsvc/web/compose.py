@@ -29,10 +29,11 @@ from ..errors import (
 )
 from ..extension import MailState
 from ..message import Attachment, Envelope, Message, default_msgid_domain
+from ..mimewriter import attachment_body
 from ..outbox import EnqueueResult, Outbox
 from ..rendering import html_to_text
 from .auth import Principal
-from .bulkstream import BulkRequest
+from .bulkstream import BulkRequest, chunk_size
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
 from .problems import FieldError, ProblemException, retry_after
 from .schemas import AttachmentIn, BulkHead, BulkRecipient, MessageIn, header_problem
@@ -165,6 +166,8 @@ class BulkBuilder:
         if header_errors:
             raise ProblemException(422, "a header template does not compile", errors=header_errors)
         self.attachments = _attachments(head.attachments)
+        # Every message carries these bytes verbatim: the outbox stores them once per batch (issue 13).
+        self.shared = tuple(attachment_body(a.data) for a in self.attachments)
         self.budget = request_budget(count * max(1, len(self.inline) + len(self.header_templates)), web.render_seconds)
         self.reply_to = list(head.reply_to) or None
         self.headers = dict(head.headers)
@@ -284,7 +287,7 @@ async def enqueue_bulk(
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
     scoped = _scoped(principal, idempotency_key)
     builder = await BulkBuilder.create(state, request.head, request.count, web)  # 422 if a template does not compile
-    chunks = request.chunks(builder.build_one)
+    chunks = request.chunks(builder.build_one, chunk_size(sum(map(len, builder.shared))))
     try:
         async with aclosing(chunks):
             result = await outbox.enqueue_stream(
@@ -294,6 +297,7 @@ async def enqueue_bulk(
                 idempotency_key=scoped,
                 batch=True,
                 tenant=principal.tenant,
+                shared=builder.shared,
             )
     except OutboxError as exc:
         raise outbox_problem(exc) from None
