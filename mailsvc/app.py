@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import jinja2
-from quart import Quart
+from quart import Quart, has_request_context
 
 from .config import MailConfig, ServiceConfig
+from .errors import MailError
 from .extension import Mail
 from .pagesafety import harden_html
 from .services import Services
@@ -36,6 +38,7 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     app.config.update(mail_config.to_mapping())
     app.config["MAIL_TEMPLATE_FOLDER"] = [str(f) for f in email_folders(service.templates)]
     app.jinja_env.globals["dev_inbox"] = service.dev_mode  # pages link to /inbox only where it exists
+    _one_line_start_refusals(app)
     parts = Services(service, Mail(app).state)
     parts.install(app)
     app.after_request(harden_html)  # CSP, X-Frame-Options, nosniff, Referrer-Policy on every HTML page
@@ -60,3 +63,21 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     parts.web = web.register(app, service)  # form, JSON API, errors, auth
     parts.previews = previews.register(app, service)  # /previews (dev mode only)
     return app
+
+
+def _one_line_start_refusals(app: Quart) -> None:
+    """A part that refuses to start (our own error, outside any request) is logged as its one-line reason.
+
+    Why: Quart logs a failed start with a full traceback, and the reason (``MAILSVC_DEV_SMTP_PORT:
+    cannot listen ...``) already says what to change. Errors inside requests keep their traceback.
+    """
+    original = app.log_exception
+
+    def log_exception(exc_info: Any) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, MailError) and not has_request_context():
+            log.error("cannot start: %s", exc)
+            return
+        original(exc_info)
+
+    setattr(app, "log_exception", log_exception)  # noqa: B010 (an instance override of Quart's method)

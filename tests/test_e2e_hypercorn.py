@@ -189,3 +189,33 @@ def test_hypercorn_exits_non_zero_when_a_part_cannot_start(tmp_path: Path) -> No
         status, output = _hypercorn_refuses(tmp_path, {"MAILSVC_DEV_SMTP_PORT": str(port)})
     assert status != 0, output
     assert "MAILSVC_DEV_SMTP_PORT" in output
+
+
+@pytest.mark.parametrize("case", ["open relay", "dev port taken"])
+def test_mailsvc_serve_refuses_to_start_in_one_line(tmp_path: Path, case: str) -> None:
+    """Every start-up refusal under ``mailsvc serve``: one line saying what to change, a non-zero exit, no traceback."""
+    env = {**os.environ, "MAILSVC_DATABASE_URL": f"sqlite:///{tmp_path}/o.sqlite3", "PYTHONPATH": str(ROOT)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if case == "open relay":
+            env |= {"MAIL_SERVER": "smtp.example.com", "MAIL_DEFAULT_SENDER": "s@example.com", "MAILSVC_API_KEYS": ""}
+        else:
+            env |= {"MAILSVC_DEV_SMTP_PORT": str(taken.getsockname()[1])}
+        proc = subprocess.run(
+            [sys.executable, "-m", "mailsvc.cli", "serve", "--bind", f"127.0.0.1:{_free_port()}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            start_new_session=True,
+        )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    named = "MAILSVC_API_KEYS" if case == "open relay" else "MAILSVC_DEV_SMTP_PORT"
+    assert (
+        [line for line in proc.stderr.splitlines() if line.startswith("mailsvc:")]
+        == [line for line in proc.stderr.splitlines() if line.startswith("mailsvc:") and named in line]
+        != []
+    )

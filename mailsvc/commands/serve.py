@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -27,17 +28,43 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import serving
     from ..app import create_app
-    from ..cli import load_project_settings
+    from ..cli import EXIT_FAILED, EXIT_USAGE, load_project_settings
+    from ..errors import MailError
     from ..logsetup import configure_logging
 
     settings = load_project_settings()
     configure_logging(args.log_level)
     service = settings.service_config()
-    app = create_app(settings.mail_config(), service)
+    try:
+        app = create_app(settings.mail_config(), service)
+    except MailError as exc:  # an open relay, a bad keys file, a missing template folder: one line, no traceback
+        print(f"mailsvc: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     config = Config()
     config.bind = [args.bind]
     config.errorlog = logging.getLogger("hypercorn.error")  # through our root handler, not a second one
     config.errorlog.setLevel(logging.INFO)  # "Running on ..."
     config.accesslog = "-"
-    serving.run(app, config, service)  # timeouts, header limit, connection cap, accept errors throttled
+    try:
+        serving.run(app, config, service)  # timeouts, header limit, connection cap, accept errors throttled
+    except Exception as exc:  # a part that cannot start (the dev SMTP port taken, the outbox unreachable)
+        cause = _mail_error_in(exc)
+        if cause is None:
+            raise
+        print(f"mailsvc: cannot start: {cause}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def _mail_error_in(exc: BaseException) -> BaseException | None:
+    """Our own error behind hypercorn's lifespan failure, if that is what stopped the start."""
+    from ..errors import MailError
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, MailError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

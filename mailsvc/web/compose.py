@@ -44,7 +44,13 @@ log = logging.getLogger("mailsvc.web")
 
 
 def _attachments(items: Sequence[AttachmentIn]) -> list[Attachment]:
-    return [Attachment(a.filename, a.content_type, a.data()) for a in items]
+    """Files as attachments; one with a ``content_id`` is an inline part the HTML shows (multipart/related)."""
+    return [
+        Attachment(a.filename, a.content_type, a.data(), "inline", {"Content-ID": f"<{a.content_id}>"})
+        if a.inline
+        else Attachment(a.filename, a.content_type, a.data())
+        for a in items
+    ]
 
 
 def _render_named(

@@ -208,6 +208,10 @@ _HEADER_NAMES_SCHEMA: dict[str, JsonValue] = {
 }
 
 
+# An inline part's name in cid: URLs: a dot-atom, optionally @domain (RFC 2392), without the angle brackets.
+_CONTENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,100}(?:@[A-Za-z0-9.-]{1,98})?")
+
+
 class AttachmentIn(BaseModel):
     """A file, base64-encoded in ``content`` (never a path: nothing on the server is read)."""
 
@@ -219,9 +223,22 @@ class AttachmentIn(BaseModel):
         description="base64 (standard alphabet, padded)",
         json_schema_extra={"contentEncoding": "base64", "pattern": _BASE64.pattern},
     )
+    content_id: str | None = Field(
+        default=None,
+        description='makes it an inline part (multipart/related) that the HTML shows as <img src="cid:...">',
+        json_schema_extra={"pattern": _CONTENT_ID.pattern},
+        max_length=200,
+    )
+    disposition: Literal["attachment", "inline"] | None = Field(
+        default=None, description="inline needs a content_id; the default is inline with one, attachment without"
+    )
 
     def data(self) -> bytes:
         return binascii.a2b_base64(self.content, strict_mode=True)
+
+    @property
+    def inline(self) -> bool:
+        return self.content_id is not None and self.disposition != "attachment"
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> AttachmentIn:
@@ -231,6 +248,12 @@ class AttachmentIn(BaseModel):
             )
         if not _BASE64.fullmatch(self.content):
             raise PydanticCustomError("base64", "content is not valid base64 (standard alphabet, padded)")
+        if self.content_id is not None and not _CONTENT_ID.fullmatch(self.content_id):
+            raise PydanticCustomError(
+                "content_id", "content_id must look like 'logo' or 'logo@example.com' (letters, digits, . _ - @)"
+            )
+        if self.disposition == "inline" and self.content_id is None:
+            raise PydanticCustomError("content_id", "an inline attachment needs a content_id to be referenced by")
         raw = self.data()
         ctx = _ctx(info)
         if ctx is not None and len(raw) > ctx.web.max_attachment_bytes:
