@@ -37,11 +37,18 @@ def _hypercorn_parent() -> int | None:
     return ppid if b"hypercorn" in cmdline else None
 
 
-def fail_supervisor(*_: Any, **__: Any) -> None:
-    """Make hypercorn's supervisor exit non-zero (SIGUSR1's default action: terminate); no-op elsewhere."""
+def fail_supervisor(*_: Any, exception: BaseException | None = None, **__: Any) -> None:
+    """Make hypercorn's supervisor exit non-zero (SIGUSR1's default action: terminate); no-op elsewhere.
+
+    The reason is logged here, before the signal: once the supervisor is gone, whoever
+    waited on it may stop this process before its own log lines are written.
+    """
     ppid = _hypercorn_parent()
     if ppid is not None:
-        log.error("start-up refused: stopping hypercorn's supervisor (pid %d) so that it exits non-zero", ppid)
+        reason = f": {exception}" if exception is not None else ""
+        log.error(
+            "start-up refused%s; stopping hypercorn's supervisor (pid %d) so that it exits non-zero", reason, ppid
+        )
         os.kill(ppid, signal.SIGUSR1)
 
 

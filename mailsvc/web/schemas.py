@@ -209,7 +209,7 @@ _HEADER_NAMES_SCHEMA: dict[str, JsonValue] = {
 
 
 # An inline part's name in cid: URLs: a dot-atom, optionally @domain (RFC 2392), without the angle brackets.
-_CONTENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,100}(?:@[A-Za-z0-9.-]{1,98})?")
+_CONTENT_ID = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,100}(?:@[A-Za-z0-9.-]{1,98})?$")
 
 
 class AttachmentIn(BaseModel):
@@ -230,7 +230,8 @@ class AttachmentIn(BaseModel):
         max_length=200,
     )
     disposition: Literal["attachment", "inline"] | None = Field(
-        default=None, description="inline needs a content_id; the default is inline with one, attachment without"
+        default=None,
+        description="inline (the default with a content_id) or attachment; without a content_id it is an attachment",
     )
 
     def data(self) -> bytes:
@@ -252,8 +253,7 @@ class AttachmentIn(BaseModel):
             raise PydanticCustomError(
                 "content_id", "content_id must look like 'logo' or 'logo@example.com' (letters, digits, . _ - @)"
             )
-        if self.disposition == "inline" and self.content_id is None:
-            raise PydanticCustomError("content_id", "an inline attachment needs a content_id to be referenced by")
+
         raw = self.data()
         ctx = _ctx(info)
         if ctx is not None and len(raw) > ctx.web.max_attachment_bytes:
