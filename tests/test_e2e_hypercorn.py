@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,24 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.procs import free_port, stop_group
 from tests.servers import RecordingHandler, smtp_server
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "e2e-key"
 
 
-def _free_port() -> int:
-    """hypercorn's CLI cannot report a port-0 bind reliably, so pick one and pass it (small race, accepted)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[tuple[str, RecordingHandler]]:
     handler = RecordingHandler()
     async with smtp_server(handler) as smtp_port:
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "MAIL_SERVER": "127.0.0.1",
@@ -67,22 +60,8 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[str, RecordingHandler]]
             assert proc.poll() is None, (tmp_path / "hypercorn.log").read_text()
             yield base, handler
         finally:
-            _stop_group(proc)
+            stop_group(proc)
             log.close()
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group (hypercorn and its worker), SIGKILL it if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 async def _wait(handler: RecordingHandler, n: int) -> None:
@@ -152,7 +131,7 @@ def _hypercorn_refuses(tmp_path: Path, env: dict[str, str]) -> tuple[int, str]:
     log_path = tmp_path / "refused.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{_free_port()}"],
+            [sys.executable, "-m", "hypercorn", "asgi:app", "--bind", f"127.0.0.1:{free_port()}"],
             cwd=tmp_path,
             env={
                 **os.environ,
@@ -167,7 +146,7 @@ def _hypercorn_refuses(tmp_path: Path, env: dict[str, str]) -> tuple[int, str]:
         try:
             status = proc.wait(60)
         finally:
-            _stop_group(proc)  # the worker child too, whatever happened
+            stop_group(proc)  # the worker child too, whatever happened
     return status, log_path.read_text(errors="replace")
 
 
@@ -203,7 +182,7 @@ def test_mailsvc_serve_refuses_to_start_in_one_line(tmp_path: Path, case: str) -
         else:
             env |= {"MAILSVC_DEV_SMTP_PORT": str(taken.getsockname()[1])}
         proc = subprocess.run(
-            [sys.executable, "-m", "mailsvc.cli", "serve", "--bind", f"127.0.0.1:{_free_port()}"],
+            [sys.executable, "-m", "mailsvc.cli", "serve", "--bind", f"127.0.0.1:{free_port()}"],
             cwd=ROOT,
             env=env,
             capture_output=True,

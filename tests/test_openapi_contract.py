@@ -15,8 +15,6 @@ JSON Schema lacks, ``mailbox``. Everything else comes from the document.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,36 +24,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.procs import free_port, stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "contract-key"
 MAX_EXAMPLES = 40
-
-
-def _free_port() -> int:
-    """hypercorn's CLI cannot report a port-0 bind, so pick one and pass it (small race, accepted)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service as deployed: API keys, small limits, the repository's templates; no worker (nothing sent)."""
     tmp = tmp_path_factory.mktemp("contract")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -96,7 +76,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert proc.poll() is None, (tmp / "hypercorn.log").read_text()
         yield base
     finally:
-        _stop_group(proc)
+        stop_group(proc)
         log.close()
 
 

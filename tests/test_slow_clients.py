@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.procs import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "slow-clients-key"
@@ -104,7 +105,7 @@ async def serve(
         await _wait_healthy(served)
         yield served
     finally:
-        _stop_group(proc)
+        stop_group(proc)
 
 
 async def _wait_healthy(served: Served) -> None:
@@ -119,19 +120,6 @@ async def _wait_healthy(served: Served) -> None:
                 pass
             await asyncio.sleep(0.05)
     pytest.fail(f"mailsvc serve never answered /healthz:\n{served.text()}")
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _post_head(length: int, key: str = KEY, path: str = "/api/messages") -> bytes:
