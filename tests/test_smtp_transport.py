@@ -348,3 +348,20 @@ async def test_sender_refused_is_refused_for_every_recipient_and_connection_kept
     assert err.value.code == 553
     assert result is not None and [(r.status, r.code) for r in result.recipients] == [("refused", 553)] * 2  # type: ignore[attr-defined]
     assert ok.ok and counter.count == 1
+
+
+@pytest.mark.parametrize("mode", ["ssl", "starttls"])
+async def test_close_returns_with_the_tls_socket_closed(
+    mode: str, server_ssl_context: ssl.SSLContext, ca_file: str
+) -> None:
+    """``mail.send_sync`` (``asyncio.run``) ends its loop right after closing the pool: a TLS shutdown
+    still under way then left the socket open until garbage collection (a ResourceWarning)."""
+    ssl_context, tls_context = (server_ssl_context, None) if mode == "ssl" else (None, server_ssl_context)
+    async with smtp_server(RecordingHandler(), ssl_context=ssl_context, tls_context=tls_context) as port:
+        transport = SMTPTransport(config(port, ca_file=ca_file, use_ssl=mode == "ssl", use_tls=mode == "starttls"))
+        await transport.open()
+        assert transport._smtp is not None and transport._smtp.transport is not None
+        sock = transport._smtp.transport.get_extra_info("socket")
+        assert sock.fileno() != -1
+        await transport.close()
+        assert sock.fileno() == -1

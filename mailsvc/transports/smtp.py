@@ -55,6 +55,25 @@ def _plain_text_answer(err: ssl.SSLError) -> bool:
     )
 
 
+async def _until_closed(protocol: aiosmtplib.protocol.SMTPProtocol | None, seconds: float = 1.0) -> None:
+    """Wait until the socket is really closed, aborting it after ``seconds``.
+
+    Why: a TLS transport's ``close()`` only starts the TLS shutdown exchange; its socket
+    closes a round trip later. A loop that ends right after (``asyncio.run`` in
+    ``mail.send_sync``) would otherwise leave the socket open until garbage collection
+    (a ``ResourceWarning``). The protocol forgets its transport in ``connection_lost``.
+    """
+    if protocol is None:
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            while protocol.transport is not None:
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        if isinstance(protocol.transport, asyncio.Transport):
+            protocol.transport.abort()
+
+
 class SMTPTransport(Transport):
     """One SMTP connection configured by a :class:`MailConfig`."""
 
@@ -128,6 +147,7 @@ class SMTPTransport(Transport):
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
+        protocol = smtp.protocol  # quit() forgets it; we wait on it below
         if smtp.is_connected:
             try:
                 async with asyncio.timeout(min(self.config.timeout, 5.0)):
@@ -135,6 +155,7 @@ class SMTPTransport(Transport):
             except (SMTPException, OSError, TimeoutError):
                 pass
         smtp.close()
+        await _until_closed(protocol)
 
     def _abort(self) -> None:
         smtp, self._smtp = self._smtp, None
