@@ -8,8 +8,9 @@ pool is created lazily inside the running loop and closed in ``after_serving``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 from quart import Quart, current_app, has_app_context
 
 from . import message as message_module
-from .addresses import AddressLike
+from .addresses import AddressLike, parse_address
 from .config import MAIL_KEYS, MailConfig, unknown_settings
 from .errors import DeliveryError, MessageError, RecipientsRefusedError
 from .mailstate import MailState
@@ -45,14 +46,24 @@ def _current_default_sender() -> AddressLike | None:
 message_module.ambient_default_sender = _current_default_sender
 
 
-def _run_sync(work: Coroutine[Any, Any, _T], name: str) -> _T:
-    """Run ``work`` in a loop of its own; refuse (closing the coroutine) if this thread already runs one."""
+def _run_sync(work: Callable[[], Coroutine[Any, Any, _T]], name: str, app: Quart | None) -> _T:
+    """Run ``work()`` in a loop of its own (in ``app``'s context if given); refuse if this thread runs a loop.
+
+    ``work`` is a factory so that nothing is created (and left unawaited) when the call is refused.
+    Quart's app context is async-only, so a thread cannot push one before calling us: we push it here.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(work)
-    work.close()
+        return asyncio.run(_in_app_context(app, work))
     raise RuntimeError(f"mail.{name}_sync() was called inside a running event loop: use `await mail.{name}(...)`")
+
+
+async def _in_app_context(app: Quart | None, work: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    if app is None:
+        return await work()
+    async with app.app_context():
+        return await work()
 
 
 def _raise_if_nothing_delivered(result: SendResult) -> SendResult:
@@ -125,6 +136,11 @@ class Mail:
     def state(self) -> MailState:
         if self._standalone is not None:
             return self._standalone
+        if self.app is None and not has_app_context():
+            raise RuntimeError(
+                "this Mail was set up with mail.init_app(app) and no app context is active: send from a view "
+                "or inside `async with app.app_context():`, or pass the app: mail.send_sync(msg, app=app)"
+            )
         app = self.app if self.app is not None else current_app
         try:
             return app.extensions["mailsvc"]  # type: ignore[no-any-return]
@@ -177,18 +193,22 @@ class Mail:
         return await self.send(Message(*args, **kwargs))
 
     # -- synchronous code: threads, Celery tasks, scripts -------------------------
-    def send_sync(self, message: Message) -> SendResult:
+    def send_sync(self, message: Message, *, app: Quart | None = None) -> SendResult:
         """:meth:`send` for code that has no event loop; blocks until the relay answered.
 
         Each call runs its own loop (``asyncio.run``), opens a connection in it and
         closes it before returning, like Flask-Mail's ``mail.send``. From a coroutine,
         ``await mail.send(msg)`` instead: blocking there would stall every other request.
-        """
-        return _run_sync(self.send(message), "send")
 
-    def send_many_sync(self, messages: Sequence[Message]) -> list[SendResult]:
+        ``app`` is for a ``Mail`` set up with ``init_app`` (an app factory): the send runs in
+        that app's context, as Flask-Mail code does with ``with app.app_context():``, which
+        Quart only has in an ``async with`` form. ``Mail(app)`` knows its app and needs none.
+        """
+        return _run_sync(lambda: self.send(message), "send", app)
+
+    def send_many_sync(self, messages: Sequence[Message], *, app: Quart | None = None) -> list[SendResult]:
         """:meth:`send_many` for code that has no event loop (one loop, one pool, for the whole batch)."""
-        return _run_sync(self.send_many(messages), "send_many")
+        return _run_sync(lambda: self.send_many(messages), "send_many", app)
 
     def connect(self) -> Connection:
         """``async with mail.connect() as conn: await conn.send(msg)`` on one reused connection."""
@@ -239,8 +259,12 @@ class Connection:
         if self._transport is not None:
             await self._transport.close()
 
-    async def send(self, message: Message) -> SendResult:
+    async def send(self, message: Message, envelope_from: AddressLike | None = None) -> SendResult:
+        """Send on this connection; ``envelope_from`` sets the ``MAIL FROM`` address only (as Flask-Mail's)."""
         envelope = self._state.build(message)
+        if envelope_from is not None:
+            bounce = parse_address(envelope_from, "envelope_from", self._state.config.address_rules)
+            envelope = dataclasses.replace(envelope, sender=bounce.envelope)
         self._state.record(message)
         if self._transport is None:
             self._state.dispatched(message)

@@ -205,6 +205,9 @@ class Message:
     def __str__(self) -> str:
         return self.as_string()
 
+    def __bytes__(self) -> bytes:
+        return self.as_bytes()
+
     # -- building -----------------------------------------------------------
     def _all_recipients(self) -> list[ParsedAddress]:
         return (

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import pytest
 from quart import Quart
 
 from mailsvc import Mail, Message
 from mailsvc.signals import email_dispatched
-from tests.servers import RecordingHandler, smtp_server
+from tests.servers import RecordingHandler, smtp_server, threaded_smtp_server
 
 
 def make_app(port: int, **config: Any) -> Quart:
@@ -85,3 +87,48 @@ async def test_mail_debug_logs_the_conversation_without_secrets(caplog: Any) -> 
     assert f"connected to 127.0.0.1:{port}" in text and "auth" in text
     assert "a@example.com: delivered 250" in text
     assert "s3cret" not in text and "the body" not in text
+
+
+def test_bytes_of_a_message_as_flask_mail() -> None:
+    msg = Message("Hi", recipients=["ann@example.com"], body="x", sender="shop@example.com", date=1_700_000_000)
+    assert bytes(msg) == msg.as_bytes() and bytes(msg).startswith(b"Subject: Hi")
+
+
+async def test_connection_send_with_envelope_from_sets_mail_from_only() -> None:
+    handler = RecordingHandler()
+    async with smtp_server(handler) as port:
+        app = make_app(port)
+        mail = Mail(app)
+        async with app.app_context(), mail.connect() as conn:
+            await conn.send(Message("bounce", recipients=["a@example.com"], body="x"), "bounces@example.com")
+            await conn.send(Message("plain", recipients=["b@example.com"], body="x"))
+    assert [r.mail_from for r in handler.received] == ["bounces@example.com", "shop@example.com"]
+    assert [str(r.message["From"]) for r in handler.received] == ["Shop <shop@example.com>"] * 2
+
+
+def test_send_sync_with_an_app_factory_takes_the_app() -> None:
+    """``Mail()`` + ``init_app``: a thread has no app context and Quart has no ``with app.app_context()``."""
+    handler = RecordingHandler()
+    mail = Mail()
+    with threaded_smtp_server(handler) as port:
+        app = make_app(port)
+        mail.init_app(app)
+        with pytest.raises(RuntimeError, match=r"mail.send_sync\(msg, app=app\)"):
+            mail.send_sync(Message("lost", recipients=["a@example.com"], body="x"))
+        errors: list[BaseException] = []
+
+        def task() -> None:  # a Celery task or a thread, as Flask-Mail code wraps in `with app.app_context():`
+            try:
+                mail.send_sync(Message("task", recipients=["a@example.com"], body="x"), app=app)
+                mail.send_many_sync([Message("batch", recipients=["b@example.com"], body="x")], app=app)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=task)
+        thread.start()
+        thread.join(30)
+    assert not errors
+    assert [(str(r.message["Subject"]), str(r.message["From"])) for r in handler.received] == [
+        ("task", "Shop <shop@example.com>"),
+        ("batch", "Shop <shop@example.com>"),
+    ]

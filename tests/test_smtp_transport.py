@@ -6,14 +6,17 @@ Faults are injected on the server (RecordingHandler), never by patching aiosmtpl
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
+import warnings
 
 import pytest
 
-from mailsvc import ConnectionFailedError, DeliveryError, Message, TransportSecurityError
+from mailsvc import ConnectionFailedError, DeliveryError, Mail, Message, TransportSecurityError
+from mailsvc.errors import AuthenticationError
 from mailsvc.transports import SMTPTransport
 from tests.helpers import PASSWORD, USER, config, standalone
-from tests.servers import Authenticator, ConnectionCounter, RecordingHandler, smtp_server
+from tests.servers import Authenticator, ConnectionCounter, RecordingHandler, smtp_server, threaded_smtp_server
 
 
 def msg(to: str = "ann@example.com", **kw: object) -> Message:
@@ -348,3 +351,38 @@ async def test_sender_refused_is_refused_for_every_recipient_and_connection_kept
     assert err.value.code == 553
     assert result is not None and [(r.status, r.code) for r in result.recipients] == [("refused", 553)] * 2  # type: ignore[attr-defined]
     assert ok.ok and counter.count == 1
+
+
+@pytest.mark.parametrize("mode", ["ssl", "starttls"])
+async def test_close_returns_with_the_tls_socket_closed(
+    mode: str, server_ssl_context: ssl.SSLContext, ca_file: str
+) -> None:
+    """``mail.send_sync`` (``asyncio.run``) ends its loop right after closing the pool: a TLS shutdown
+    still under way then left the socket open until garbage collection (a ResourceWarning)."""
+    ssl_context, tls_context = (server_ssl_context, None) if mode == "ssl" else (None, server_ssl_context)
+    async with smtp_server(RecordingHandler(), ssl_context=ssl_context, tls_context=tls_context) as port:
+        transport = SMTPTransport(config(port, ca_file=ca_file, use_ssl=mode == "ssl", use_tls=mode == "starttls"))
+        await transport.open()
+        assert transport._smtp is not None and transport._smtp.transport is not None
+        sock = transport._smtp.transport.get_extra_info("socket")
+        assert sock.fileno() != -1
+        await transport.close()
+        assert sock.fileno() == -1
+
+
+def test_send_sync_over_tls_leaves_no_socket_behind(server_ssl_context: ssl.SSLContext, ca_file: str) -> None:
+    """Delivered or refused at login, each ``send_sync`` closes its TLS socket before its ``asyncio.run`` ends."""
+    handler, authenticator = RecordingHandler(), Authenticator(USER, PASSWORD)
+    options = {"ssl_context": server_ssl_context, "authenticator": authenticator, "auth_require_tls": False}
+    with threaded_smtp_server(handler, **options) as port:
+        good = Mail(config=config(port, use_ssl=True, ca_file=ca_file, username=USER, password=PASSWORD))
+        bad = Mail(config=config(port, use_ssl=True, ca_file=ca_file, username=USER, password="wrong"))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", ResourceWarning)
+            for _ in range(5):
+                assert good.send_sync(msg()).ok
+                with pytest.raises(AuthenticationError):
+                    bad.send_sync(msg())
+                gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+    assert len(handler.received) == 5

@@ -55,6 +55,33 @@ def _plain_text_answer(err: ssl.SSLError) -> bool:
     )
 
 
+async def _until_closed(protocol: aiosmtplib.protocol.SMTPProtocol | None, seconds: float = 1.0) -> None:
+    """Wait until the socket is really closed, aborting it after ``seconds``.
+
+    Why: a TLS transport's ``close()`` only starts the TLS shutdown exchange; its socket
+    closes a round trip later. A loop that ends right after (``asyncio.run`` in
+    ``mail.send_sync``) would otherwise leave the socket open until garbage collection
+    (a ``ResourceWarning``). The protocol forgets its transport in ``connection_lost``.
+    """
+    if protocol is None:
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            while protocol.transport is not None:
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        if isinstance(protocol.transport, asyncio.Transport):
+            protocol.transport.abort()
+
+
+async def _drop(smtp: aiosmtplib.SMTP, *, wait: bool = True) -> None:
+    """Close without QUIT; wait for the socket to go unless the task is being cancelled."""
+    protocol = smtp.protocol
+    smtp.close()
+    if wait:
+        await _until_closed(protocol)
+
+
 class SMTPTransport(Transport):
     """One SMTP connection configured by a :class:`MailConfig`."""
 
@@ -94,10 +121,10 @@ class SMTPTransport(Transport):
                 if c.username is not None and c.password is not None:
                     await self._login(smtp, c.username, c.password.get_secret_value())
         except DeliveryError:
-            smtp.close()
+            await _drop(smtp)
             raise
         except BaseException as exc:
-            smtp.close()
+            await _drop(smtp, wait=not isinstance(exc, asyncio.CancelledError))
             raise self._translate(exc, "connect") from exc
         self._smtp = smtp
         self.sent = 0
@@ -128,6 +155,7 @@ class SMTPTransport(Transport):
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
+        protocol = smtp.protocol  # quit() forgets it; we wait on it below
         if smtp.is_connected:
             try:
                 async with asyncio.timeout(min(self.config.timeout, 5.0)):
@@ -135,11 +163,12 @@ class SMTPTransport(Transport):
             except (SMTPException, OSError, TimeoutError):
                 pass
         smtp.close()
+        await _until_closed(protocol)
 
-    def _abort(self) -> None:
+    async def _abort(self, *, wait: bool) -> None:
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
-            smtp.close()
+            await _drop(smtp, wait=wait)
 
     async def send(self, envelope: Envelope) -> SendResult:
         if self._smtp is None or not self._smtp.is_connected:
@@ -164,8 +193,9 @@ class SMTPTransport(Transport):
                 await self.close()
             return result
         except BaseException as exc:
-            self._abort()  # mid-transaction the protocol state is unknown: no QUIT, just drop it
-            if isinstance(exc, asyncio.CancelledError):
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            await self._abort(wait=not cancelled)  # mid-transaction the protocol state is unknown: no QUIT
+            if cancelled:
                 raise
             raise self._translate(exc, "send") from exc
         self.sent += 1
