@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AddressError,
+    AuthenticationError,
     BadHeaderError,
     ConfigError,
     ConnectionFailedError,
@@ -26,6 +27,7 @@ from .errors import (
     NotFoundError,
     OutboxError,
     OutboxFullError,
+    RecipientsRefusedError,
     TemplateError,
     TransportSecurityError,
 )
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AddressError",
     "Attachment",
+    "AuthenticationError",
     "BadHeaderError",
     "ConfigError",
     "Connection",
@@ -57,6 +60,7 @@ __all__ = [
     "OutboxError",
     "OutboxFullError",
     "RecipientResult",
+    "RecipientsRefusedError",
     "SendResult",
     "TemplateError",
     "TemplateRenderer",

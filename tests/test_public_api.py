@@ -11,6 +11,7 @@ def test_public_api_is_pinned() -> None:
         [
             "AddressError",
             "Attachment",
+            "AuthenticationError",
             "BadHeaderError",
             "ConfigError",
             "Connection",
@@ -27,6 +28,7 @@ def test_public_api_is_pinned() -> None:
             "OutboxError",
             "OutboxFullError",
             "RecipientResult",
+            "RecipientsRefusedError",
             "SendResult",
             "TemplateError",
             "TemplateRenderer",
