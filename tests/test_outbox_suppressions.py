@@ -60,9 +60,7 @@ async def test_only_the_suppressed_recipients_of_a_message_are_left_out(outbox: 
     assert states == {"ANN@example.com": RecipientState.SUPPRESSED, "bob@example.com": RecipientState.SENDING}
 
 
-@pytest.mark.parametrize(
-    ("tenant", "stream"), [("t2", "news"), ("t1", "other"), ("t1", None), (None, "news")], ids=str
-)
+@pytest.mark.parametrize(("tenant", "stream"), [("t2", "news"), ("t1", "other"), ("t1", None), (None, "news")], ids=str)
 async def test_a_suppression_holds_for_its_own_tenant_and_stream_only(
     outbox: Outbox, tenant: str | None, stream: str | None
 ) -> None:
