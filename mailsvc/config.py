@@ -216,7 +216,10 @@ class WebConfig(BaseModel):
     api_keys: tuple[SecretStr, ...] = ()
     api_keys_file: Path | None = None  # JSON: tenants, their keys and scopes (web/tenants.py, README "Tenants")
     allow_anonymous: bool = False
-    secret_key: SecretStr | None = None  # signs session cookies; random per process when unset
+    secret_key: SecretStr | None = None  # signs session cookies (and unsubscribe links); random per process when unset
+    # The service's public base URL (https://mail.example.com): one-click unsubscribe links point under it.
+    # None: bulk mail carries no List-Unsubscribe of ours, and a request asking for one is refused (422).
+    public_url: str | None = None
     secure_cookies: bool | None = None  # None: Secure flag unless dev mode (plain http on 127.0.0.1)
     allow_sender: bool = False  # may a request set its own From?
     allowed_domains: tuple[str, ...] = ()  # recipient domains (and their subdomains); empty = any
@@ -231,6 +234,30 @@ class WebConfig(BaseModel):
     rate_burst: int = Field(default=100, ge=1)
     # Failed API keys and sign-ins per client address per minute, as a burst refilled over the minute; then 429.
     auth_failure_limit: int = Field(default=10, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        """An https base (http only on a loopback host, for development), with no query or fragment."""
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        m = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?(/[A-Za-z0-9._~/%-]*)?", v)
+        if m is None:
+            raise ValueError("MAILSVC_PUBLIC_URL: give the service's base URL, e.g. https://mail.example.com")
+        if m.group(1) == "http" and m.group(2) not in ("localhost", "127.0.0.1", "[::1]"):
+            raise ValueError("MAILSVC_PUBLIC_URL: must be https (mailbox providers do not POST one-click to http)")
+        return v
+
+    @model_validator(mode="after")
+    def _links_outlive_the_process(self) -> WebConfig:
+        """Unsubscribe links are signed with the secret key: a random one would break every link at restart."""
+        if self.public_url is not None and self.secret_key is None:
+            raise ValueError(
+                "MAILSVC_SECRET_KEY: MAILSVC_PUBLIC_URL is set, so unsubscribe links are signed; set a secret "
+                "key (python -c 'import secrets; print(secrets.token_urlsafe(32))') so they outlive a restart"
+            )
+        return self
 
 
 class ServiceConfig(BaseModel):

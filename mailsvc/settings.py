@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     MAILSVC_API_KEYS_FILE: Path | None = env_field(W, "api_keys_file")  # JSON: tenants with keys and scopes
     MAILSVC_ALLOW_ANONYMOUS: bool = env_field(W, "allow_anonymous")
     MAILSVC_SECRET_KEY: SecretStr | None = env_field(W, "secret_key")
+    MAILSVC_PUBLIC_URL: str | None = env_field(W, "public_url")  # base of one-click unsubscribe links
     MAILSVC_SECURE_COOKIES: bool | None = env_field(W, "secure_cookies")
     MAILSVC_ALLOW_SENDER: bool = env_field(W, "allow_sender")
     MAILSVC_ALLOWED_DOMAINS: str = ""  # comma-separated

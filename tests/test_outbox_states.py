@@ -34,7 +34,8 @@ def test_every_message_state_is_reachable_and_nothing_else() -> None:
 
 def test_the_sets_partition_the_recipient_states() -> None:
     assert FINAL | PENDING == set(RecipientState) and not FINAL & PENDING
-    assert OUTCOMES == FINAL | {RecipientState.DEFERRED}
+    # A worker records what an attempt gave; "suppressed" is decided at enqueue, never by an attempt.
+    assert OUTCOMES == (FINAL - {RecipientState.SUPPRESSED}) | {RecipientState.DEFERRED}
     assert sql_list(PENDING) == "('deferred', 'queued', 'sending')"
     with pytest.raises(ValueError):
         sql_list(["x'); DROP TABLE messages; --"])

@@ -25,6 +25,7 @@ from .base import (
     Outbox,
     RecipientOutcome,
     RecipientStatus,
+    Suppression,
 )
 from .migrations import Migration
 from .sqlite import SqliteOutbox
@@ -41,6 +42,7 @@ __all__ = [
     "RecipientState",
     "RecipientStatus",
     "SqliteOutbox",
+    "Suppression",
     "open_outbox",
     "upgrade_database",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "RecipientOutcome",
     "RecipientState",
     "RecipientStatus",
+    "Suppression",
     "fingerprint",
 ]
 
@@ -143,6 +144,23 @@ class MessageStatus:
     recipients: list[RecipientStatus] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address ``tenant`` must not mail on ``stream``: why (``reason``), what recorded it, when.
+
+    ``tenant`` is ``''`` for an open service's requests; ``address`` is lower-cased, since
+    mailbox providers treat local parts case-insensitively and an unsubscribe must hold for
+    every spelling a later request uses.
+    """
+
+    tenant: str
+    address: str
+    stream: str
+    reason: str
+    source: str
+    created_at: datetime
+
+
 class Outbox(abc.ABC):
     """Durable queue of envelopes with per-recipient state."""
 
@@ -190,6 +208,7 @@ class Outbox(abc.ABC):
         batch: bool = False,
         tenant: str | None = None,
         shared: Sequence[bytes] = (),
+        suppress_stream: str | None = None,
     ) -> EnqueueResult:
         """:meth:`enqueue` for a batch too big to hold rendered at once: every chunk in one transaction, or none.
 
@@ -208,7 +227,25 @@ class Outbox(abc.ABC):
         put back at the recorded offsets when the message is claimed, so a worker sends
         exactly the bytes given here; it is deleted when the last message that needs
         it is final (:mod:`.blobs`).
+
+        ``suppress_stream``: recipients ``tenant`` suppresses on that stream (:meth:`suppress`)
+        are stored ``suppressed``, a final state, and never sent; a message with no other
+        recipient is stored final (``suppressed``) and still has its id in the result.
         """
+
+    @abc.abstractmethod
+    async def suppress(
+        self, tenant: str | None, addresses: Sequence[str], stream: str, *, reason: str, source: str
+    ) -> int:
+        """Add ``addresses`` to ``tenant``'s suppression list for ``stream``; how many were not there yet.
+
+        Why in the outbox's database: the enqueue that must honour it reads it in its own
+        transaction, on every node.
+        """
+
+    @abc.abstractmethod
+    async def suppressions(self, tenant: str | None) -> list[Suppression]:
+        """``tenant``'s suppression list, oldest first."""
 
     @abc.abstractmethod
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:

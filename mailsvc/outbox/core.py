@@ -14,7 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from ..errors import IdempotencyConflictError, NotFoundError, OutboxError, OutboxFullError
@@ -28,6 +28,7 @@ from .base import (
     Outbox,
     RecipientOutcome,
     RecipientStatus,
+    Suppression,
     check_count,
     check_envelopes,
     need_fingerprint,
@@ -58,6 +59,11 @@ class _Request:
 
 async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope]]:
     yield envelopes
+
+
+def _scope(tenant: str | None) -> str:
+    """The suppression list's key for a tenant: an open service's requests (no tenant) share ``''``."""
+    return tenant or ""
 
 
 def _new_ids(n: int) -> list[str]:
@@ -148,6 +154,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
         batch: bool = False,
         tenant: str | None = None,
         shared: Sequence[bytes] = (),
+        suppress_stream: str | None = None,
     ) -> EnqueueResult:
         request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch, tenant)
         check_count(count, count)  # at least one
@@ -158,6 +165,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 return result
             written = 0
             stored: set[str] = set()
+            # Looked up in this transaction, so an unsubscribe committed before it is honoured.
+            suppressing = suppress_stream is not None and await tx.has_suppressions(_scope(tenant), suppress_stream)
             async for chunk in chunks:
                 check_envelopes(chunk, written)
                 end = written + len(chunk)
@@ -166,6 +175,9 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 n = len(chunk)
                 rows, splices = (chunk, []) if blobs is None else await _cut(tx, blobs, chunk, stored)
                 await tx.insert(result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, rows, splices)
+                if suppressing and suppress_stream is not None:
+                    touched = await tx.suppress_recipients(result.ids[written:end], _scope(tenant), suppress_stream)
+                    await tx.settle(touched, [])  # all suppressed: final now, never claimed
                 written = end
             check_count(count, written)
             await tx.notify()
@@ -329,6 +341,21 @@ class OutboxCore(Outbox, Generic[StoreT]):
         if batch is None or not batch.counts or not _visible(batch.tenant, tenant):
             raise NotFoundError("batch", batch_id)
         return batch.counts
+
+    # -- suppressions ----------------------------------------------------------
+    async def suppress(
+        self, tenant: str | None, addresses: Sequence[str], stream: str, *, reason: str, source: str
+    ) -> int:
+        if not addresses:
+            return 0
+        now = datetime.now(UTC)
+        rows = [Suppression(_scope(tenant), a.lower(), stream, reason, source, now) for a in sorted(set(addresses))]
+        async with self.store.write("record a suppression") as tx:
+            return await tx.add_suppressions(rows)
+
+    async def suppressions(self, tenant: str | None) -> list[Suppression]:
+        async with self.store.read("read the suppression list") as tx:
+            return await tx.suppressions(_scope(tenant))
 
     # -- signed-out sessions ---------------------------------------------------
     async def revoke_session(self, sid: str, until: datetime) -> None:

@@ -46,7 +46,18 @@ from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
 from .blobs import Splice
 from .core import OutboxCore
 from .states import FINAL, PENDING, MessageState, RecipientState, sql_list
-from .store import BatchRow, Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
+from .store import (
+    BatchRow,
+    Body,
+    DueMessage,
+    KeyRecord,
+    MessageRow,
+    OutcomeRow,
+    RecipientRow,
+    Store,
+    SuppressionRow,
+    Tx,
+)
 
 __all__ = ["NOTIFY_CHANNEL", "PostgresOutbox", "PostgresStore", "asyncpg_dsn", "upgrade_schema"]
 
@@ -553,6 +564,51 @@ class _PgTx(Tx):
             return None
         return BatchRow(rows[0]["tenant"], {r["state"]: r["n"] for r in rows})
 
+    # -- suppressions
+    async def add_suppressions(self, rows: Sequence[SuppressionRow]) -> int:
+        added = await self.conn.fetch(
+            "INSERT INTO mailsvc_suppression (tenant, address, stream, reason, source, created_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])"
+            " ON CONFLICT DO NOTHING RETURNING address",
+            [r.tenant for r in rows],
+            [r.address for r in rows],
+            [r.stream for r in rows],
+            [r.reason for r in rows],
+            [r.source for r in rows],
+            [r.created_at for r in rows],
+        )
+        return len(added)
+
+    async def has_suppressions(self, tenant: str, stream: str) -> bool:
+        found = await self.conn.fetchval(
+            "SELECT true FROM mailsvc_suppression WHERE tenant = $1 AND stream = $2 LIMIT 1", tenant, stream
+        )
+        return bool(found)
+
+    async def suppress_recipients(self, ids: Sequence[str], tenant: str, stream: str) -> list[str]:
+        rows = await self.conn.fetch(
+            f"""
+            UPDATE mailsvc_recipient r
+            SET state = '{RecipientState.SUPPRESSED}', last_reply = 'suppressed: ' || s.reason, updated_at = now()
+            FROM mailsvc_suppression s
+            WHERE r.message_pk = ANY($1::text[]) AND r.state = '{RecipientState.QUEUED}'
+              AND s.tenant = $2 AND s.stream = $3 AND s.address = lower(r.address)
+            RETURNING r.message_pk
+            """,
+            list(ids),
+            tenant,
+            stream,
+        )
+        return sorted({r[0] for r in rows})
+
+    async def suppressions(self, tenant: str) -> list[SuppressionRow]:
+        rows = await self.conn.fetch(
+            "SELECT tenant, address, stream, reason, source, created_at FROM mailsvc_suppression"
+            " WHERE tenant = $1 ORDER BY created_at, address",
+            tenant,
+        )
+        return [SuppressionRow(*r) for r in rows]
+
     # -- signed-out sessions
     async def revoke_session(self, sid: str, until: datetime) -> None:
         await self.conn.execute("DELETE FROM mailsvc_revoked_session WHERE expires_at <= now()")
@@ -609,7 +665,8 @@ WHERE message_pk = ANY($1::text[]) AND state = '{RecipientState.SENDING}'
 _SETTLE = f"""
 WITH agg AS (
     SELECT message_pk,
-           bool_and(state = '{RecipientState.DELIVERED}') AS all_delivered,
+           bool_and(state = '{RecipientState.SUPPRESSED}') AS all_suppressed,
+           bool_and(state IN ('{RecipientState.DELIVERED}', '{RecipientState.SUPPRESSED}')) AS all_delivered,
            bool_and(state IN {_FINAL}) AS all_final,
            bool_or(state = '{RecipientState.DELIVERED}') AS any_delivered,
            bool_or(state = '{RecipientState.SENDING}') AS any_sending,
@@ -620,7 +677,8 @@ WITH agg AS (
     GROUP BY message_pk
 )
 UPDATE mailsvc_message m
-SET state = CASE WHEN a.all_delivered THEN '{MessageState.DELIVERED}'
+SET state = CASE WHEN a.all_suppressed THEN '{MessageState.SUPPRESSED}'
+                 WHEN a.all_delivered THEN '{MessageState.DELIVERED}'
                  WHEN a.all_final AND a.any_delivered THEN '{MessageState.PARTIAL}'
                  WHEN a.all_final THEN '{MessageState.FAILED}'
                  WHEN a.any_sending THEN '{MessageState.SENDING}'

@@ -33,7 +33,18 @@ from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
 from .blobs import Splice
 from .core import OutboxCore
 from .states import FINAL, FINAL_MESSAGE, PENDING, MessageState, RecipientState, derive_state, sql_list
-from .store import BatchRow, Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, RecipientRow, Store, Tx
+from .store import (
+    BatchRow,
+    Body,
+    DueMessage,
+    KeyRecord,
+    MessageRow,
+    OutcomeRow,
+    RecipientRow,
+    Store,
+    SuppressionRow,
+    Tx,
+)
 
 __all__ = ["SqliteOutbox", "SqliteStore", "upgrade_schema"]
 
@@ -493,6 +504,48 @@ class _SqliteTx(Tx):
             return None
         rows = await self._all("SELECT state, count(*) FROM messages WHERE batch_id = ? GROUP BY state", (batch_id,))
         return BatchRow(owner[0], {state: int(n) for state, n in rows})
+
+    # -- suppressions
+    async def add_suppressions(self, rows: Sequence[SuppressionRow]) -> int:
+        before = self.db.total_changes
+        await self.db.executemany(
+            "INSERT INTO suppressions (tenant, address, stream, reason, source, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [(r.tenant, r.address, r.stream, r.reason, r.source, r.created_at.timestamp()) for r in rows],
+        )
+        return self.db.total_changes - before
+
+    async def has_suppressions(self, tenant: str, stream: str) -> bool:
+        row = await self._one("SELECT 1 FROM suppressions WHERE tenant = ? AND stream = ? LIMIT 1", (tenant, stream))
+        return row is not None
+
+    async def suppress_recipients(self, ids: Sequence[str], tenant: str, stream: str) -> list[str]:
+        touched: list[str] = []
+        for chunk in _chunks(ids):
+            for pk, id_ in await self._all(f"SELECT pk, id FROM messages WHERE id IN ({_marks(chunk)})", chunk):
+                self._pks[id_] = pk
+            pks = [self._pks[i] for i in chunk]
+            found = " FROM suppressions s WHERE s.tenant = ? AND s.stream = ? AND s.address = lower(recipients.address)"
+            where = f"msg IN ({_marks(pks)}) AND state = '{RecipientState.QUEUED}' AND EXISTS (SELECT 1{found})"
+            hit = await self._all(f"SELECT DISTINCT msg FROM recipients WHERE {where}", (*pks, tenant, stream))
+            if not hit:
+                continue
+            await self.db.execute(
+                f"UPDATE recipients SET state = '{RecipientState.SUPPRESSED}', updated_at = ?,"
+                f" last_reply = 'suppressed: ' || (SELECT s.reason{found}) WHERE {where}",
+                (self.now, tenant, stream, *pks, tenant, stream),
+            )
+            by_pk = {pk: i for i, pk in zip(chunk, pks, strict=True)}
+            touched.extend(by_pk[m] for (m,) in hit)
+        return touched
+
+    async def suppressions(self, tenant: str) -> list[SuppressionRow]:
+        rows = await self._all(
+            "SELECT tenant, address, stream, reason, source, created_at FROM suppressions"
+            " WHERE tenant = ? ORDER BY created_at, address",
+            (tenant,),
+        )
+        return [SuppressionRow(t, a, st, r, src, _dt(at)) for t, a, st, r, src, at in rows]
 
     # -- signed-out sessions
     async def revoke_session(self, sid: str, until: datetime) -> None:

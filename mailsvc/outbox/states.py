@@ -2,9 +2,11 @@
 
 A recipient moves ``queued`` -> ``sending`` (while a worker holds the lease) -> ``delivered`` |
 ``deferred`` (retried at ``next_attempt_at``) | ``failed`` (a 5xx) | ``expired`` (retry lifetime
-exceeded). A message's state is derived from its recipients' (:func:`derive_state`): it is never
-``expired`` itself (a message whose recipients all expired is ``failed``), and ``partial`` when
-its recipients ended some delivered, some not.
+exceeded). A recipient on its tenant's suppression list when the message is queued starts (and
+ends) ``suppressed``: it is never sent to. A message's state is derived from its recipients'
+(:func:`derive_state`): it is never ``expired`` itself (a message whose recipients all expired is
+``failed``), ``partial`` when its recipients ended some delivered, some not, and ``suppressed``
+only when every recipient was (a suppressed recipient beside others does not count either way).
 
 Why :class:`~enum.StrEnum`: members are plain strings, so rows read from either database compare
 equal to them, JSON and f-strings print their value, and SQL is formatted from them with
@@ -35,6 +37,7 @@ class RecipientState(StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     EXPIRED = "expired"
+    SUPPRESSED = "suppressed"
 
 
 class MessageState(StrEnum):
@@ -44,16 +47,21 @@ class MessageState(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     PARTIAL = "partial"
+    SUPPRESSED = "suppressed"
 
 
 #: A recipient in one of these is never tried again, and its state is never overwritten.
-FINAL: frozenset[RecipientState] = frozenset({RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.EXPIRED})
+FINAL: frozenset[RecipientState] = frozenset(
+    {RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.EXPIRED, RecipientState.SUPPRESSED}
+)
 #: A recipient in one of these is still owed an attempt.
 PENDING: frozenset[RecipientState] = frozenset(RecipientState) - FINAL
-#: What a worker may record after an attempt.
-OUTCOMES: frozenset[RecipientState] = FINAL | {RecipientState.DEFERRED}
+#: What a worker may record after an attempt (``suppressed`` is set at enqueue, never by a worker).
+OUTCOMES: frozenset[RecipientState] = (FINAL - {RecipientState.SUPPRESSED}) | {RecipientState.DEFERRED}
 #: A message in one of these is done: no worker will touch it again.
-FINAL_MESSAGE: frozenset[MessageState] = frozenset({MessageState.DELIVERED, MessageState.FAILED, MessageState.PARTIAL})
+FINAL_MESSAGE: frozenset[MessageState] = frozenset(
+    {MessageState.DELIVERED, MessageState.FAILED, MessageState.PARTIAL, MessageState.SUPPRESSED}
+)
 
 
 def derive_state(states: Iterable[str]) -> MessageState:
@@ -63,8 +71,13 @@ def derive_state(states: Iterable[str]) -> MessageState:
     <MessageState.DEFERRED: 'deferred'>
     >>> derive_state(["delivered", "expired"])
     <MessageState.PARTIAL: 'partial'>
+    >>> derive_state(["suppressed", "delivered"]), derive_state(["suppressed"])
+    (<MessageState.DELIVERED: 'delivered'>, <MessageState.SUPPRESSED: 'suppressed'>)
     """
     seen = set(states)
+    if seen == {RecipientState.SUPPRESSED}:
+        return MessageState.SUPPRESSED
+    seen.discard(RecipientState.SUPPRESSED)
     if not seen or seen <= FINAL:
         if seen == {RecipientState.DELIVERED}:
             return MessageState.DELIVERED
@@ -80,7 +93,7 @@ def sql_list(states: Iterable[str]) -> str:
     """``('a', 'b')`` for ``state IN ...``, in a stable order.
 
     >>> sql_list(FINAL)
-    "('delivered', 'expired', 'failed')"
+    "('delivered', 'expired', 'failed', 'suppressed')"
     """
     values = sorted(str(s) for s in states)
     if not values or not all(v.isalpha() and v.islower() for v in values):

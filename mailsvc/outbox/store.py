@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..message import Envelope
+from .base import Suppression as SuppressionRow
 from .blobs import Splice
 from .states import RecipientState
 
@@ -31,6 +32,7 @@ __all__ = [
     "OutcomeRow",
     "RecipientRow",
     "Store",
+    "SuppressionRow",
     "Tx",
 ]
 
@@ -220,6 +222,27 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def batch(self, batch_id: str) -> BatchRow | None:
         """The batch's tenant and its counts per state; None when no message has that batch id."""
+
+    # -- suppressions
+    @abc.abstractmethod
+    async def add_suppressions(self, rows: Sequence[SuppressionRow]) -> int:
+        """Store each row unless its (tenant, stream, address) is there already (the first reason stays).
+
+        Returns how many were new.
+        """
+
+    @abc.abstractmethod
+    async def has_suppressions(self, tenant: str, stream: str) -> bool:
+        """Whether ``tenant`` suppresses any address on ``stream`` (an enqueue with none skips the lookups)."""
+
+    @abc.abstractmethod
+    async def suppress_recipients(self, ids: Sequence[str], tenant: str, stream: str) -> list[str]:
+        """Mark ``suppressed`` (the reason as their last reply) the queued recipients of these new messages
+        whose lower-cased address ``tenant`` suppresses on ``stream``; return the messages touched."""
+
+    @abc.abstractmethod
+    async def suppressions(self, tenant: str) -> list[SuppressionRow]:
+        """``tenant``'s suppressions, oldest first."""
 
     # -- signed-out sessions
     @abc.abstractmethod

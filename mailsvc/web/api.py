@@ -27,6 +27,7 @@ from .problems import FieldError, ProblemException, not_an_object, not_json, val
 from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
 from .state import web_state
 from .tenants import Scope
+from .unsublinks import links_for
 
 __all__ = ["ID_PATTERN", "IDEMPOTENCY_KEY_PATTERN", "MessageIdConverter", "bp", "status_out"]
 
@@ -113,7 +114,8 @@ async def send_message() -> Response:
     principal = await ws.api_principal(Scope.SEND)
     m = validate(MessageIn, await read_json())
     key = idempotency_key()
-    envelope = compose.build_single(ws.mail, m)
+    links = links_for(ws.config, m.unsubscribe, m.headers, principal.tenant, m.stream) if m.unsubscribe else None
+    envelope = compose.build_single(ws.mail, m, links)
     result = await compose.enqueue(
         ws.outbox(),
         [envelope],

@@ -37,6 +37,7 @@ from .bulkstream import BulkRequest, chunk_size
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
 from .problems import FieldError, ProblemException, retry_after
 from .schemas import AttachmentIn, BulkHead, BulkRecipient, MessageIn, header_problem
+from .unsublinks import UnsubscribeLinks, links_for
 
 __all__ = ["BulkBuilder", "build_single", "enqueue", "enqueue_bulk", "fingerprint_of", "outbox_problem"]
 
@@ -105,10 +106,19 @@ def _api_field(field: str, prefix: str) -> str:
     return f"{prefix}{name}" if not prefix else f"{prefix}.{name}"
 
 
-def build_single(state: MailState, m: MessageIn) -> Envelope:
-    """One request, one envelope; raises :class:`ProblemException` (422) naming the field."""
+def build_single(state: MailState, m: MessageIn, links: UnsubscribeLinks | None = None) -> Envelope:
+    """One request, one envelope; raises :class:`ProblemException` (422) naming the field.
+
+    ``links``: the message carries a one-click unsubscribe link for its ``to`` addresses.
+    """
+    headers = dict(m.headers)
+    context = m.context
+    if links is not None:
+        url = links.url(m.to)
+        headers.update(links.headers(url))
+        context = {**m.context, "unsubscribe_url": url}
     if m.template is not None:
-        subject, text, html = _render_named(state, m.template, m.context, "context")
+        subject, text, html = _render_named(state, m.template, context, "context")
     else:
         subject, text, html = m.subject or "", m.text, m.html
         if text is None and html is not None:  # as a template with only an .html part gets one
@@ -123,7 +133,7 @@ def build_single(state: MailState, m: MessageIn) -> Envelope:
         bcc=list(m.bcc),
         reply_to=list(m.reply_to) or None,  # type: ignore[arg-type]  # parse_address_list takes lists
         attachments=_attachments(m.attachments),
-        extra_headers=dict(m.headers),
+        extra_headers=headers,
     )
     return _build(state, msg)
 
@@ -133,12 +143,17 @@ class BulkBuilder:
 
     Raises :class:`ProblemException` (422) at construction when an inline template
     does not compile, and from :meth:`build_one` naming ``recipients[i]``'s field.
+    With ``links``, every message carries its own one-click unsubscribe link (RFC 8058
+    headers, and ``unsubscribe_url`` in its template context).
     """
 
-    def __init__(self, state: MailState, head: BulkHead, count: int, web: WebConfig) -> None:
+    def __init__(
+        self, state: MailState, head: BulkHead, count: int, web: WebConfig, links: UnsubscribeLinks | None = None
+    ) -> None:
         """Compiles the request's templates: CPU work, so construct it off the event loop (:meth:`create`)."""
         self.state = state
         self.head = head
+        self.links = links
         self.inline: dict[str, InlineTemplate] = {}
         if head.template is None:
             errors: list[FieldError] = []
@@ -182,9 +197,11 @@ class BulkBuilder:
         self.msgid_domain = state.config.message_id_domain or default_msgid_domain()
 
     @classmethod
-    async def create(cls, state: MailState, head: BulkHead, count: int, web: WebConfig) -> BulkBuilder:
+    async def create(
+        cls, state: MailState, head: BulkHead, count: int, web: WebConfig, links: UnsubscribeLinks | None = None
+    ) -> BulkBuilder:
         """Built in a thread: a large template compiles for seconds, and the loop serves others meanwhile."""
-        return await asyncio.to_thread(cls, state, head, count, web)
+        return await asyncio.to_thread(cls, state, head, count, web, links)
 
     def build_one(self, i: int, r: BulkRecipient) -> Envelope:
         where = f"recipients[{i}]"
@@ -192,17 +209,24 @@ class BulkBuilder:
         subject: str
         text: str | None
         html: str | None
+        context = r.context
+        url = None
+        if self.links is not None:
+            url = self.links.url(r.to)
+            context = {**r.context, "unsubscribe_url": url}
         try:
             if head.template is not None:
-                subject, text, html = _render_named(self.state, head.template, r.context, f"{where}.context")
+                subject, text, html = _render_named(self.state, head.template, context, f"{where}.context")
             else:
-                parts = {f: t.render(r.context, f"{where}.context", self.budget) for f, t in self.inline.items()}
+                parts = {f: t.render(context, f"{where}.context", self.budget) for f, t in self.inline.items()}
                 subject, text, html = parts.get("subject", ""), parts.get("text"), parts.get("html")
                 if text is None and html is not None:
                     text = html_to_text(html)
             headers = dict(self.headers)
             for name, t in self.header_templates.items():
-                headers[name] = t.render(r.context, f"{where}.context", self.budget)
+                headers[name] = t.render(context, f"{where}.context", self.budget)
+            if url is not None:
+                headers.update(UnsubscribeLinks.headers(url))
         except InlineTemplateError as exc:
             raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
         msg = Message(
@@ -292,7 +316,9 @@ async def enqueue_bulk(
 ) -> EnqueueResult:
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
     scoped = _scoped(principal, idempotency_key)
-    builder = await BulkBuilder.create(state, request.head, request.count, web)  # 422 if a template does not compile
+    head = request.head
+    links = links_for(web, head.unsubscribe, head.headers, principal.tenant, head.stream)  # 422 if it cannot
+    builder = await BulkBuilder.create(state, head, request.count, web, links)  # 422 if a template does not compile
     chunks = request.chunks(builder.build_one, chunk_size(sum(map(len, builder.shared))))
     try:
         async with aclosing(chunks):
@@ -304,6 +330,7 @@ async def enqueue_bulk(
                 batch=True,
                 tenant=principal.tenant,
                 shared=builder.shared,
+                suppress_stream=head.stream,
             )
     except OutboxError as exc:
         raise outbox_problem(exc) from None

@@ -75,6 +75,12 @@ def narrow(schemas: dict[str, Any], ctx: CheckContext) -> dict[str, Any]:
                     "description": "this deployment sets From itself: leave sender out",
                 }
             _templates(schema, ctx, per_recipient=model == "BulkIn")
+            if web.public_url is None:
+                schema["properties"]["unsubscribe"] = {
+                    "enum": [False] if model == "MessageIn" else [False, None],
+                    "default": False if model == "MessageIn" else None,
+                    "description": "this deployment has no MAILSVC_PUBLIC_URL, so it makes no unsubscribe links",
+                }
     return out
 
 

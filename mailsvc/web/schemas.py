@@ -192,6 +192,17 @@ TemplateName = Annotated[
 ]
 
 
+STREAM_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+#: The list a bulk request mails on: an unsubscribe from it suppresses the address on it only.
+Stream = Annotated[
+    str,
+    Field(
+        pattern=STREAM_PATTERN,
+        description="the list this mail belongs to; a one-click unsubscribe stops this stream only",
+    ),
+]
+
+
 def _header_name(v: str) -> str:
     if not _HEADER_NAME.fullmatch(v):
         raise ValueError(f"{v!r} is not a valid header name")
@@ -335,6 +346,11 @@ class MessageIn(_Common):
     html: str | None = Field(default=None, description="HTML body")
     template: TemplateName | None = Field(default=None, description="a template under templates/email/")
     context: dict[str, Any] = Field(default_factory=dict, description="variables for the template")
+    unsubscribe: bool = Field(
+        default=False,
+        description="carry a one-click List-Unsubscribe link for the 'to' addresses (needs MAILSVC_PUBLIC_URL)",
+    )
+    stream: Stream = "default"
 
     @model_validator(mode="after")
     def _shape(self, info: ValidationInfo) -> MessageIn:
@@ -378,6 +394,15 @@ class BulkHead(_Common):
     )
     text: Annotated[str, _Jinja] | None = Field(default=None, description="Jinja template string")
     html: Annotated[str, _Jinja] | None = Field(default=None, description="Jinja template string (autoescaped)")
+    unsubscribe: bool | None = Field(
+        default=None,
+        description=(
+            "one-click List-Unsubscribe links, one per message (templates may print {{ unsubscribe_url }}): "
+            "true needs MAILSVC_PUBLIC_URL; false for transactional batches; unset: on when the service has "
+            "MAILSVC_PUBLIC_URL and the request sets no List-Unsubscribe header of its own"
+        ),
+    )
+    stream: Stream = "default"
 
     @model_validator(mode="after")
     def _shape(self, info: ValidationInfo) -> BulkHead:
