@@ -104,6 +104,7 @@ def run_tree(
         "PYTHONPATH": str(root),
         "MAIL_SERVER": "127.0.0.1",
         "MAIL_PORT": str(sink_port),
+        "MAIL_DEFAULT_SENDER": "bench@example.com",
         "MAILSVC_API_KEYS": "k",
         "MAILSVC_RATE_LIMIT": "0",
         "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/{name}.sqlite3",

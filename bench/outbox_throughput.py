@@ -74,6 +74,7 @@ def deliver_in_processes(url: str, port: int, args: argparse.Namespace, workdir:
         PYTHONPATH=str(REPO),
         MAILSVC_SETTINGS_MODULE="settings",
         MAIL_SERVER="127.0.0.1",
+        MAIL_DEFAULT_SENDER="bench@example.com",
         MAIL_PORT=str(port),
         MAILSVC_DATABASE_URL=url,
         MAIL_POOL_SIZE=str(args.pool_size),

@@ -87,6 +87,7 @@ def env_for(db_url: str, smtp_port: int) -> dict[str, str]:
         PYTHONPATH=str(ROOT),
         MAILSVC_DATABASE_URL=db_url,
         MAIL_SERVER="127.0.0.1",
+        MAIL_DEFAULT_SENDER="bench@example.com",
         MAIL_PORT=str(smtp_port),
         MAILSVC_WORKERS="0",
         MAILSVC_API_KEYS=API_KEY,
