@@ -275,6 +275,21 @@ def machine() -> str:
     )
 
 
+def dkim_key(algorithm: str) -> None:
+    """A fresh key for the workload's From domain, named in the environment the senders inherit."""
+    import tempfile
+
+    from mailsvc.dkimsign import generate_key
+
+    pem, _ = generate_key("rsa" if algorithm == "rsa" else "ed25519")
+    path = Path(tempfile.mkdtemp(prefix="mailsvc-bench-dkim-")) / "bench.pem"
+    path.write_bytes(pem)
+    os.environ.update(
+        MAILSVC_DKIM_DOMAIN="bench.example", MAILSVC_DKIM_SELECTOR="bench", MAILSVC_DKIM_KEY_FILE=str(path)
+    )
+    print(f"DKIM: signing with a {algorithm} key ({path})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="mailsvc bulk-send benchmark")
     p.add_argument("--n", type=int, default=5000, help="messages per run (default 5000)")
@@ -286,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-post-latency",
         action="store_true",
         help="skip the second table (bench/post_latency.py: single JSON POSTs vs a bare Quart route)",
+    )
+    p.add_argument(
+        "--dkim",
+        choices=("off", "rsa", "ed25519"),
+        default="off",
+        help="sign every message with a fresh DKIM key of this type (MAILSVC_DKIM_* for both mailsvc senders)",
     )
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
@@ -311,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipping {s.key}: {why}", file=sys.stderr)
             else:
                 senders.append(s)
+    if args.dkim != "off":
+        dkim_key(args.dkim)
     use_postfix = args.sink == "smtp-sink" or (args.sink == "auto" and smtp_sink_binary() is not None)
     sink: Sink = SmtpSink() if use_postfix else AiosmtpdSink()
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from .addresses import AddressLike, AddressRules, parse_address
 from .dburl import DEFAULT_DATABASE_URL
+from .dkimsign import Keyring, keyring
 from .errors import ConfigError, MessageError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "unknown_settings",
     "MAIL_KEYS",
     "MailConfig",
+    "SERVICE_NAMES",
     "ServiceConfig",
     "WebConfig",
     "env_field",
@@ -56,9 +58,16 @@ _KEYS = {
     "MAIL_TRANSPORT": "transport",
     "MAIL_DEBUG": "debug",
     "MAIL_ADDRESS_RULES": "address_rules",
+    "MAIL_DKIM_DOMAIN": "dkim_domain",
+    "MAIL_DKIM_SELECTOR": "dkim_selector",
+    "MAIL_DKIM_KEY_FILE": "dkim_key_file",
+    "MAIL_DKIM_KEYS_FILE": "dkim_keys_file",
 }
+# MAIL_* keys the service's environment spells MAILSVC_* (issue 15's names); the library reads the MAIL_* form.
+SERVICE_NAMES: Mapping[str, str] = {k: "MAILSVC_" + k.removeprefix("MAIL_") for k in _KEYS if "_DKIM_" in k}
 _FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
 MAIL_KEYS: Mapping[str, str] = _KEYS  # public: the settings module and its README check read it
+_DKIM_FIELDS = ("dkim_domain", "dkim_selector", "dkim_key_file")  # one domain's key: all three or none
 # MAIL_TRANSPORT: "package.module:attribute" (or "package.module.attribute").
 _DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?")
 
@@ -106,6 +115,12 @@ class MailConfig(BaseModel):
     # "permissive": what Flask-Mail sends (root@localhost, *.test, IP literals, quoted local parts);
     # "deliverable": only addresses deliverable on the public internet. Injection is refused under both.
     address_rules: AddressRules = "permissive"
+    # DKIM (mailsvc/dkimsign.py): one domain's key, and/or a JSON file of {domain: {selector, key_file}};
+    # a message is signed with the key of its From domain. Keys are read and checked when this is built.
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_key_file: Path | None = None
+    dkim_keys_file: Path | None = None
 
     @field_validator("server", "message_id_domain", "local_hostname", "username")
     @classmethod
@@ -145,7 +160,7 @@ class MailConfig(BaseModel):
             raise ValueError(f"no such file: {v}")
         return v
 
-    @field_validator("username", "password", mode="before")
+    @field_validator("username", "password", *_DKIM_FIELDS, "dkim_keys_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         """Flask-Mail skips AUTH when the credentials are empty strings (a blank line in .env); so do we."""
@@ -182,6 +197,29 @@ class MailConfig(BaseModel):
                 "or MAIL_USE_TLS (or MAIL_ALLOW_PLAINTEXT_AUTH=true if you really mean it)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _dkim_keys_load(self) -> MailConfig:
+        """A key that cannot be read or parsed stops start-up here, naming the setting, not at the first send."""
+        single = (self.dkim_domain, self.dkim_selector, self.dkim_key_file)
+        if any(v for v in single) and not all(v for v in single):
+            missing = [_FIELD_TO_KEY[f] for f, v in zip(_DKIM_FIELDS, single, strict=True) if not v]
+            raise ValueError(
+                f"{missing[0]}: MAIL_DKIM_DOMAIN, MAIL_DKIM_SELECTOR and MAIL_DKIM_KEY_FILE go together "
+                "(for several domains use MAIL_DKIM_KEYS_FILE)"
+            )
+        self.dkim_keyring()
+        return self
+
+    def dkim_keyring(self) -> Keyring:
+        """The DKIM keys by From domain (read once per process; empty when none is configured)."""
+        return keyring(
+            self.dkim_domain,
+            self.dkim_selector,
+            self.dkim_key_file,
+            self.dkim_keys_file,
+            ("MAIL_DKIM_KEY_FILE", "MAIL_DKIM_KEYS_FILE"),
+        )
 
     @property
     def encrypted(self) -> bool:

@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .addresses import AddressRules
+from .addresses import AddressRules, parse_address
 from .config import (
     MAIL_KEYS,
+    SERVICE_NAMES,
     MailConfig,
     ServiceConfig,
     WebConfig,
@@ -78,6 +79,12 @@ class Settings(BaseSettings):
     MAIL_DEBUG: bool = env_field(M, "debug")
     MAIL_ADDRESS_RULES: AddressRules = env_field(M, "address_rules")
     MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" instead of SMTP
+
+    # DKIM signing (read as MailConfig's MAIL_DKIM_*: config.SERVICE_NAMES): one domain, and/or a JSON file of several
+    MAILSVC_DKIM_DOMAIN: str | None = env_field(M, "dkim_domain")
+    MAILSVC_DKIM_SELECTOR: str | None = env_field(M, "dkim_selector")
+    MAILSVC_DKIM_KEY_FILE: Path | None = env_field(M, "dkim_key_file")
+    MAILSVC_DKIM_KEYS_FILE: Path | None = env_field(M, "dkim_keys_file")  # {"domain": {"selector", "key_file"}}
 
     # Service: outbox, workers, dev inbox
     MAILSVC_DATABASE_URL: str = env_field(S, "database_url")
@@ -133,7 +140,7 @@ class Settings(BaseSettings):
         inbox speaks plain SMTP on loopback, and a password has no business going there. With a
         real relay, a From address must be configured: a made-up one would be sent for real.
         """
-        data = {k: getattr(self, k) for k in MAIL_KEYS}
+        data = {k: getattr(self, SERVICE_NAMES.get(k, k)) for k in MAIL_KEYS}
         if self.MAIL_SERVER is None:
             ignored = [k for k in DEV_IGNORES if data.get(k) not in (None, False, "")]
             if ignored:
@@ -145,7 +152,10 @@ class Settings(BaseSettings):
                 MAIL_ADDRESS_RULES="permissive",
                 MAIL_DEFAULT_SENDER=self.MAIL_DEFAULT_SENDER or DEV_SENDER,
             )
-        config = MailConfig.from_mapping(data)  # every other setting's problem first, by name
+        try:
+            config = MailConfig.from_mapping(data)  # every other setting's problem first, by name
+        except ConfigError as exc:  # blame the name this environment used
+            raise _renamed(exc) from None
         if self.MAIL_SERVER is not None and not self.MAIL_DEFAULT_SENDER:
             raise ConfigError(
                 "MAIL_DEFAULT_SENDER",
@@ -153,6 +163,20 @@ class Settings(BaseSettings):
                 "this relay lets you send as, e.g. MAIL_DEFAULT_SENDER='Shop <shop@example.com>'",
             )
         return config
+
+    def warn_unsigned(self, config: MailConfig) -> None:
+        """DKIM keys configured, but not for the default From domain: said once here, and per message in the log."""
+        ring = config.dkim_keyring()
+        sender = config.default_sender
+        if not ring or sender is None:
+            return
+        domain = parse_address(sender, "MAIL_DEFAULT_SENDER").envelope.rpartition("@")[2]
+        if ring.key_for(domain) is None:
+            log.warning(
+                "DKIM: no key for %s (MAIL_DEFAULT_SENDER's domain; keys for %s): its mail goes out unsigned",
+                domain,
+                ", ".join(sorted(ring.domains)),
+            )
 
     @property
     def dev_mode(self) -> bool:
@@ -180,6 +204,15 @@ class Settings(BaseSettings):
 _S = TypeVar("_S", bound=Settings)
 
 
+def _renamed(exc: ConfigError) -> ConfigError:
+    """A MailConfig error under the name the environment uses (MAIL_DKIM_KEY_FILE -> MAILSVC_DKIM_KEY_FILE)."""
+    text = str(exc)
+    for lib, env in SERVICE_NAMES.items():
+        text = text.replace(lib, env)
+    setting, _, reason = text.partition(": ")
+    return ConfigError(setting, reason)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build Settings or exit with one line naming the bad setting; warn of names that look like typos."""
     return build_settings(Settings, **overrides)
@@ -191,7 +224,7 @@ def build_settings(settings_class: type[_S], **overrides: object) -> _S:
         log.warning("%s", line)
     try:
         settings = settings_class(**overrides)  # type: ignore[arg-type]
-        settings.mail_config()
+        settings.warn_unsigned(settings.mail_config())
         settings.service_config()
         check_template_folder(settings.MAILSVC_TEMPLATES)
     except ValidationError as exc:

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 from pydantic.fields import FieldInfo
 
-from mailsvc.config import MAIL_KEYS, MailConfig, ServiceConfig, WebConfig, service_env_name
+from mailsvc.config import MAIL_KEYS, SERVICE_NAMES, MailConfig, ServiceConfig, WebConfig, service_env_name
 from settings import DIFFERS_FROM_MODEL, Settings, load_settings
 
 DERIVED = {"dev_mode", "web"}  # ServiceConfig fields computed from other settings, not set on their own
+LIBRARY_NAMES = {env: lib for lib, env in SERVICE_NAMES.items()}  # MAILSVC_DKIM_* -> MAIL_DKIM_*
 
 
 def model_field(setting: str) -> FieldInfo:
+    setting = LIBRARY_NAMES.get(setting, setting)
     if setting in MAIL_KEYS:
         return MailConfig.model_fields[MAIL_KEYS[setting]]
     name = setting.removeprefix("MAILSVC_").lower()
@@ -34,7 +36,7 @@ def test_every_setting_is_a_model_field() -> None:
 
 def test_every_model_field_is_a_setting() -> None:
     names = set(Settings.model_fields)
-    missing = [k for k in MAIL_KEYS if k not in names]
+    missing = [SERVICE_NAMES.get(k, k) for k in MAIL_KEYS if SERVICE_NAMES.get(k, k) not in names]
     for model in (ServiceConfig, WebConfig):
         missing += [service_env_name(f) for f in model.model_fields if f not in DERIVED]
     missing = [m for m in missing if m not in names]

@@ -12,6 +12,7 @@ built by ``Message.build`` instead of ``mailsvc.fastbuild``), ``pool=N``.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -56,7 +57,14 @@ async def main() -> None:
             _disable_fastbuild()
         elif part.startswith("pool="):
             pool = int(part.removeprefix("pool="))
-    config = MailConfig(server=args.host, port=args.port, default_sender=workload.SENDER, pool_size=pool, timeout=60)
+    dkim = {  # bench/run.py --dkim: the service's settings, given to the library as MailConfig fields
+        f"dkim_{name.lower()}": os.environ[f"MAILSVC_DKIM_{name}"]
+        for name in ("DOMAIN", "SELECTOR", "KEY_FILE")
+        if os.environ.get(f"MAILSVC_DKIM_{name}")
+    }
+    config = MailConfig(
+        server=args.host, port=args.port, default_sender=workload.SENDER, pool_size=pool, timeout=60, **dkim
+    )
     mail = Mail(config=config, templates=workload.TEMPLATES)
     clock = workload.Clock()
     msgs = [mail.render_message(workload.TEMPLATE, ctx, recipients=[rcpt]) for rcpt, ctx in workload.contexts(args.n)]
