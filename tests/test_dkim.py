@@ -327,3 +327,19 @@ def test_openssl_rsa_signatures_are_dkimpys_byte_for_byte(
             break
     assert ours == theirs
     assert verifies(ours, dns)
+
+
+def test_keygen_never_overwrites_a_key_and_check_compares_the_p_tag(tmp_path: Path) -> None:
+    key, record = keygen(tmp_path, "ed25519")
+    before = key.read_bytes()
+    args = argparse.Namespace(
+        dkim_action="keygen", domain=DOMAIN, selector=SELECTOR, algorithm="rsa", out=tmp_path / "keys"
+    )
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert dkim_command.run(args) != 0
+    assert key.read_bytes() == before
+    public = load_key(key, DOMAIN, SELECTOR, "X").public
+    assert dkim_command.record_matches(record, public)
+    assert dkim_command.record_matches(record.replace("p=", "p= ") + " ;", public)
+    assert not dkim_command.record_matches(record[:-4] + "AAA=", public)
+    assert not dkim_command.record_matches("v=DKIM1; k=ed25519; p=", public)
