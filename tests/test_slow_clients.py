@@ -249,22 +249,35 @@ async def _slow_client(port: int, dribble: bool, results: list[float]) -> None:
 
 
 async def test_slow_bodies_are_closed_and_healthz_answers_meanwhile(tmp_path: Path) -> None:
+    """Health probes are answered while the slow bodies are still held, and every slow body is closed.
+
+    No timing is asserted: a probe must succeed (a generous timeout only stops a hang) at a moment when
+    slow connections are still open, which proves they do not starve the server. The 200 connections are
+    opened in steps so that the listen backlog of a loaded machine is not what the test measures.
+    """
     async with serve(tmp_path, MAILSVC_BODY_TIMEOUT="2") as served:
         closed_after: list[float] = []
-        clients = [
-            asyncio.create_task(_slow_client(served.port, dribble=i % 2 == 1, results=closed_after)) for i in range(200)
-        ]
-        probes: list[float] = []
-        async with httpx.AsyncClient(base_url=served.base, timeout=1) as client:
-            while not all(c.done() for c in clients):
-                started = time.monotonic()
-                assert (await client.get("/healthz")).status_code == 200  # within the 1 s timeout, or it raises
-                probes.append(time.monotonic() - started)
-                await asyncio.sleep(0.2)
-        await asyncio.gather(*clients)
+        clients: list[asyncio.Task[None]] = []
+        try:
+            for i in range(200):
+                clients.append(asyncio.create_task(_slow_client(served.port, dribble=i % 2 == 1, results=closed_after)))
+                if i % 20 == 19:
+                    await asyncio.sleep(0.05)
+            open_at_probe: list[int] = []
+            async with httpx.AsyncClient(base_url=served.base, timeout=15) as client:
+                while not all(c.done() for c in clients):
+                    held = len(clients) - len(closed_after)
+                    assert (await client.get("/healthz")).status_code == 200
+                    open_at_probe.append(held)
+                    await asyncio.sleep(0.2)
+            await asyncio.gather(*clients)
+        finally:
+            for c in clients:
+                c.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
         assert len(closed_after) == 200, f"{200 - len(closed_after)} slow connections still open after 30 s"
-        assert max(closed_after) < 20  # body timeout + drain + linger, with room for a loaded CI machine
-        assert len(probes) >= 5
+        assert max(open_at_probe) >= 100, f"no probe was answered while most slow bodies were held: {open_at_probe}"
+        assert max(closed_after) < 25  # body timeout + drain + linger: a bound against "never", not a speed claim
         outbox = await _pending(served)
     assert outbox == 0
 
