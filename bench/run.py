@@ -290,6 +290,29 @@ def dkim_key(algorithm: str) -> None:
     print(f"DKIM: signing with a {algorithm} key ({path})", file=sys.stderr)
 
 
+STYLESHEET = """<style>
+body { font-family: Helvetica, Arial, sans-serif; color: #222; background: #fafafa }
+p { margin: 0 0 12px; line-height: 1.5 } ul { padding-left: 18px } li { margin-bottom: 6px }
+a { color: #0b57d0; text-decoration: underline } b { color: #111 }
+@media (max-width: 600px) { body { font-size: 16px } }
+</style>"""
+
+
+def styled_templates() -> None:
+    """A copy of bench/templates whose newsletter carries a stylesheet and the inline-css marker."""
+    import shutil
+    import tempfile
+
+    from mailsvc.cssinline import MARKER
+
+    root = Path(tempfile.mkdtemp(prefix="mailsvc-bench-css-")) / "templates"
+    shutil.copytree(HERE / "templates", root)
+    html = root / "email" / "newsletter.html"
+    html.write_text(MARKER + html.read_text().replace("<html><body>", f"<html><head>{STYLESHEET}</head><body>", 1))
+    os.environ["MAILSVC_BENCH_TEMPLATES"] = str(root)
+    print(f"CSS: the newsletter carries a stylesheet; mailsvc inlines it per message ({root})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="mailsvc bulk-send benchmark")
     p.add_argument("--n", type=int, default=5000, help="messages per run (default 5000)")
@@ -307,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("off", "rsa", "ed25519"),
         default="off",
         help="sign every message with a fresh DKIM key of this type (MAILSVC_DKIM_* for both mailsvc senders)",
+    )
+    p.add_argument(
+        "--inline-css",
+        action="store_true",
+        help="the newsletter carries a stylesheet, inlined per message by mailsvc (the peers send it as is)",
     )
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
@@ -334,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                 senders.append(s)
     if args.dkim != "off":
         dkim_key(args.dkim)
+    if args.inline_css:
+        styled_templates()
     use_postfix = args.sink == "smtp-sink" or (args.sink == "auto" and smtp_sink_binary() is not None)
     sink: Sink = SmtpSink() if use_postfix else AiosmtpdSink()
 

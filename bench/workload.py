@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-TEMPLATES = Path(__file__).resolve().parent / "templates" / "email"
+# bench/run.py --inline-css points every sender at a copy whose HTML carries a stylesheet (and, for
+# mailsvc, the inline-css marker): the peers send the same bytes un-inlined, mailsvc inlines per message.
+TEMPLATES = Path(os.environ.get("MAILSVC_BENCH_TEMPLATES") or Path(__file__).resolve().parent / "templates") / "email"
 TEMPLATE = "newsletter"
 SENDER = "News <news@bench.example>"
 SENDER_ADDR = "news@bench.example"

@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
+from .cssinline import asks_for_inlining, inline_css
 from .errors import TemplateError
 from .message import Message
 
@@ -85,6 +86,8 @@ class TemplateRenderer:
         # file it compiled; remembering that it exists too saves a bulk send four
         # filesystem lookups per message. Files not found yet are looked for every time.
         self._compiled: dict[str, jinja2.Template] = {}
+        # HTML files that carry cssinline.MARKER, by file name (read once with the compile, like _compiled).
+        self._inlines: dict[str, bool] = {}
 
     def path(self, filename: str) -> Path | None:
         """The file ``filename`` (relative, e.g. ``welcome.html``) is read from: the first folder that has it."""
@@ -156,9 +159,20 @@ class TemplateRenderer:
         subject = (self._render(name, f"{name}.subject.txt", variables) or "").strip()
         text = self._render(name, f"{name}.txt", variables)
         html = self._render(name, f"{name}.html", variables)
+        if html is not None and self._asks_for_inlining(f"{name}.html"):
+            html = inline_css(name, html)
         if text is None and html is not None:
             text = html_to_text(html)
         return subject, text, html
+
+    def _asks_for_inlining(self, filename: str) -> bool:
+        """Whether the HTML file opts in to CSS inlining (its source read once, unless templates reload)."""
+        if (known := self._inlines.get(filename)) is not None and not self.env.auto_reload:
+            return known
+        path = self.path(filename)
+        asks = path is not None and asks_for_inlining(path.read_text(encoding="utf-8"))
+        self._inlines[filename] = asks
+        return asks
 
     def variables(self, name: str) -> tuple[frozenset[str], frozenset[str]]:
         """The context names the template reads: in any part, and in its subject.

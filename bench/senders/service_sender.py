@@ -90,7 +90,7 @@ def main() -> None:
         "MAIL_PORT": str(args.port),
         "MAIL_DEFAULT_SENDER": workload.SENDER,
         "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/outbox.sqlite3",
-        "MAILSVC_TEMPLATES": str(HERE.parent / "templates"),
+        "MAILSVC_TEMPLATES": str(workload.TEMPLATES.parent),
         "MAILSVC_API_KEYS": KEY,
         "MAILSVC_MAX_BATCH": str(max(args.n, 1)),
         "MAILSVC_MAX_REQUEST_BYTES": str(512 * 1024 * 1024),
