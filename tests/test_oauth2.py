@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import queue
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +407,28 @@ def test_dev_mode_ignores_the_oauth2_settings(monkeypatch: pytest.MonkeyPatch, t
             monkeypatch.setenv(key, str(value))
     config = load_settings().mail_config()
     assert config.oauth2() is None and config.username is None and not config.use_tls
+
+
+def test_send_sync_in_fresh_loops_reuses_the_token(server_ssl_context: ssl.SSLContext, ca_file: str) -> None:
+    """``mail.send_sync`` runs a loop per call: the token (not the loop-bound lock) outlives each loop."""
+    ready: queue.Queue[tuple[TokenServer, OAuthRelay, int]] = queue.Queue()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        async with token_server() as tokens:
+            relay = OAuthRelay(tokens=tokens)
+            async with oauth_relay(relay, server_ssl_context) as port:
+                ready.put((tokens, relay, port))
+                while not stop.is_set():
+                    await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        tokens, relay, port = ready.get(timeout=10)
+        mail = Mail(config=mail_config(tokens, port, ca_file))
+        assert mail.send_sync(msg()).ok and mail.send_sync(msg()).ok
+    finally:
+        stop.set()
+        thread.join(10)
+    assert tokens.refreshes == 1 and len(relay.attempts) == 2 and len(relay.received) == 2
