@@ -15,6 +15,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -22,6 +23,7 @@ from .addresses import AddressLike, AddressRules, parse_address
 from .dburl import DEFAULT_DATABASE_URL
 from .dkimsign import Keyring, keyring
 from .errors import ConfigError, MessageError
+from .oauth2 import Mechanism, OAuth2Credentials
 
 __all__ = [
     "NOT_SETTINGS",
@@ -62,12 +64,22 @@ _KEYS = {
     "MAIL_DKIM_SELECTOR": "dkim_selector",
     "MAIL_DKIM_KEY_FILE": "dkim_key_file",
     "MAIL_DKIM_KEYS_FILE": "dkim_keys_file",
+    "MAIL_OAUTH2_TOKEN_URL": "oauth2_token_url",
+    "MAIL_OAUTH2_CLIENT_ID": "oauth2_client_id",
+    "MAIL_OAUTH2_CLIENT_SECRET": "oauth2_client_secret",
+    "MAIL_OAUTH2_REFRESH_TOKEN": "oauth2_refresh_token",
+    "MAIL_OAUTH2_SCOPE": "oauth2_scope",
+    "MAIL_OAUTH2_MECHANISM": "oauth2_mechanism",
 }
 # MAIL_* keys the service's environment spells MAILSVC_* (issue 15's names); the library reads the MAIL_* form.
 SERVICE_NAMES: Mapping[str, str] = {k: "MAILSVC_" + k.removeprefix("MAIL_") for k in _KEYS if "_DKIM_" in k}
 _FIELD_TO_KEY = {v: k for k, v in _KEYS.items()}
 MAIL_KEYS: Mapping[str, str] = _KEYS  # public: the settings module and its README check read it
 _DKIM_FIELDS = ("dkim_domain", "dkim_selector", "dkim_key_file")  # one domain's key: all three or none
+# OAuth2 is on when any of these is set, and then needs the three without a default (the secret is optional:
+# a public client has none).
+_OAUTH2_FIELDS = ("oauth2_token_url", "oauth2_client_id", "oauth2_client_secret", "oauth2_refresh_token")
+_OAUTH2_REQUIRED = ("oauth2_token_url", "oauth2_client_id", "oauth2_refresh_token")
 # MAIL_TRANSPORT: "package.module:attribute" (or "package.module.attribute").
 _DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?")
 
@@ -121,8 +133,24 @@ class MailConfig(BaseModel):
     dkim_selector: str | None = None
     dkim_key_file: Path | None = None
     dkim_keys_file: Path | None = None
+    # OAuth2 instead of MAIL_PASSWORD (mailsvc/oauth2.py): a refresh token that the token endpoint trades for
+    # short-lived access tokens, presented with AUTH XOAUTH2 (or OAUTHBEARER); MAIL_USERNAME is the mailbox.
+    oauth2_token_url: str | None = None  # https (http only to loopback, for tests)
+    oauth2_client_id: str | None = None
+    oauth2_client_secret: SecretStr | None = None  # unset for a public client
+    oauth2_refresh_token: SecretStr | None = None
+    oauth2_scope: str | None = None  # sent with the refresh; unset: the scopes the refresh token was granted
+    oauth2_mechanism: Mechanism | None = None  # unset: XOAUTH2 when offered, else OAUTHBEARER
 
-    @field_validator("server", "message_id_domain", "local_hostname", "username")
+    @field_validator(
+        "server",
+        "message_id_domain",
+        "local_hostname",
+        "username",
+        "oauth2_token_url",
+        "oauth2_client_id",
+        "oauth2_scope",
+    )
     @classmethod
     def _no_control_chars(cls, v: str | None) -> str | None:
         if v is not None and any(c in v for c in "\r\n\x00"):
@@ -160,7 +188,41 @@ class MailConfig(BaseModel):
             raise ValueError(f"no such file: {v}")
         return v
 
-    @field_validator("username", "password", *_DKIM_FIELDS, "dkim_keys_file", mode="before")
+    @field_validator("oauth2_token_url")
+    @classmethod
+    def _token_url(cls, v: str | None) -> str | None:
+        """https, or http to a loopback address (a test's or a developer's own endpoint): the body carries secrets."""
+        if v is None:
+            return None
+        try:
+            parts = urlsplit(v)
+            host = parts.hostname
+        except ValueError:
+            host = None
+        if host is None or parts.scheme not in ("https", "http"):
+            raise ValueError(f"{v!r} is not a URL: give the token endpoint, e.g. https://oauth2.googleapis.com/token")
+        if parts.username is not None or parts.password is not None or parts.fragment:
+            raise ValueError("must not carry a user, password or fragment: the client secret has its own setting")
+        if parts.scheme == "http" and not is_loopback(host):
+            raise ValueError(
+                f"must be https: the refresh token and client secret would cross the network in clear to {host}"
+            )
+        return v
+
+    @field_validator("oauth2_mechanism", mode="before")
+    @classmethod
+    def _mechanism_upper(cls, v: Any) -> Any:
+        return v.strip().upper() or None if isinstance(v, str) else v
+
+    @field_validator(
+        "username",
+        "password",
+        *_DKIM_FIELDS,
+        "dkim_keys_file",
+        *_OAUTH2_FIELDS,
+        "oauth2_scope",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         """Flask-Mail skips AUTH when the credentials are empty strings (a blank line in .env); so do we."""
@@ -197,6 +259,50 @@ class MailConfig(BaseModel):
                 "or MAIL_USE_TLS (or MAIL_ALLOW_PLAINTEXT_AUTH=true if you really mean it)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _oauth2_coherent(self) -> MailConfig:
+        """OAuth2 replaces the password, needs the mailbox, and is only ever sent over TLS."""
+        given = [f for f in _OAUTH2_FIELDS if getattr(self, f) is not None]
+        if not given:
+            if self.oauth2_scope is not None or self.oauth2_mechanism is not None:
+                which = "MAIL_OAUTH2_SCOPE" if self.oauth2_scope is not None else "MAIL_OAUTH2_MECHANISM"
+                raise ValueError(
+                    f"{which}: only means something with MAIL_OAUTH2_TOKEN_URL and the other OAuth2 settings"
+                )
+            return self
+        missing = [f for f in _OAUTH2_REQUIRED if getattr(self, f) is None]
+        if missing:
+            raise ValueError(
+                f"{_FIELD_TO_KEY[missing[0]]}: OAuth2 needs MAIL_OAUTH2_TOKEN_URL, MAIL_OAUTH2_CLIENT_ID and "
+                "MAIL_OAUTH2_REFRESH_TOKEN (and MAIL_OAUTH2_CLIENT_SECRET unless the client is public)"
+            )
+        if self.password is not None:
+            raise ValueError(
+                "MAIL_PASSWORD: set either MAIL_PASSWORD or the MAIL_OAUTH2_* settings, not both "
+                "(with OAuth2, AUTH uses an access token in place of the password)"
+            )
+        if self.username is None:
+            raise ValueError("MAIL_USERNAME: OAuth2 logs in as a mailbox: set it to the account's address")
+        if not self.encrypted:
+            raise ValueError(
+                "MAIL_OAUTH2_TOKEN_URL: an access token is only sent over TLS: set MAIL_USE_TLS "
+                "(STARTTLS, port 587) or MAIL_USE_SSL (port 465)"
+            )
+        return self
+
+    def oauth2(self) -> OAuth2Credentials | None:
+        """The OAuth2 credentials, or None when AUTH uses MAIL_PASSWORD (or nothing)."""
+        if self.oauth2_token_url is None or self.oauth2_client_id is None or self.oauth2_refresh_token is None:
+            return None
+        secret = self.oauth2_client_secret
+        return OAuth2Credentials(
+            self.oauth2_token_url,
+            self.oauth2_client_id,
+            secret.get_secret_value() if secret is not None else None,
+            self.oauth2_refresh_token.get_secret_value(),
+            self.oauth2_scope,
+        )
 
     @model_validator(mode="after")
     def _dkim_keys_load(self) -> MailConfig:

@@ -42,7 +42,18 @@ from .templatepaths import check_template_folder
 
 M, S, W = MailConfig, ServiceConfig, WebConfig
 DEV_SENDER = "mailsvc@localhost.localdomain"  # dev mode's From when none is set: it only reaches the dev inbox
-DEV_IGNORES = ("MAIL_USE_TLS", "MAIL_USE_SSL", "MAIL_USERNAME", "MAIL_PASSWORD")
+DEV_IGNORES = (
+    "MAIL_USE_TLS",
+    "MAIL_USE_SSL",
+    "MAIL_USERNAME",
+    "MAIL_PASSWORD",
+    "MAIL_OAUTH2_TOKEN_URL",
+    "MAIL_OAUTH2_CLIENT_ID",
+    "MAIL_OAUTH2_CLIENT_SECRET",
+    "MAIL_OAUTH2_REFRESH_TOKEN",
+    "MAIL_OAUTH2_SCOPE",
+    "MAIL_OAUTH2_MECHANISM",
+)
 log = logging.getLogger("mailsvc")
 
 # Settings whose environment form differs from the model field, and why (checked by the tests).
@@ -79,6 +90,14 @@ class Settings(BaseSettings):
     MAIL_DEBUG: bool = env_field(M, "debug")
     MAIL_ADDRESS_RULES: AddressRules = env_field(M, "address_rules")
     MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" instead of SMTP
+
+    # OAuth2 instead of MAIL_PASSWORD (XOAUTH2/OAUTHBEARER; MAIL_USERNAME is the mailbox)
+    MAIL_OAUTH2_TOKEN_URL: str | None = env_field(M, "oauth2_token_url")
+    MAIL_OAUTH2_CLIENT_ID: str | None = env_field(M, "oauth2_client_id")
+    MAIL_OAUTH2_CLIENT_SECRET: SecretStr | None = env_field(M, "oauth2_client_secret")
+    MAIL_OAUTH2_REFRESH_TOKEN: SecretStr | None = env_field(M, "oauth2_refresh_token")
+    MAIL_OAUTH2_SCOPE: str | None = env_field(M, "oauth2_scope")
+    MAIL_OAUTH2_MECHANISM: str | None = env_field(M, "oauth2_mechanism")  # checked (any case) by MailConfig
 
     # DKIM signing (read as MailConfig's MAIL_DKIM_*: config.SERVICE_NAMES): one domain, and/or a JSON file of several
     MAILSVC_DKIM_DOMAIN: str | None = env_field(M, "dkim_domain")

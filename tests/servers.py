@@ -101,6 +101,8 @@ async def smtp_server(
     greeting_reply: str | None = None,
     connections: ConnectionCounter | None = None,
     smtputf8: bool = True,
+    auth_required: bool | None = None,  # None: when there is an authenticator
+    auth_exclude_mechanism: list[str] | None = None,  # e.g. ["LOGIN", "PLAIN"] for an OAuth2-only relay
 ) -> AsyncIterator[int]:
     """Serve ``handler`` on 127.0.0.1; yields the port the OS chose."""
     loop = asyncio.get_running_loop()
@@ -112,8 +114,9 @@ async def smtp_server(
             tls_context=tls_context,
             require_starttls=require_starttls,
             authenticator=authenticator,
-            auth_required=authenticator is not None,
+            auth_required=authenticator is not None if auth_required is None else auth_required,
             auth_require_tls=auth_require_tls,
+            auth_exclude_mechanism=auth_exclude_mechanism,
             enable_SMTPUTF8=smtputf8,
             loop=loop,
         )

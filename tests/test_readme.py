@@ -145,14 +145,14 @@ def test_every_flask_mail_code_block_is_run() -> None:
 def test_settings_flask_mail_lacks_are_listed_with_their_defaults() -> None:
     text = section(FLASK_MAIL_SECTION)
     paragraph = text.split("Settings Flask-Mail does not have", 1)[1].split("\n\n", 1)[0]
-    listed = dict(re.findall(r"`(MAIL_[A-Z_]+)` \(([^)]*)\)", paragraph))
+    listed = dict(re.findall(r"`(MAIL_[A-Z0-9_]+)` \(([^)]*)\)", paragraph))
     assert set(listed) == (set(MAIL_CONFIG_KEYS) - FLASK_MAIL_KEYS) | {"MAIL_TEMPLATE_FOLDER"}
     defaults = {key: MailConfig.model_fields[field].default for key, field in MAIL_CONFIG_KEYS.items()}
     for name, cell in listed.items():
         expected = documented_default(cell)
         if expected is not None:
             assert defaults[name] == expected, f"{name}: README says {cell}, code says {defaults[name]!r}"
-    same = set(re.findall(r"`(MAIL_[A-Z_]+)`", text.split("The same as Flask-Mail:", 1)[1].split("\n\n", 1)[0]))
+    same = set(re.findall(r"`(MAIL_[A-Z0-9_]+)`", text.split("The same as Flask-Mail:", 1)[1].split("\n\n", 1)[0]))
     assert same and same <= FLASK_MAIL_KEYS
 
 

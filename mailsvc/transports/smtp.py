@@ -9,6 +9,9 @@ overall deadline from ``MAIL_TIMEOUT`` rather than only per-socket timeouts.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import ssl
 from typing import Literal
@@ -29,6 +32,7 @@ from aiosmtplib import (
 from ..config import MailConfig, is_loopback
 from ..errors import AuthenticationError, ConnectionFailedError, DeliveryError, TransportSecurityError
 from ..message import Envelope, default_msgid_domain
+from ..oauth2 import AccessToken, Mechanism, TokenSource, oauthbearer_response, token_source, xoauth2_response
 from ..results import RecipientResult, SendResult
 from .base import Transport
 from .pipelining import sendmail as pipelined_sendmail  # RFC 2920 when offered, else smtp.sendmail
@@ -89,6 +93,11 @@ class SMTPTransport(Transport):
         self.config = config
         self._smtp: aiosmtplib.SMTP | None = None
         self.sent = 0
+        credentials = config.oauth2()
+        # Shared by every connection with these credentials: one token, one refresh at a time.
+        self._tokens: TokenSource | None = (
+            token_source(credentials, timeout=config.timeout) if credentials is not None else None
+        )
 
     @property
     def is_open(self) -> bool:
@@ -118,7 +127,9 @@ class SMTPTransport(Transport):
         try:
             async with asyncio.timeout(c.timeout):
                 await smtp.connect()
-                if c.username is not None and c.password is not None:
+                if c.username is not None and self._tokens is not None:
+                    await self._oauth2_login(smtp, c.username, self._tokens)
+                elif c.username is not None and c.password is not None:
                     await self._login(smtp, c.username, c.password.get_secret_value())
         except DeliveryError:
             await _drop(smtp)
@@ -150,6 +161,81 @@ class SMTPTransport(Transport):
                 f"if this relay needs no login{hint}"
             )
         await smtp.login(username, password)
+
+    async def _oauth2_login(self, smtp: aiosmtplib.SMTP, username: str, tokens: TokenSource) -> None:
+        """AUTH XOAUTH2 or OAUTHBEARER with the shared access token; a refused token is refreshed once and retried.
+
+        The relay says a token is no longer good with a 334 error challenge (base64 JSON, "status" 401 or
+        "invalid_token") before its 535, or with a bare 535 (Microsoft); both get one retry with a fresh
+        token, since a token can be revoked or expire early on the provider's side. A challenge naming
+        another status (a scope the token lacks) does not: a new token would be refused the same way.
+        """
+        c = self.config
+        if smtp.get_transport_info("sslcontext") is None:  # MailConfig requires TLS; this is the belt to its braces
+            raise TransportSecurityError(f"refusing to send an OAuth2 access token to {c.server} without TLS")
+        if smtp.last_ehlo_response is None:
+            await smtp.ehlo()
+        mechanism = self._oauth2_mechanism(smtp)
+        for attempt in (1, 2):
+            token = await tokens.token()
+            code, message, status = await self._oauth2_auth(smtp, mechanism, username, token)
+            if code == 235:
+                return
+            if attempt == 1 and status in (None, "401", "invalid_token"):
+                tokens.invalidate(token)
+                log.info("smtp: %s:%d refused the access token (%d); refreshing it once", c.server, c.port, code)
+                continue
+            hint = (
+                f"; the relay said {status!r}: check MAIL_OAUTH2_SCOPE (Gmail: https://mail.google.com/, "
+                "Microsoft 365: https://outlook.office.com/SMTP.Send offline_access)"
+                if status not in (None, "401", "invalid_token")
+                else "; check that MAIL_USERNAME is the mailbox that granted MAIL_OAUTH2_REFRESH_TOKEN and that "
+                "SMTP AUTH is enabled for it"
+            )
+            raise AuthenticationError(
+                f"{c.server}:{c.port} refused the OAuth2 access token ({mechanism}) for {username}{hint}",
+                code=code,
+                reply=message,
+            )
+
+    def _oauth2_mechanism(self, smtp: aiosmtplib.SMTP) -> Mechanism:
+        c = self.config
+        offered = {m.upper() for m in smtp.server_auth_methods}
+        if c.oauth2_mechanism is not None:
+            if c.oauth2_mechanism not in offered:
+                raise DeliveryError(
+                    f"{c.server}:{c.port} does not offer AUTH {c.oauth2_mechanism} (MAIL_OAUTH2_MECHANISM); "
+                    f"it offers: {', '.join(sorted(offered)) or 'no AUTH'}"
+                )
+            return c.oauth2_mechanism
+        if "XOAUTH2" in offered:
+            return "XOAUTH2"
+        if "OAUTHBEARER" in offered:
+            return "OAUTHBEARER"
+        raise DeliveryError(
+            f"{c.server}:{c.port} offers neither XOAUTH2 nor OAUTHBEARER (it offers: "
+            f"{', '.join(sorted(offered)) or 'no AUTH'}), so MAIL_OAUTH2_* cannot log in there"
+        )
+
+    async def _oauth2_auth(
+        self, smtp: aiosmtplib.SMTP, mechanism: Mechanism, username: str, token: AccessToken
+    ) -> tuple[int, str, str | None]:
+        """One AUTH exchange: the final code and text, and the error challenge's "status" if it had a readable one.
+
+        aiosmtplib's ``auth_xoauth2`` drops the challenge, which says whether the token was the problem,
+        and has no OAUTHBEARER; so the exchange is sent here with ``execute_command``.
+        """
+        if mechanism == "XOAUTH2":
+            initial, after_challenge = xoauth2_response(username, token), b""  # Google: an empty line
+        else:
+            initial = oauthbearer_response(username, token, self.config.server, self.config.port)
+            after_challenge = b"AQ=="  # RFC 7628 3.2.3: the client answers an error with %x01
+        reply = await smtp.execute_command(b"AUTH", mechanism.encode(), initial)
+        status = None
+        if reply.code == 334:
+            status = _challenge_status(reply.message)
+            reply = await smtp.execute_command(after_challenge)
+        return reply.code, reply.message, status
 
     async def close(self) -> None:
         smtp, self._smtp = self._smtp, None
@@ -246,6 +332,16 @@ class SMTPTransport(Transport):
         if isinstance(exc, (SMTPException, OSError)):
             return ConnectionFailedError(f"SMTP {stage} to {where} failed: {exc}")
         return ConnectionFailedError(f"SMTP {stage} to {where} failed: {type(exc).__name__}: {exc}")
+
+
+def _challenge_status(challenge: str) -> str | None:
+    """The "status" of an XOAUTH2/OAUTHBEARER error challenge ("401", "invalid_token", ...); None if unreadable."""
+    try:
+        data = json.loads(base64.b64decode(challenge.strip(), validate=True))
+    except (ValueError, binascii.Error):
+        return None
+    status = data.get("status") if isinstance(data, dict) else None
+    return str(status)[:40] if status is not None else None
 
 
 def _per_recipient(
