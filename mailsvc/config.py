@@ -70,6 +70,11 @@ _KEYS = {
     "MAIL_OAUTH2_REFRESH_TOKEN": "oauth2_refresh_token",
     "MAIL_OAUTH2_SCOPE": "oauth2_scope",
     "MAIL_OAUTH2_MECHANISM": "oauth2_mechanism",
+    "MAIL_SES_REGION": "ses_region",
+    "MAIL_SES_ENDPOINT_URL": "ses_endpoint_url",
+    "MAIL_SES_MAX_SEND_RATE": "ses_max_send_rate",
+    "MAIL_SES_CONFIGURATION_SET": "ses_configuration_set",
+    "MAIL_SES_MAX_RECIPIENTS": "ses_max_recipients",
 }
 # MAIL_* keys the service's environment spells MAILSVC_* (issue 15's names); the library reads the MAIL_* form.
 SERVICE_NAMES: Mapping[str, str] = {k: "MAILSVC_" + k.removeprefix("MAIL_") for k in _KEYS if "_DKIM_" in k}
@@ -141,6 +146,12 @@ class MailConfig(BaseModel):
     oauth2_refresh_token: SecretStr | None = None
     oauth2_scope: str | None = None  # sent with the refresh; unset: the scopes the refresh token was granted
     oauth2_mechanism: Mechanism | None = None  # unset: XOAUTH2 when offered, else OAUTHBEARER
+    # Amazon SES v2 (MAIL_TRANSPORT=ses, transports/ses.py); credentials come from the standard AWS chain.
+    ses_region: str | None = None
+    ses_endpoint_url: str | None = None  # unset = AWS's own; http only to loopback (a local SES look-alike)
+    ses_max_send_rate: float | None = Field(default=None, gt=0)  # recipients/s; unset = the account's MaxSendRate
+    ses_configuration_set: str | None = None
+    ses_max_recipients: int = Field(default=50, ge=1, le=50)  # per SendEmail call (SES's own limit is 50)
 
     @field_validator(
         "server",
@@ -155,6 +166,28 @@ class MailConfig(BaseModel):
     def _no_control_chars(cls, v: str | None) -> str | None:
         if v is not None and any(c in v for c in "\r\n\x00"):
             raise ValueError("must not contain CR, LF or NUL")
+        return v
+
+    @field_validator("ses_endpoint_url")
+    @classmethod
+    def _ses_endpoint(cls, v: str | None) -> str | None:
+        """https, or http to this machine only: credentials are signed into every request."""
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme == "https" and parts.hostname:
+            return v
+        if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+            return v
+        raise ValueError(
+            "must be an https:// URL (http:// only to 127.0.0.1 or localhost), e.g. https://email.eu-west-1.amazonaws.com"
+        )
+
+    @field_validator("ses_region", "ses_configuration_set")
+    @classmethod
+    def _aws_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v):
+            raise ValueError("must be letters, digits, '-' or '_' (e.g. eu-west-1)")
         return v
 
     @field_validator("transport")

@@ -18,8 +18,9 @@ import logging
 __all__ = ["FORMAT", "QUIET_LOGGERS", "configure_logging"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-# Loggers whose DEBUG/INFO output can carry SQL parameters, SMTP lines or HTTP/2 headers.
-QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiosmtplib", "mail.log", "hpack", "h2")
+# Loggers whose DEBUG/INFO output can carry SQL parameters, SMTP lines, HTTP/2 headers or (botocore) SES
+# request bodies: the raw message, base64.
+QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiosmtplib", "mail.log", "hpack", "h2", "botocore", "aiobotocore")
 
 
 def configure_logging(level: int | str = logging.INFO, *, attach_to: str = "") -> None:

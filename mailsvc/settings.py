@@ -89,7 +89,12 @@ class Settings(BaseSettings):
     MAIL_ALLOW_PLAINTEXT_AUTH: bool = env_field(M, "allow_plaintext_auth")
     MAIL_DEBUG: bool = env_field(M, "debug")
     MAIL_ADDRESS_RULES: AddressRules = env_field(M, "address_rules")
-    MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" instead of SMTP
+    MAIL_TRANSPORT: str | None = env_field(M, "transport")  # "package.module:factory" (or "ses") instead of SMTP
+    MAIL_SES_REGION: str | None = env_field(M, "ses_region")
+    MAIL_SES_ENDPOINT_URL: str | None = env_field(M, "ses_endpoint_url")
+    MAIL_SES_MAX_SEND_RATE: float | None = env_field(M, "ses_max_send_rate")
+    MAIL_SES_CONFIGURATION_SET: str | None = env_field(M, "ses_configuration_set")
+    MAIL_SES_MAX_RECIPIENTS: int = env_field(M, "ses_max_recipients")
 
     # OAuth2 instead of MAIL_PASSWORD (XOAUTH2/OAUTHBEARER; MAIL_USERNAME is the mailbox)
     MAIL_OAUTH2_TOKEN_URL: str | None = env_field(M, "oauth2_token_url")
@@ -199,7 +204,8 @@ class Settings(BaseSettings):
 
     @property
     def dev_mode(self) -> bool:
-        return self.MAIL_SERVER is None
+        """No relay configured: neither an SMTP server nor a transport of its own (SES) names where mail goes."""
+        return self.MAIL_SERVER is None and self.MAIL_TRANSPORT is None
 
     def _fields_of(self, model: type[BaseModel]) -> dict[str, Any]:
         """The model's fields that are settings, read under their ``MAILSVC_*`` names."""

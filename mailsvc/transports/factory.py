@@ -14,6 +14,8 @@ worker's start), with a :class:`ConfigError` saying what to fix.
 
     >>> resolve("mailsvc.transports.memory:MemoryTransport").__name__
     'MemoryTransport'
+    >>> resolve("ses").__name__
+    'SESTransport'
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ from ..errors import ConfigError
 from .base import Transport
 from .smtp import SMTPTransport
 
-__all__ = ["TransportFactory", "factory_for", "resolve"]
+__all__ = ["ALIASES", "TransportFactory", "factory_for", "resolve"]
 
 TransportFactory = Callable[[MailConfig], Transport]
 _SETTING = "MAIL_TRANSPORT"
+# Short names for the transports mailsvc ships (the SES one imports aiobotocore only when chosen).
+ALIASES = {
+    "smtp": "mailsvc.transports.smtp:SMTPTransport",
+    "memory": "mailsvc.transports.memory:MemoryTransport",
+    "ses": "mailsvc.transports.ses:SESTransport",
+}
 
 
 def factory_for(config: MailConfig, override: TransportFactory | None = None) -> TransportFactory:
@@ -44,7 +52,7 @@ def factory_for(config: MailConfig, override: TransportFactory | None = None) ->
 
 def resolve(path: str) -> TransportFactory:
     """Import ``package.module:attribute`` (or ``package.module.attribute``) and check it can be called."""
-    module_name, attr = _split(path)
+    module_name, attr = _split(ALIASES.get(path, path))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
