@@ -24,7 +24,7 @@ from moto.ses.models import ses_backends
 from mailsvc import Attachment, Mail, MailConfig, Message
 from mailsvc.config import ServiceConfig
 from mailsvc.errors import ConfigError, ConnectionFailedError, RecipientsRefusedError
-from mailsvc.logsetup import configure_logging
+from mailsvc.logsetup import QUIET_LOGGERS, configure_logging
 from mailsvc.outbox import SqliteOutbox
 from mailsvc.settings import Settings
 from mailsvc.transports.factory import resolve
@@ -251,13 +251,16 @@ async def test_the_send_rate_paces_recipients(ses: Any, moto_url: str) -> None:
 async def test_a_debug_log_holds_no_credential_and_no_body(
     ses: Any, moto_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    names = ["mailsvc", *QUIET_LOGGERS]
+    levels = {n: logging.getLogger(n).level for n in names}
     configure_logging("DEBUG")
     caplog.set_level(logging.DEBUG)
     try:
         async with mail(ses_config(moto_url, ses_max_send_rate=100)) as m:
             await m.send(Message("Hi", recipients=["ann@example.net"], body="the secret body text"))
-    finally:
-        configure_logging("WARNING")
+    finally:  # leave logging as the next test expects it
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert ses.sent_messages
     assert "test-secret-never-logged" not in text and "AKIATESTTESTTEST" not in text
