@@ -240,6 +240,28 @@ async def test_forged_altered_unknown_and_foreign_addresses_are_refused_at_rcpt(
         assert [r["state"] for r in (await status(svc, id_))["recipients"]] == ["bounced"]
 
 
+async def test_malformed_and_nested_reports_are_accepted_and_change_nothing(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path
+) -> None:
+    """What an attacker holding a real return path (every recipient sees theirs) can send: no 5xx loop, no 500."""
+    db = f"sqlite:///{tmp_path / 'outbox.sqlite3'}"
+    async with running(smtp_port, handler, tmp_path, **bouncing(db)) as svc:
+        id_, return_path = await sent_and_delivered(svc, handler, "ann@example.com")
+        port = listener_port(svc)
+        nested = b"Content-Type: message/rfc822\r\n\r\n" * 20_000 + b"Subject: x\r\n\r\nhi\r\n"
+        boundaries = b"".join(
+            b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(3000)
+        )
+        no_from = b"Subject: hello\r\n\r\nnot a bounce\r\n"
+        surrogates = report("postfix_dsn.eml", return_path, "ann@example.com").replace(
+            b"Action: failed", b"Action: \xed\xa0\x80"
+        )
+        for data in (nested, boundaries, no_from, surrogates, b"\xff\xfe\x00"):
+            await deliver_report(port, return_path, data)  # 250: raises otherwise
+        assert [r["state"] for r in (await status(svc, id_))["recipients"]] == ["delivered"]
+        assert await svc.outbox.suppressions(TENANT) == []
+
+
 async def test_data_beyond_the_bound_is_refused_and_records_nothing(
     smtp_port: int, handler: RecordingHandler, tmp_path: Path
 ) -> None:

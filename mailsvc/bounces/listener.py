@@ -80,7 +80,7 @@ class BounceHandler:
         if raw is None:
             raw = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content or "").encode()
         try:
-            for address in envelope.rcpt_tos:
+            for address in dict.fromkeys(a.lower() for a in envelope.rcpt_tos):  # a token named twice is read once
                 found = await self._resolve(address)
                 if found is None:  # the message was purged between RCPT and DATA: nothing left to mark
                     continue

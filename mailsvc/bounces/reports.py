@@ -43,6 +43,7 @@ _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})")
 # An SMTP reply quoted in a bounce's text: "550 5.1.1 <bob@...>: ..." or "550-5.1.1 ..." or "550 User unknown".
 _QUOTED_REPLY = re.compile(r"\b([45]\d\d)[ -](?:([45]\.\d{1,3}\.\d{1,3})\s)?([^\r\n]*)")
 _MAX_TEXT = 900  # characters of a diagnostic kept (the outbox keeps 1000 of a reply)
+_MAX_MULTIPARTS = 50  # a DSN has 2-5 (Gmail's: 6); a returned message may hold a few more
 # flufl.bounce logs each detector at INFO and a traceback for one that trips on odd input (a report
 # without From, say), then re-raises: input anyone can send, so the listener logs one line instead.
 logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
@@ -73,7 +74,20 @@ class Report:
 
 
 def classify(raw: bytes, recipient: str = "") -> Report:
-    """Read one report; ``recipient`` (what the VERP token named) picks its block of a multi-recipient DSN."""
+    """Read one report; ``recipient`` (what the VERP token named) picks its block of a multi-recipient DSN.
+
+    Never raises: a report it cannot read (malformed, or nested past any real one's depth: the
+    stdlib's parser recurses, and anyone may send one) is ``none``, with the reason as its note.
+    """
+    if raw.lower().count(b"boundary=") > _MAX_MULTIPARTS:
+        return Report("none", note=f"more than {_MAX_MULTIPARTS} multiparts: not a report any MTA writes")
+    try:
+        return _classify(raw, recipient)
+    except (RecursionError, LookupError, ValueError, TypeError) as exc:
+        return Report("none", note=f"unreadable ({type(exc).__name__})")
+
+
+def _classify(raw: bytes, recipient: str) -> Report:
     msg = email.message_from_bytes(raw, policy=policy.compat32)
     if msg.get_content_type() == "multipart/report":
         report_type = str(msg.get_param("report-type", "", header="content-type") or "").lower()
