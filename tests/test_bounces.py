@@ -203,6 +203,23 @@ async def test_several_recipients_go_in_one_transaction_each_and_bounce_alone(
         assert body["state"] == "delivered"
 
 
+async def test_a_recipient_refused_in_its_own_transaction_leaves_the_others_delivered(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path, database_url: str
+) -> None:
+    handler.refuse["bob@example.com"] = "550 5.1.1 no such user"
+    async with running(smtp_port, handler, tmp_path, **bouncing(database_url)) as svc:
+        id_ = await send_one(svc, ["ann@example.com", "bob@example.com", "cy@example.com"])
+        await svc.settle()
+        body = await status(svc, id_)
+    assert sorted(g.rcpt_tos[0] for g in handler.received) == ["ann@example.com", "cy@example.com"]
+    assert body["state"] == "partial"
+    assert [(r["recipient"], r["state"], r["last_code"]) for r in body["recipients"]] == [
+        ("ann@example.com", "delivered", 250),
+        ("bob@example.com", "failed", 550),
+        ("cy@example.com", "delivered", 250),
+    ]
+
+
 def forgeries(return_path: str, other_message: str) -> list[str]:
     local, _, domain = return_path.partition("@")
     token = local.removeprefix("bounces+")
