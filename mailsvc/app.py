@@ -28,7 +28,7 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     this order and stop in reverse: the dev inbox, delivery pointed at it, the outbox
     and workers (``runtime``). Every part is then on ``services(app)``.
     """
-    from . import devinbox, previews, runtime, web
+    from . import bounces, devinbox, previews, runtime, web
 
     service = service or ServiceConfig()
     check_template_folder(service.templates)  # a typo'd folder fails here, not as a 500 on every page
@@ -60,6 +60,7 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
             yield
 
     runtime.register(app, service)  # outbox open/close + in-process workers
+    bounces.register(app, service)  # the bounce listener (MAILSVC_BOUNCE_LISTEN), once the outbox is open
     parts.web = web.register(app, service)  # form, JSON API, errors, auth
     parts.previews = previews.register(app, service)  # /previews (dev mode only)
     return app

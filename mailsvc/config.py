@@ -471,7 +471,45 @@ class ServiceConfig(BaseModel):
     read_timeout: float = Field(default=120.0, gt=0, le=3600)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers (431)
     max_connections: int = Field(default=1000, ge=0)  # open client connections per process; 0 = no cap
+    # Bounces (mailsvc.bounces, README "Bounces"): with a domain, mail goes out with the VERP return path
+    # bounces+<token>@<domain>, one SMTP transaction per recipient; the listener takes the reports sent there.
+    bounce_domain: str | None = None
+    bounce_listen: str | None = None  # host:port of the in-process listener in `mailsvc serve`; None: none
+    bounce_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # a report's DATA (552 beyond)
     web: WebConfig = Field(default_factory=WebConfig)
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().lower().rstrip(".")
+        label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        if len(v) > 200 or not re.fullmatch(rf"{label}(\.{label})+", v):
+            raise ValueError(
+                "MAILSVC_BOUNCE_DOMAIN: give a domain name whose MX is the bounce listener, e.g. bounce.example.com"
+            )
+        return v
+
+    @field_validator("bounce_listen")
+    @classmethod
+    def _bounce_listen(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        split_bind(v.strip(), "MAILSVC_BOUNCE_LISTEN")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _bounces_are_signed(self) -> ServiceConfig:
+        """VERP tokens are signed with the secret key: a random one would refuse every bounce after a restart."""
+        if self.bounce_domain is not None and self.web.secret_key is None:
+            raise ValueError(
+                "MAILSVC_SECRET_KEY: MAILSVC_BOUNCE_DOMAIN is set, so return paths are signed; set a secret "
+                "key (python -c 'import secrets; print(secrets.token_urlsafe(32))') so bounces outlive a restart"
+            )
+        if self.bounce_listen is not None and self.bounce_domain is None:
+            raise ValueError("MAILSVC_BOUNCE_LISTEN: set MAILSVC_BOUNCE_DOMAIN too (the domain whose mail it takes)")
+        return self
 
     @model_validator(mode="after")
     def _answers_fit_the_read_timeout(self) -> ServiceConfig:
@@ -483,6 +521,19 @@ class ServiceConfig(BaseModel):
                 f"MAILSVC_RENDER_SECONDS ({self.web.render_seconds:g} s): make it longer than that"
             )
         return self
+
+
+def split_bind(value: str, setting: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:25`` for IPv6) as a pair; ValueError naming ``setting`` otherwise.
+
+    >>> split_bind("127.0.0.1:2525", "X"), split_bind("[::1]:25", "X")
+    (('127.0.0.1', 2525), ('::1', 25))
+    """
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{setting}: give host:port, e.g. 127.0.0.1:2525 or 0.0.0.0:25")
+    return host, int(port)
 
 
 def config_error_from(exc: ValidationError, names: Mapping[str, str]) -> ConfigError:

@@ -25,6 +25,7 @@ from quart import Quart, current_app
 from .errors import OutboxError
 
 if TYPE_CHECKING:  # the parts' types only; importing them here at run time would tie every layer together
+    from .bounces import BounceServer
     from .config import ServiceConfig
     from .devinbox import DevInbox
     from .devinbox.store import InboxStore
@@ -57,6 +58,7 @@ class Services:
     previews: TemplateRenderer | None = None
     outbox: Outbox | None = None
     workers: WorkerGroup | None = None
+    bounces: BounceServer | None = None  # the bounce listener, while it serves (MAILSVC_BOUNCE_LISTEN)
     cache: dict[str, Any] = field(default_factory=dict)  # small per-app memos (the readiness relay probe)
 
     def install(self, app: Quart) -> None:

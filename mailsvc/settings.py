@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     MAILSVC_RELAY_BACKOFF: float = env_field(S, "relay_backoff")
     MAILSVC_RELAY_BACKOFF_MAX: float = env_field(S, "relay_backoff_max")
     MAILSVC_RETENTION_DAYS: float = env_field(S, "retention_days")
+    MAILSVC_BOUNCE_DOMAIN: str | None = env_field(S, "bounce_domain")  # VERP return paths bounces+<token>@it
+    MAILSVC_BOUNCE_LISTEN: str | None = env_field(S, "bounce_listen")  # host:port: the listener inside serve
+    MAILSVC_BOUNCE_MAX_BYTES: int = env_field(S, "bounce_max_bytes")
 
     # The HTTP server: slow and abusive clients
     MAILSVC_KEEP_ALIVE_TIMEOUT: float = env_field(S, "keep_alive_timeout")

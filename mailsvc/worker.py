@@ -20,11 +20,12 @@ give the not-yet-started ones back with :meth:`Outbox.release`, flush the record
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,10 +33,12 @@ from typing import Any
 from .config import MailConfig, ServiceConfig
 from .errors import DeliveryError, NotFoundError, OutboxError
 from .mailstate import MailState
+from .message import Envelope
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
 from .transports.factory import TransportFactory
+from .verp import ReturnPath
 
 __all__ = ["Worker", "WorkerGroup", "WorkerStats", "default_owner"]
 
@@ -77,8 +80,10 @@ class Worker:
         concurrency: int = _SERVICE["worker_concurrency"].default,
         lease_seconds: float = _SERVICE["lease_seconds"].default,
         poll_interval: float = _SERVICE["poll_interval"].default,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self.outbox = outbox
+        self.return_path = return_path  # VERP (MAILSVC_BOUNCE_DOMAIN): one transaction per recipient
         self.mail = mail
         self.policy = policy or RetryPolicy()
         self.backoff = backoff or RelayBackoff(self.policy)
@@ -226,26 +231,53 @@ class Worker:
         if self.mail.config.suppress_send:
             return self.mail.suppressed(env)
         connected = False
+        done: list[RecipientResult] = []  # VERP: the recipients whose own transaction has ended
         try:
             async with self.mail.pool.connection() as conn:
                 connected = True
                 self._on_wire.add(msg.id)
-                result = await conn.send(env)
+                if self.return_path is None:
+                    result = await conn.send(env)
+                else:
+                    result = await self._send_verp(msg.id, env, conn.send, done)
         except DeliveryError as exc:
             pause = self.backoff.trouble()
             stage = "sending" if connected else "connecting"
             log.warning("relay trouble while %s (%s); pausing %.3gs", stage, exc, pause)
             # No reply to the message itself: transient whatever the code (an auth 535 or a
             # 554 greeting is about the relay, not about this recipient).
+            answered = {r.recipient for r in done}
             return SendResult(
                 env.message_id,
-                tuple(RecipientResult(r, "failed", exc.code, str(exc)) for r in env.recipients),
+                (
+                    *done,
+                    *(RecipientResult(r, "failed", exc.code, str(exc)) for r in env.recipients if r not in answered),
+                ),
             )
         if any(r.code == 421 for r in result.recipients):
             self.backoff.trouble()
         else:
             self.backoff.ok()
         return result
+
+    async def _send_verp(
+        self,
+        id_: str,
+        env: Envelope,
+        send: Callable[[Envelope], Awaitable[SendResult]],
+        done: list[RecipientResult],
+    ) -> SendResult:
+        """The same bytes to each recipient in a transaction of its own, from its own return path.
+
+        Why one transaction per recipient: the envelope sender is per transaction, and a bounce must
+        name its recipient. Each ended transaction's results go into ``done`` as they come, so a
+        connection lost halfway retries only the recipients not yet answered (no duplicates).
+        """
+        assert self.return_path is not None
+        for rcpt in env.recipients:
+            one = dataclasses.replace(env, sender=self.return_path.address(id_, rcpt), recipients=(rcpt,))
+            done.extend((await send(one)).recipients)
+        return SendResult(env.message_id, tuple(done))
 
     # -- recording ---------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -377,6 +409,9 @@ class WorkerGroup:
         backoff = RelayBackoff(policy)
         gate = asyncio.Semaphore(mail_config.pool_size)
         n = count if count is not None else max(service.workers, 1)
+        return_path = None
+        if service.bounce_domain is not None and service.web.secret_key is not None:
+            return_path = ReturnPath(service.web.secret_key.get_secret_value(), service.bounce_domain)
         workers = [
             Worker(
                 outbox,
@@ -388,6 +423,7 @@ class WorkerGroup:
                 concurrency=service.worker_concurrency,
                 lease_seconds=service.lease_seconds,
                 poll_interval=service.poll_interval,
+                return_path=return_path,
             )
             for _ in range(n)
         ]

@@ -31,6 +31,7 @@ __all__ = [
     "RecipientOutcome",
     "RecipientState",
     "RecipientStatus",
+    "ReportTarget",
     "Suppression",
     "fingerprint",
 ]
@@ -161,6 +162,15 @@ class Suppression:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class ReportTarget:
+    """What a report about a message needs to know of it: whose it is, and to whom it went."""
+
+    id: str
+    tenant: str | None
+    recipients: tuple[str, ...]
+
+
 class Outbox(abc.ABC):
     """Durable queue of envelopes with per-recipient state."""
 
@@ -246,6 +256,30 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     async def suppressions(self, tenant: str | None) -> list[Suppression]:
         """``tenant``'s suppression list, oldest first."""
+
+    @abc.abstractmethod
+    async def report_target(self, id: str) -> ReportTarget | None:
+        """The tenant and recipient addresses of message ``id``, for a report about it; None if unknown."""
+
+    @abc.abstractmethod
+    async def record_report(
+        self,
+        id: str,
+        recipient: str,
+        state: RecipientState,
+        *,
+        code: int | None,
+        reply: str,
+        suppress: tuple[str, str] | None,
+    ) -> bool:
+        """Record an asynchronous report (a bounce, a complaint) about ``recipient`` of message ``id``.
+
+        ``state`` is ``bounced`` or ``complained``; it replaces only the states :data:`.states.REPORTED`
+        allows (a second copy of a report changes nothing), with ``code`` and ``reply`` as the last
+        reply, and the message's state is derived again. ``suppress`` (reason, source) puts the address
+        on the message's tenant's suppression list (stream ``default``), in the same transaction.
+        Returns whether the recipient's state changed.
+        """
 
     @abc.abstractmethod
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:

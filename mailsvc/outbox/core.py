@@ -28,6 +28,7 @@ from .base import (
     Outbox,
     RecipientOutcome,
     RecipientStatus,
+    ReportTarget,
     Suppression,
     check_count,
     check_envelopes,
@@ -36,7 +37,7 @@ from .base import (
 from .base import fingerprint as envelope_fingerprint
 from .blobs import SharedBlobs, Splice, check_blobs, reassemble
 from .groups import GroupCommit
-from .states import OUTCOMES, MessageState, RecipientState
+from .states import OUTCOMES, REPORTED, MessageState, RecipientState
 from .store import Body, KeyRecord, OutcomeRow, Store, Tx
 
 __all__ = ["OutboxCore"]
@@ -356,6 +357,41 @@ class OutboxCore(Outbox, Generic[StoreT]):
     async def suppressions(self, tenant: str | None) -> list[Suppression]:
         async with self.store.read("read the suppression list") as tx:
             return await tx.suppressions(_scope(tenant))
+
+    # -- reports after delivery (mailsvc.bounces) -------------------------------
+    async def report_target(self, id: str) -> ReportTarget | None:
+        async with self.store.read("read a message for a report") as tx:
+            msg = await tx.message(id)
+            if msg is None:
+                return None
+            rcpts = await tx.recipients(id)
+        return ReportTarget(msg.id, msg.tenant, tuple(r.address for r in rcpts))
+
+    async def record_report(
+        self,
+        id: str,
+        recipient: str,
+        state: RecipientState,
+        *,
+        code: int | None,
+        reply: str,
+        suppress: tuple[str, str] | None,
+    ) -> bool:
+        over = REPORTED.get(state)
+        if over is None:
+            raise ValueError(f"not a reported state: {state!r}")
+        async with self.store.write("record a bounce or complaint") as tx:
+            msg = await tx.message(id)
+            if msg is None:
+                raise NotFoundError("message", id)
+            changed = await tx.mark_reported(id, recipient, state, code, reply[:_REPLY_MAX], sorted(over))
+            if changed:
+                await tx.settle([], [id])
+            if suppress is not None:
+                reason, source = suppress
+                row = Suppression(_scope(msg.tenant), recipient.lower(), "default", reason, source, datetime.now(UTC))
+                await tx.add_suppressions([row])
+        return changed
 
     # -- signed-out sessions ---------------------------------------------------
     async def revoke_session(self, sid: str, until: datetime) -> None:

@@ -564,6 +564,21 @@ class _PgTx(Tx):
             return None
         return BatchRow(rows[0]["tenant"], {r["state"]: r["n"] for r in rows})
 
+    async def mark_reported(
+        self, id: str, recipient: str, state: RecipientState, code: int | None, reply: str, over: Sequence[str]
+    ) -> bool:
+        rows = await self.conn.fetch(
+            "UPDATE mailsvc_recipient SET state = $3, last_code = $4, last_reply = $5, updated_at = now()"
+            " WHERE message_pk = $1 AND lower(address) = lower($2) AND state = ANY($6::text[]) RETURNING 1",
+            id,
+            recipient,
+            str(state),
+            code,
+            reply,
+            list(over),
+        )
+        return bool(rows)
+
     # -- suppressions
     async def add_suppressions(self, rows: Sequence[SuppressionRow]) -> int:
         added = await self.conn.fetch(
@@ -661,14 +676,16 @@ UPDATE mailsvc_recipient
 SET state = CASE WHEN attempts = 0 THEN '{RecipientState.QUEUED}' ELSE '{RecipientState.DEFERRED}' END
 WHERE message_pk = ANY($1::text[]) AND state = '{RecipientState.SENDING}'
 """
+# A complaint means the mail arrived: it counts as delivered for the message (states.derive_state).
+_AS_DELIVERED = frozenset({RecipientState.DELIVERED, RecipientState.COMPLAINED})
 # $1: messages whose lease is dropped (due at their earliest pending recipient); $2: state only.
 _SETTLE = f"""
 WITH agg AS (
     SELECT message_pk,
            bool_and(state = '{RecipientState.SUPPRESSED}') AS all_suppressed,
-           bool_and(state IN ('{RecipientState.DELIVERED}', '{RecipientState.SUPPRESSED}')) AS all_delivered,
+           bool_and(state IN {sql_list(_AS_DELIVERED | {RecipientState.SUPPRESSED})}) AS all_delivered,
            bool_and(state IN {_FINAL}) AS all_final,
-           bool_or(state = '{RecipientState.DELIVERED}') AS any_delivered,
+           bool_or(state IN {sql_list(_AS_DELIVERED)}) AS any_delivered,
            bool_or(state = '{RecipientState.SENDING}') AS any_sending,
            bool_or(state = '{RecipientState.DEFERRED}') AS any_deferred,
            min(CASE WHEN state NOT IN {_FINAL} THEN coalesce(next_attempt_at, now()) END) AS next_due

@@ -539,6 +539,21 @@ class _SqliteTx(Tx):
             touched.extend(by_pk[m] for (m,) in hit)
         return touched
 
+    async def mark_reported(
+        self, id: str, recipient: str, state: RecipientState, code: int | None, reply: str, over: Sequence[str]
+    ) -> bool:
+        row = await self._one("SELECT pk FROM messages WHERE id = ?", (id,))
+        if row is None:
+            return False
+        self._pks[id] = row[0]
+        before = self.db.total_changes
+        await self.db.execute(
+            f"UPDATE recipients SET state = ?, last_code = ?, last_reply = ?, updated_at = ?"
+            f" WHERE msg = ? AND lower(address) = lower(?) AND state IN ({_marks(over)})",
+            (str(state), code, reply, self.now, row[0], recipient, *over),
+        )
+        return self.db.total_changes > before
+
     async def suppressions(self, tenant: str) -> list[SuppressionRow]:
         rows = await self._all(
             "SELECT tenant, address, stream, reason, source, created_at FROM suppressions"

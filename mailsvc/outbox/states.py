@@ -8,6 +8,13 @@ ends) ``suppressed``: it is never sent to. A message's state is derived from its
 ``failed``), ``partial`` when its recipients ended some delivered, some not, and ``suppressed``
 only when every recipient was (a suppressed recipient beside others does not count either way).
 
+After delivery, an asynchronous report may change a ``delivered`` recipient (:mod:`mailsvc.bounces`):
+``bounced`` (a DSN or bounce said the mailbox never got it) or ``complained`` (an ARF report: the
+reader marked it as spam; ``bounced`` may become ``complained`` too, never the reverse). For the
+message, ``bounced`` counts as ``failed`` (a message whose only recipient bounced is ``failed``, one
+whose other recipients were delivered is ``partial``) and ``complained`` as ``delivered`` (the mail
+did arrive). Both are final: a worker never touches them.
+
 Why :class:`~enum.StrEnum`: members are plain strings, so rows read from either database compare
 equal to them, JSON and f-strings print their value, and SQL is formatted from them with
 :func:`sql_list`.
@@ -23,6 +30,7 @@ __all__ = [
     "FINAL_MESSAGE",
     "OUTCOMES",
     "PENDING",
+    "REPORTED",
     "MessageState",
     "RecipientState",
     "derive_state",
@@ -38,6 +46,8 @@ class RecipientState(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     SUPPRESSED = "suppressed"
+    BOUNCED = "bounced"  # delivered to the relay, then reported undeliverable (DSN, bounce): mailsvc.bounces
+    COMPLAINED = "complained"  # delivered, then reported as spam by its reader (ARF): mailsvc.bounces
 
 
 class MessageState(StrEnum):
@@ -52,12 +62,27 @@ class MessageState(StrEnum):
 
 #: A recipient in one of these is never tried again, and its state is never overwritten.
 FINAL: frozenset[RecipientState] = frozenset(
-    {RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.EXPIRED, RecipientState.SUPPRESSED}
+    {
+        RecipientState.DELIVERED,
+        RecipientState.FAILED,
+        RecipientState.EXPIRED,
+        RecipientState.SUPPRESSED,
+        RecipientState.BOUNCED,
+        RecipientState.COMPLAINED,
+    }
 )
 #: A recipient in one of these is still owed an attempt.
 PENDING: frozenset[RecipientState] = frozenset(RecipientState) - FINAL
-#: What a worker may record after an attempt (``suppressed`` is set at enqueue, never by a worker).
-OUTCOMES: frozenset[RecipientState] = (FINAL - {RecipientState.SUPPRESSED}) | {RecipientState.DEFERRED}
+#: What a worker may record after an attempt (``suppressed`` is set at enqueue, never by a worker;
+#: ``bounced`` and ``complained`` by a report that arrives after delivery).
+OUTCOMES: frozenset[RecipientState] = (
+    FINAL - {RecipientState.SUPPRESSED, RecipientState.BOUNCED, RecipientState.COMPLAINED}
+) | {RecipientState.DEFERRED}
+#: What a report received after delivery may set, and over which states (:meth:`Outbox.record_report`).
+REPORTED: dict[RecipientState, frozenset[RecipientState]] = {
+    RecipientState.BOUNCED: frozenset({RecipientState.DELIVERED}),
+    RecipientState.COMPLAINED: frozenset({RecipientState.DELIVERED, RecipientState.BOUNCED}),
+}
 #: A message in one of these is done: no worker will touch it again.
 FINAL_MESSAGE: frozenset[MessageState] = frozenset(
     {MessageState.DELIVERED, MessageState.FAILED, MessageState.PARTIAL, MessageState.SUPPRESSED}
@@ -73,8 +98,11 @@ def derive_state(states: Iterable[str]) -> MessageState:
     <MessageState.PARTIAL: 'partial'>
     >>> derive_state(["suppressed", "delivered"]), derive_state(["suppressed"])
     (<MessageState.DELIVERED: 'delivered'>, <MessageState.SUPPRESSED: 'suppressed'>)
+    >>> derive_state(["bounced"]), derive_state(["bounced", "delivered"]), derive_state(["complained"])
+    (<MessageState.FAILED: 'failed'>, <MessageState.PARTIAL: 'partial'>, <MessageState.DELIVERED: 'delivered'>)
     """
-    seen = set(states)
+    # A complaint means the mail arrived; a bounce that it did not (counted as a failure below).
+    seen = {RecipientState.DELIVERED if s == RecipientState.COMPLAINED else s for s in states}
     if seen == {RecipientState.SUPPRESSED}:
         return MessageState.SUPPRESSED
     seen.discard(RecipientState.SUPPRESSED)
@@ -93,7 +121,7 @@ def sql_list(states: Iterable[str]) -> str:
     """``('a', 'b')`` for ``state IN ...``, in a stable order.
 
     >>> sql_list(FINAL)
-    "('delivered', 'expired', 'failed', 'suppressed')"
+    "('bounced', 'complained', 'delivered', 'expired', 'failed', 'suppressed')"
     """
     values = sorted(str(s) for s in states)
     if not values or not all(v.isalpha() and v.islower() for v in values):

@@ -244,6 +244,12 @@ class Tx(abc.ABC):
     async def suppressions(self, tenant: str) -> list[SuppressionRow]:
         """``tenant``'s suppressions, oldest first."""
 
+    @abc.abstractmethod
+    async def mark_reported(
+        self, id: str, recipient: str, state: RecipientState, code: int | None, reply: str, over: Sequence[str]
+    ) -> bool:
+        """Set ``recipient`` of message ``id`` to ``state`` (with its last reply) if it is in one of ``over``."""
+
     # -- signed-out sessions
     @abc.abstractmethod
     async def revoke_session(self, sid: str, until: datetime) -> None:
