@@ -12,6 +12,7 @@ from quart import Quart, has_request_context
 from .config import MailConfig, ServiceConfig
 from .errors import MailError
 from .extension import Mail
+from .metrics import Metrics
 from .pagesafety import harden_html
 from .services import Services
 from .templatepaths import check_template_folder, email_folders, page_folders
@@ -39,7 +40,7 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     app.config["MAIL_TEMPLATE_FOLDER"] = [str(f) for f in email_folders(service.templates)]
     app.jinja_env.globals["dev_inbox"] = service.dev_mode  # pages link to /inbox only where it exists
     _one_line_start_refusals(app)
-    parts = Services(service, Mail(app).state)
+    parts = Services(service, Mail(app).state, metrics=Metrics())
     parts.install(app)
     app.after_request(harden_html)  # CSP, X-Frame-Options, nosniff, Referrer-Policy on every HTML page
 

@@ -14,9 +14,18 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .addresses import AddressLike, AddressRules, parse_address
 from .dburl import DEFAULT_DATABASE_URL
@@ -34,6 +43,8 @@ __all__ = [
     "env_field",
     "is_loopback",
     "service_env_name",
+    "HostPort",
+    "LogFormat",
 ]
 
 # Flask-Mail setting name -> MailConfig field.
@@ -298,6 +309,22 @@ class WebConfig(BaseModel):
         return self
 
 
+_HOST_PORT = re.compile(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5]?[0-9]{1,4})"
+)
+
+
+def _host_port(value: str) -> str:
+    m = _HOST_PORT.fullmatch(value)
+    if m is None or int(m.group(2)) > 65535:
+        raise ValueError(f"{value[:80]!r} is not host:port (e.g. 127.0.0.1:9100, [::1]:9100)")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+LogFormat = Literal["text", "json"]
+
+
 class ServiceConfig(BaseModel):
     """Settings of the service around delivery (outbox, workers, dev inbox), passed in as data."""
 
@@ -332,6 +359,10 @@ class ServiceConfig(BaseModel):
     read_timeout: float = Field(default=120.0, gt=0, le=3600)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers (431)
     max_connections: int = Field(default=1000, ge=0)  # open client connections per process; 0 = no cap
+    # Observability (issue 16): /metrics on an address of its own, unauthenticated (None: on the app, admin key);
+    # one JSON object per log line instead of text.
+    metrics_bind: HostPort | None = None
+    log_format: LogFormat = "text"
     web: WebConfig = Field(default_factory=WebConfig)
 
     @model_validator(mode="after")

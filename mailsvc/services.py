@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the parts' types only; importing them here at run time woul
     from .devinbox import DevInbox
     from .devinbox.store import InboxStore
     from .mailstate import MailState
+    from .metrics import Metrics
     from .outbox import Outbox
     from .rendering import TemplateRenderer
     from .web.state import WebState
@@ -57,6 +58,7 @@ class Services:
     previews: TemplateRenderer | None = None
     outbox: Outbox | None = None
     workers: WorkerGroup | None = None
+    metrics: Metrics | None = None  # this app's Prometheus registry (GET /metrics or MAILSVC_METRICS_BIND)
     cache: dict[str, Any] = field(default_factory=dict)  # small per-app memos (the readiness relay probe)
 
     def install(self, app: Quart) -> None:

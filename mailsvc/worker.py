@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 from .config import MailConfig, ServiceConfig
 from .errors import DeliveryError, NotFoundError, OutboxError
 from .mailstate import MailState
+from .metrics import Metrics
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
@@ -77,8 +79,10 @@ class Worker:
         concurrency: int = _SERVICE["worker_concurrency"].default,
         lease_seconds: float = _SERVICE["lease_seconds"].default,
         poll_interval: float = _SERVICE["poll_interval"].default,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
+        self.metrics = metrics  # None: nothing counted (a None check per message is all it costs)
         self.mail = mail
         self.policy = policy or RetryPolicy()
         self.backoff = backoff or RelayBackoff(self.policy)
@@ -111,6 +115,11 @@ class Worker:
     def busy(self) -> bool:
         """Messages claimed and not yet recorded or given back."""
         return bool(self._inflight or self._records or self._to_release)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages this worker holds a lease on: claimed, not yet recorded or given back (a metrics gauge)."""
+        return len(self._leased)
 
     @property
     def stopping(self) -> bool:
@@ -230,7 +239,12 @@ class Worker:
             async with self.mail.pool.connection() as conn:
                 connected = True
                 self._on_wire.add(msg.id)
-                result = await conn.send(env)
+                if self.metrics is None:
+                    result = await conn.send(env)
+                else:
+                    started = time.perf_counter()
+                    result = await conn.send(env)
+                    self.metrics.smtp_send_seconds.observe(time.perf_counter() - started)
         except DeliveryError as exc:
             pause = self.backoff.trouble()
             stage = "sending" if connected else "connecting"
@@ -287,6 +301,16 @@ class Worker:
                     + " ".join(f"{o.recipient}={o.state}{'' if o.code is None else f'/{o.code}'}" for o in outcomes)
                     for id_, outcomes in group
                 ),
+                extra={
+                    "fields": {
+                        "event": "delivery",
+                        "deliveries": [
+                            {"id": id_, "recipient": o.recipient, "outcome": str(o.state), "code": o.code}
+                            for id_, outcomes in group
+                            for o in outcomes
+                        ],
+                    }
+                },
             )
 
     async def _flush(self) -> None:
@@ -296,12 +320,14 @@ class Worker:
             try:
                 await self.outbox.record_many(self.owner, items)
                 self._forget(id_ for id_, _ in items)
+                self._count(items)
             except NotFoundError:
                 # A message vanished (purged by retention): record the others one by one, drop it.
                 for item in items:
                     try:
                         await self.outbox.record(item[0], self.owner, item[1])
                         self._forget([item[0]])
+                        self._count([item])
                     except NotFoundError:
                         self._forget([item[0]])
                         log.warning("message %s is no longer in the outbox; outcome dropped", item[0])
@@ -322,6 +348,12 @@ class Worker:
             except OutboxError as exc:
                 self._forget(ids)  # stop renewing them, so that their leases do expire
                 log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
+
+    def _count(self, items: Iterable[tuple[str, list[RecipientOutcome]]]) -> None:
+        """Outcomes into the metrics once committed (a failed record is retried, and must not count twice)."""
+        if self.metrics is not None:
+            for _, outcomes in items:
+                self.metrics.count_outcomes(outcomes)
 
     def _forget(self, ids: Iterable[str]) -> None:
         for id_ in ids:
@@ -370,8 +402,13 @@ class WorkerGroup:
         count: int | None = None,
         *,
         transport: TransportFactory | None = None,
+        metrics: Metrics | None = None,
     ) -> WorkerGroup:
-        """``transport`` overrides ``MAIL_TRANSPORT`` (which overrides SMTP), as for ``Mail(app, transport=...)``."""
+        """``transport`` overrides ``MAIL_TRANSPORT`` (which overrides SMTP), as for ``Mail(app, transport=...)``.
+
+        ``metrics``: where the workers count outcomes and send times, and whose scrape reads their
+        messages in hand and the relay's backoff.
+        """
         mail = MailState(mail_config, transport=transport)
         policy = RetryPolicy.from_service(service)
         backoff = RelayBackoff(policy)
@@ -388,9 +425,12 @@ class WorkerGroup:
                 concurrency=service.worker_concurrency,
                 lease_seconds=service.lease_seconds,
                 poll_interval=service.poll_interval,
+                metrics=metrics,
             )
             for _ in range(n)
         ]
+        if metrics is not None:
+            metrics.watch(workers=workers, backoff=backoff)
         return cls(workers, mail)
 
     async def start(self) -> None:
