@@ -37,6 +37,7 @@ from .metrics import Metrics
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
+from .tracing import TRACER
 from .transports.factory import TransportFactory
 
 __all__ = ["Worker", "WorkerGroup", "WorkerStats", "default_owner"]
@@ -148,7 +149,10 @@ class Worker:
                     continue
                 want = min(free, self.claim_batch)
                 try:
-                    claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+                    if TRACER is None:
+                        claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+                    else:
+                        claimed = await self._traced_claim(want)
                 except OutboxError as exc:
                     log.error("claim failed, retrying in %ss: %s", self.poll_interval, exc)
                     await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
@@ -239,11 +243,12 @@ class Worker:
             async with self.mail.pool.connection() as conn:
                 connected = True
                 self._on_wire.add(msg.id)
-                if self.metrics is None:
+                started = time.perf_counter() if self.metrics is not None else 0.0
+                if TRACER is None:
                     result = await conn.send(env)
                 else:
-                    started = time.perf_counter()
-                    result = await conn.send(env)
+                    result = await self._traced_send(msg, conn.send(env))
+                if self.metrics is not None:
                     self.metrics.smtp_send_seconds.observe(time.perf_counter() - started)
         except DeliveryError as exc:
             pause = self.backoff.trouble()
@@ -260,6 +265,22 @@ class Worker:
         else:
             self.backoff.ok()
         return result
+
+    async def _traced_claim(self, want: int) -> list[ClaimedMessage]:
+        assert TRACER is not None
+        with TRACER.start_as_current_span("mailsvc.claim", attributes={"mailsvc.claim.limit": want}) as span:
+            claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+            span.set_attribute("mailsvc.claim.count", len(claimed))
+            return claimed
+
+    async def _traced_send(self, msg: ClaimedMessage, send: Coroutine[Any, Any, SendResult]) -> SendResult:
+        """One SMTP transaction in a ``mailsvc.smtp_send`` span: the message id, the attempt, each reply code."""
+        assert TRACER is not None
+        attributes: dict[str, str | int] = {"mailsvc.message.id": msg.id, "mailsvc.attempt": msg.attempts + 1}
+        with TRACER.start_as_current_span("mailsvc.smtp_send", attributes=attributes) as span:
+            result = await send
+            span.set_attribute("smtp.reply_codes", [r.code or 0 for r in result.recipients])
+            return result
 
     # -- recording ---------------------------------------------------------------
     async def _flush_loop(self) -> None:

@@ -58,12 +58,12 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def app_config(tmp_path: Path, database_url: str, **service: Any) -> ServiceConfig:
+def app_config(tmp_path: Path, database_url: str, workers: int = 0, **service: Any) -> ServiceConfig:
     keys = tmp_path / "tenants.json"
     keys.write_text(json.dumps(TENANTS), encoding="utf-8")
     return service_config(
         tmp_path,
-        workers=0,
+        workers=workers,
         api_keys=(),
         api_keys_file=keys,
         service={"database_url": database_url, **service},
@@ -267,6 +267,9 @@ async def test_queue_stats_bounded_to_pending_and_oldest_due(tmp_path: Path) -> 
         stats = await outbox.queue_stats()
         assert stats.by_state == {"queued": 2}  # the delivered one is final: not counted
         assert stats.oldest_due_seconds >= 0
+        await outbox.store.db.execute("UPDATE messages SET due_at = due_at - 100 WHERE due_at IS NOT NULL")
+        await outbox.store.db.commit()
+        assert (await outbox.queue_stats()).oldest_due_seconds >= 100  # due for 100 s: the backlog shows
         await outbox.claim("w", 2, 60)
         stats = await outbox.queue_stats()
         assert stats.by_state == {"sending": 2} and stats.oldest_due_seconds == 0  # leased: due only when it lapses
@@ -300,3 +303,55 @@ def test_bad_settings_are_refused_naming_the_setting(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad_flag.returncode == 2 and "--metrics-bind" in bad_flag.stderr
+
+
+async def test_json_log_lines_parse_and_carry_no_body_or_key(tmp_path: Path, smtp_port: int) -> None:
+    import io
+    import logging
+
+    from mailsvc.logsetup import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("mailsvc")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    body, subject = "BODY-TEXT-never-logged\nsecond line", "SUBJECT-never-logged"
+    try:
+        app = create_app(
+            MailConfig(server="127.0.0.1", port=smtp_port, default_sender=SENDER, timeout=5.0),
+            app_config(tmp_path, f"sqlite:///{tmp_path / 'o.sqlite3'}", workers=1),
+        )
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            resp = await client.post(
+                "/api/messages",
+                json={"to": ["a@example.com", "b@example.com"], "subject": subject, "text": body},
+                headers=bearer(KEY),
+            )
+            assert resp.status_code == 202
+            id_ = (await resp.get_json())["id"]
+            outbox = app.extensions["mailsvc.services"].outbox
+            for _ in range(1500):
+                if (await outbox.status(id_)).state == "delivered":
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    text = stream.getvalue()
+    lines = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    accepted = [line["fields"] for line in lines if line.get("fields", {}).get("event") == "accepted"]
+    assert accepted == [accepted[0]] and accepted[0]["id"] == id_ and accepted[0]["recipients"] == 2
+    delivered = [
+        d for line in lines if line.get("fields", {}).get("event") == "delivery" for d in line["fields"]["deliveries"]
+    ]
+    assert sorted((d["id"], d["recipient"], d["outcome"], d["code"]) for d in delivered) == [
+        (id_, "a@example.com", "delivered", 250),
+        (id_, "b@example.com", "delivered", 250),
+    ]
+    for secret in ("BODY-TEXT", "SUBJECT-never", KEY, ADMIN):
+        assert secret not in text

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..mimewriter import attachment_body
 from ..outbox import EnqueueResult, Outbox
 from ..rendering import html_to_text
 from ..services import services
+from ..tracing import TRACER
 from .auth import Principal
 from .bulkstream import BulkRequest, chunk_size
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
@@ -266,6 +267,18 @@ def outbox_problem(exc: OutboxError) -> ProblemException:
     return ProblemException(503, "the outbox is unavailable; retry later", headers=retry_after(5))
 
 
+async def _traced(commit: Awaitable[EnqueueResult], count: int) -> EnqueueResult:
+    """The enqueue in a ``mailsvc.enqueue`` span (a child of the request's), naming what it stored."""
+    assert TRACER is not None
+    with TRACER.start_as_current_span("mailsvc.enqueue", attributes={"mailsvc.messages": count}) as span:
+        result = await commit
+        span.set_attribute("mailsvc.message.id" if len(result.ids) == 1 else "mailsvc.message.ids", result.ids[:100])
+        if result.batch_id is not None:
+            span.set_attribute("mailsvc.batch.id", result.batch_id)
+        span.set_attribute("mailsvc.duplicate", result.duplicate)
+        return result
+
+
 def _count(result: EnqueueResult, started: float) -> None:
     """Into the app's metrics: the enqueue's time, and what it committed (a replay commits nothing)."""
     metrics = services().metrics
@@ -298,9 +311,10 @@ async def enqueue(
     scoped = _scoped(principal, idempotency_key)
     started = time.perf_counter()
     try:
-        result = await outbox.enqueue(
+        commit = outbox.enqueue(
             envelopes, idempotency_key=scoped, batch=batch, fingerprint=fingerprint, tenant=principal.tenant
         )
+        result = await (commit if TRACER is None else _traced(commit, len(envelopes)))
     except OutboxError as exc:
         raise outbox_problem(exc) from None
     _count(result, started)
@@ -349,7 +363,7 @@ async def enqueue_bulk(
     started = time.perf_counter()  # a bulk enqueue renders and builds as it stores: all of it is its latency
     try:
         async with aclosing(chunks):
-            result = await outbox.enqueue_stream(
+            commit = outbox.enqueue_stream(
                 request.count,
                 chunks,
                 fingerprint=request.fingerprint,
@@ -359,6 +373,7 @@ async def enqueue_bulk(
                 shared=builder.shared,
                 suppress_stream=head.stream,
             )
+            result = await (commit if TRACER is None else _traced(commit, request.count))
     except OutboxError as exc:
         raise outbox_problem(exc) from None
     _count(result, started)
