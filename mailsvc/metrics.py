@@ -94,6 +94,7 @@ class Metrics:
             buckets=_SEND_BUCKETS,
             registry=r,
         )
+        self._children: dict[tuple[str, int | None], Counter] = {}  # (state, code) -> its labelled counter
         self._live = _Live()
         r.register(self._live)
         self._sources: list[Source] = []
@@ -101,8 +102,13 @@ class Metrics:
     # -- what the app and the workers count ---------------------------------------------------
     def count_outcomes(self, outcomes: Iterable[RecipientOutcome]) -> None:
         """Recorded outcomes (after their commit), each by its state string and reply class."""
+        children = self._children
         for o in outcomes:
-            self.recipients.labels(str(o.state), reply_class(o.code)).inc()
+            key = (o.state, o.code)
+            child = children.get(key)
+            if child is None:  # labels() costs a few microseconds; a recipient should not pay it each time
+                child = children[key] = self.recipients.labels(str(o.state), reply_class(o.code))
+            child.inc()
 
     def count_suppressed(self, n: int) -> None:
         """Recipients an enqueue stored ``suppressed`` (they are never sent, so no worker records them)."""
