@@ -13,6 +13,7 @@ configure_logging("INFO", attach_to="mailsvc")
 
 try:
     settings = load_settings()
+    configure_logging("INFO", attach_to="mailsvc", fmt=settings.MAILSVC_LOG_FORMAT)
     app = create_app(settings.mail_config(), settings.service_config())
 except SystemExit as exc:  # load_settings' one-line refusal
     refuse_start(str(exc.code))

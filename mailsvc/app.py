@@ -12,9 +12,11 @@ from quart import Quart, has_request_context
 from .config import MailConfig, ServiceConfig
 from .errors import MailError
 from .extension import Mail
+from .metrics import Metrics
 from .pagesafety import harden_html
 from .services import Services
 from .templatepaths import check_template_folder, email_folders, page_folders
+from .tracing import TRACER, asgi_middleware
 
 __all__ = ["create_app"]
 
@@ -39,9 +41,11 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     app.config["MAIL_TEMPLATE_FOLDER"] = [str(f) for f in email_folders(service.templates)]
     app.jinja_env.globals["dev_inbox"] = service.dev_mode  # pages link to /inbox only where it exists
     _one_line_start_refusals(app)
-    parts = Services(service, Mail(app).state)
+    parts = Services(service, Mail(app).state, metrics=Metrics())
     parts.install(app)
     app.after_request(harden_html)  # CSP, X-Frame-Options, nosniff, Referrer-Policy on every HTML page
+    if TRACER is not None:  # the [otel] extra: a span per request (nothing at all without it)
+        setattr(app, "asgi_app", asgi_middleware(app.asgi_app))  # noqa: B010 (an instance override)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -14,10 +14,19 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .addresses import AddressLike, AddressRules, parse_address
 from .dburl import DEFAULT_DATABASE_URL
@@ -36,6 +45,8 @@ __all__ = [
     "env_field",
     "is_loopback",
     "service_env_name",
+    "HostPort",
+    "LogFormat",
 ]
 
 # Flask-Mail setting name -> MailConfig field.
@@ -437,6 +448,22 @@ class WebConfig(BaseModel):
         return self
 
 
+_HOST_PORT = re.compile(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5]?[0-9]{1,4})"
+)
+
+
+def _host_port(value: str) -> str:
+    m = _HOST_PORT.fullmatch(value)
+    if m is None or int(m.group(2)) > 65535:
+        raise ValueError(f"{value[:80]!r} is not host:port (e.g. 127.0.0.1:9100, [::1]:9100)")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+LogFormat = Literal["text", "json"]
+
+
 class ServiceConfig(BaseModel):
     """Settings of the service around delivery (outbox, workers, dev inbox), passed in as data."""
 
@@ -476,6 +503,10 @@ class ServiceConfig(BaseModel):
     bounce_domain: str | None = None
     bounce_listen: str | None = None  # host:port of the in-process listener in `mailsvc serve`; None: none
     bounce_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # a report's DATA (552 beyond)
+    # Observability (issue 16): /metrics on an address of its own, unauthenticated (None: on the app, admin key);
+    # one JSON object per log line instead of text.
+    metrics_bind: HostPort | None = None
+    log_format: LogFormat = "text"
     web: WebConfig = Field(default_factory=WebConfig)
 
     @field_validator("bounce_domain")

@@ -13,9 +13,12 @@ those loggers stay at WARNING whatever level is asked for.
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
-__all__ = ["FORMAT", "QUIET_LOGGERS", "configure_logging"]
+__all__ = ["FORMAT", "QUIET_LOGGERS", "JsonFormatter", "configure_logging"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # Loggers whose DEBUG/INFO output can carry SQL parameters, SMTP lines, HTTP/2 headers or (botocore) SES
@@ -23,14 +26,57 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 QUIET_LOGGERS = ("aiosqlite", "asyncpg", "aiosmtplib", "mail.log", "hpack", "h2", "botocore", "aiobotocore")
 
 
-def configure_logging(level: int | str = logging.INFO, *, attach_to: str = "") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``MAILSVC_LOG_FORMAT=json``): what the text line says, as fields.
+
+    ``time``, ``level``, ``logger`` and ``message`` (the text line's message, word for word), plus
+    the ``fields`` a call passes in ``extra`` (the accepted message's id and recipient count, each
+    delivery's outcome and code), and ``exc`` for a traceback. Only what the text line carries:
+    never a body or a secret. A line is always one line (newlines inside are escaped by JSON).
+
+    >>> rec = logging.LogRecord("mailsvc.web", logging.INFO, "", 0, "accepted id=%s", ("a1",), None)
+    >>> rec.fields = {"id": "a1", "recipients": 2}
+    >>> json.loads(JsonFormatter().format(rec))["fields"]
+    {'id': 'a1', 'recipients': 2}
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line["fields"] = fields
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """The stderr handler this setup adds (and may re-format); any other handler is left alone."""
+
+
+def _formatter(fmt: str) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    if fmt == "text":
+        return logging.Formatter(FORMAT)
+    raise ValueError(f"MAILSVC_LOG_FORMAT: {fmt!r} is not text or json")
+
+
+def configure_logging(level: int | str = logging.INFO, *, attach_to: str = "", fmt: str = "text") -> None:
     """Log ``mailsvc.*`` at ``level`` (at INFO: a line per accepted request, a line per group of delivery outcomes).
 
     Other libraries log at WARNING, or at ``level`` when it is more verbose, except
     :data:`QUIET_LOGGERS`, which never go below WARNING. A handler is added to the
     ``attach_to`` logger (root by default) only if it has none: an embedding app,
-    pytest or hypercorn's own loggers may already have theirs.
+    pytest or hypercorn's own loggers may already have theirs. ``fmt`` (``MAILSVC_LOG_FORMAT``)
+    is ``text`` or ``json``; asked again with another, the handler added here changes format.
     """
+    formatter = _formatter(fmt)
     if isinstance(level, str):
         name = level.upper()
         resolved = logging.getLevelName(name)
@@ -39,9 +85,10 @@ def configure_logging(level: int | str = logging.INFO, *, attach_to: str = "") -
         level = resolved
     target = logging.getLogger(attach_to or None)
     if not target.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
-        target.addHandler(handler)
+        target.addHandler(_Handler())
+    for handler in target.handlers:
+        if isinstance(handler, _Handler):  # ours; an embedding app's or pytest's keep their format
+            handler.setFormatter(formatter)
     root = logging.getLogger()
     root.setLevel(min(level, root.level or logging.WARNING))
     logging.getLogger("mailsvc").setLevel(level)

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 from quart import Quart
 
 from .config import ServiceConfig
+from .metricsserver import MetricsServer
 from .outbox import Outbox
 from .serviceoutbox import dev_leftovers, service_outbox
 from .services import services
@@ -55,16 +56,26 @@ def register(app: Quart, service: ServiceConfig) -> None:
         outbox = service_outbox(service)
         await outbox.open()
         parts.outbox = outbox
+        metrics_server = None
         try:
+            if parts.metrics is not None:
+                parts.metrics.watch(outbox=outbox)
+                if service.metrics_bind is not None:  # /metrics on its own address (the app's route answers 404)
+                    metrics_server = MetricsServer(parts.metrics, service.metrics_bind)
+                    await metrics_server.start()
             if service.workers > 0:
                 # The Mail state's config as it is now, not at register time: the dev inbox's
                 # bound port is known only once it serves.
-                group = WorkerGroup.from_service(outbox, parts.mail.config, service)
+                group = WorkerGroup.from_service(outbox, parts.mail.config, service, metrics=parts.metrics)
                 await group.start()
                 parts.workers = group
                 log.info("started %d in-process delivery worker(s)", service.workers)
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.stop()
+            if parts.metrics is not None:
+                parts.metrics.unwatch()
             if parts.workers is not None:
                 await parts.workers.stop()
                 parts.workers = None

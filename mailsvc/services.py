@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the parts' types only; importing them here at run time woul
     from .devinbox import DevInbox
     from .devinbox.store import InboxStore
     from .mailstate import MailState
+    from .metrics import Metrics
     from .outbox import Outbox
     from .rendering import TemplateRenderer
     from .web.state import WebState
@@ -59,6 +60,7 @@ class Services:
     outbox: Outbox | None = None
     workers: WorkerGroup | None = None
     bounces: BounceServer | None = None  # the bounce listener, while it serves (MAILSVC_BOUNCE_LISTEN)
+    metrics: Metrics | None = None  # this app's Prometheus registry (GET /metrics or MAILSVC_METRICS_BIND)
     cache: dict[str, Any] = field(default_factory=dict)  # small per-app memos (the readiness relay probe)
 
     def install(self, app: Quart) -> None:

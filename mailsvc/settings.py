@@ -28,6 +28,8 @@ from .addresses import AddressRules, parse_address
 from .config import (
     MAIL_KEYS,
     SERVICE_NAMES,
+    HostPort,
+    LogFormat,
     MailConfig,
     ServiceConfig,
     WebConfig,
@@ -139,6 +141,8 @@ class Settings(BaseSettings):
     MAILSVC_READ_TIMEOUT: float = env_field(S, "read_timeout")
     MAILSVC_MAX_HEADER_BYTES: int = env_field(S, "max_header_bytes")
     MAILSVC_MAX_CONNECTIONS: int = env_field(S, "max_connections")
+    MAILSVC_METRICS_BIND: HostPort | None = env_field(S, "metrics_bind")  # host:port: /metrics there, without a key
+    MAILSVC_LOG_FORMAT: LogFormat = env_field(S, "log_format")
 
     # Web layer: who may send, how much
     MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys

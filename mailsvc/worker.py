@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ from .config import MailConfig, ServiceConfig
 from .errors import DeliveryError, NotFoundError, OutboxError
 from .mailstate import MailState
 from .message import Envelope
+from .metrics import Metrics
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
+from .tracing import TRACER
 from .transports.factory import TransportFactory
 from .verp import ReturnPath
 
@@ -81,9 +84,11 @@ class Worker:
         lease_seconds: float = _SERVICE["lease_seconds"].default,
         poll_interval: float = _SERVICE["poll_interval"].default,
         return_path: ReturnPath | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
         self.return_path = return_path  # VERP (MAILSVC_BOUNCE_DOMAIN): one transaction per recipient
+        self.metrics = metrics  # None: nothing counted (a None check per message is all it costs)
         self.mail = mail
         self.policy = policy or RetryPolicy()
         self.backoff = backoff or RelayBackoff(self.policy)
@@ -118,6 +123,11 @@ class Worker:
         return bool(self._inflight or self._records or self._to_release)
 
     @property
+    def in_flight(self) -> int:
+        """Messages this worker holds a lease on: claimed, not yet recorded or given back (a metrics gauge)."""
+        return len(self._leased)
+
+    @property
     def stopping(self) -> bool:
         return self._stopping is not None and self._stopping.is_set()
 
@@ -144,7 +154,10 @@ class Worker:
                     continue
                 want = min(free, self.claim_batch)
                 try:
-                    claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+                    if TRACER is None:
+                        claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+                    else:
+                        claimed = await self._traced_claim(want)
                 except OutboxError as exc:
                     log.error("claim failed, retrying in %ss: %s", self.poll_interval, exc)
                     await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
@@ -236,10 +249,15 @@ class Worker:
             async with self.mail.pool.connection() as conn:
                 connected = True
                 self._on_wire.add(msg.id)
-                if self.return_path is None:
+                started = time.perf_counter() if self.metrics is not None else 0.0
+                if self.return_path is not None:
+                    result = await self._send_verp(msg.id, env, conn.send, done)
+                elif TRACER is None:
                     result = await conn.send(env)
                 else:
-                    result = await self._send_verp(msg.id, env, conn.send, done)
+                    result = await self._traced_send(msg, conn.send(env))
+                if self.metrics is not None:
+                    self.metrics.smtp_send_seconds.observe(time.perf_counter() - started)
         except DeliveryError as exc:
             pause = self.backoff.trouble()
             stage = "sending" if connected else "connecting"
@@ -278,6 +296,22 @@ class Worker:
             one = dataclasses.replace(env, sender=self.return_path.address(id_, rcpt), recipients=(rcpt,))
             done.extend((await send(one)).recipients)
         return SendResult(env.message_id, tuple(done))
+
+    async def _traced_claim(self, want: int) -> list[ClaimedMessage]:
+        assert TRACER is not None
+        with TRACER.start_as_current_span("mailsvc.claim", attributes={"mailsvc.claim.limit": want}) as span:
+            claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+            span.set_attribute("mailsvc.claim.count", len(claimed))
+            return claimed
+
+    async def _traced_send(self, msg: ClaimedMessage, send: Coroutine[Any, Any, SendResult]) -> SendResult:
+        """One SMTP transaction in a ``mailsvc.smtp_send`` span: the message id, the attempt, each reply code."""
+        assert TRACER is not None
+        attributes: dict[str, str | int] = {"mailsvc.message.id": msg.id, "mailsvc.attempt": msg.attempts + 1}
+        with TRACER.start_as_current_span("mailsvc.smtp_send", attributes=attributes) as span:
+            result = await send
+            span.set_attribute("smtp.reply_codes", [r.code or 0 for r in result.recipients])
+            return result
 
     # -- recording ---------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -319,6 +353,16 @@ class Worker:
                     + " ".join(f"{o.recipient}={o.state}{'' if o.code is None else f'/{o.code}'}" for o in outcomes)
                     for id_, outcomes in group
                 ),
+                extra={
+                    "fields": {
+                        "event": "delivery",
+                        "deliveries": [
+                            {"id": id_, "recipient": o.recipient, "outcome": str(o.state), "code": o.code}
+                            for id_, outcomes in group
+                            for o in outcomes
+                        ],
+                    }
+                },
             )
 
     async def _flush(self) -> None:
@@ -328,12 +372,14 @@ class Worker:
             try:
                 await self.outbox.record_many(self.owner, items)
                 self._forget(id_ for id_, _ in items)
+                self._count(items)
             except NotFoundError:
                 # A message vanished (purged by retention): record the others one by one, drop it.
                 for item in items:
                     try:
                         await self.outbox.record(item[0], self.owner, item[1])
                         self._forget([item[0]])
+                        self._count([item])
                     except NotFoundError:
                         self._forget([item[0]])
                         log.warning("message %s is no longer in the outbox; outcome dropped", item[0])
@@ -354,6 +400,12 @@ class Worker:
             except OutboxError as exc:
                 self._forget(ids)  # stop renewing them, so that their leases do expire
                 log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
+
+    def _count(self, items: Iterable[tuple[str, list[RecipientOutcome]]]) -> None:
+        """Outcomes into the metrics once committed (a failed record is retried, and must not count twice)."""
+        if self.metrics is not None:
+            for _, outcomes in items:
+                self.metrics.count_outcomes(outcomes)
 
     def _forget(self, ids: Iterable[str]) -> None:
         for id_ in ids:
@@ -402,8 +454,13 @@ class WorkerGroup:
         count: int | None = None,
         *,
         transport: TransportFactory | None = None,
+        metrics: Metrics | None = None,
     ) -> WorkerGroup:
-        """``transport`` overrides ``MAIL_TRANSPORT`` (which overrides SMTP), as for ``Mail(app, transport=...)``."""
+        """``transport`` overrides ``MAIL_TRANSPORT`` (which overrides SMTP), as for ``Mail(app, transport=...)``.
+
+        ``metrics``: where the workers count outcomes and send times, and whose scrape reads their
+        messages in hand and the relay's backoff.
+        """
         mail = MailState(mail_config, transport=transport)
         policy = RetryPolicy.from_service(service)
         backoff = RelayBackoff(policy)
@@ -424,9 +481,12 @@ class WorkerGroup:
                 lease_seconds=service.lease_seconds,
                 poll_interval=service.poll_interval,
                 return_path=return_path,
+                metrics=metrics,
             )
             for _ in range(n)
         ]
+        if metrics is not None:
+            metrics.watch(workers=workers, backoff=backoff)
         return cls(workers, mail)
 
     async def start(self) -> None:

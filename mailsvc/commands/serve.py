@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from ..logsetup import configure_logging
 
     settings = load_project_settings()
-    configure_logging(args.log_level)
     service = settings.service_config()
+    configure_logging(args.log_level, fmt=service.log_format)
     try:
         app = create_app(settings.mail_config(), service)
     except MailError as exc:  # an open relay, a bad keys file, a missing template folder: one line, no traceback

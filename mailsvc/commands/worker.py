@@ -52,6 +52,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="level of mailsvc's own logs (default INFO); SQL drivers and SMTP libraries stay at WARNING",
     )
+    p.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help="serve this process's Prometheus metrics at http://HOST:PORT/metrics (no key: bind a private address)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -59,18 +64,27 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_project_settings
     from ..errors import ConfigError, MailError
     from ..logsetup import configure_logging
+    from ..metricsserver import parse_bind
     from ..transports.factory import factory_for, resolve
 
     configure_logging(args.log_level)
     settings = load_project_settings()
+    service = settings.service_config()
+    configure_logging(args.log_level, fmt=service.log_format)
     mail_config = settings.mail_config()
     try:  # a bad --transport or MAIL_TRANSPORT is a usage error, reported before anything starts
         transport = factory_for(mail_config, resolve(args.transport) if args.transport else None)
     except ConfigError as exc:
         print(f"mailsvc worker: {'--transport: ' + exc.reason if args.transport else exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.metrics_bind is not None:
+        try:
+            parse_bind(args.metrics_bind, "--metrics-bind")
+        except ConfigError as exc:
+            print(f"mailsvc worker: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        asyncio.run(_main(mail_config, settings.service_config(), args.concurrency, args.until_empty, transport))
+        asyncio.run(_main(mail_config, service, args.concurrency, args.until_empty, transport, args.metrics_bind))
     except MailError as exc:
         print(f"mailsvc worker: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -78,15 +92,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(
-    mail_config: MailConfig, service: ServiceConfig, count: int | None, until_empty: bool, transport: TransportFactory
+    mail_config: MailConfig,
+    service: ServiceConfig,
+    count: int | None,
+    until_empty: bool,
+    transport: TransportFactory,
+    metrics_bind: str | None = None,
 ) -> None:
+    from ..metrics import Metrics
+    from ..metricsserver import MetricsServer
     from ..serviceoutbox import service_outbox
     from ..worker import WorkerGroup
 
     outbox = service_outbox(service)
     await outbox.open()
+    server: MetricsServer | None = None
     try:
-        group = WorkerGroup.from_service(outbox, mail_config, service, count=count, transport=transport)
+        metrics = Metrics() if metrics_bind is not None else None
+        group = WorkerGroup.from_service(
+            outbox, mail_config, service, count=count, transport=transport, metrics=metrics
+        )
+        if metrics is not None and metrics_bind is not None:
+            metrics.watch(outbox=outbox)
+            server = MetricsServer(metrics, metrics_bind, "--metrics-bind")
+            await server.start()
+            print(f"mailsvc worker: metrics on http://{server.host}:{server.port}/metrics", file=sys.stderr, flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, group.request_stop)
@@ -112,6 +142,8 @@ async def _main(
             flush=True,
         )
     finally:
+        if server is not None:
+            await server.stop()
         await outbox.close()
 
 

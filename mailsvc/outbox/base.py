@@ -28,6 +28,7 @@ __all__ = [
     "MessageState",
     "MessageStatus",
     "Outbox",
+    "QueueStats",
     "RecipientOutcome",
     "RecipientState",
     "RecipientStatus",
@@ -96,11 +97,28 @@ def need_fingerprint(idempotency_key: str | None, fingerprint: str | None) -> st
 
 @dataclass(frozen=True, slots=True)
 class EnqueueResult:
-    """Ids handed back only after the commit. ``duplicate`` is True for an idempotent replay."""
+    """Ids handed back only after the commit. ``duplicate`` is True for an idempotent replay.
+
+    ``suppressed``: recipients stored ``suppressed`` by this enqueue (for the metrics; 0 on a replay).
+    """
 
     ids: list[str]
     batch_id: str | None = None
     duplicate: bool = False
+    suppressed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The queue as every node sees it, read at scrape time (:meth:`Outbox.queue_stats`).
+
+    ``by_state``: messages not yet final, per message state (at most ``MAILSVC_MAX_PENDING`` rows are
+    counted, so the read is bounded); ``oldest_due_seconds``: how long the message that has been due
+    longest has waited for a worker (0 when nothing is overdue: the workers keep up).
+    """
+
+    by_state: dict[str, int]
+    oldest_due_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +365,10 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     async def pending_count(self) -> int:
         """Messages not yet in a final state (for backpressure and readiness)."""
+
+    @abc.abstractmethod
+    async def queue_stats(self) -> QueueStats:
+        """Pending messages per state and the wait of the longest-due one (``GET /metrics``)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

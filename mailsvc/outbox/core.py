@@ -26,6 +26,7 @@ from .base import (
     EnqueueResult,
     MessageStatus,
     Outbox,
+    QueueStats,
     RecipientOutcome,
     RecipientStatus,
     ReportTarget,
@@ -164,7 +165,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             result = await self._admit(tx, request)
             if result.duplicate:
                 return result
-            written = 0
+            written = suppressed = 0
             stored: set[str] = set()
             # Looked up in this transaction, so an unsubscribe committed before it is honoured.
             suppressing = suppress_stream is not None and await tx.has_suppressions(_scope(tenant), suppress_stream)
@@ -179,10 +180,11 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 if suppressing and suppress_stream is not None:
                     touched = await tx.suppress_recipients(result.ids[written:end], _scope(tenant), suppress_stream)
                     await tx.settle(touched, [])  # all suppressed: final now, never claimed
+                    suppressed += await tx.count_suppressed(touched) if touched else 0
                 written = end
             check_count(count, written)
             await tx.notify()
-        return result
+        return replace(result, suppressed=suppressed) if suppressed else result
 
     async def _enqueue_group(self, take: Callable[[], list[_Request]]) -> list[EnqueueResult | Exception]:
         """Each request's checks in turn, then all their messages in one set of INSERTs."""
@@ -405,6 +407,10 @@ class OutboxCore(Outbox, Generic[StoreT]):
     async def pending_count(self) -> int:
         async with self.store.read("count pending messages") as tx:
             return await tx.count_pending()
+
+    async def queue_stats(self) -> QueueStats:
+        async with self.store.read("read the queue's depth") as tx:
+            return await tx.queue_stats()
 
     async def ping(self) -> None:
         await self.store.ping()

@@ -42,7 +42,7 @@ from ..dburl import parse_database_url
 from ..errors import ConfigError, OutboxError
 from ..message import Envelope
 from . import migrations
-from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
+from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, QueueStats
 from .blobs import Splice
 from .core import OutboxCore
 from .states import FINAL, PENDING, MessageState, RecipientState, sql_list
@@ -278,6 +278,25 @@ class _PgTx(Tx):
     # -- enqueue
     async def count_pending(self) -> int:
         n: int = await self.conn.fetchval("SELECT count(*) FROM mailsvc_message WHERE due_at IS NOT NULL")
+        return n
+
+    async def queue_stats(self) -> QueueStats:
+        # Only rows with a due time (not final: at most MAILSVC_MAX_PENDING); the minimum is one index probe.
+        rows = await self.conn.fetch(
+            "SELECT state, count(*) FROM mailsvc_message WHERE due_at IS NOT NULL GROUP BY state"
+        )
+        wait = await self.conn.fetchval(
+            "SELECT extract(epoch FROM now() - min(due_at)) FROM mailsvc_message"
+            " WHERE due_at IS NOT NULL AND due_at <= now()"
+        )
+        return QueueStats({str(r[0]): int(r[1]) for r in rows}, max(float(wait or 0.0), 0.0))
+
+    async def count_suppressed(self, ids: Sequence[str]) -> int:
+        n: int = await self.conn.fetchval(
+            f"SELECT count(*) FROM mailsvc_recipient WHERE message_pk = ANY($1::text[])"
+            f" AND state = '{RecipientState.SUPPRESSED}'",
+            list(ids),
+        )
         return n
 
     async def find_key(self, key: str, ttl: float) -> KeyRecord | None:

@@ -29,7 +29,7 @@ import aiosqlite
 from ..errors import OutboxError
 from ..message import Envelope
 from . import migrations
-from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING
+from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, QueueStats
 from .blobs import Splice
 from .core import OutboxCore
 from .states import FINAL, FINAL_MESSAGE, PENDING, MessageState, RecipientState, derive_state, sql_list
@@ -269,6 +269,26 @@ class _SqliteTx(Tx):
     async def count_pending(self) -> int:
         row = await self._one(_COUNT_PENDING)
         return int(row[0]) if row else 0
+
+    async def queue_stats(self) -> QueueStats:
+        # Only rows with a due time (not final: at most MAILSVC_MAX_PENDING); the minimum is one index probe.
+        rows = await self._all("SELECT state, count(*) FROM messages WHERE due_at IS NOT NULL GROUP BY state")
+        oldest = await self._one(
+            "SELECT min(due_at) FROM messages WHERE due_at IS NOT NULL AND due_at <= ?", (self.now,)
+        )
+        wait = self.now - oldest[0] if oldest and oldest[0] is not None else 0.0
+        return QueueStats({str(state): int(n) for state, n in rows}, max(wait, 0.0))
+
+    async def count_suppressed(self, ids: Sequence[str]) -> int:
+        total = 0
+        for chunk in _chunks([self._pks[i] for i in ids]):
+            row = await self._one(
+                f"SELECT count(*) FROM recipients WHERE msg IN ({_marks(chunk)})"
+                f" AND state = '{RecipientState.SUPPRESSED}'",
+                chunk,
+            )
+            total += int(row[0]) if row else 0
+        return total
 
     async def find_key(self, key: str, ttl: float) -> KeyRecord | None:
         row = await self._one("SELECT fingerprint, ids, batch_id, created_at FROM idempotency WHERE key = ?", (key,))

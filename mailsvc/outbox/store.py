@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..message import Envelope
+from .base import QueueStats
 from .base import Suppression as SuppressionRow
 from .blobs import Splice
 from .states import RecipientState
@@ -113,6 +114,14 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def count_pending(self) -> int:
         """Messages not yet final."""
+
+    @abc.abstractmethod
+    async def queue_stats(self) -> QueueStats:
+        """Not-final messages per state (over the due index only) and the oldest overdue one's wait."""
+
+    @abc.abstractmethod
+    async def count_suppressed(self, ids: Sequence[str]) -> int:
+        """Recipients of these messages that are ``suppressed`` (after :meth:`suppress_recipients`)."""
 
     @abc.abstractmethod
     async def find_key(self, key: str, ttl: float) -> KeyRecord | None:

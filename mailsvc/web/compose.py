@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -32,6 +33,8 @@ from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..mimewriter import attachment_body
 from ..outbox import EnqueueResult, Outbox
 from ..rendering import html_to_text
+from ..services import services
+from ..tracing import TRACER
 from .auth import Principal
 from .bulkstream import BulkRequest, chunk_size
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
@@ -264,6 +267,29 @@ def outbox_problem(exc: OutboxError) -> ProblemException:
     return ProblemException(503, "the outbox is unavailable; retry later", headers=retry_after(5))
 
 
+async def _traced(commit: Awaitable[EnqueueResult], count: int) -> EnqueueResult:
+    """The enqueue in a ``mailsvc.enqueue`` span (a child of the request's), naming what it stored."""
+    assert TRACER is not None
+    with TRACER.start_as_current_span("mailsvc.enqueue", attributes={"mailsvc.messages": count}) as span:
+        result = await commit
+        span.set_attribute("mailsvc.message.id" if len(result.ids) == 1 else "mailsvc.message.ids", result.ids[:100])
+        if result.batch_id is not None:
+            span.set_attribute("mailsvc.batch.id", result.batch_id)
+        span.set_attribute("mailsvc.duplicate", result.duplicate)
+        return result
+
+
+def _count(result: EnqueueResult, started: float) -> None:
+    """Into the app's metrics: the enqueue's time, and what it committed (a replay commits nothing)."""
+    metrics = services().metrics
+    if metrics is None:
+        return
+    metrics.enqueue_seconds.observe(time.perf_counter() - started)
+    if not result.duplicate:
+        metrics.accepted.inc(len(result.ids))
+        metrics.count_suppressed(result.suppressed)
+
+
 def _scoped(principal: Principal, key: str | None) -> str | None:
     """An Idempotency-Key means "this request" within a tenant: another tenant's same key is another request.
 
@@ -283,12 +309,15 @@ async def enqueue(
 ) -> EnqueueResult:
     """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body."""
     scoped = _scoped(principal, idempotency_key)
+    started = time.perf_counter()
     try:
-        result = await outbox.enqueue(
+        commit = outbox.enqueue(
             envelopes, idempotency_key=scoped, batch=batch, fingerprint=fingerprint, tenant=principal.tenant
         )
+        result = await (commit if TRACER is None else _traced(commit, len(envelopes)))
     except OutboxError as exc:
         raise outbox_problem(exc) from None
+    _count(result, started)
     if not result.duplicate:
         for id_, env in zip(result.ids, envelopes, strict=False):
             log.info(
@@ -299,6 +328,17 @@ async def enqueue(
                 len(env.data),
                 principal.id,
                 f" batch={result.batch_id}" if result.batch_id else "",
+                extra={
+                    "fields": {
+                        "event": "accepted",
+                        "id": id_,
+                        "message_id": env.message_id,
+                        "recipients": len(env.recipients),
+                        "bytes": len(env.data),
+                        "key": principal.id,
+                        "batch": result.batch_id,
+                    }
+                },
             )
     else:
         log.info("idempotent replay ids=%s key=%s", ",".join(result.ids[:3]), principal.id)
@@ -320,9 +360,10 @@ async def enqueue_bulk(
     links = links_for(web, head.unsubscribe, head.headers, principal.tenant, head.stream)  # 422 if it cannot
     builder = await BulkBuilder.create(state, head, request.count, web, links)  # 422 if a template does not compile
     chunks = request.chunks(builder.build_one, chunk_size(sum(map(len, builder.shared))))
+    started = time.perf_counter()  # a bulk enqueue renders and builds as it stores: all of it is its latency
     try:
         async with aclosing(chunks):
-            result = await outbox.enqueue_stream(
+            commit = outbox.enqueue_stream(
                 request.count,
                 chunks,
                 fingerprint=request.fingerprint,
@@ -332,11 +373,27 @@ async def enqueue_bulk(
                 shared=builder.shared,
                 suppress_stream=head.stream,
             )
+            result = await (commit if TRACER is None else _traced(commit, request.count))
     except OutboxError as exc:
         raise outbox_problem(exc) from None
+    _count(result, started)
     if result.duplicate:
         log.info("idempotent replay batch=%s key=%s", result.batch_id, principal.id)
     else:
         # One line per batch (a line per message cost more than storing it); ids are in the outbox.
-        log.info("accepted batch=%s messages=%d key=%s", result.batch_id, len(result.ids), principal.id)
+        log.info(
+            "accepted batch=%s messages=%d key=%s",
+            result.batch_id,
+            len(result.ids),
+            principal.id,
+            extra={
+                "fields": {
+                    "event": "accepted",
+                    "batch": result.batch_id,
+                    "messages": len(result.ids),
+                    "suppressed": result.suppressed,
+                    "key": principal.id,
+                }
+            },
+        )
     return result
