@@ -81,6 +81,8 @@ class ReturnPath:
             raw = base64.b32decode(token + "=" * (-len(token) % 8))
         except (binascii.Error, ValueError):
             return None
+        if base64.b32encode(raw).decode("ascii").rstrip("=") != token:  # non-zero padding bits: not one we minted
+            return None
         return TokenClaim(raw[:_ID_BYTES].hex(), raw[_ID_BYTES:])
 
     def matches(self, claim: TokenClaim, recipient: str) -> bool:

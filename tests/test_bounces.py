@@ -225,7 +225,8 @@ def forgeries(return_path: str, other_message: str) -> list[str]:
     token = local.removeprefix("bounces+")
     flipped = token[:-1] + ("a" if token[-1] != "a" else "b")
     return [
-        f"bounces+{flipped}@{domain}",  # altered MAC
+        f"bounces+{flipped}@{domain}",  # altered MAC (or only the unused padding bits of the last letter)
+        f"bounces+{token[:20]}{'a' if token[20] != 'a' else 'b'}{token[21:]}@{domain}",  # altered inside
         f"bounces+{token[:-2]}@{domain}",  # truncated
         f"bounces+{token}x@{domain}",  # lengthened
         f"bounces+{token}@other.example.com",  # another domain
@@ -362,3 +363,16 @@ async def test_the_bounces_command_records_a_report_in_the_shared_outbox(
     async with SqliteOutbox(tmp_path / "outbox.sqlite3") as outbox:
         got = await outbox.status(id_)
     assert [r.state for r in got.recipients] == [RecipientState.BOUNCED]
+
+
+def test_a_token_whose_unused_padding_bits_differ_is_refused() -> None:
+    """26 bytes are 42 base32 letters with 2 unused bits at the end: only the canonical spelling verifies."""
+    rp = ReturnPath(SECRET, DOMAIN)
+    address = rp.address("ab" * 16, "ann@example.com")
+    local, _, domain = address.partition("@")
+    last = local[-1]
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    twin = alphabet[alphabet.index(last) ^ 1]  # same 3 data bits, a padding bit set
+    claim = rp.parse(address)
+    assert claim is not None and rp.matches(claim, "ann@example.com")
+    assert rp.parse(f"{local[:-1]}{twin}@{domain}") is None
