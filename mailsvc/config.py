@@ -33,6 +33,7 @@ from .dburl import DEFAULT_DATABASE_URL
 from .dkimsign import Keyring, keyring
 from .errors import ConfigError, MessageError
 from .oauth2 import Mechanism, OAuth2Credentials
+from .webhookconfig import WebhookEndpoint
 
 __all__ = [
     "NOT_SETTINGS",
@@ -507,7 +508,22 @@ class ServiceConfig(BaseModel):
     # one JSON object per log line instead of text.
     metrics_bind: HostPort | None = None
     log_format: LogFormat = "text"
+    # Webhooks (mailsvc/webhooks.py): endpoints the operator names, each POSTed the events it asks for, signed;
+    # a delivery not answered 2xx is retried with backoff and given up (status failed) after webhook_give_up s.
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    webhook_give_up: float = Field(default=3 * 86400.0, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0, le=300)  # per POST, connect to last byte
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)  # POSTs in flight per process
+    webhook_retry_first: float = Field(default=5.0, gt=0)  # first retry after this, doubling to an hour
     web: WebConfig = Field(default_factory=WebConfig)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhook_names(cls, v: tuple[WebhookEndpoint, ...]) -> tuple[WebhookEndpoint, ...]:
+        names = [w.name for w in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"webhook names must be unique, got {names}")
+        return v
 
     @field_validator("bounce_domain")
     @classmethod

@@ -20,6 +20,7 @@ from .metricsserver import MetricsServer
 from .outbox import Outbox
 from .serviceoutbox import dev_leftovers, service_outbox
 from .services import services
+from .webhooks import WebhookDispatcher, backlog_source
 from .worker import WorkerGroup
 
 __all__ = ["outbox_for", "register"]
@@ -70,8 +71,18 @@ def register(app: Quart, service: ServiceConfig) -> None:
                 await group.start()
                 parts.workers = group
                 log.info("started %d in-process delivery worker(s)", service.workers)
+            if service.webhooks and outbox.events is not None:  # its own task: a dead endpoint never slows mail
+                parts.webhooks = WebhookDispatcher(outbox, service)
+                await parts.webhooks.start()
+                if parts.metrics is not None and not parts.cache.get("webhook_backlog"):
+                    parts.metrics.add_source(backlog_source(outbox.events))
+                    parts.cache["webhook_backlog"] = True
+                log.info("webhooks: delivering events to %s", ", ".join(e.name for e in service.webhooks))
             yield
         finally:
+            if parts.webhooks is not None:
+                await parts.webhooks.stop()
+                parts.webhooks = None
             if metrics_server is not None:
                 await metrics_server.stop()
             if parts.metrics is not None:

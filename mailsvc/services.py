@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the parts' types only; importing them here at run time woul
     from .outbox import Outbox
     from .rendering import TemplateRenderer
     from .web.state import WebState
+    from .webhooks import WebhookDispatcher
     from .worker import WorkerGroup
 
 __all__ = ["OutboxNotOpenError", "Services", "services"]
@@ -61,6 +62,7 @@ class Services:
     workers: WorkerGroup | None = None
     bounces: BounceServer | None = None  # the bounce listener, while it serves (MAILSVC_BOUNCE_LISTEN)
     metrics: Metrics | None = None  # this app's Prometheus registry (GET /metrics or MAILSVC_METRICS_BIND)
+    webhooks: WebhookDispatcher | None = None  # POSTs events to MAILSVC_WEBHOOKS, while the app serves
     cache: dict[str, Any] = field(default_factory=dict)  # small per-app memos (the readiness relay probe)
 
     def install(self, app: Quart) -> None:

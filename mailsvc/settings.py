@@ -41,6 +41,7 @@ from .config import (
 from .dburl import dev_outbox_url
 from .errors import ConfigError
 from .templatepaths import check_template_folder
+from .webhookconfig import WebhookEndpoint
 
 M, S, W = MailConfig, ServiceConfig, WebConfig
 DEV_SENDER = "mailsvc@localhost.localdomain"  # dev mode's From when none is set: it only reaches the dev inbox
@@ -143,6 +144,12 @@ class Settings(BaseSettings):
     MAILSVC_MAX_CONNECTIONS: int = env_field(S, "max_connections")
     MAILSVC_METRICS_BIND: HostPort | None = env_field(S, "metrics_bind")  # host:port: /metrics there, without a key
     MAILSVC_LOG_FORMAT: LogFormat = env_field(S, "log_format")
+    # Webhooks: a JSON list of {"name", "url", "secret": "whsec_...", "events": [...], "batch": n}
+    MAILSVC_WEBHOOKS: tuple[WebhookEndpoint, ...] = env_field(S, "webhooks")
+    MAILSVC_WEBHOOK_GIVE_UP: float = env_field(S, "webhook_give_up")
+    MAILSVC_WEBHOOK_TIMEOUT: float = env_field(S, "webhook_timeout")
+    MAILSVC_WEBHOOK_CONCURRENCY: int = env_field(S, "webhook_concurrency")
+    MAILSVC_WEBHOOK_RETRY_FIRST: float = env_field(S, "webhook_retry_first")
 
     # Web layer: who may send, how much
     MAILSVC_API_KEYS: SecretStr = SecretStr("")  # comma-separated Bearer keys

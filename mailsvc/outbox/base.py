@@ -16,11 +16,15 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ..config import ServiceConfig
 from ..errors import MessageError
 from ..message import Envelope
 from .states import MessageState, RecipientState
+
+if TYPE_CHECKING:
+    from .events import EventLog
 
 __all__ = [
     "ClaimedMessage",
@@ -191,6 +195,9 @@ class ReportTarget:
 
 class Outbox(abc.ABC):
     """Durable queue of envelopes with per-recipient state."""
+
+    #: The delivery events and webhook deliveries (:mod:`.events`); every real backend has one.
+    events: EventLog | None = None
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -45,6 +45,7 @@ from . import migrations
 from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, QueueStats
 from .blobs import Splice
 from .core import OutboxCore
+from .postgres_events import PostgresEventLog
 from .states import FINAL, PENDING, MessageState, RecipientState, sql_list
 from .store import (
     BatchRow,
@@ -756,6 +757,7 @@ class PostgresOutbox(OutboxCore[PostgresStore]):
         retention_interval: float = 3600.0,
     ) -> None:
         store = PostgresStore(asyncpg_dsn(url), pool_size=pool_size, migrate=migrate, command_timeout=command_timeout)
+        self.events = PostgresEventLog(store)
         super().__init__(store, max_pending=max_pending, idempotency_ttl=idempotency_ttl)
         self.url = url
         self.retention_days = retention_days

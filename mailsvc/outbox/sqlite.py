@@ -32,6 +32,7 @@ from . import migrations
 from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, QueueStats
 from .blobs import Splice
 from .core import OutboxCore
+from .sqlite_events import SqliteEventLog
 from .states import FINAL, FINAL_MESSAGE, PENDING, MessageState, RecipientState, derive_state, sql_list
 from .store import (
     BatchRow,
@@ -621,6 +622,7 @@ class SqliteOutbox(OutboxCore[SqliteStore]):
         busy_timeout: float = 10.0,
     ) -> None:
         store = SqliteStore(Path(path), busy_timeout)
+        self.events = SqliteEventLog(store)
         super().__init__(store, max_pending=max_pending, idempotency_ttl=idempotency_ttl, group_max=_GROUP_MAX)
 
     @property

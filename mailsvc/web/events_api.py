@@ -1,0 +1,104 @@
+"""``GET /api/events`` (a tenant's delivery events, by cursor) and the webhook deliveries operators watch.
+
+Why a cursor: a client that was down asks with the ``next`` it last saw and gets exactly what happened since,
+in order, nothing twice (see :mod:`mailsvc.outbox.events`). Events are the caller's tenant's (an ``admin``
+key sees all). Webhook deliveries are the operator's business (the endpoints are in settings, not chosen
+by callers), so listing and replaying them needs ``admin``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from quart import Blueprint, Response, request
+
+from ..errors import OutboxError
+from ..outbox.events import EVENT_TYPES, CursorError, EventLog
+from . import compose
+from .problems import FieldError, ProblemException
+from .state import web_state
+from .tenants import Scope
+
+__all__ = ["bp"]
+
+bp = Blueprint("mailsvc_events", __name__)
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+DELIVERY_STATES = ("pending", "failing", "delivered", "failed")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _bad(field: str, reason: str) -> ProblemException:
+    return ProblemException(422, f"{field}: {reason}", errors=[FieldError(field=field, reason=reason)])
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", str(DEFAULT_PAGE))
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw[:6]) <= MAX_PAGE:
+        raise _bad("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def _event_log() -> EventLog:
+    log = web_state().outbox().events
+    if log is None:
+        raise ProblemException(404, "this outbox keeps no events")
+    return log
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+@bp.get("/api/events")
+async def events() -> Response:
+    principal = await web_state().api_principal(Scope.READ, allow_session=True)
+    types: list[str] = []
+    for raw in request.args.getlist("type"):
+        for t in raw.split(","):
+            if t not in EVENT_TYPES:
+                raise _bad("type", f"{t[:40]!r} is not an event type; one of {', '.join(sorted(EVENT_TYPES))}")
+            types.append(t)
+    message = request.args.get("message")
+    if message is not None and not _ID.fullmatch(message):
+        raise _bad("message", "must be a message id as POST /api/messages returned it")
+    since = request.args.get("since") or None
+    limit = _limit()
+    try:
+        page = await _event_log().read(principal.sees, since, types, message, limit)
+    except CursorError as exc:
+        raise _bad("since", str(exc)) from None
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    return _json({"events": [e.as_json() for e in page.events], "next": page.next})
+
+
+@bp.get("/api/webhooks/deliveries")
+async def deliveries() -> Response:
+    await web_state().api_principal(Scope.ADMIN)
+    status = request.args.get("status") or None
+    if status is not None and status not in DELIVERY_STATES:
+        raise _bad("status", f"must be one of {', '.join(DELIVERY_STATES)}")
+    after_raw = request.args.get("after", "0")
+    if not after_raw.isascii() or not after_raw.isdigit() or len(after_raw) > 18:
+        raise _bad("after", "must be the 'next' of a previous page (a whole number)")
+    limit = _limit()
+    try:
+        rows = await _event_log().deliveries(status, int(after_raw), limit)
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    return _json({"deliveries": [d.as_json() for d in rows], "next": rows[-1].id if rows else int(after_raw)})
+
+
+@bp.post("/api/webhooks/deliveries/<int:id>/replay")
+async def replay(id: int) -> Response:
+    await web_state().api_principal(Scope.ADMIN)
+    try:
+        found = await _event_log().replay(id) if id < 2**62 else False
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    if not found:
+        raise ProblemException(404, f"no webhook delivery {id}")
+    return _json({"id": id, "status": "pending"}, status=202)
