@@ -103,9 +103,7 @@ async def test_filters_and_a_caught_up_cursor(outbox: Outbox) -> None:
 async def test_suppression_at_enqueue_and_an_unsubscribe_are_events(outbox: Outbox) -> None:
     log = log_of(outbox)
     await outbox.suppress(None, ["gone@example.com"], "default", reason="unsubscribe", source="test")
-    await outbox.enqueue_stream(
-        1, _chunks([envelope("gone@example.com")]), batch=True, suppress_stream="default"
-    )
+    await outbox.enqueue_stream(1, _chunks([envelope("gone@example.com")]), batch=True, suppress_stream="default")
     types = [(e.address, e.type) for e in await all_events(log)]
     assert types == [
         ("gone@example.com", "unsubscribed"),
