@@ -34,9 +34,10 @@ def test_every_message_state_is_reachable_and_nothing_else() -> None:
 
 def test_the_sets_partition_the_recipient_states() -> None:
     assert FINAL | PENDING == set(RecipientState) and not FINAL & PENDING
-    # A worker records what an attempt gave; "suppressed" is decided at enqueue, never by an attempt.
-    assert OUTCOMES == (FINAL - {RecipientState.SUPPRESSED}) | {RecipientState.DEFERRED}
-    assert sql_list(PENDING) == "('deferred', 'queued', 'sending')"
+    # A worker records what an attempt gave; "suppressed" is decided at enqueue and "cancelled" by a cancel,
+    # never by an attempt.
+    assert OUTCOMES == (FINAL - {RecipientState.SUPPRESSED, RecipientState.CANCELLED}) | {RecipientState.DEFERRED}
+    assert sql_list(PENDING) == "('deferred', 'queued', 'scheduled', 'sending')"
     with pytest.raises(ValueError):
         sql_list(["x'); DROP TABLE messages; --"])
 

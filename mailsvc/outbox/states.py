@@ -8,6 +8,12 @@ ends) ``suppressed``: it is never sent to. A message's state is derived from its
 ``failed``), ``partial`` when its recipients ended some delivered, some not, and ``suppressed``
 only when every recipient was (a suppressed recipient beside others does not count either way).
 
+A message queued with a ``send_at`` in the future starts ``scheduled`` (it and its recipients): it is
+not due before that time, and then moves on as ``queued`` does. ``cancelled`` is final: a recipient
+not yet handed to a relay (queued, scheduled or deferred) when its message or batch is cancelled;
+a message is ``cancelled`` when every recipient that was not suppressed was, and otherwise counts
+a cancelled recipient as not delivered (``partial`` beside a delivered one, else ``failed``).
+
 Why :class:`~enum.StrEnum`: members are plain strings, so rows read from either database compare
 equal to them, JSON and f-strings print their value, and SQL is formatted from them with
 :func:`sql_list`.
@@ -19,6 +25,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 __all__ = [
+    "CANCELLABLE",
     "FINAL",
     "FINAL_MESSAGE",
     "OUTCOMES",
@@ -38,6 +45,8 @@ class RecipientState(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     SUPPRESSED = "suppressed"
+    SCHEDULED = "scheduled"
+    CANCELLED = "cancelled"
 
 
 class MessageState(StrEnum):
@@ -48,19 +57,40 @@ class MessageState(StrEnum):
     FAILED = "failed"
     PARTIAL = "partial"
     SUPPRESSED = "suppressed"
+    SCHEDULED = "scheduled"
+    CANCELLED = "cancelled"
 
 
 #: A recipient in one of these is never tried again, and its state is never overwritten.
 FINAL: frozenset[RecipientState] = frozenset(
-    {RecipientState.DELIVERED, RecipientState.FAILED, RecipientState.EXPIRED, RecipientState.SUPPRESSED}
+    {
+        RecipientState.DELIVERED,
+        RecipientState.FAILED,
+        RecipientState.EXPIRED,
+        RecipientState.SUPPRESSED,
+        RecipientState.CANCELLED,
+    }
 )
 #: A recipient in one of these is still owed an attempt.
 PENDING: frozenset[RecipientState] = frozenset(RecipientState) - FINAL
-#: What a worker may record after an attempt (``suppressed`` is set at enqueue, never by a worker).
-OUTCOMES: frozenset[RecipientState] = (FINAL - {RecipientState.SUPPRESSED}) | {RecipientState.DEFERRED}
+#: What a worker may record after an attempt (``suppressed`` is set at enqueue, ``cancelled`` by a cancel,
+#: never by a worker).
+OUTCOMES: frozenset[RecipientState] = (FINAL - {RecipientState.SUPPRESSED, RecipientState.CANCELLED}) | {
+    RecipientState.DEFERRED
+}
+#: What a cancel stops: recipients owed an attempt that no worker holds (``sending`` ones finish).
+CANCELLABLE: frozenset[RecipientState] = frozenset(
+    {RecipientState.QUEUED, RecipientState.SCHEDULED, RecipientState.DEFERRED}
+)
 #: A message in one of these is done: no worker will touch it again.
 FINAL_MESSAGE: frozenset[MessageState] = frozenset(
-    {MessageState.DELIVERED, MessageState.FAILED, MessageState.PARTIAL, MessageState.SUPPRESSED}
+    {
+        MessageState.DELIVERED,
+        MessageState.FAILED,
+        MessageState.PARTIAL,
+        MessageState.SUPPRESSED,
+        MessageState.CANCELLED,
+    }
 )
 
 
@@ -73,11 +103,15 @@ def derive_state(states: Iterable[str]) -> MessageState:
     <MessageState.PARTIAL: 'partial'>
     >>> derive_state(["suppressed", "delivered"]), derive_state(["suppressed"])
     (<MessageState.DELIVERED: 'delivered'>, <MessageState.SUPPRESSED: 'suppressed'>)
+    >>> derive_state(["cancelled", "suppressed"]), derive_state(["delivered", "cancelled"])
+    (<MessageState.CANCELLED: 'cancelled'>, <MessageState.PARTIAL: 'partial'>)
     """
     seen = set(states)
     if seen == {RecipientState.SUPPRESSED}:
         return MessageState.SUPPRESSED
     seen.discard(RecipientState.SUPPRESSED)
+    if seen == {RecipientState.CANCELLED}:
+        return MessageState.CANCELLED
     if not seen or seen <= FINAL:
         if seen == {RecipientState.DELIVERED}:
             return MessageState.DELIVERED
@@ -86,6 +120,8 @@ def derive_state(states: Iterable[str]) -> MessageState:
         return MessageState.SENDING
     if RecipientState.DEFERRED in seen:
         return MessageState.DEFERRED
+    if RecipientState.SCHEDULED in seen:
+        return MessageState.SCHEDULED
     return MessageState.QUEUED
 
 
@@ -93,7 +129,7 @@ def sql_list(states: Iterable[str]) -> str:
     """``('a', 'b')`` for ``state IN ...``, in a stable order.
 
     >>> sql_list(FINAL)
-    "('delivered', 'expired', 'failed', 'suppressed')"
+    "('cancelled', 'delivered', 'expired', 'failed', 'suppressed')"
     """
     values = sorted(str(s) for s in states)
     if not values or not all(v.isalpha() and v.islower() for v in values):
