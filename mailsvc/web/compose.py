@@ -30,7 +30,8 @@ from ..errors import (
 from ..extension import MailState
 from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..mimewriter import attachment_body
-from ..outbox import EnqueueResult, Outbox
+from ..outbox import EnqueueResult, Labels, Outbox
+from ..outbox.base import NO_LABELS
 from ..rendering import html_to_text
 from .auth import Principal
 from .bulkstream import BulkRequest, chunk_size
@@ -39,7 +40,15 @@ from .problems import FieldError, ProblemException, retry_after
 from .schemas import AttachmentIn, BulkHead, BulkRecipient, MessageIn, header_problem
 from .unsublinks import UnsubscribeLinks, links_for
 
-__all__ = ["BulkBuilder", "build_single", "enqueue", "enqueue_bulk", "fingerprint_of", "outbox_problem"]
+__all__ = [
+    "BulkBuilder",
+    "build_single",
+    "enqueue",
+    "enqueue_bulk",
+    "fingerprint_of",
+    "labels_of",
+    "outbox_problem",
+]
 
 log = logging.getLogger("mailsvc.web")
 
@@ -243,6 +252,14 @@ class BulkBuilder:
         return _build(self.state, msg, where)
 
 
+def labels_of(model: MessageIn | BulkHead, horizon: float) -> Labels:
+    """The request's tags, metadata and send_at for the outbox (send_at checked against the clock once more)."""
+    try:
+        return model.labels(horizon)
+    except MessageError as exc:  # the horizon passed between validation and now
+        raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
+
+
 def fingerprint_of(route: str, body: str) -> str:
     """What "the same request" means for idempotency: the route and the validated body."""
     return hashlib.sha256(f"{route}\x00{body}".encode("utf-8", "surrogatepass")).hexdigest()
@@ -280,12 +297,18 @@ async def enqueue(
     idempotency_key: str | None,
     fingerprint: str,
     batch: bool,
+    labels: Labels = NO_LABELS,
 ) -> EnqueueResult:
     """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body."""
     scoped = _scoped(principal, idempotency_key)
     try:
         result = await outbox.enqueue(
-            envelopes, idempotency_key=scoped, batch=batch, fingerprint=fingerprint, tenant=principal.tenant
+            envelopes,
+            idempotency_key=scoped,
+            batch=batch,
+            fingerprint=fingerprint,
+            tenant=principal.tenant,
+            labels=labels,
         )
     except OutboxError as exc:
         raise outbox_problem(exc) from None
@@ -317,6 +340,7 @@ async def enqueue_bulk(
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
     scoped = _scoped(principal, idempotency_key)
     head = request.head
+    labels = labels_of(head, web.schedule_horizon)
     links = links_for(web, head.unsubscribe, head.headers, principal.tenant, head.stream)  # 422 if it cannot
     builder = await BulkBuilder.create(state, head, request.count, web, links)  # 422 if a template does not compile
     chunks = request.chunks(builder.build_one, chunk_size(sum(map(len, builder.shared))))
@@ -331,6 +355,7 @@ async def enqueue_bulk(
                 tenant=principal.tenant,
                 shared=builder.shared,
                 suppress_stream=head.stream,
+                labels=labels,
             )
     except OutboxError as exc:
         raise outbox_problem(exc) from None
