@@ -114,6 +114,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
         self.max_pending = max_pending
         self.idempotency_ttl = idempotency_ttl
         self.group_max = group_max
+        self.scan_rows = SCAN_ROWS  # rows of history one listing page may read (tests make it small)
         self._groups: GroupCommit[_Request, EnqueueResult] = GroupCommit(self._enqueue_group)
 
     async def open(self) -> None:
@@ -329,12 +330,12 @@ class OutboxCore(Outbox, Generic[StoreT]):
     ) -> MessagePage:
         limit = max(1, min(limit, MAX_PAGE))
         async with self.store.read("list messages") as tx:
-            rows = await tx.list_messages(query, tenant, after, limit + 1, SCAN_ROWS)
+            rows = await tx.list_messages(query, tenant, after, limit + 1, self.scan_rows)
             if len(rows) > limit:
                 rows = rows[:limit]
                 following: Cursor | None = Cursor(rows[-1].key, rows[-1].summary.id)
             else:  # the window ran out (more may match further on) or the range did (nothing more)
-                following = await tx.scan_end(query, tenant, after, SCAN_ROWS)
+                following = await tx.scan_end(query, tenant, after, self.scan_rows)
         return MessagePage([r.summary for r in rows], encode_cursor(following) if following else None)
 
     # -- cancel ----------------------------------------------------------------
