@@ -367,7 +367,7 @@ async def test_the_listing_walks_an_index(database_url: str, tmp_path: Path) -> 
                 ("batch", "batch_id = 'b'"),
                 ("admin", "(created_at, id) < (1.0, 'x')"),
             ):
-                sql = f"EXPLAIN QUERY PLAN SELECT pk FROM messages WHERE {where} ORDER BY created_at DESC, id DESC LIMIT 5"
+                sql = f"EXPLAIN QUERY PLAN SELECT pk FROM messages WHERE {where} ORDER BY created_at DESC, id DESC"
                 async with db.execute(sql) as cur:
                     plans[name] = " ".join(str(r[-1]) for r in await cur.fetchall())
             assert "messages_tenant_created" in plans["tenant"] and "TEMP B-TREE" not in plans["tenant"]
