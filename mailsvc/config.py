@@ -423,6 +423,8 @@ class WebConfig(BaseModel):
     rate_burst: int = Field(default=100, ge=1)
     # Failed API keys and sign-ins per client address per minute, as a burst refilled over the minute; then 429.
     auth_failure_limit: int = Field(default=10, ge=1)
+    # How far ahead a request's send_at may be (seconds; 30 days); later is a 422 naming send_at.
+    schedule_horizon: float = Field(default=30 * 86400.0, gt=0, le=10 * 366 * 86400.0)
 
     @field_validator("public_url")
     @classmethod

@@ -165,6 +165,7 @@ class Settings(BaseSettings):
     MAILSVC_MAX_RECIPIENTS: int = env_field(W, "max_recipients")
     MAILSVC_MAX_BATCH: int = env_field(W, "max_batch")
     MAILSVC_MAX_RENDER_CHARS: int = env_field(W, "max_render_chars")
+    MAILSVC_SCHEDULE_HORIZON: float = env_field(W, "schedule_horizon")  # seconds a send_at may be ahead
     MAILSVC_MAX_TEMPLATE_CHARS: int = env_field(W, "max_template_chars")
     MAILSVC_RENDER_SECONDS: float = env_field(W, "render_seconds")
     MAILSVC_RATE_LIMIT: float = env_field(W, "rate_limit")

@@ -11,12 +11,15 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import schemathesis
 from hypothesis import strategies as st
 
 from mailsvc.config import WebConfig
+from mailsvc.errors import MessageError
+from mailsvc.labels import parse_send_at
 from mailsvc.web.api import IDEMPOTENCY_KEY_PATTERN
 from mailsvc.web.schemas import JINJA_FORMAT, MAILBOX_FORMAT
 
@@ -57,8 +60,25 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
     key = headers.get("Idempotency-Key")
     if isinstance(key, str) and _KEY.fullmatch(key):
         headers["Idempotency-Key"] = f"{key[:160]}.{next(_SERIAL)}.{uuid.uuid4().hex}"
-    if case.meta is not None and not case.meta.generation.mode.is_negative and isinstance(case.body, dict):
+    positive = case.meta is not None and not case.meta.generation.mode.is_negative
+    if positive and isinstance(case.body, dict):
         _fit_recipients(case.body)
+        _fit_send_at(case.body)
+    if positive and isinstance(case.query, dict):
+        # A cursor is state (a page's "next"), as an idempotency key is: a made-up one is refused (422).
+        case.query.pop("cursor", None)
+
+
+def _fit_send_at(body: dict[str, Any]) -> None:
+    """A send_at past MAILSVC_SCHEDULE_HORIZON (stated in words: it moves with the clock) brought inside it."""
+    value = body.get("send_at")
+    if isinstance(value, str):
+        try:
+            at = parse_send_at(value)
+        except MessageError:
+            return
+        if at > datetime.now(UTC) + timedelta(days=1):
+            body["send_at"] = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fit_recipients(body: dict[str, Any]) -> None:

@@ -328,3 +328,36 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"mailsvc {version('mailsvc')}"
+
+
+def test_send_and_bulk_take_tags_meta_and_at(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tag/--meta/--at reach the outbox as the API's fields; a bad one is exit 2 naming the option, nothing queued."""
+    from datetime import UTC, datetime, timedelta
+
+    at = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    stamp = at.isoformat().replace("+00:00", "Z")
+    label = ["--tag", "welcome", "--tag", "vip", "--meta", "order=42", "--meta", "note=a=b", "--at", stamp]
+    code, out, err = run_cli(capsys, "send", "ann@example.com", "-s", "Hi", "-b", "x", *label)
+    assert code == EXIT_OK, err
+    status = outbox_call(db, "status", out.strip())
+    assert (status.state, status.tags, status.metadata, status.send_at) == (
+        "scheduled",
+        ("welcome", "vip"),
+        {"order": "42", "note": "a=b"},
+        at,
+    )
+    rows = tmp_path / "people.csv"
+    rows.write_text("email,name,url\na@example.com,A,https://x\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, "bulk", str(rows), "--template", "welcome", *label)
+    assert code == EXIT_OK, err
+    assert outbox_call(db, "batch_status", out.strip()) == {"scheduled": 1}
+    for bad, option in (
+        (["--tag", "a b"], "--tag"),
+        (["--meta", "novalue"], "--meta"),
+        (["--meta", "k=\n"], "--meta"),
+        (["--at", "2030-01-01T00:00:00"], "--at"),
+        (["--at", "2999-01-01T00:00:00Z"], "--at"),
+    ):
+        code, _, err = run_cli(capsys, "send", "ann@example.com", "-s", "Hi", "-b", "x", *bad)
+        assert code == EXIT_USAGE and option in err, (bad, err)
+    assert outbox_call(db, "pending_count") == 2

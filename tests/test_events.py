@@ -147,3 +147,16 @@ async def test_postgres_cursor_never_passes_an_event_that_commits_later(tmp_path
         assert [(e.message, e.type) for e in after.events] == [(first, "failed"), (second, "queued")]
     finally:
         await outbox.close()
+
+
+async def test_scheduled_and_cancelled_are_events_and_a_repeat_cancel_adds_none(outbox: Outbox) -> None:
+    from datetime import timedelta
+
+    from mailsvc.outbox.base import Labels
+
+    log = log_of(outbox)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    [id_] = (await outbox.enqueue([envelope("ann@example.com")], labels=Labels(send_at=later))).ids
+    await outbox.cancel(id_)
+    await outbox.cancel(id_)  # idempotent: nothing changes, so no event
+    assert [e.type for e in await all_events(log, message=id_)] == ["scheduled", "cancelled"]

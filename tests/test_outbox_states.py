@@ -35,12 +35,12 @@ def test_every_message_state_is_reachable_and_nothing_else() -> None:
 
 def test_the_sets_partition_the_recipient_states() -> None:
     assert FINAL | PENDING == set(RecipientState) and not FINAL & PENDING
-    # A worker records what an attempt gave; "suppressed" is decided at enqueue, never by an attempt,
+    # A worker records what an attempt gave; "suppressed" is decided at enqueue, "cancelled" by a cancel,
     # and "bounced"/"complained" by a report that arrives after delivery (mailsvc.bounces).
     after = {RecipientState.SUPPRESSED, RecipientState.BOUNCED, RecipientState.COMPLAINED}
-    assert OUTCOMES == (FINAL - after) | {RecipientState.DEFERRED}
+    assert OUTCOMES == (FINAL - after - {RecipientState.CANCELLED}) | {RecipientState.DEFERRED}
     assert set(REPORTED) == after - {RecipientState.SUPPRESSED} and all(s <= FINAL for s in REPORTED.values())
-    assert sql_list(PENDING) == "('deferred', 'queued', 'sending')"
+    assert sql_list(PENDING) == "('deferred', 'queued', 'scheduled', 'sending')"
     with pytest.raises(ValueError):
         sql_list(["x'); DROP TABLE messages; --"])
 

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import MailError, MessageError, NotFoundError, OutboxError, TemplateError
-from .send import InputError, fail, outbox_from
+from .send import InputError, add_label_options, fail, labels_from, outbox_from
 
 if TYPE_CHECKING:
     from ..message import Envelope
-    from ..outbox import EnqueueResult
+    from ..outbox import EnqueueResult, Labels
 
 __all__ = ["Row", "read_rows", "register", "run"]
 
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-s", "--subject", help="subject for every message (overrides the template's)")
     p.add_argument("--from", dest="sender", metavar="ADDRESS", help="sender (default MAIL_DEFAULT_SENDER)")
     p.add_argument("--idempotency-key", metavar="KEY", help="re-running with the same key queues nothing new")
+    add_label_options(p)  # --tag, --meta, --at: for every message of the batch
     p.add_argument(
         "--wait", action="store_true", help="after queueing, show delivery progress until every message is done"
     )
@@ -236,12 +237,13 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_project_settings()
     try:
+        labels = labels_from(args, settings)
         envelopes, errors = _prepare(args, settings)
     except InputError as exc:
         return fail(EXIT_USAGE, str(exc))
     if errors:
         return _refuse(errors, args.file)
-    queued = _enqueue(settings, envelopes, args.idempotency_key)
+    queued = _enqueue(settings, envelopes, args.idempotency_key, labels)
     if isinstance(queued, int):
         return queued
     print(queued.batch_id)
@@ -276,14 +278,16 @@ def _refuse(errors: list[str], file: str) -> int:
     return fail(EXIT_USAGE, f"{len(errors)} bad row(s) in {file}; nothing was queued")
 
 
-def _enqueue(settings: Any, envelopes: list[Envelope], idempotency_key: str | None) -> EnqueueResult | int:
+def _enqueue(
+    settings: Any, envelopes: list[Envelope], idempotency_key: str | None, labels: Labels | None = None
+) -> EnqueueResult | int:
     """The queued batch, or the exit code when the outbox refused it."""
     from ..cli import EXIT_FAILED, EXIT_USAGE
     from .send import enqueue
 
     print(f"Enqueuing {len(envelopes)} messages as one batch...", file=sys.stderr)
     try:
-        result = asyncio.run(enqueue(settings, envelopes, batch=True, idempotency_key=idempotency_key))
+        result = asyncio.run(enqueue(settings, envelopes, batch=True, idempotency_key=idempotency_key, labels=labels))
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"nothing queued: {exc}")
     except MailError as exc:

@@ -6,6 +6,7 @@ sent through the API; the service's workers (or ``mailsvc worker``) deliver it.
 
     mailsvc send ann@example.com --subject Hi --body "Hello Ann" --attach report.pdf
     mailsvc send ann@example.com --template welcome --context '{"name": "Ann", "url": "https://x"}'
+    mailsvc send ann@example.com --subject Hi --body Hello --tag welcome --meta order=42 --at 2026-05-01T09:30:00Z
     echo "Hello" | mailsvc send ann@example.com --subject Hi --body -
 
 Exit codes: 0 queued (the id is printed), 1 the outbox refused or failed,
@@ -27,9 +28,19 @@ from ..errors import MailError, MessageError, OutboxError, TemplateError
 
 if TYPE_CHECKING:
     from ..message import Envelope
-    from ..outbox import EnqueueResult, Outbox
+    from ..outbox import EnqueueResult, Labels, Outbox
 
-__all__ = ["InputError", "build_envelopes", "enqueue", "load_context", "outbox_from", "register", "run"]
+__all__ = [
+    "InputError",
+    "add_label_options",
+    "build_envelopes",
+    "enqueue",
+    "labels_from",
+    "load_context",
+    "outbox_from",
+    "register",
+    "run",
+]
 
 
 class InputError(Exception):
@@ -57,7 +68,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-a", "--attach", action="append", default=[], metavar="PATH", help="attach a file (repeatable)")
     p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)")
     p.add_argument("--idempotency-key", metavar="KEY", help="re-running with the same key queues nothing new")
+    add_label_options(p)
     p.set_defaults(handler=run)
+
+
+def add_label_options(p: argparse.ArgumentParser) -> None:
+    """``--tag``, ``--meta``, ``--at``: the API's ``tags``, ``metadata``, ``send_at`` (the rules of mailsvc.labels)."""
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the message(s) (repeatable, 10 max)")
+    p.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata stored with it (repeatable)"
+    )
+    p.add_argument("--at", metavar="TIME", help="send at this RFC 3339 time with an offset, e.g. 2026-05-01T09:30:00Z")
+
+
+def labels_from(args: argparse.Namespace, settings: Any) -> Labels:
+    """The options as the outbox's Labels; InputError naming the option when one breaks a rule."""
+    from ..labels import check_metadata, check_send_at, check_tags
+    from ..outbox import Labels
+
+    metadata: dict[str, str] = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--meta: {item[:60]!r} must look like 'key=value'")
+        metadata[key] = value
+    try:
+        tags = check_tags(args.tag, "--tag")
+        meta = check_metadata(metadata, "--meta")
+        at = None if args.at is None else check_send_at(args.at, settings.MAILSVC_SCHEDULE_HORIZON, "--at")
+    except MessageError as exc:
+        raise InputError(f"{exc.field}: {exc.reason}") from None
+    for value in (*tags, *meta, *meta.values()):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("--meta: not valid text (undecodable bytes in the argument)") from None
+    return Labels(tags, meta, at)
 
 
 def load_context(raw: str | None, option: str = "--context") -> dict[str, Any]:
@@ -167,11 +213,18 @@ def outbox_from(settings: Any) -> Outbox:
 
 
 async def enqueue(
-    settings: Any, envelopes: Sequence[Envelope], *, batch: bool = False, idempotency_key: str | None = None
+    settings: Any,
+    envelopes: Sequence[Envelope],
+    *,
+    batch: bool = False,
+    idempotency_key: str | None = None,
+    labels: Labels | None = None,
 ) -> EnqueueResult:
     """Open the outbox, enqueue in one transaction, close; returns the EnqueueResult."""
     async with outbox_from(settings) as outbox:
-        return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key)
+        if labels is None:
+            return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key)
+        return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key, labels=labels)
 
 
 def fail(code: int, message: str) -> int:
@@ -184,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_project_settings()
     try:
+        labels = labels_from(args, settings)
         envelopes = build_envelopes(args, settings)
     except InputError as exc:
         return fail(EXIT_USAGE, str(exc))
@@ -192,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     except MessageError as exc:
         return fail(EXIT_USAGE, f"{exc.field}: {exc.reason}")
     try:
-        result = asyncio.run(enqueue(settings, envelopes, idempotency_key=args.idempotency_key))
+        result = asyncio.run(enqueue(settings, envelopes, idempotency_key=args.idempotency_key, labels=labels))
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"not queued: {exc}")
     except MailError as exc:  # ConfigError for a bad MAILSVC_DATABASE_URL, MessageError from the outbox

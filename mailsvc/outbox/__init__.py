@@ -21,12 +21,14 @@ from ..errors import ConfigError
 from .base import (
     ClaimedMessage,
     EnqueueResult,
+    Labels,
     MessageStatus,
     Outbox,
     RecipientOutcome,
     RecipientStatus,
     Suppression,
 )
+from .listing import Cursor, MessagePage, MessageQuery, MessageSummary
 from .migrations import Migration
 from .sqlite import SqliteOutbox
 from .sqlite import upgrade_schema as upgrade_sqlite
@@ -34,9 +36,14 @@ from .states import MessageState, RecipientState
 
 __all__ = [
     "ClaimedMessage",
+    "Cursor",
     "EnqueueResult",
+    "Labels",
+    "MessagePage",
+    "MessageQuery",
     "MessageState",
     "MessageStatus",
+    "MessageSummary",
     "Outbox",
     "RecipientOutcome",
     "RecipientState",

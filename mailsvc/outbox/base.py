@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..config import ServiceConfig
 from ..errors import MessageError
 from ..message import Envelope
+from .listing import Cursor, MessagePage, MessageQuery
 from .states import MessageState, RecipientState
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ClaimedMessage",
     "EnqueueResult",
+    "Labels",
     "MessageState",
     "MessageStatus",
     "Outbox",
@@ -100,6 +102,23 @@ def need_fingerprint(idempotency_key: str | None, fingerprint: str | None) -> st
 
 
 @dataclass(frozen=True, slots=True)
+class Labels:
+    """What a request attaches to every message it queues: ``tags``, ``metadata``, ``send_at``.
+
+    Stored with each message and returned by :meth:`Outbox.status` and listings; ``send_at``
+    later than the enqueue's own clock makes the message ``scheduled`` and not due before then
+    (an earlier one means now). The web layer caps and checks them; the outbox stores them as given.
+    """
+
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    send_at: datetime | None = None
+
+
+NO_LABELS = Labels()
+
+
+@dataclass(frozen=True, slots=True)
 class EnqueueResult:
     """Ids handed back only after the commit. ``duplicate`` is True for an idempotent replay.
 
@@ -165,6 +184,9 @@ class MessageStatus:
     state: MessageState
     created_at: datetime
     recipients: list[RecipientStatus] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    send_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +237,9 @@ class Outbox(abc.ABC):
         batch: bool = False,
         fingerprint: str | None = None,
         tenant: str | None = None,
+        labels: Labels = NO_LABELS,
     ) -> EnqueueResult:
-        """Store all envelopes in one transaction or none, owned by ``tenant``.
+        """Store all envelopes in one transaction or none, owned by ``tenant``, each with ``labels``.
 
         ``idempotency_key`` seen within the idempotency window (24 h) returns the
         first call's result with ``duplicate=True`` and stores nothing. Whether
@@ -244,6 +267,7 @@ class Outbox(abc.ABC):
         tenant: str | None = None,
         shared: Sequence[bytes] = (),
         suppress_stream: str | None = None,
+        labels: Labels = NO_LABELS,
     ) -> EnqueueResult:
         """:meth:`enqueue` for a batch too big to hold rendered at once: every chunk in one transaction, or none.
 
@@ -355,6 +379,31 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     async def batch_status(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
         """Counts of messages per state; :class:`NotFoundError` for an unknown batch (``tenant`` as :meth:`status`)."""
+
+    @abc.abstractmethod
+    async def list_messages(
+        self, query: MessageQuery, *, tenant: str | None = None, after: Cursor | None = None, limit: int = 50
+    ) -> MessagePage:
+        """``tenant``'s messages matching ``query``, newest first, up to ``limit``, after ``after``.
+
+        Keyset pagination on (created_at, id), each page reading a bounded index range
+        (:mod:`.listing`); ``query.batch_id`` of another tenant's batch lists nothing (the
+        caller checks the batch with :meth:`batch_status` first to answer 404).
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, id: str, *, tenant: str | None = None) -> MessageStatus:
+        """Cancel what of the message no relay has been handed yet; return its status after.
+
+        In one transaction that holds the message against claims: its ``queued``,
+        ``scheduled`` and ``deferred`` recipients become ``cancelled`` (final); ``sending``
+        ones (a worker holds the lease) are left to finish, final ones stay. Calling it
+        again changes nothing. :class:`NotFoundError` as :meth:`status`.
+        """
+
+    @abc.abstractmethod
+    async def cancel_batch(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
+        """:meth:`cancel` for every message of a batch in one transaction; the batch's counts after."""
 
     @abc.abstractmethod
     async def revoke_session(self, sid: str, until: datetime) -> None:

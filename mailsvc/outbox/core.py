@@ -22,8 +22,10 @@ from ..message import Envelope
 from .base import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_PENDING,
+    NO_LABELS,
     ClaimedMessage,
     EnqueueResult,
+    Labels,
     MessageStatus,
     Outbox,
     QueueStats,
@@ -38,8 +40,9 @@ from .base import (
 from .base import fingerprint as envelope_fingerprint
 from .blobs import SharedBlobs, Splice, check_blobs, reassemble
 from .groups import GroupCommit
+from .listing import DEFAULT_PAGE, MAX_PAGE, SCAN_ROWS, Cursor, MessagePage, MessageQuery, encode_cursor
 from .states import OUTCOMES, REPORTED, MessageState, RecipientState
-from .store import Body, KeyRecord, OutcomeRow, Store, Tx
+from .store import Body, KeyRecord, MessageRow, OutcomeRow, Store, Tx
 
 __all__ = ["OutboxCore"]
 
@@ -57,6 +60,7 @@ class _Request:
     batch: bool
     tenant: str | None
     envelopes: list[Envelope] = field(default_factory=list)
+    labels: Labels = NO_LABELS
 
 
 async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope]]:
@@ -112,6 +116,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
         self.max_pending = max_pending
         self.idempotency_ttl = idempotency_ttl
         self.group_max = group_max
+        self.scan_rows = SCAN_ROWS  # rows of history one listing page may read (tests make it small)
         self._groups: GroupCommit[_Request, EnqueueResult] = GroupCommit(self._enqueue_group)
 
     async def open(self) -> None:
@@ -129,13 +134,14 @@ class OutboxCore(Outbox, Generic[StoreT]):
         batch: bool = False,
         fingerprint: str | None = None,
         tenant: str | None = None,
+        labels: Labels = NO_LABELS,
     ) -> EnqueueResult:
         envelopes = list(envelopes)
         check_count(len(envelopes), len(envelopes))  # at least one
         check_envelopes(envelopes)
         digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else None
         if len(envelopes) <= self.group_max:
-            request = _Request(len(envelopes), idempotency_key, digest or "", batch, tenant, envelopes)
+            request = _Request(len(envelopes), idempotency_key, digest or "", batch, tenant, envelopes, labels)
             return await self._groups.join(request)
         return await self.enqueue_stream(
             len(envelopes),
@@ -144,6 +150,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             idempotency_key=idempotency_key,
             batch=batch,
             tenant=tenant,
+            labels=labels,
         )
 
     async def enqueue_stream(
@@ -157,6 +164,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
         tenant: str | None = None,
         shared: Sequence[bytes] = (),
         suppress_stream: str | None = None,
+        labels: Labels = NO_LABELS,
     ) -> EnqueueResult:
         request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch, tenant)
         check_count(count, count)  # at least one
@@ -176,7 +184,9 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     check_count(count, end)
                 n = len(chunk)
                 rows, splices = (chunk, []) if blobs is None else await _cut(tx, blobs, chunk, stored)
-                await tx.insert(result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, rows, splices)
+                await tx.insert(
+                    result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, rows, splices, [labels] * n
+                )
                 if suppressing and suppress_stream is not None:
                     touched = await tx.suppress_recipients(result.ids[written:end], _scope(tenant), suppress_stream)
                     await tx.settle(touched, [])  # all suppressed: final now, never claimed
@@ -196,6 +206,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             batch_ids: list[str | None] = []
             tenants: list[str | None] = []
             envelopes: list[Envelope] = []
+            labels: list[Labels] = []
             for request in group:
                 try:
                     result = await self._admit(tx, request, pending)
@@ -209,8 +220,9 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     batch_ids.extend(result.batch_id for _ in result.ids)
                     tenants.extend(request.tenant for _ in result.ids)
                     envelopes.extend(request.envelopes)
+                    labels.extend(request.labels for _ in result.ids)
             if envelopes:
-                await tx.insert(ids, batch_ids, tenants, envelopes)
+                await tx.insert(ids, batch_ids, tenants, envelopes, (), labels)
                 await tx.notify()
         return outcomes
 
@@ -314,29 +326,50 @@ class OutboxCore(Outbox, Generic[StoreT]):
     # -- status ----------------------------------------------------------------
     async def status(self, id: str, *, tenant: str | None = None) -> MessageStatus:
         async with self.store.read("read a message's status") as tx:
-            msg = await tx.message(id)
-            if msg is None or not _visible(msg.tenant, tenant):
-                raise NotFoundError("message", id)  # another tenant's id reads exactly as an unknown one
-            rcpts = await tx.recipients(id)
-        return MessageStatus(
-            id=msg.id,
-            message_id=msg.message_id,
-            batch_id=msg.batch_id,
-            state=MessageState(msg.state),
-            created_at=msg.created_at,
-            recipients=[
-                RecipientStatus(
-                    recipient=r.address,
-                    state=RecipientState(r.state),
-                    attempts=r.attempts,
-                    last_code=r.last_code,
-                    last_reply=r.last_reply,
-                    updated_at=r.updated_at,
-                    next_attempt_at=r.next_attempt_at if r.state == RecipientState.DEFERRED else None,
-                )
-                for r in rcpts
-            ],
-        )
+            return await _status(tx, await _visible_message(tx, id, tenant))
+
+    async def list_messages(
+        self, query: MessageQuery, *, tenant: str | None = None, after: Cursor | None = None, limit: int = DEFAULT_PAGE
+    ) -> MessagePage:
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self.store.read("list messages") as tx:
+            rows = await tx.list_messages(query, tenant, after, limit + 1, self.scan_rows)
+            if len(rows) > limit:
+                rows = rows[:limit]
+                following: Cursor | None = Cursor(rows[-1].key, rows[-1].summary.id)
+            else:  # the window ran out (more may match further on) or the range did (nothing more)
+                following = await tx.scan_end(query, tenant, after, self.scan_rows)
+        return MessagePage([r.summary for r in rows], encode_cursor(following) if following else None)
+
+    # -- cancel ----------------------------------------------------------------
+    async def cancel(self, id: str, *, tenant: str | None = None) -> MessageStatus:
+        async with self.store.write("cancel a message") as tx:
+            msg = await _visible_message(tx, id, tenant)
+            await self._cancel(tx, [id])
+            return await _status(tx, await tx.message(id) or msg)
+
+    async def cancel_batch(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
+        async with self.store.write("cancel a batch") as tx:
+            batch = await tx.batch(batch_id)
+            if batch is None or not batch.counts or not _visible(batch.tenant, tenant):
+                raise NotFoundError("batch", batch_id)
+            await self._cancel(tx, await tx.batch_ids(batch_id))
+            after = await tx.batch(batch_id)
+        return after.counts if after is not None else batch.counts
+
+    async def _cancel(self, tx: Tx, ids: list[str]) -> None:
+        """The one place recipients become ``cancelled`` (an event row for the transition goes here).
+
+        The messages are locked first (PostgreSQL: ``FOR UPDATE``, which a claim's ``SKIP LOCKED``
+        passes over; SQLite: the write lock), so a claim either committed before (its recipients
+        are ``sending`` and are left to finish) or sees them final and due never.
+        """
+        holders = await tx.lock_messages(sorted(ids))
+        touched = await tx.cancel_recipients(sorted(holders))
+        if not touched:
+            return
+        await tx.settle([i for i in touched if holders[i] is None], [i for i in touched if holders[i] is not None])
+        await tx.drop_blobs(touched)
 
     async def batch_status(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
         async with self.store.read("read a batch's status") as tx:
@@ -445,3 +478,36 @@ def _replay(request: _Request, found: KeyRecord) -> EnqueueResult:
     if found.fingerprint != request.digest:
         raise IdempotencyConflictError(request.key or "")
     return EnqueueResult(ids=list(found.ids), batch_id=found.batch_id, duplicate=True)
+
+
+async def _visible_message(tx: Tx, id: str, tenant: str | None) -> MessageRow:
+    msg = await tx.message(id)
+    if msg is None or not _visible(msg.tenant, tenant):
+        raise NotFoundError("message", id)  # another tenant's id reads exactly as an unknown one
+    return msg
+
+
+async def _status(tx: Tx, msg: MessageRow) -> MessageStatus:
+    rcpts = await tx.recipients(msg.id)
+    return MessageStatus(
+        id=msg.id,
+        message_id=msg.message_id,
+        batch_id=msg.batch_id,
+        state=MessageState(msg.state),
+        created_at=msg.created_at,
+        recipients=[
+            RecipientStatus(
+                recipient=r.address,
+                state=RecipientState(r.state),
+                attempts=r.attempts,
+                last_code=r.last_code,
+                last_reply=r.last_reply,
+                updated_at=r.updated_at,
+                next_attempt_at=r.next_attempt_at if r.state == RecipientState.DEFERRED else None,
+            )
+            for r in rcpts
+        ],
+        tags=msg.tags,
+        metadata=msg.metadata,
+        send_at=msg.send_at,
+    )

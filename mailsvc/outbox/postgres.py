@@ -30,6 +30,7 @@ This module holds the statements and the driver only; the order of the steps is 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -39,19 +40,21 @@ from typing import Any
 import asyncpg
 
 from ..dburl import parse_database_url
-from ..errors import ConfigError, OutboxError
+from ..errors import ConfigError, MessageError, OutboxError
 from ..message import Envelope
 from . import migrations
-from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, QueueStats
+from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, NO_LABELS, Labels, QueueStats
 from .blobs import Splice
 from .core import OutboxCore
+from .listing import Cursor, MessageQuery, MessageSummary
 from .postgres_events import PostgresEventLog
-from .states import FINAL, PENDING, MessageState, RecipientState, sql_list
+from .states import CANCELLABLE, FINAL, PENDING, MessageState, RecipientState, sql_list
 from .store import (
     BatchRow,
     Body,
     DueMessage,
     KeyRecord,
+    ListedRow,
     MessageRow,
     OutcomeRow,
     RecipientRow,
@@ -72,6 +75,10 @@ BLOB_LOCK_CLASS = 0x626C6F62  # "blob"
 _PUT_BLOB_TRIES = 5
 _FINAL = sql_list(FINAL)
 _PENDING = sql_list(PENDING)
+_CANCELLABLE = sql_list(CANCELLABLE)
+_UNSENT = sql_list({RecipientState.QUEUED, RecipientState.SCHEDULED})
+# A new row's state: scheduled while its send_at ($sa) is after the transaction's clock.
+_NEW_STATE = f"CASE WHEN sa > now() THEN '{RecipientState.SCHEDULED}' ELSE '{RecipientState.QUEUED}' END"
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -339,19 +346,26 @@ class _PgTx(Tx):
         tenants: Sequence[str | None],
         envelopes: Sequence[Envelope],
         splices: Sequence[Sequence[Splice]] = (),
+        labels: Sequence[Labels] = (),
     ) -> None:
         """All rows in set-based statements (fast for a 10,000-message batch)."""
+        labs = list(labels) if labels else [NO_LABELS] * len(ids)
         await self.conn.execute(
-            """
-            INSERT INTO mailsvc_message (id, message_id, batch_id, tenant, due_at)
-            SELECT id, mid, bid, ten, now()
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(id, mid, bid, ten, n)
+            f"""
+            INSERT INTO mailsvc_message (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata)
+            SELECT id, mid, bid, ten, greatest(now(), sa), {_NEW_STATE}, sa,
+                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
+                 WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, n)
             ORDER BY n
             """,
             list(ids),
             [e.message_id for e in envelopes],
             list(batch_ids),
             list(tenants),
+            [lab.send_at for lab in labs],
+            [json.dumps(list(lab.tags)) for lab in labs],
+            [json.dumps(lab.metadata) for lab in labs],
         )
         await self.conn.copy_records_to_table(
             "mailsvc_body",
@@ -361,13 +375,19 @@ class _PgTx(Tx):
             ],
             columns=["message_pk", "sender", "data", "mail_options", "rcpt_options"],
         )
-        rcpts = [(i, pos, addr) for i, e in zip(ids, envelopes, strict=True) for pos, addr in enumerate(e.recipients)]
+        rcpts = [
+            (i, pos, addr, lab.send_at)
+            for i, e, lab in zip(ids, envelopes, labs, strict=True)
+            for pos, addr in enumerate(e.recipients)
+        ]
         await self.conn.execute(
-            "INSERT INTO mailsvc_recipient (message_pk, position, address) "
-            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
+            "INSERT INTO mailsvc_recipient (message_pk, position, address, state, next_attempt_at) "
+            f"SELECT pk, pos, addr, {_NEW_STATE}, CASE WHEN sa > now() THEN sa END"
+            " FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[]) AS t(pk, pos, addr, sa)",
             [r[0] for r in rcpts],
             [r[1] for r in rcpts],
             [r[2] for r in rcpts],
+            [r[3] for r in rcpts],
         )
         cuts = [
             (i, pos, sp.at, sp.digest)
@@ -558,12 +578,116 @@ class _PgTx(Tx):
         )
         return [r["id"] for r in rows]
 
+    # -- cancel
+    async def cancel_recipients(self, ids: Sequence[str]) -> list[str]:
+        rows = await self.conn.fetch(
+            f"""
+            UPDATE mailsvc_recipient
+            SET state = '{RecipientState.CANCELLED}', next_attempt_at = NULL, updated_at = now()
+            WHERE message_pk = ANY($1::text[]) AND state IN {_CANCELLABLE}
+            RETURNING message_pk
+            """,
+            list(ids),
+        )
+        touched = {r[0] for r in rows}
+        return [i for i in ids if i in touched]
+
+    async def batch_ids(self, batch_id: str) -> list[str]:
+        rows = await self.conn.fetch("SELECT id FROM mailsvc_message WHERE batch_id = $1 ORDER BY id", batch_id)
+        return [r[0] for r in rows]
+
     # -- status
     async def message(self, id: str) -> MessageRow | None:
         r = await self.conn.fetchrow(
-            "SELECT id, message_id, batch_id, state, created_at, tenant FROM mailsvc_message WHERE id = $1", id
+            "SELECT id, message_id, batch_id, state, created_at, tenant, tags, metadata, send_at"
+            " FROM mailsvc_message WHERE id = $1",
+            id,
         )
-        return None if r is None else MessageRow(*r)
+        if r is None:
+            return None
+        return MessageRow(
+            r["id"],
+            r["message_id"],
+            r["batch_id"],
+            r["state"],
+            r["created_at"],
+            r["tenant"],
+            tuple(r["tags"]),
+            json.loads(r["metadata"]),
+            r["send_at"],
+        )
+
+    @staticmethod
+    def _range(query: MessageQuery, tenant: str | None, after: Cursor | None) -> tuple[str, list[Any]]:
+        """The index range a listing walks: (tenant | batch), created_at bounds, after the cursor."""
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        for cond, value in (
+            ("tenant = ${}", tenant),
+            ("batch_id = ${}", query.batch_id),
+            ("created_at >= ${}", query.since),
+            ("created_at < ${}", query.until),
+        ):
+            if value is not None:
+                params.append(value)
+                where.append(cond.format(len(params)))
+        if after is not None:
+            params.extend((_cursor_key(after.key), after.id))
+            where.append(f"(created_at, id) < (${len(params) - 1}, ${len(params)})")
+        return " AND ".join(where), params
+
+    async def list_messages(
+        self, query: MessageQuery, tenant: str | None, after: Cursor | None, limit: int, scan: int
+    ) -> list[ListedRow]:
+        where, params = self._range(query, tenant, after)
+        params.append(scan)
+        window = f"SELECT id FROM mailsvc_message WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ${len(params)}"
+        filters = ""
+        for cond, value in (
+            ("m.state = ${}", None if query.state is None else str(query.state)),
+            ("${} = ANY(m.tags)", query.tag),
+            ("EXISTS (SELECT 1 FROM mailsvc_recipient r WHERE r.message_pk = m.id AND r.address = ${})", query.to),
+        ):
+            if value is not None:
+                params.append(value)
+                filters += " AND " + cond.format(len(params))
+        params.append(limit)
+        rows = await self.conn.fetch(
+            f"""
+            WITH w AS ({window})
+            SELECT m.id, m.message_id, m.batch_id, m.state, m.created_at, m.send_at, m.tags, m.metadata
+            FROM mailsvc_message m JOIN w ON w.id = m.id
+            WHERE true{filters}
+            ORDER BY m.created_at DESC, m.id DESC LIMIT ${len(params)}
+            """,
+            *params,
+        )
+        return [
+            ListedRow(
+                MessageSummary(
+                    r["id"],
+                    r["message_id"],
+                    r["batch_id"],
+                    MessageState(r["state"]),
+                    r["created_at"],
+                    r["send_at"],
+                    tuple(r["tags"]),
+                    json.loads(r["metadata"]),
+                ),
+                r["created_at"].isoformat(),
+            )
+            for r in rows
+        ]
+
+    async def scan_end(self, query: MessageQuery, tenant: str | None, after: Cursor | None, scan: int) -> Cursor | None:
+        where, params = self._range(query, tenant, after)
+        params.append(scan - 1)
+        r = await self.conn.fetchrow(
+            f"SELECT created_at, id FROM mailsvc_message WHERE {where}"
+            f" ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ${len(params)}",
+            *params,
+        )
+        return None if r is None else Cursor(r["created_at"].isoformat(), r["id"])
 
     async def recipients(self, id: str) -> list[RecipientRow]:
         rows = await self.conn.fetch(
@@ -626,7 +750,7 @@ class _PgTx(Tx):
             UPDATE mailsvc_recipient r
             SET state = '{RecipientState.SUPPRESSED}', last_reply = 'suppressed: ' || s.reason, updated_at = now()
             FROM mailsvc_suppression s
-            WHERE r.message_pk = ANY($1::text[]) AND r.state = '{RecipientState.QUEUED}'
+            WHERE r.message_pk = ANY($1::text[]) AND r.state IN {_UNSENT}
               AND s.tenant = $2 AND s.stream = $3 AND s.address = lower(r.address)
             RETURNING r.message_pk
             """,
@@ -659,6 +783,16 @@ class _PgTx(Tx):
             "SELECT true FROM mailsvc_revoked_session WHERE sid = $1 AND expires_at > now()", sid
         )
         return bool(found)
+
+
+def _cursor_key(key: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(key)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise MessageError("cursor", "not a cursor this outbox handed out (pass a page's 'next' unchanged)")
+    return at
 
 
 def _blob_lock(digest: str) -> int:
@@ -708,6 +842,9 @@ WITH agg AS (
            bool_or(state IN {sql_list(_AS_DELIVERED)}) AS any_delivered,
            bool_or(state = '{RecipientState.SENDING}') AS any_sending,
            bool_or(state = '{RecipientState.DEFERRED}') AS any_deferred,
+           bool_or(state = '{RecipientState.SCHEDULED}') AS any_scheduled,
+           bool_and(state IN ('{RecipientState.CANCELLED}', '{RecipientState.SUPPRESSED}'))
+               AND bool_or(state = '{RecipientState.CANCELLED}') AS all_cancelled,
            min(CASE WHEN state NOT IN {_FINAL} THEN coalesce(next_attempt_at, now()) END) AS next_due
     FROM mailsvc_recipient
     WHERE message_pk = ANY($1::text[]) OR message_pk = ANY($2::text[])
@@ -715,11 +852,13 @@ WITH agg AS (
 )
 UPDATE mailsvc_message m
 SET state = CASE WHEN a.all_suppressed THEN '{MessageState.SUPPRESSED}'
+                 WHEN a.all_cancelled THEN '{MessageState.CANCELLED}'
                  WHEN a.all_delivered THEN '{MessageState.DELIVERED}'
                  WHEN a.all_final AND a.any_delivered THEN '{MessageState.PARTIAL}'
                  WHEN a.all_final THEN '{MessageState.FAILED}'
                  WHEN a.any_sending THEN '{MessageState.SENDING}'
                  WHEN a.any_deferred THEN '{MessageState.DEFERRED}'
+                 WHEN a.any_scheduled THEN '{MessageState.SCHEDULED}'
                  ELSE '{MessageState.QUEUED}' END,
     due_at = CASE WHEN a.all_final THEN NULL
                   WHEN m.id = ANY($1::text[]) THEN a.next_due

@@ -19,26 +19,37 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ..errors import OutboxError
+from ..errors import MessageError, OutboxError
 from ..message import Envelope
 from . import migrations
-from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, QueueStats
+from .base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_PENDING, NO_LABELS, Labels, QueueStats
 from .blobs import Splice
 from .core import OutboxCore
+from .listing import Cursor, MessageQuery, MessageSummary
 from .sqlite_events import SqliteEventLog
-from .states import FINAL, FINAL_MESSAGE, PENDING, MessageState, RecipientState, derive_state, sql_list
+from .states import (
+    CANCELLABLE,
+    FINAL,
+    FINAL_MESSAGE,
+    PENDING,
+    MessageState,
+    RecipientState,
+    derive_state,
+    sql_list,
+)
 from .store import (
     BatchRow,
     Body,
     DueMessage,
     KeyRecord,
+    ListedRow,
     MessageRow,
     OutcomeRow,
     RecipientRow,
@@ -54,6 +65,8 @@ _GROUP_MAX = 100  # enqueues of more messages than this take a transaction of th
 _COUNT_PENDING = "SELECT count(*) FROM messages WHERE due_at IS NOT NULL"
 _PENDING = sql_list(PENDING)
 _FINAL = sql_list(FINAL)
+_CANCELLABLE = sql_list(CANCELLABLE)
+_UNSENT = sql_list({RecipientState.QUEUED, RecipientState.SCHEDULED})  # what an enqueue's suppression marks
 
 
 def _chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
@@ -315,6 +328,7 @@ class _SqliteTx(Tx):
         tenants: Sequence[str | None],
         envelopes: Sequence[Envelope],
         splices: Sequence[Sequence[Splice]] = (),
+        labels: Sequence[Labels] = (),
     ) -> None:
         """Rows numbered on from the highest ``pk``, so recipients and splices need no lookup of their message's."""
         if self._next_pk is None:
@@ -322,18 +336,26 @@ class _SqliteTx(Tx):
             self._next_pk = (int(row[0]) if row else 0) + 1
         first, now = self._next_pk, self.now
         self._next_pk += len(envelopes)
+        stored = [_stored_labels(labels[i] if labels else NO_LABELS, now) for i in range(len(envelopes))]
         await self.db.executemany(
             "INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
-            " data, mail_options, rcpt_options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " data, mail_options, rcpt_options, state, send_at, tags, metadata)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now, now, env.sender, env.data)
-                + (_json_list(env.mail_options), _json_list(env.rcpt_options))
+                (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now, stored[i].due, env.sender)
+                + (env.data, _json_list(env.mail_options), _json_list(env.rcpt_options), stored[i].state)
+                + (stored[i].send_at, stored[i].tags, stored[i].metadata)
                 for i, env in enumerate(envelopes)
             ],
         )
         await self.db.executemany(
-            "INSERT INTO recipients (msg, position, address, updated_at) VALUES (?, ?, ?, ?)",
-            [(first + i, pos, rcpt, now) for i, env in enumerate(envelopes) for pos, rcpt in enumerate(env.recipients)],
+            "INSERT INTO recipients (msg, position, address, updated_at, state, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (first + i, pos, rcpt, now, stored[i].state, stored[i].later)
+                for i, env in enumerate(envelopes)
+                for pos, rcpt in enumerate(env.recipients)
+            ],
         )
         if splices:
             await self.db.executemany(
@@ -500,12 +522,99 @@ class _SqliteTx(Tx):
             kept.extend(r[0] for r in rows)
         return kept
 
+    # -- cancel
+    async def cancel_recipients(self, ids: Sequence[str]) -> list[str]:
+        touched: set[int] = set()
+        for chunk in _chunks([self._pks[i] for i in ids]):
+            rows = await self._all(
+                f"UPDATE recipients SET state = '{RecipientState.CANCELLED}', next_attempt_at = NULL, updated_at = ?"
+                f" WHERE msg IN ({_marks(chunk)}) AND state IN {_CANCELLABLE} RETURNING msg",
+                (self.now, *chunk),
+            )
+            touched.update(r[0] for r in rows)
+        return [i for i in ids if self._pks[i] in touched]
+
+    async def batch_ids(self, batch_id: str) -> list[str]:
+        return [r[0] for r in await self._all("SELECT id FROM messages WHERE batch_id = ? ORDER BY id", (batch_id,))]
+
     # -- status
     async def message(self, id: str) -> MessageRow | None:
         row = await self._one(
-            "SELECT id, message_id, batch_id, state, created_at, tenant FROM messages WHERE id = ?", (id,)
+            "SELECT id, message_id, batch_id, state, created_at, tenant, tags, metadata, send_at FROM messages"
+            " WHERE id = ?",
+            (id,),
         )
-        return None if row is None else MessageRow(row[0], row[1], row[2], row[3], _dt(row[4]), row[5])
+        if row is None:
+            return None
+        send_at = None if row[8] is None else _dt(row[8])
+        return MessageRow(row[0], row[1], row[2], row[3], _dt(row[4]), row[5], _tags(row[6]), _meta(row[7]), send_at)
+
+    def _range(self, query: MessageQuery, tenant: str | None, after: Cursor | None) -> tuple[str, list[Any]]:
+        """The index range a listing walks: (tenant | batch), created_at bounds, after the cursor."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if query.batch_id is not None:
+            where.append("batch_id = ?")
+            params.append(query.batch_id)
+        if query.since is not None:
+            where.append("created_at >= ?")
+            params.append(query.since.timestamp())
+        if query.until is not None:
+            where.append("created_at < ?")
+            params.append(query.until.timestamp())
+        if after is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend((_cursor_key(after.key), after.id))
+        return " AND ".join(where), params
+
+    async def list_messages(
+        self, query: MessageQuery, tenant: str | None, after: Cursor | None, limit: int, scan: int
+    ) -> list[ListedRow]:
+        where, params = self._range(query, tenant, after)
+        window = f"SELECT pk FROM messages WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?"
+        filters, fparams = [], []
+        if query.state is not None:
+            filters.append("m.state = ?")
+            fparams.append(str(query.state))
+        if query.tag is not None:
+            filters.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE json_each.value = ?)")
+            fparams.append(query.tag)
+        if query.to is not None:
+            filters.append("EXISTS (SELECT 1 FROM recipients r WHERE r.msg = m.pk AND r.address = ?)")
+            fparams.append(query.to)
+        rows = await self._all(
+            "SELECT m.id, m.message_id, m.batch_id, m.state, m.created_at, m.send_at, m.tags, m.metadata"
+            f" FROM messages m WHERE m.pk IN ({window}) {''.join(' AND ' + f for f in filters)}"
+            " ORDER BY m.created_at DESC, m.id DESC LIMIT ?",
+            (*params, scan, *fparams, limit),
+        )
+        return [
+            ListedRow(
+                MessageSummary(
+                    id_,
+                    mid,
+                    bid,
+                    MessageState(st),
+                    _dt(created),
+                    None if send_at is None else _dt(send_at),
+                    _tags(tags),
+                    _meta(meta),
+                ),
+                repr(float(created)),
+            )
+            for id_, mid, bid, st, created, send_at, tags, meta in rows
+        ]
+
+    async def scan_end(self, query: MessageQuery, tenant: str | None, after: Cursor | None, scan: int) -> Cursor | None:
+        where, params = self._range(query, tenant, after)
+        row = await self._one(
+            f"SELECT created_at, id FROM messages WHERE {where} ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?",
+            (*params, scan - 1),
+        )
+        return None if row is None else Cursor(repr(float(row[0])), row[1])
 
     async def recipients(self, id: str) -> list[RecipientRow]:
         rows = await self._all(
@@ -547,7 +656,7 @@ class _SqliteTx(Tx):
                 self._pks[id_] = pk
             pks = [self._pks[i] for i in chunk]
             found = " FROM suppressions s WHERE s.tenant = ? AND s.stream = ? AND s.address = lower(recipients.address)"
-            where = f"msg IN ({_marks(pks)}) AND state = '{RecipientState.QUEUED}' AND EXISTS (SELECT 1{found})"
+            where = f"msg IN ({_marks(pks)}) AND state IN {_UNSENT} AND EXISTS (SELECT 1{found})"
             hit = await self._all(f"SELECT DISTINCT msg FROM recipients WHERE {where}", (*pks, tenant, stream))
             if not hit:
                 continue
@@ -595,6 +704,42 @@ class _SqliteTx(Tx):
     async def session_revoked(self, sid: str) -> bool:
         row = await self._one("SELECT 1 FROM revoked_sessions WHERE sid = ? AND expires_at > ?", (sid, self.now))
         return row is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredLabels:
+    """A message's labels as its row stores them, and what ``send_at`` makes of it at ``now``."""
+
+    state: str
+    due: float
+    later: float | None  # send_at when it is after now (recipients wait for it), else None
+    send_at: float | None
+    tags: str
+    metadata: str
+
+
+def _stored_labels(labels: Labels, now: float) -> _StoredLabels:
+    send_at = _ts(labels.send_at)
+    later = send_at if send_at is not None and send_at > now else None
+    state = RecipientState.SCHEDULED if later is not None else RecipientState.QUEUED
+    tags = json.dumps(list(labels.tags)) if labels.tags else "[]"
+    meta = json.dumps(labels.metadata) if labels.metadata else "{}"
+    return _StoredLabels(str(state), later if later is not None else now, later, send_at, tags, meta)
+
+
+def _tags(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text)) if text != "[]" else ()
+
+
+def _meta(text: str) -> dict[str, str]:
+    return dict(json.loads(text)) if text != "{}" else {}
+
+
+def _cursor_key(key: str) -> float:
+    try:
+        return float(key)
+    except ValueError:
+        raise MessageError("cursor", "not a cursor this outbox handed out (pass a page's 'next' unchanged)") from None
 
 
 def _next_due(rows: list[tuple[str, float | None]], now: float) -> float | None:

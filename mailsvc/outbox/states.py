@@ -15,6 +15,12 @@ message, ``bounced`` counts as ``failed`` (a message whose only recipient bounce
 whose other recipients were delivered is ``partial``) and ``complained`` as ``delivered`` (the mail
 did arrive). Both are final: a worker never touches them.
 
+A message queued with a ``send_at`` in the future starts ``scheduled`` (it and its recipients): it is
+not due before that time, and then moves on as ``queued`` does. ``cancelled`` is final: a recipient
+not yet handed to a relay (queued, scheduled or deferred) when its message or batch is cancelled;
+a message is ``cancelled`` when every recipient that was not suppressed was, and otherwise counts
+a cancelled recipient as not delivered (``partial`` beside a delivered one, else ``failed``).
+
 Why :class:`~enum.StrEnum`: members are plain strings, so rows read from either database compare
 equal to them, JSON and f-strings print their value, and SQL is formatted from them with
 :func:`sql_list`.
@@ -26,6 +32,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 __all__ = [
+    "CANCELLABLE",
     "FINAL",
     "FINAL_MESSAGE",
     "OUTCOMES",
@@ -48,6 +55,8 @@ class RecipientState(StrEnum):
     SUPPRESSED = "suppressed"
     BOUNCED = "bounced"  # delivered to the relay, then reported undeliverable (DSN, bounce): mailsvc.bounces
     COMPLAINED = "complained"  # delivered, then reported as spam by its reader (ARF): mailsvc.bounces
+    SCHEDULED = "scheduled"
+    CANCELLED = "cancelled"
 
 
 class MessageState(StrEnum):
@@ -58,6 +67,8 @@ class MessageState(StrEnum):
     FAILED = "failed"
     PARTIAL = "partial"
     SUPPRESSED = "suppressed"
+    SCHEDULED = "scheduled"
+    CANCELLED = "cancelled"
 
 
 #: A recipient in one of these is never tried again, and its state is never overwritten.
@@ -69,23 +80,34 @@ FINAL: frozenset[RecipientState] = frozenset(
         RecipientState.SUPPRESSED,
         RecipientState.BOUNCED,
         RecipientState.COMPLAINED,
+        RecipientState.CANCELLED,
     }
 )
 #: A recipient in one of these is still owed an attempt.
 PENDING: frozenset[RecipientState] = frozenset(RecipientState) - FINAL
-#: What a worker may record after an attempt (``suppressed`` is set at enqueue, never by a worker;
-#: ``bounced`` and ``complained`` by a report that arrives after delivery).
+#: What a worker may record after an attempt (``suppressed`` is set at enqueue, ``cancelled`` by a cancel,
+#: never by a worker; ``bounced`` and ``complained`` by a report that arrives after delivery).
 OUTCOMES: frozenset[RecipientState] = (
-    FINAL - {RecipientState.SUPPRESSED, RecipientState.BOUNCED, RecipientState.COMPLAINED}
+    FINAL - {RecipientState.SUPPRESSED, RecipientState.CANCELLED, RecipientState.BOUNCED, RecipientState.COMPLAINED}
 ) | {RecipientState.DEFERRED}
 #: What a report received after delivery may set, and over which states (:meth:`Outbox.record_report`).
 REPORTED: dict[RecipientState, frozenset[RecipientState]] = {
     RecipientState.BOUNCED: frozenset({RecipientState.DELIVERED}),
     RecipientState.COMPLAINED: frozenset({RecipientState.DELIVERED, RecipientState.BOUNCED}),
 }
+#: What a cancel stops: recipients owed an attempt that no worker holds (``sending`` ones finish).
+CANCELLABLE: frozenset[RecipientState] = frozenset(
+    {RecipientState.QUEUED, RecipientState.SCHEDULED, RecipientState.DEFERRED}
+)
 #: A message in one of these is done: no worker will touch it again.
 FINAL_MESSAGE: frozenset[MessageState] = frozenset(
-    {MessageState.DELIVERED, MessageState.FAILED, MessageState.PARTIAL, MessageState.SUPPRESSED}
+    {
+        MessageState.DELIVERED,
+        MessageState.FAILED,
+        MessageState.PARTIAL,
+        MessageState.SUPPRESSED,
+        MessageState.CANCELLED,
+    }
 )
 
 
@@ -100,12 +122,16 @@ def derive_state(states: Iterable[str]) -> MessageState:
     (<MessageState.DELIVERED: 'delivered'>, <MessageState.SUPPRESSED: 'suppressed'>)
     >>> derive_state(["bounced"]), derive_state(["bounced", "delivered"]), derive_state(["complained"])
     (<MessageState.FAILED: 'failed'>, <MessageState.PARTIAL: 'partial'>, <MessageState.DELIVERED: 'delivered'>)
+    >>> derive_state(["cancelled", "suppressed"]), derive_state(["delivered", "cancelled"])
+    (<MessageState.CANCELLED: 'cancelled'>, <MessageState.PARTIAL: 'partial'>)
     """
     # A complaint means the mail arrived; a bounce that it did not (counted as a failure below).
     seen = {RecipientState.DELIVERED if s == RecipientState.COMPLAINED else s for s in states}
     if seen == {RecipientState.SUPPRESSED}:
         return MessageState.SUPPRESSED
     seen.discard(RecipientState.SUPPRESSED)
+    if seen == {RecipientState.CANCELLED}:
+        return MessageState.CANCELLED
     if not seen or seen <= FINAL:
         if seen == {RecipientState.DELIVERED}:
             return MessageState.DELIVERED
@@ -114,6 +140,8 @@ def derive_state(states: Iterable[str]) -> MessageState:
         return MessageState.SENDING
     if RecipientState.DEFERRED in seen:
         return MessageState.DEFERRED
+    if RecipientState.SCHEDULED in seen:
+        return MessageState.SCHEDULED
     return MessageState.QUEUED
 
 
@@ -121,7 +149,7 @@ def sql_list(states: Iterable[str]) -> str:
     """``('a', 'b')`` for ``state IN ...``, in a stable order.
 
     >>> sql_list(FINAL)
-    "('bounced', 'complained', 'delivered', 'expired', 'failed', 'suppressed')"
+    "('bounced', 'cancelled', 'complained', 'delivered', 'expired', 'failed', 'suppressed')"
     """
     values = sorted(str(s) for s in states)
     if not values or not all(v.isalpha() and v.islower() for v in values):

@@ -15,13 +15,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..message import Envelope
-from .base import QueueStats
+from .base import Labels, QueueStats
 from .base import Suppression as SuppressionRow
 from .blobs import Splice
+from .listing import Cursor, MessageQuery, MessageSummary
 from .states import RecipientState
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Body",
     "DueMessage",
     "KeyRecord",
+    "ListedRow",
     "MessageRow",
     "OutcomeRow",
     "RecipientRow",
@@ -86,6 +88,17 @@ class MessageRow:
     state: str
     created_at: datetime
     tenant: str | None  # who created it; None: written before tenants existed
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    send_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedRow:
+    """A listed message and its backend sort key as text (what a cursor carries back exactly)."""
+
+    summary: MessageSummary
+    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +152,14 @@ class Tx(abc.ABC):
         tenants: Sequence[str | None],
         envelopes: Sequence[Envelope],
         splices: Sequence[Sequence[Splice]] = (),
+        labels: Sequence[Labels] = (),
     ) -> None:
         """New queued messages (one id, batch id and tenant per envelope), due now.
 
         ``splices``: per envelope, where blobs were cut from its data (empty: none anywhere);
         every digest named is in the store already (:meth:`put_blobs`).
+        ``labels``: per envelope (empty: none); a ``send_at`` after this transaction's clock makes
+        the message and its recipients ``scheduled``, due (message and recipients) at ``send_at``.
         """
 
     @abc.abstractmethod
@@ -220,9 +236,30 @@ class Tx(abc.ABC):
     async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
         """Renew the leases ``owner`` holds on ``sending`` messages; return their ids."""
 
+    # -- cancel
+    @abc.abstractmethod
+    async def cancel_recipients(self, ids: Sequence[str]) -> list[str]:
+        """Mark ``cancelled`` the recipients of these (locked) messages in a cancellable state
+        (:data:`~.states.CANCELLABLE`); return the messages touched."""
+
+    @abc.abstractmethod
+    async def batch_ids(self, batch_id: str) -> list[str]:
+        """The ids of a batch's messages, sorted."""
+
     # -- status
     @abc.abstractmethod
     async def message(self, id: str) -> MessageRow | None: ...
+
+    @abc.abstractmethod
+    async def list_messages(
+        self, query: MessageQuery, tenant: str | None, after: Cursor | None, limit: int, scan: int
+    ) -> list[ListedRow]:
+        """Up to ``limit`` rows matching ``query`` (and ``tenant`` unless None), newest first, strictly
+        after ``after``, among the first ``scan`` rows of the index range (see :mod:`.listing`)."""
+
+    @abc.abstractmethod
+    async def scan_end(self, query: MessageQuery, tenant: str | None, after: Cursor | None, scan: int) -> Cursor | None:
+        """The ``scan``-th row of the same index range (where the next page goes on), None if it has fewer."""
 
     @abc.abstractmethod
     async def recipients(self, id: str) -> list[RecipientRow]:

@@ -1,10 +1,16 @@
-"""The JSON API: ``/api/messages``, ``/api/messages/bulk``, ``/api/messages/<id>``, ``/api/batches/<id>``.
+"""The JSON API: ``/api/messages``, ``/api/messages/bulk``, ``/api/messages/<id>``, ``/api/batches/<id>``,
+``/api/batches/<id>/messages``.
 
 Every route authenticates, checks the key's scope (``send`` to POST, ``read`` to GET; 403
 otherwise), rate-limits per tenant, parses strictly (415 non-JSON, 400 bad
 JSON, 413 too large, 422 invalid fields) and only then touches the outbox, so a
 refused request has queued nothing. A status lookup sees only the caller's tenant's
 mail (an ``admin`` key sees all): another tenant's id is a 404 like an unknown one.
+
+``GET /api/messages`` lists (keyset pages, :mod:`mailsvc.outbox.listing`); ``DELETE`` on a
+message or batch cancels what no relay has been handed yet, in one transaction, and answers
+the state after it: 200 when nothing of it is being sent any more, 202 while a worker still
+sends part of it (that part finishes). A second DELETE changes nothing and answers the same.
 """
 
 from __future__ import annotations
@@ -17,19 +23,38 @@ from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, request
 from werkzeug.routing import BaseConverter
 
-from ..errors import OutboxError
-from ..outbox import MessageStatus
+from ..errors import MessageError, OutboxError
+from ..labels import TAG_PATTERN, parse_send_at
+from ..outbox import Cursor, MessagePage, MessageQuery, MessageState, MessageStatus
+from ..outbox.listing import DEFAULT_PAGE, MAX_PAGE, decode_cursor
 from . import compose
 from .bulkstream import BulkRequest
 from .json_limits import first_problem
 from .jsonscan import BulkBody
 from .problems import FieldError, ProblemException, not_an_object, not_json, validation_problem
-from .schemas import Accepted, BatchAccepted, BatchStatusOut, MessageIn, MessageStatusOut, RecipientStatusOut
+from .schemas import (
+    Accepted,
+    BatchAccepted,
+    BatchStatusOut,
+    MessageIn,
+    MessagePageOut,
+    MessageStatusOut,
+    MessageSummaryOut,
+    RecipientStatusOut,
+)
 from .state import web_state
 from .tenants import Scope
 from .unsublinks import links_for
 
-__all__ = ["ID_PATTERN", "IDEMPOTENCY_KEY_PATTERN", "MessageIdConverter", "bp", "status_out"]
+__all__ = [
+    "ID_PATTERN",
+    "IDEMPOTENCY_KEY_PATTERN",
+    "LIST_PARAMS",
+    "TO_PATTERN",
+    "MessageIdConverter",
+    "bp",
+    "status_out",
+]
 
 bp = Blueprint("mailsvc_api", __name__)
 M = TypeVar("M", bound=BaseModel)
@@ -38,6 +63,16 @@ IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _ID = re.compile(ID_PATTERN)
+_TAG = re.compile(TAG_PATTERN)
+# A recipient address as stored (exact match): one line of printable characters.
+TO_PATTERN = r"^[^\x00-\x1f\x7f]{1,998}$"
+_TO = re.compile(TO_PATTERN)
+_LIMIT = re.compile(r"^[0-9]{1,3}$")
+#: The query parameters each listing takes (anything else is a 422 naming it).
+LIST_PARAMS = {
+    "messages": ("status", "tag", "since", "until", "to", "limit", "cursor"),
+    "batch": ("status", "limit", "cursor"),
+}
 
 
 class MessageIdConverter(BaseConverter):
@@ -123,9 +158,101 @@ async def send_message() -> Response:
         idempotency_key=key,
         fingerprint=compose.fingerprint_of("message", m.model_dump_json()),
         batch=False,
+        labels=compose.labels_of(m, ws.config.schedule_horizon),
     )
     id_ = result.ids[0]
     return _accepted(Accepted(id=id_), f"/api/messages/{id_}", result.duplicate)
+
+
+def _bad(param: str, reason: str) -> ProblemException:
+    return ProblemException(422, "bad query parameters", errors=[FieldError(field=param, reason=reason)])
+
+
+def _listing(which: str, batch_id: str | None = None) -> tuple[MessageQuery, Cursor | None, int]:
+    """The query string of a listing, checked: each parameter once, each well-formed, no others."""
+    args = request.args
+    for name in args:
+        if name not in LIST_PARAMS[which]:
+            raise _bad(name[:60], f"not a parameter of this listing (it takes {', '.join(LIST_PARAMS[which])})")
+        if len(args.getlist(name)) > 1:
+            raise _bad(name, "give it once")
+    state = args.get("status")
+    if state is not None and state not in set(MessageState):
+        raise _bad("status", f"one of {', '.join(sorted(MessageState))}")
+    tag = args.get("tag")
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise _bad("tag", "1-64 letters, digits, '.', '_', ':' or '-'")
+    to = args.get("to")
+    if to is not None and not _TO.fullmatch(to):
+        raise _bad("to", "an address as it was sent to, one line, at most 998 characters")
+    bounds = {}
+    for name in ("since", "until"):
+        raw = args.get(name)
+        if raw is not None:
+            try:
+                bounds[name] = parse_send_at(raw, name)
+            except MessageError as exc:
+                raise _bad(name, exc.reason) from None
+    limit = DEFAULT_PAGE
+    raw_limit = args.get("limit")
+    if raw_limit is not None:
+        if not _LIMIT.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
+            raise _bad("limit", f"a whole number from 1 to {MAX_PAGE}")
+        limit = int(raw_limit)
+    after = None
+    raw_cursor = args.get("cursor")
+    if raw_cursor is not None:
+        try:
+            after = decode_cursor(raw_cursor)
+        except MessageError as exc:
+            raise _bad("cursor", exc.reason) from None
+    query = MessageQuery(
+        state=MessageState(state) if state is not None else None,
+        tag=tag,
+        since=bounds.get("since"),
+        until=bounds.get("until"),
+        to=to,
+        batch_id=batch_id,
+    )
+    return query, after, limit
+
+
+def _page_out(page: MessagePage) -> Response:
+    body = MessagePageOut(
+        items=[
+            MessageSummaryOut(
+                id=m.id,
+                message_id=m.message_id,
+                batch_id=m.batch_id,
+                state=m.state,
+                created_at=m.created_at.isoformat(),
+                send_at=m.send_at.isoformat() if m.send_at else None,
+                tags=list(m.tags),
+                metadata=m.metadata,
+            )
+            for m in page.items
+        ],
+        next=page.next,
+    )
+    return Response(body.model_dump_json(), content_type="application/json")
+
+
+async def _page(query: MessageQuery, after: Cursor | None, limit: int, tenant: str | None) -> MessagePage:
+    try:
+        return await web_state().outbox().list_messages(query, tenant=tenant, after=after, limit=limit)
+    except MessageError as exc:  # a cursor whose key this backend cannot read
+        raise _bad(exc.field, exc.reason) from None
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+
+
+@bp.get("/api/messages")
+async def list_messages() -> Response:
+    """The caller tenant's messages, newest first, filtered; ``next`` pages on."""
+    ws = web_state()
+    principal = await ws.api_principal(Scope.READ, allow_session=True)
+    query, after, limit = _listing("messages")
+    return _page_out(await _page(query, after, limit, principal.sees))
 
 
 @bp.post("/api/messages/bulk")
@@ -152,6 +279,9 @@ def status_out(s: MessageStatus) -> MessageStatusOut:
         batch_id=s.batch_id,
         state=s.state,
         created_at=s.created_at.isoformat(),
+        tags=list(s.tags),
+        metadata=s.metadata,
+        send_at=s.send_at.isoformat() if s.send_at else None,
         recipients=[
             RecipientStatusOut(
                 recipient=r.recipient,
@@ -195,3 +325,46 @@ async def batch_status(id: str) -> Response:
         raise compose.outbox_problem(exc) from None
     body = BatchStatusOut(batch_id=id, total=sum(counts.values()), counts=counts)
     return Response(body.model_dump_json(), content_type="application/json")
+
+
+@bp.get("/api/batches/<id>/messages")
+async def batch_messages(id: str) -> Response:
+    """A batch's messages (``status=failed`` for the failures), newest first; 404 as ``GET /api/batches/<id>``."""
+    ws = web_state()
+    principal = await ws.api_principal(Scope.READ, allow_session=True)
+    _check_id("batch", id)
+    query, after, limit = _listing("batch", batch_id=id)
+    try:
+        await ws.outbox().batch_status(id, tenant=principal.sees)
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    return _page_out(await _page(query, after, limit, principal.sees))
+
+
+@bp.delete("/api/messages/<message_id:id>")
+async def cancel_message(id: str) -> Response:
+    """Cancel what no relay has been handed; 200 with the status after, 202 while part of it is still being sent."""
+    ws = web_state()
+    principal = await ws.api_principal(Scope.SEND)
+    _check_id("message", id)
+    try:
+        s = await ws.outbox().cancel(id, tenant=principal.sees)
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    code = 202 if s.state == MessageState.SENDING else 200
+    return Response(status_out(s).model_dump_json(), status=code, content_type="application/json")
+
+
+@bp.delete("/api/batches/<id>")
+async def cancel_batch(id: str) -> Response:
+    """Cancel every message of the batch as ``DELETE /api/messages/<id>`` does, in one transaction."""
+    ws = web_state()
+    principal = await ws.api_principal(Scope.SEND)
+    _check_id("batch", id)
+    try:
+        counts = await ws.outbox().cancel_batch(id, tenant=principal.sees)
+    except OutboxError as exc:
+        raise compose.outbox_problem(exc) from None
+    body = BatchStatusOut(batch_id=id, total=sum(counts.values()), counts=counts)
+    code = 202 if counts.get(MessageState.SENDING, 0) else 200
+    return Response(body.model_dump_json(), status=code, content_type="application/json")

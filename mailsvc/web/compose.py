@@ -31,7 +31,8 @@ from ..errors import (
 from ..extension import MailState
 from ..message import Attachment, Envelope, Message, default_msgid_domain
 from ..mimewriter import attachment_body
-from ..outbox import EnqueueResult, Outbox
+from ..outbox import EnqueueResult, Labels, Outbox
+from ..outbox.base import NO_LABELS
 from ..rendering import html_to_text
 from ..services import services
 from ..tracing import TRACER
@@ -42,7 +43,15 @@ from .problems import FieldError, ProblemException, retry_after
 from .schemas import AttachmentIn, BulkHead, BulkRecipient, MessageIn, header_problem
 from .unsublinks import UnsubscribeLinks, links_for
 
-__all__ = ["BulkBuilder", "build_single", "enqueue", "enqueue_bulk", "fingerprint_of", "outbox_problem"]
+__all__ = [
+    "BulkBuilder",
+    "build_single",
+    "enqueue",
+    "enqueue_bulk",
+    "fingerprint_of",
+    "labels_of",
+    "outbox_problem",
+]
 
 log = logging.getLogger("mailsvc.web")
 
@@ -246,6 +255,14 @@ class BulkBuilder:
         return _build(self.state, msg, where)
 
 
+def labels_of(model: MessageIn | BulkHead, horizon: float) -> Labels:
+    """The request's tags, metadata and send_at for the outbox (send_at checked against the clock once more)."""
+    try:
+        return model.labels(horizon)
+    except MessageError as exc:  # the horizon passed between validation and now
+        raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
+
+
 def fingerprint_of(route: str, body: str) -> str:
     """What "the same request" means for idempotency: the route and the validated body."""
     return hashlib.sha256(f"{route}\x00{body}".encode("utf-8", "surrogatepass")).hexdigest()
@@ -306,13 +323,19 @@ async def enqueue(
     idempotency_key: str | None,
     fingerprint: str,
     batch: bool,
+    labels: Labels = NO_LABELS,
 ) -> EnqueueResult:
     """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body."""
     scoped = _scoped(principal, idempotency_key)
     started = time.perf_counter()
     try:
         commit = outbox.enqueue(
-            envelopes, idempotency_key=scoped, batch=batch, fingerprint=fingerprint, tenant=principal.tenant
+            envelopes,
+            idempotency_key=scoped,
+            batch=batch,
+            fingerprint=fingerprint,
+            tenant=principal.tenant,
+            labels=labels,
         )
         result = await (commit if TRACER is None else _traced(commit, len(envelopes)))
     except OutboxError as exc:
@@ -357,6 +380,7 @@ async def enqueue_bulk(
     """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
     scoped = _scoped(principal, idempotency_key)
     head = request.head
+    labels = labels_of(head, web.schedule_horizon)
     links = links_for(web, head.unsubscribe, head.headers, principal.tenant, head.stream)  # 422 if it cannot
     builder = await BulkBuilder.create(state, head, request.count, web, links)  # 422 if a template does not compile
     chunks = request.chunks(builder.build_one, chunk_size(sum(map(len, builder.shared))))
@@ -372,6 +396,7 @@ async def enqueue_bulk(
                 tenant=principal.tenant,
                 shared=builder.shared,
                 suppress_stream=head.stream,
+                labels=labels,
             )
             result = await (commit if TRACER is None else _traced(commit, request.count))
     except OutboxError as exc:

@@ -15,7 +15,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint, Response, render_template
 
-from .api import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN
+from ..labels import SEND_AT_PATTERN, TAG_PATTERN
+from ..outbox.listing import MAX_PAGE
+from ..outbox.states import MessageState
+from .api import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, TO_PATTERN
 from .doclimits import narrow
 from .problems import PROBLEM_JSON, Problem
 from .schemas import (
@@ -25,6 +28,7 @@ from .schemas import (
     BulkIn,
     CheckContext,
     MessageIn,
+    MessagePageOut,
     MessageStatusOut,
 )
 from .state import web_state
@@ -33,7 +37,16 @@ __all__ = ["bp", "openapi_document"]
 
 bp = Blueprint("mailsvc_openapi", __name__)
 
-_MODELS: list[type[BaseModel]] = [MessageIn, BulkIn, Accepted, BatchAccepted, MessageStatusOut, BatchStatusOut, Problem]
+_MODELS: list[type[BaseModel]] = [
+    MessageIn,
+    BulkIn,
+    Accepted,
+    BatchAccepted,
+    MessageStatusOut,
+    BatchStatusOut,
+    MessagePageOut,
+    Problem,
+]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -81,6 +94,32 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 _MESSAGE_ID = {**_ID, "schema": {"type": "string", "pattern": ID_PATTERN, "not": {"const": "bulk"}}}
 
 
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_TIME = {"type": "string", "format": "date-time", "pattern": SEND_AT_PATTERN}
+_STATUS = _query("status", {"type": "string", "enum": sorted(MessageState)}, "only messages in this state")
+_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "page size (default 50)")
+_CURSOR = _query(
+    "cursor", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,200}$"}, "a page's 'next', unchanged (opaque)"
+)
+_LIST_PARAMS = [
+    _STATUS,
+    _query("tag", {"type": "string", "pattern": TAG_PATTERN}, "only messages with this tag"),
+    _query("since", _TIME, "created at or after (RFC 3339 with an offset)"),
+    _query("until", _TIME, "created before (RFC 3339 with an offset)"),
+    _query("to", {"type": "string", "pattern": TO_PATTERN}, "only messages with this recipient address, exactly"),
+    _LIMIT,
+    _CURSOR,
+]
+_LIST_ERRORS = {"422": _problem("a bad query parameter (named in errors)"), **_ERRORS}
+_CANCEL_DOC = (
+    "Cancel what no relay has been handed yet: queued, scheduled and deferred recipients end 'cancelled'; "
+    "those being sent finish (202 until they have), delivered and failed ones stay. Idempotent."
+)
+
+
 def _not_allowed(description: str) -> dict[str, Any]:
     out = _problem(description)
     out["headers"] = {"Allow": {"schema": {"type": "string"}, "description": "the methods it takes", "required": True}}
@@ -116,6 +155,12 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/api/messages": {
+                "get": {
+                    "summary": "The caller's messages, newest first, filtered; follow 'next' to page on",
+                    "operationId": "listMessages",
+                    "parameters": _LIST_PARAMS,
+                    "responses": {"200": _json(MessagePageOut, "a page"), **_LIST_ERRORS},
+                },
                 "post": {
                     "summary": "Queue one message",
                     "operationId": "sendMessage",
@@ -125,7 +170,7 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
                         "202": _json(Accepted, "queued", location=True, links=_link("messageStatus", "id")),
                         **_POST_ERRORS,
                     },
-                }
+                },
             },
             "/api/messages/bulk": {
                 "post": {
@@ -152,7 +197,20 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
                         "405": _not_allowed("id 'bulk' is the bulk route's path, which only takes POST"),
                         **_ERRORS,
                     },
-                }
+                },
+                "delete": {
+                    "summary": "Cancel a message",
+                    "description": _CANCEL_DOC,
+                    "operationId": "cancelMessage",
+                    "parameters": [_MESSAGE_ID],
+                    "responses": {
+                        "200": _json(MessageStatusOut, "nothing of it is being sent: its status now"),
+                        "202": _json(MessageStatusOut, "part of it is being sent and will finish: its status now"),
+                        "404": _problem("unknown id"),
+                        "405": _not_allowed("id 'bulk' is the bulk route's path, which only takes POST"),
+                        **_ERRORS,
+                    },
+                },
             },
             "/api/batches/{id}": {
                 "get": {
@@ -160,6 +218,30 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
                     "operationId": "batchStatus",
                     "parameters": [_ID],
                     "responses": {"200": _json(BatchStatusOut, "counts"), "404": _problem("unknown id"), **_ERRORS},
+                },
+                "delete": {
+                    "summary": "Cancel every message of a batch, in one transaction",
+                    "description": _CANCEL_DOC,
+                    "operationId": "cancelBatch",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": _json(BatchStatusOut, "nothing of it is being sent: its counts now"),
+                        "202": _json(BatchStatusOut, "some of it is being sent and will finish: its counts now"),
+                        "404": _problem("unknown id"),
+                        **_ERRORS,
+                    },
+                },
+            },
+            "/api/batches/{id}/messages": {
+                "get": {
+                    "summary": "A batch's messages, newest first (status=failed for the failures)",
+                    "operationId": "batchMessages",
+                    "parameters": [_ID, _STATUS, _LIMIT, _CURSOR],
+                    "responses": {
+                        "200": _json(MessagePageOut, "a page"),
+                        "404": _problem("unknown id"),
+                        **_LIST_ERRORS,
+                    },
                 }
             },
         },

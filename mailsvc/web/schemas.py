@@ -32,6 +32,18 @@ from pydantic_core import PydanticCustomError
 from ..addresses import HEADER_LINE_PATTERN, header_problem, parse_address
 from ..config import WebConfig
 from ..errors import MessageError
+from ..labels import (
+    MAX_META_KEYS,
+    MAX_META_VALUE,
+    MAX_TAGS,
+    META_KEY_PATTERN,
+    META_VALUE_PATTERN,
+    SEND_AT_PATTERN,
+    TAG_PATTERN,
+    check_send_at,
+    parse_send_at,
+)
+from ..outbox.base import Labels
 from ..outbox.states import MessageState, RecipientState
 from ..rendering import TEMPLATE_NAME_PATTERN, TemplateRenderer, template_name_ok
 
@@ -48,7 +60,9 @@ __all__ = [
     "JINJA_FORMAT",
     "MAILBOX_FORMAT",
     "MessageIn",
+    "MessagePageOut",
     "MessageStatusOut",
+    "MessageSummaryOut",
     "RecipientStatusOut",
     "header_problem",
     "split_addresses",
@@ -311,6 +325,19 @@ def _check_content(template: str | None, subject: str | None, text: str | None, 
             raise PydanticCustomError("missing_body", "text: give text, html or both (or a template)")
 
 
+def _tags(v: list[str]) -> list[str]:
+    return list(dict.fromkeys(v))  # repeats dropped, order kept
+
+
+Tag = Annotated[str, Field(pattern=TAG_PATTERN)]
+MetaKey = Annotated[str, Field(pattern=META_KEY_PATTERN)]
+MetaValue = Annotated[str, Field(max_length=MAX_META_VALUE, pattern=META_VALUE_PATTERN)]
+SEND_AT_DOC = (
+    "when to send: RFC 3339 with an offset (2026-05-01T09:30:00Z, 2026-05-01T11:30:00+02:00); a time already past "
+    "means now; at most MAILSVC_SCHEDULE_HORIZON ahead (30 days unless set). Until then the message is 'scheduled'"
+)
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=CONTENT_RULE)
 
@@ -325,6 +352,36 @@ class _Common(BaseModel):
         description="extra headers such as List-Unsubscribe; From, To, Subject, Date and MIME headers are refused",
         json_schema_extra={"propertyNames": _HEADER_NAMES_SCHEMA},
     )
+    tags: Annotated[list[Tag], AfterValidator(_tags)] = Field(
+        default_factory=list,
+        max_length=MAX_TAGS,
+        description="labels to find the message by (GET /api/messages?tag=); repeats are dropped",
+    )
+    metadata: dict[MetaKey, MetaValue] = Field(
+        default_factory=dict,
+        max_length=MAX_META_KEYS,
+        description="your own flat string values, stored and returned with the message (never sent)",
+        json_schema_extra={"propertyNames": {"pattern": META_KEY_PATTERN}},
+    )
+    send_at: str | None = Field(
+        default=None, description=SEND_AT_DOC, json_schema_extra={"format": "date-time", "pattern": SEND_AT_PATTERN}
+    )
+
+    def labels(self, horizon: float) -> Labels:
+        """What the outbox stores with each message (send_at checked again at this moment)."""
+        at = check_send_at(self.send_at, horizon) if self.send_at is not None else None
+        return Labels(tuple(self.tags), dict(self.metadata), at)
+
+    def _check_labels(self, info: ValidationInfo) -> None:
+        ctx = _ctx(info)
+        if self.send_at is not None:
+            try:  # without a context (schema generation, unit use) only the format is checked
+                if ctx is None:
+                    parse_send_at(self.send_at)
+                else:
+                    check_send_at(self.send_at, ctx.web.schedule_horizon)
+            except MessageError as exc:
+                raise PydanticCustomError("send_at", "send_at: {reason}", {"reason": exc.reason}) from None
 
     def _check_sender(self, info: ValidationInfo) -> None:
         ctx = _ctx(info)
@@ -355,6 +412,7 @@ class MessageIn(_Common):
     @model_validator(mode="after")
     def _shape(self, info: ValidationInfo) -> MessageIn:
         self._check_sender(info)
+        self._check_labels(info)
         _check_content(self.template, self.subject, self.text, self.html)
         ctx = _ctx(info)
         n = len(self.to) + len(self.cc) + len(self.bcc)
@@ -407,6 +465,7 @@ class BulkHead(_Common):
     @model_validator(mode="after")
     def _shape(self, info: ValidationInfo) -> BulkHead:
         self._check_sender(info)
+        self._check_labels(info)
         _check_content(self.template, self.subject, self.text, self.html)
         return self
 
@@ -461,6 +520,33 @@ class MessageStatusOut(BaseModel):
     state: MessageState
     created_at: str
     recipients: list[RecipientStatusOut]
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    send_at: str | None = Field(default=None, description="when it was asked to be sent (UTC); null: at once")
+
+
+class MessageSummaryOut(BaseModel):
+    """One message of a listing (its recipients: ``GET /api/messages/<id>``)."""
+
+    id: str
+    message_id: str
+    batch_id: str | None
+    state: MessageState
+    created_at: str
+    send_at: str | None
+    tags: list[str]
+    metadata: dict[str, str]
+
+
+class MessagePageOut(BaseModel):
+    """A page of messages, newest first; ``next`` (opaque) is the ``cursor`` of the following page, null at the end.
+
+    A page may hold fewer than ``limit`` items (even none) and still have a ``next``: each page reads a
+    bounded stretch of history, so follow ``next`` until it is null.
+    """
+
+    items: list[MessageSummaryOut]
+    next: str | None
 
 
 class BatchStatusOut(BaseModel):

@@ -1,4 +1,4 @@
--- mailsvc outbox on SQLite, version 5: delivery events and webhook deliveries (issue 16).
+-- mailsvc outbox on SQLite, version 6: delivery events and webhook deliveries (issue 16).
 -- One event per recipient state change, written by the triggers below inside the transaction that makes the
 -- change: an event commits with its change or not at all (never lost, never invented), whichever code path
 -- changed the state. seq is the read cursor: SQLite has one writer at a time, so seq grows in commit order.

@@ -1,4 +1,4 @@
--- mailsvc outbox on PostgreSQL, version 5: delivery events and webhook deliveries (issue 16).
+-- mailsvc outbox on PostgreSQL, version 6: delivery events and webhook deliveries (issue 16).
 -- One event per recipient state change, written by triggers inside the transaction that makes the change:
 -- an event commits with its change or not at all (never lost, never invented), whichever code path changed it.
 -- The read cursor is (xid, seq): seq alone is not commit order when transactions overlap (a lower seq can
