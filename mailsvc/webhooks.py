@@ -99,6 +99,9 @@ class WebhookDispatcher:
         self.posts = 0  # requests sent (for tests and metrics)
 
     async def start(self) -> None:
+        """Start the loop once every endpoint has a cursor: an endpoint hears everything from this start on."""
+        for endpoint in self.endpoints.values():
+            await self.log.fanout(endpoint.name, endpoint.events, 0)
         self._task = asyncio.create_task(self.run(), name="mailsvc-webhooks")
 
     async def stop(self) -> None:
