@@ -313,6 +313,29 @@ def styled_templates() -> None:
     print(f"CSS: the newsletter carries a stylesheet; mailsvc inlines it per message ({root})", file=sys.stderr)
 
 
+def webhook_sink() -> None:
+    """A local HTTP endpoint answering 204 to every POST; the service is told to send it every event."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    os.environ["MAILSVC_WEBHOOKS"] = json.dumps([{"name": "bench", "url": url, "secret": secret, "batch": 100}])
+    print(f"webhooks: every event POSTed to {url} (batches of up to 100)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="mailsvc bulk-send benchmark")
     p.add_argument("--n", type=int, default=5000, help="messages per run (default 5000)")
@@ -336,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the newsletter carries a stylesheet, inlined per message by mailsvc (the peers send it as is)",
     )
+    p.add_argument("--webhook", action="store_true", help="the service POSTs every event to a local endpoint")
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
     p.add_argument("--from-json", type=Path, help="only print the table of runs saved earlier with --json")
@@ -364,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         dkim_key(args.dkim)
     if args.inline_css:
         styled_templates()
+    if args.webhook:
+        webhook_sink()
     use_postfix = args.sink == "smtp-sink" or (args.sink == "auto" and smtp_sink_binary() is not None)
     sink: Sink = SmtpSink() if use_postfix else AiosmtpdSink()
 
