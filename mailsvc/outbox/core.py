@@ -14,7 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from ..errors import IdempotencyConflictError, NotFoundError, OutboxError, OutboxFullError
@@ -37,12 +37,18 @@ from .base import fingerprint as envelope_fingerprint
 from .blobs import SharedBlobs, Splice, check_blobs, reassemble
 from .groups import GroupCommit
 from .states import OUTCOMES, MessageState, RecipientState
-from .store import Body, KeyRecord, OutcomeRow, Store, Tx
+from .store import Body, DueMessage, KeyRecord, OutcomeRow, Store, Tx
+from .suppressions import ALL_STREAMS, Reason, address_key, covers, hard_bounce
 
 __all__ = ["OutboxCore"]
 
 StoreT = TypeVar("StoreT", bound=Store)
 _REPLY_MAX = 1000  # characters of a server's reply kept per recipient
+_SOURCE_MAX = 300  # characters of what recorded a suppression
+# The claim re-checks a message's recipients only when its tenant added a suppression since the message
+# was queued, less this margin: an entry committed while the enqueue's transaction ran may carry an
+# earlier time than the message and was not seen by it.
+_RECHECK_MARGIN = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,7 @@ class _Request:
     batch: bool
     tenant: str | None
     envelopes: list[Envelope] = field(default_factory=list)
+    stream: str | None = None
 
 
 async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope]]:
@@ -64,6 +71,38 @@ async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope
 def _scope(tenant: str | None) -> str:
     """The suppression list's key for a tenant: an open service's requests (no tenant) share ``''``."""
     return tenant or ""
+
+
+def _suppressed_reply(reason: str) -> str:
+    return f"suppressed: {reason}"
+
+
+async def _suppress(tx: Tx, messages: Sequence[tuple[str, str, str | None, Sequence[str]]]) -> dict[str, set[str]]:
+    """Mark suppressed the recipients of ``(id, tenant key, stream, recipients)`` their tenant's list stops.
+
+    One lookup for all of them (addresses keyed in Python, :func:`address_key`); returns, per message
+    touched, the addresses (as stored) now ``suppressed``.
+    """
+    keys = sorted({address_key(a) for _, _, _, rcpts in messages for a in rcpts})
+    tenants = sorted({t for _, t, _, _ in messages})
+    if not keys:
+        return {}
+    entries: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for row in await tx.find_suppressions(tenants, keys):
+        entries.setdefault((row.tenant, row.address), []).append((row.stream, row.reason))
+    if not entries:
+        return {}
+    hits: dict[str, set[str]] = {}
+    marks: list[tuple[str, str, str]] = []
+    for id_, tenant, stream, rcpts in messages:
+        for address in dict.fromkeys(rcpts):
+            found = [reason for st, reason in entries.get((tenant, address_key(address)), ()) if covers(st, stream)]
+            if found:
+                hits.setdefault(id_, set()).add(address)
+                marks.append((id_, address, _suppressed_reply(found[0])))
+    if marks:
+        await tx.mark_suppressed(marks)
+    return hits
 
 
 def _new_ids(n: int) -> list[str]:
@@ -127,13 +166,14 @@ class OutboxCore(Outbox, Generic[StoreT]):
         batch: bool = False,
         fingerprint: str | None = None,
         tenant: str | None = None,
+        stream: str | None = None,
     ) -> EnqueueResult:
         envelopes = list(envelopes)
         check_count(len(envelopes), len(envelopes))  # at least one
         check_envelopes(envelopes)
         digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else None
         if len(envelopes) <= self.group_max:
-            request = _Request(len(envelopes), idempotency_key, digest or "", batch, tenant, envelopes)
+            request = _Request(len(envelopes), idempotency_key, digest or "", batch, tenant, envelopes, stream)
             return await self._groups.join(request)
         return await self.enqueue_stream(
             len(envelopes),
@@ -142,6 +182,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             idempotency_key=idempotency_key,
             batch=batch,
             tenant=tenant,
+            suppress_stream=stream,
         )
 
     async def enqueue_stream(
@@ -165,8 +206,10 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 return result
             written = 0
             stored: set[str] = set()
-            # Looked up in this transaction, so an unsubscribe committed before it is honoured.
-            suppressing = suppress_stream is not None and await tx.has_suppressions(_scope(tenant), suppress_stream)
+            # Looked up in this transaction, so an unsubscribe committed before it is honoured;
+            # an entry committed after it is the claim's to catch.
+            scope = _scope(tenant)
+            suppressing = await tx.has_suppressions(scope, suppress_stream or ALL_STREAMS)
             async for chunk in chunks:
                 check_envelopes(chunk, written)
                 end = written + len(chunk)
@@ -174,10 +217,13 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     check_count(count, end)
                 n = len(chunk)
                 rows, splices = (chunk, []) if blobs is None else await _cut(tx, blobs, chunk, stored)
-                await tx.insert(result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, rows, splices)
-                if suppressing and suppress_stream is not None:
-                    touched = await tx.suppress_recipients(result.ids[written:end], _scope(tenant), suppress_stream)
-                    await tx.settle(touched, [])  # all suppressed: final now, never claimed
+                ids = result.ids[written:end]
+                await tx.insert(ids, [result.batch_id] * n, [request.tenant] * n, rows, splices, [suppress_stream] * n)
+                if suppressing:
+                    hits = await _suppress(
+                        tx, [(i, scope, suppress_stream, env.recipients) for i, env in zip(ids, chunk, strict=True)]
+                    )
+                    await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
                 written = end
             check_count(count, written)
             await tx.notify()
@@ -192,6 +238,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             ids: list[str] = []
             batch_ids: list[str | None] = []
             tenants: list[str | None] = []
+            streams: list[str | None] = []
             envelopes: list[Envelope] = []
             for request in group:
                 try:
@@ -205,9 +252,13 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     ids.extend(result.ids)
                     batch_ids.extend(result.batch_id for _ in result.ids)
                     tenants.extend(request.tenant for _ in result.ids)
+                    streams.extend(request.stream for _ in result.ids)
                     envelopes.extend(request.envelopes)
             if envelopes:
-                await tx.insert(ids, batch_ids, tenants, envelopes)
+                await tx.insert(ids, batch_ids, tenants, envelopes, (), streams)
+                checked = zip(ids, tenants, streams, envelopes, strict=True)
+                hits = await _suppress(tx, [(i, _scope(t), st, env.recipients) for i, t, st, env in checked])
+                await tx.settle(sorted(hits), [])
                 await tx.notify()
         return outcomes
 
@@ -243,6 +294,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 return []
             # Only recipients still to be tried and due now; a delivered one is never sent again.
             due = await tx.take_recipients([r.id for r in rows])
+            await _recheck(tx, rows, due)
             await tx.lease(list(due), owner, lease_seconds)
             # A message due with no due recipient should not exist; repair its due time rather than spin.
             await tx.settle([r.id for r in rows if r.id not in due], [])
@@ -283,6 +335,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     raise NotFoundError("message", id_)
             if rows:
                 await tx.write_outcomes(rows)
+                await _hard_bounces(tx, rows)
             await tx.count_attempts(ids)
             # Another worker took a message after our lease lapsed: leave its lease alone.
             mine = [i for i in ids if holders[i] in (None, owner)]
@@ -344,18 +397,45 @@ class OutboxCore(Outbox, Generic[StoreT]):
 
     # -- suppressions ----------------------------------------------------------
     async def suppress(
-        self, tenant: str | None, addresses: Sequence[str], stream: str, *, reason: str, source: str
+        self, tenant: str | None, addresses: Sequence[str], stream: str | None, *, reason: str, source: str
     ) -> int:
-        if not addresses:
-            return 0
         now = datetime.now(UTC)
-        rows = [Suppression(_scope(tenant), a.lower(), stream, reason, source, now) for a in sorted(set(addresses))]
+        where = stream or ALL_STREAMS
+        return await self.add_suppressions(
+            [Suppression(_scope(tenant), a, where, reason, source, now) for a in addresses]
+        )
+
+    async def add_suppressions(self, rows: Sequence[Suppression]) -> int:
+        keyed = {(r.tenant, r.stream, address_key(r.address)): r for r in reversed(rows)}  # the first of each stays
+        if not keyed:
+            return 0
+        stored = [replace(r, address=k[2], source=r.source[:_SOURCE_MAX]) for k, r in sorted(keyed.items())]
         async with self.store.write("record a suppression") as tx:
-            return await tx.add_suppressions(rows)
+            return await tx.add_suppressions(stored)
 
     async def suppressions(self, tenant: str | None) -> list[Suppression]:
         async with self.store.read("read the suppression list") as tx:
             return await tx.suppressions(_scope(tenant))
+
+    async def list_suppressions(
+        self,
+        tenant: str | None,
+        *,
+        reason: str | None = None,
+        stream: str | None = None,
+        address: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[Suppression]:
+        key = address_key(address) if address is not None else None
+        async with self.store.read("read the suppression list") as tx:
+            return await tx.list_suppressions(
+                _scope(tenant), reason=reason, stream=stream, address=key, after=after, limit=limit
+            )
+
+    async def unsuppress(self, tenant: str | None, address: str, stream: str | None = None) -> int:
+        async with self.store.write("remove a suppression") as tx:
+            return await tx.remove_suppressions(_scope(tenant), address_key(address), stream)
 
     # -- signed-out sessions ---------------------------------------------------
     async def revoke_session(self, sid: str, until: datetime) -> None:
@@ -403,3 +483,51 @@ def _replay(request: _Request, found: KeyRecord) -> EnqueueResult:
     if found.fingerprint != request.digest:
         raise IdempotencyConflictError(request.key or "")
     return EnqueueResult(ids=list(found.ids), batch_id=found.batch_id, duplicate=True)
+
+
+async def _recheck(tx: Tx, rows: Sequence[DueMessage], due: dict[str, list[str]]) -> None:
+    """Leave out of a claim the recipients suppressed since their message was queued (marked ``suppressed``).
+
+    Why here: a batch may wait in the queue for hours while readers unsubscribe and addresses
+    bounce. Cheap when nothing changed: one probe for the claimed tenants' entries newer than the
+    oldest claimed message (less :data:`_RECHECK_MARGIN`); only then one lookup of the addresses.
+    A message left with no recipient to send to is settled by the caller (``due`` loses it).
+    """
+    if not due:
+        return
+    claimed = [r for r in rows if r.id in due]
+    tenants = sorted({_scope(r.tenant) for r in claimed})
+    if not await tx.suppressed_since(tenants, min(r.created_at for r in claimed) - _RECHECK_MARGIN):
+        return
+    hits = await _suppress(tx, [(r.id, _scope(r.tenant), r.stream, due[r.id]) for r in claimed])
+    for id_, addresses in hits.items():
+        left = [a for a in due[id_] if a not in addresses]
+        if left:
+            due[id_] = left
+        else:
+            del due[id_]
+
+
+async def _hard_bounces(tx: Tx, rows: Sequence[OutcomeRow]) -> None:
+    """Put on its tenant's list, for every stream, each address a relay refused as nonexistent (5.1.x).
+
+    In the transaction that records the refusal, so no later message is queued between the two.
+    """
+    bounced = [r for r in rows if r.state is RecipientState.FAILED and hard_bounce(r.code, r.reply)]
+    if not bounced:
+        return
+    tenants = await tx.message_tenants(sorted({r.id for r in bounced}))
+    now = datetime.now(UTC)
+    entries = {
+        (_scope(tenants.get(r.id)), address_key(r.recipient)): Suppression(
+            _scope(tenants.get(r.id)),
+            address_key(r.recipient),
+            ALL_STREAMS,
+            Reason.HARD_BOUNCE,
+            f"smtp:{r.code} {r.reply}"[:_SOURCE_MAX],
+            now,
+        )
+        for r in bounced
+        if r.id in tenants
+    }
+    await tx.add_suppressions([entries[k] for k in sorted(entries)])
