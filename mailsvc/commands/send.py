@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-a", "--attach", action="append", default=[], metavar="PATH", help="attach a file (repeatable)")
     p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)")
     p.add_argument("--idempotency-key", metavar="KEY", help="re-running with the same key queues nothing new")
+    p.add_argument(
+        "--stream",
+        default="default",
+        help="the stream it is mailed on (default 'default'): recipients suppressed there are not sent to",
+    )
+    p.add_argument("--tenant", help="queue it as this tenant (its suppression list applies; default: none)")
     p.set_defaults(handler=run)
 
 
@@ -167,11 +173,19 @@ def outbox_from(settings: Any) -> Outbox:
 
 
 async def enqueue(
-    settings: Any, envelopes: Sequence[Envelope], *, batch: bool = False, idempotency_key: str | None = None
+    settings: Any,
+    envelopes: Sequence[Envelope],
+    *,
+    batch: bool = False,
+    idempotency_key: str | None = None,
+    tenant: str | None = None,
+    stream: str | None = None,
 ) -> EnqueueResult:
     """Open the outbox, enqueue in one transaction, close; returns the EnqueueResult."""
     async with outbox_from(settings) as outbox:
-        return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key)
+        return await outbox.enqueue(
+            envelopes, batch=batch, idempotency_key=idempotency_key, tenant=tenant, stream=stream
+        )
 
 
 def fail(code: int, message: str) -> int:
@@ -192,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
     except MessageError as exc:
         return fail(EXIT_USAGE, f"{exc.field}: {exc.reason}")
     try:
-        result = asyncio.run(enqueue(settings, envelopes, idempotency_key=args.idempotency_key))
+        result = asyncio.run(
+            enqueue(settings, envelopes, idempotency_key=args.idempotency_key, tenant=args.tenant, stream=args.stream)
+        )
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"not queued: {exc}")
     except MailError as exc:  # ConfigError for a bad MAILSVC_DATABASE_URL, MessageError from the outbox

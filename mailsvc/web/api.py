@@ -123,6 +123,7 @@ async def send_message() -> Response:
         idempotency_key=key,
         fingerprint=compose.fingerprint_of("message", m.model_dump_json()),
         batch=False,
+        stream=m.stream,
     )
     id_ = result.ids[0]
     return _accepted(Accepted(id=id_), f"/api/messages/{id_}", result.duplicate)

@@ -280,12 +280,21 @@ async def enqueue(
     idempotency_key: str | None,
     fingerprint: str,
     batch: bool,
+    stream: str | None = None,
 ) -> EnqueueResult:
-    """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body."""
+    """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body.
+
+    ``stream``: what the tenant's suppression list is checked against (suppressed recipients are stored final).
+    """
     scoped = _scoped(principal, idempotency_key)
     try:
         result = await outbox.enqueue(
-            envelopes, idempotency_key=scoped, batch=batch, fingerprint=fingerprint, tenant=principal.tenant
+            envelopes,
+            idempotency_key=scoped,
+            batch=batch,
+            fingerprint=fingerprint,
+            tenant=principal.tenant,
+            stream=stream,
         )
     except OutboxError as exc:
         raise outbox_problem(exc) from None

@@ -15,10 +15,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint, Response, render_template
 
+from ..outbox.suppressions import Reason
 from .api import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN
 from .doclimits import narrow
 from .problems import PROBLEM_JSON, Problem
 from .schemas import (
+    MAILBOX_FORMAT,
     Accepted,
     BatchAccepted,
     BatchStatusOut,
@@ -28,12 +30,31 @@ from .schemas import (
     MessageStatusOut,
 )
 from .state import web_state
+from .suppression_schemas import (
+    CURSOR_PATTERN,
+    LIST_PATTERN,
+    MAX_PAGE,
+    SuppressionPage,
+    SuppressionsAdded,
+    SuppressionsIn,
+)
 
 __all__ = ["bp", "openapi_document"]
 
 bp = Blueprint("mailsvc_openapi", __name__)
 
-_MODELS: list[type[BaseModel]] = [MessageIn, BulkIn, Accepted, BatchAccepted, MessageStatusOut, BatchStatusOut, Problem]
+_MODELS: list[type[BaseModel]] = [
+    MessageIn,
+    BulkIn,
+    Accepted,
+    BatchAccepted,
+    MessageStatusOut,
+    BatchStatusOut,
+    SuppressionsIn,
+    SuppressionsAdded,
+    SuppressionPage,
+    Problem,
+]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -79,6 +100,61 @@ _IDEM = {
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
 # /api/messages/bulk is the bulk route's own (api.MessageIdConverter): no message id is "bulk".
 _MESSAGE_ID = {**_ID, "schema": {"type": "string", "pattern": ID_PATTERN, "not": {"const": "bulk"}}}
+
+
+_MAILBOX = {"type": "string", "format": MAILBOX_FORMAT, "minLength": 1, "maxLength": 998}
+_LIST_STREAM = {"type": "string", "pattern": LIST_PATTERN}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _suppression_paths() -> dict[str, Any]:
+    """``/api/suppressions`` (:mod:`.suppressions`): the query parameters are :class:`SuppressionQuery`'s."""
+    reasons = {"type": "string", "enum": [r.value for r in Reason]}
+    return {
+        "/api/suppressions": {
+            "get": {
+                "summary": "A page of this tenant's suppression list, in (stream, address) order",
+                "operationId": "listSuppressions",
+                "parameters": [
+                    _query("reason", reasons, "only entries with this reason"),
+                    _query("stream", _LIST_STREAM, "only entries on this stream ('*': those for every stream)"),
+                    _query("address", _MAILBOX, "only this address's entries"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "page size (100)"),
+                    _query("cursor", {"type": "string", "pattern": CURSOR_PATTERN}, "the previous page's next"),
+                ],
+                "responses": {
+                    "200": _json(SuppressionPage, "a page"),
+                    "422": _problem("invalid query parameters (each listed in errors)"),
+                    **_ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Put addresses on this tenant's suppression list (mail to them is not sent)",
+                "operationId": "addSuppressions",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(SuppressionsIn)}}},
+                "responses": {"200": _json(SuppressionsAdded, "on the list"), **_POST_ERRORS},
+            },
+        },
+        "/api/suppressions/{address}": {
+            "delete": {
+                "summary": "Take an address off this tenant's list (every stream, or the one named)",
+                "operationId": "removeSuppression",
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": _MAILBOX},
+                    _query("stream", _LIST_STREAM, "remove only the entry on this stream ('*': the every-stream one)"),
+                ],
+                "responses": {
+                    "204": {"description": "removed"},
+                    "404": _problem("the address is not on the list (there)"),
+                    "422": _problem("not an address, or an invalid stream"),
+                    **_ERRORS,
+                },
+            }
+        },
+    }
 
 
 def _not_allowed(description: str) -> dict[str, Any]:
@@ -162,6 +238,7 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
                     "responses": {"200": _json(BatchStatusOut, "counts"), "404": _problem("unknown id"), **_ERRORS},
                 }
             },
+            **_suppression_paths(),
         },
     }
 
