@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+import idna
+
 __all__ = ["ALL_STREAMS", "Reason", "address_key", "covers", "hard_bounce", "stream_for"]
 
 #: The stream of an entry that holds for every stream of its tenant.
@@ -31,8 +33,19 @@ class Reason(StrEnum):
 
 
 def address_key(address: str) -> str:
-    """The form an address is stored and looked up in (mailbox providers ignore case in practice)."""
-    return address.lower()
+    """The form an address is stored and looked up in: lower-cased (mailbox providers ignore case in
+    practice), an internationalised domain in its IDNA form, as envelopes carry it.
+
+    >>> address_key("Änne@BÜCHER.example"), address_key("Ann@Example.COM")
+    ('änne@xn--bcher-kva.example', 'ann@example.com')
+    """
+    local, at, domain = address.rpartition("@")
+    if at and not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            pass  # not a domain a message could be sent to: keyed as given
+    return f"{local}{at}{domain}".lower()
 
 
 def stream_for(reason: str, stream: str | None) -> str:
