@@ -135,7 +135,10 @@ async def test_pages_filters_and_removal_stay_within_the_tenant(outbox: Outbox) 
         "x@example.com",
     ]
     assert [r.stream for r in await outbox.list_suppressions("t1", address="U0@example.com")] == ["*", "news"]
-    assert [r.address for r in await outbox.list_suppressions("t1", stream="news")] == ["u0@example.com", "x@example.com"]
+    assert [r.address for r in await outbox.list_suppressions("t1", stream="news")] == [
+        "u0@example.com",
+        "x@example.com",
+    ]
     assert await outbox.unsuppress("t1", "U0@example.com", "news") == 1
     assert await outbox.unsuppress("t1", "u0@example.com", "news") == 0
     assert await outbox.unsuppress("t1", "u0@example.com") == 1
