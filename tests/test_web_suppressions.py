@@ -87,7 +87,8 @@ async def test_add_list_and_remove_per_tenant(
             ("*", "ann@example.com"),
             ("*", "bob@example.com"),
         ]
-        assert page["suppressions"][0]["source"] == "api:" + page["suppressions"][0]["source"][4:]
+        assert page["suppressions"][0]["source"].startswith("api:")  # the key's id, never the key
+        assert "shop-key" not in page["suppressions"][0]["source"]
         r = await c.get(
             "/api/suppressions", query_string={"limit": 2, "cursor": page["next"]}, headers=bearer("shop-key")
         )
@@ -96,15 +97,7 @@ async def test_add_list_and_remove_per_tenant(
             ("default", "cy@example.com"),
             ("news", "ann@example.com"),
         ]
-        assert (
-            page2["next"] is None
-            or (
-                await (
-                    await c.get("/api/suppressions", query_string={"cursor": page2["next"]}, headers=bearer("shop-key"))
-                ).get_json()
-            )["suppressions"]
-            == []
-        )
+        assert page2["next"] is None
         r = await c.get("/api/suppressions?reason=unsubscribe&stream=news", headers=bearer("shop-key"))
         assert [s["address"] for s in (await r.get_json())["suppressions"]] == ["ann@example.com"]
         r = await c.get("/api/suppressions?address=ANN%40example.com", headers=bearer("shop-key"))
