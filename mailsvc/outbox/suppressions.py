@@ -19,7 +19,10 @@ from enum import StrEnum
 
 import idna
 
-__all__ = ["ALL_STREAMS", "Reason", "address_key", "covers", "hard_bounce", "stream_for"]
+from ..addresses import header_problem, parse_address
+from ..errors import MessageError
+
+__all__ = ["ALL_STREAMS", "Reason", "address_key", "covers", "hard_bounce", "parse_key", "stream_for"]
 
 #: The stream of an entry that holds for every stream of its tenant.
 ALL_STREAMS = "*"
@@ -46,6 +49,23 @@ def address_key(address: str) -> str:
         except idna.IDNAError:
             pass  # not a domain a message could be sent to: keyed as given
     return f"{local}{at}{domain}".lower()
+
+
+def parse_key(value: str) -> str:
+    """A user's address (``'Ann <ann@example.com>'`` too) as the list keys it; ValueError saying why not.
+
+    For what people type (the API, the CLI): checked as a message's recipient is, so what is
+    listed is what a message would be matched by.
+    """
+    if len(value) > 998:
+        raise ValueError("at most 998 characters")
+    reason = header_problem(value)
+    if reason:
+        raise ValueError(reason)
+    try:
+        return address_key(parse_address(value, "address").envelope)
+    except MessageError as exc:
+        raise ValueError(exc.reason) from None
 
 
 def stream_for(reason: str, stream: str | None) -> str:

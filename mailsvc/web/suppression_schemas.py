@@ -13,10 +13,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..addresses import parse_address
-from ..errors import MessageError
-from ..outbox.suppressions import ALL_STREAMS, Reason, address_key
-from .schemas import MAILBOX_FORMAT, STREAM_PATTERN, Stream, header_problem
+from ..outbox.suppressions import ALL_STREAMS, Reason, parse_key
+from .schemas import MAILBOX_FORMAT, STREAM_PATTERN, Stream
 
 __all__ = [
     "CURSOR_PATTERN",
@@ -45,13 +43,7 @@ _CURSOR = re.compile(CURSOR_PATTERN)
 
 def key_of(value: str) -> str:
     """``value`` as the list keys it (raises ValueError saying why it is not an address)."""
-    reason = header_problem(value)
-    if reason:
-        raise ValueError(reason)
-    try:
-        return address_key(parse_address(value, "address").envelope)
-    except MessageError as exc:
-        raise ValueError(exc.reason) from None
+    return parse_key(value)
 
 
 SuppressionAddress = Annotated[

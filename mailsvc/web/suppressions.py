@@ -91,8 +91,6 @@ async def remove_suppression(address: str) -> Response:
     principal = await ws.api_principal(Scope.SEND)
     q = validate(UnsuppressQuery, request.args.to_dict(flat=True))
     try:
-        if len(address) > 998:
-            raise ValueError("at most 998 characters")
         key = key_of(address)
     except ValueError as exc:
         raise ProblemException(422, errors=[FieldError(field="address", reason=str(exc))]) from None
