@@ -223,7 +223,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     hits = await _suppress(
                         tx, [(i, scope, suppress_stream, env.recipients) for i, env in zip(ids, chunk, strict=True)]
                     )
-                    await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
+                    if hits:
+                        await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
                 written = end
             check_count(count, written)
             await tx.notify()
@@ -258,7 +259,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 await tx.insert(ids, batch_ids, tenants, envelopes, (), streams)
                 checked = zip(ids, tenants, streams, envelopes, strict=True)
                 hits = await _suppress(tx, [(i, _scope(t), st, env.recipients) for i, t, st, env in checked])
-                await tx.settle(sorted(hits), [])
+                if hits:
+                    await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
                 await tx.notify()
         return outcomes
 
