@@ -491,17 +491,19 @@ async def _recheck(tx: Tx, rows: Sequence[DueMessage], due: dict[str, list[str]]
     """Leave out of a claim the recipients suppressed since their message was queued (marked ``suppressed``).
 
     Why here: a batch may wait in the queue for hours while readers unsubscribe and addresses
-    bounce. Cheap when nothing changed: one probe for the claimed tenants' entries newer than the
-    oldest claimed message (less :data:`_RECHECK_MARGIN`); only then one lookup of the addresses.
-    A message left with no recipient to send to is settled by the caller (``due`` loses it).
+    bounce. Cheap when nothing changed: each claimed row carries its tenant's newest entry time
+    (:meth:`Tx.due_messages`), and only messages queued before it (less :data:`_RECHECK_MARGIN`)
+    are looked up, in one query. A message left with no recipient to send to is settled by the
+    caller (``due`` loses it).
     """
-    if not due:
+    stale = [
+        r
+        for r in rows
+        if r.id in due and r.newest_suppression is not None and r.newest_suppression >= r.created_at - _RECHECK_MARGIN
+    ]
+    if not stale:
         return
-    claimed = [r for r in rows if r.id in due]
-    tenants = sorted({_scope(r.tenant) for r in claimed})
-    if not await tx.suppressed_since(tenants, min(r.created_at for r in claimed) - _RECHECK_MARGIN):
-        return
-    hits = await _suppress(tx, [(r.id, _scope(r.tenant), r.stream, due[r.id]) for r in claimed])
+    hits = await _suppress(tx, [(r.id, _scope(r.tenant), r.stream, due[r.id]) for r in stale])
     for id_, addresses in hits.items():
         left = [a for a in due[id_] if a not in addresses]
         if left:

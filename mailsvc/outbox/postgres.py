@@ -397,7 +397,9 @@ class _PgTx(Tx):
     async def due_messages(self, limit: int) -> list[DueMessage]:
         rows = await self.conn.fetch(
             """
-            SELECT id, message_id, attempts, created_at, tenant, stream FROM mailsvc_message
+            SELECT id, message_id, attempts, created_at, tenant, stream,
+                   (SELECT max(s.created_at) FROM mailsvc_suppression s WHERE s.tenant = coalesce(m.tenant, ''))
+            FROM mailsvc_message m
             WHERE due_at <= now() ORDER BY due_at, seq LIMIT $1
             FOR UPDATE SKIP LOCKED
             """,
@@ -588,14 +590,6 @@ class _PgTx(Tx):
             f"SELECT true FROM mailsvc_suppression WHERE tenant = $1 AND stream IN ($2, '{ALL_STREAMS}') LIMIT 1",
             tenant,
             stream,
-        )
-        return bool(found)
-
-    async def suppressed_since(self, tenants: Sequence[str], since: datetime) -> bool:
-        found = await self.conn.fetchval(
-            "SELECT true FROM mailsvc_suppression WHERE tenant = ANY($1::text[]) AND created_at >= $2 LIMIT 1",
-            list(tenants),
-            since,
         )
         return bool(found)
 

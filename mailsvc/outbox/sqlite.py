@@ -336,15 +336,17 @@ class _SqliteTx(Tx):
     # -- claim
     async def due_messages(self, limit: int) -> list[DueMessage]:
         rows = await self._all(
-            "SELECT pk, id, message_id, attempts, created_at, sender, data, mail_options, rcpt_options, tenant, stream"
+            "SELECT pk, id, message_id, attempts, created_at, sender, data, mail_options, rcpt_options, tenant, stream,"
+            " (SELECT max(s.created_at) FROM suppressions s WHERE s.tenant = coalesce(messages.tenant, ''))"
             " FROM messages WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
             (self.now, limit),
         )
         due = []
-        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts, tenant, stream in rows:
+        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts, tenant, stream, newest in rows:
             self._pks[id_] = pk
             self._bodies[id_] = Body(sender, bytes(data), _json_tuple(mopts), _json_tuple(ropts))
-            due.append(DueMessage(id_, message_id, attempts, _dt(created_at), tenant, stream))
+            newest_at = None if newest is None else _dt(newest)
+            due.append(DueMessage(id_, message_id, attempts, _dt(created_at), tenant, stream, newest_at))
         return due
 
     async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
@@ -520,13 +522,6 @@ class _SqliteTx(Tx):
     async def has_suppressions(self, tenant: str, stream: str) -> bool:
         row = await self._one(
             f"SELECT 1 FROM suppressions WHERE tenant = ? AND stream IN (?, '{ALL_STREAMS}') LIMIT 1", (tenant, stream)
-        )
-        return row is not None
-
-    async def suppressed_since(self, tenants: Sequence[str], since: datetime) -> bool:
-        row = await self._one(
-            f"SELECT 1 FROM suppressions WHERE tenant IN ({_marks(tenants)}) AND created_at >= ? LIMIT 1",
-            (*tenants, since.timestamp()),
         )
         return row is not None
 
