@@ -272,7 +272,14 @@ async def test_readyz_healthz_openapi_docs(smtp_port: int, handler: RecordingHan
             assert await r.get_json() == {"status": "ready"}
         assert (await svc.client.get("/healthz")).status_code == 200
         doc = await (await svc.client.get("/openapi.json")).get_json()
-        assert set(doc["paths"]) == {"/api/messages", "/api/messages/bulk", "/api/messages/{id}", "/api/batches/{id}"}
+        assert set(doc["paths"]) == {
+            "/api/messages",
+            "/api/messages/bulk",
+            "/api/messages/{id}",
+            "/api/batches/{id}",
+            "/api/suppressions",
+            "/api/suppressions/{address}",
+        }
         props = doc["components"]["schemas"]["MessageIn"]["properties"]
         assert {
             "to",
