@@ -278,6 +278,8 @@ async def test_readyz_healthz_openapi_docs(smtp_port: int, handler: RecordingHan
             "/api/messages/{id}",
             "/api/batches/{id}",
             "/api/batches/{id}/messages",
+            "/api/suppressions",
+            "/api/suppressions/{address}",
         }
         props = doc["components"]["schemas"]["MessageIn"]["properties"]
         assert {

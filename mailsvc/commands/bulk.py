@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--idempotency-key", metavar="KEY", help="re-running with the same key queues nothing new")
     add_label_options(p)  # --tag, --meta, --at: for every message of the batch
     p.add_argument(
+        "--stream", default="default", help="the stream it is mailed on (default 'default'): suppressed recipients skip"
+    )
+    p.add_argument("--tenant", help="queue it as this tenant (its suppression list applies; default: none)")
+    p.add_argument(
         "--wait", action="store_true", help="after queueing, show delivery progress until every message is done"
     )
     p.add_argument("--poll", type=float, default=0.5, metavar="SECONDS", help="--wait polling interval (default 0.5)")
@@ -243,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(EXIT_USAGE, str(exc))
     if errors:
         return _refuse(errors, args.file)
-    queued = _enqueue(settings, envelopes, args.idempotency_key, labels)
+    queued = _enqueue(settings, envelopes, args, labels)
     if isinstance(queued, int):
         return queued
     print(queued.batch_id)
@@ -279,7 +283,7 @@ def _refuse(errors: list[str], file: str) -> int:
 
 
 def _enqueue(
-    settings: Any, envelopes: list[Envelope], idempotency_key: str | None, labels: Labels | None = None
+    settings: Any, envelopes: list[Envelope], args: argparse.Namespace, labels: Labels | None = None
 ) -> EnqueueResult | int:
     """The queued batch, or the exit code when the outbox refused it."""
     from ..cli import EXIT_FAILED, EXIT_USAGE
@@ -287,7 +291,17 @@ def _enqueue(
 
     print(f"Enqueuing {len(envelopes)} messages as one batch...", file=sys.stderr)
     try:
-        result = asyncio.run(enqueue(settings, envelopes, batch=True, idempotency_key=idempotency_key, labels=labels))
+        result = asyncio.run(
+            enqueue(
+                settings,
+                envelopes,
+                batch=True,
+                idempotency_key=args.idempotency_key,
+                tenant=args.tenant,
+                stream=args.stream,
+                labels=labels,
+            )
+        )
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"nothing queued: {exc}")
     except MailError as exc:

@@ -69,6 +69,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header (repeatable)")
     p.add_argument("--idempotency-key", metavar="KEY", help="re-running with the same key queues nothing new")
     add_label_options(p)
+    p.add_argument(
+        "--stream",
+        default="default",
+        help="the stream it is mailed on (default 'default'): recipients suppressed there are not sent to",
+    )
+    p.add_argument("--tenant", help="queue it as this tenant (its suppression list applies; default: none)")
     p.set_defaults(handler=run)
 
 
@@ -219,12 +225,15 @@ async def enqueue(
     batch: bool = False,
     idempotency_key: str | None = None,
     labels: Labels | None = None,
+    tenant: str | None = None,
+    stream: str | None = None,
 ) -> EnqueueResult:
     """Open the outbox, enqueue in one transaction, close; returns the EnqueueResult."""
     async with outbox_from(settings) as outbox:
-        if labels is None:
-            return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key)
-        return await outbox.enqueue(envelopes, batch=batch, idempotency_key=idempotency_key, labels=labels)
+        extra: dict[str, Any] = {} if labels is None else {"labels": labels}
+        return await outbox.enqueue(
+            envelopes, batch=batch, idempotency_key=idempotency_key, tenant=tenant, stream=stream, **extra
+        )
 
 
 def fail(code: int, message: str) -> int:
@@ -246,7 +255,16 @@ def run(args: argparse.Namespace) -> int:
     except MessageError as exc:
         return fail(EXIT_USAGE, f"{exc.field}: {exc.reason}")
     try:
-        result = asyncio.run(enqueue(settings, envelopes, idempotency_key=args.idempotency_key, labels=labels))
+        result = asyncio.run(
+            enqueue(
+                settings,
+                envelopes,
+                idempotency_key=args.idempotency_key,
+                labels=labels,
+                tenant=args.tenant,
+                stream=args.stream,
+            )
+        )
     except OutboxError as exc:
         return fail(EXIT_FAILED, f"not queued: {exc}")
     except MailError as exc:  # ConfigError for a bad MAILSVC_DATABASE_URL, MessageError from the outbox

@@ -238,8 +238,13 @@ class Outbox(abc.ABC):
         fingerprint: str | None = None,
         tenant: str | None = None,
         labels: Labels = NO_LABELS,
+        stream: str | None = None,
     ) -> EnqueueResult:
         """Store all envelopes in one transaction or none, owned by ``tenant``, each with ``labels``.
+
+        ``stream``: the list they are mailed on; recipients ``tenant``'s suppression list
+        stops there (:mod:`.suppressions`) are stored ``suppressed``, as :meth:`enqueue_stream`'s.
+        With no stream, only the entries for every stream apply.
 
         ``idempotency_key`` seen within the idempotency window (24 h) returns the
         first call's result with ``duplicate=True`` and stores nothing. Whether
@@ -287,19 +292,29 @@ class Outbox(abc.ABC):
         exactly the bytes given here; it is deleted when the last message that needs
         it is final (:mod:`.blobs`).
 
-        ``suppress_stream``: recipients ``tenant`` suppresses on that stream (:meth:`suppress`)
-        are stored ``suppressed``, a final state, and never sent; a message with no other
-        recipient is stored final (``suppressed``) and still has its id in the result.
+        ``suppress_stream``: the stream the messages are mailed on (recorded on each); recipients
+        ``tenant`` suppresses on it or on every stream (:meth:`suppress`) are stored ``suppressed``,
+        a final state, and never sent; a message with no other recipient is stored final
+        (``suppressed``) and still has its id in the result. A claim checks again for entries
+        added since (:meth:`claim`).
         """
 
     @abc.abstractmethod
     async def suppress(
-        self, tenant: str | None, addresses: Sequence[str], stream: str, *, reason: str, source: str
+        self, tenant: str | None, addresses: Sequence[str], stream: str | None, *, reason: str, source: str
     ) -> int:
-        """Add ``addresses`` to ``tenant``'s suppression list for ``stream``; how many were not there yet.
+        """Add ``addresses`` to ``tenant``'s suppression list for ``stream`` (None: every stream).
 
-        Why in the outbox's database: the enqueue that must honour it reads it in its own
-        transaction, on every node.
+        Returns how many were not there yet. Why in the outbox's database: the enqueue that
+        must honour it reads it in its own transaction, on every node.
+        """
+
+    @abc.abstractmethod
+    async def add_suppressions(self, rows: Sequence[Suppression]) -> int:
+        """Store entries (addresses keyed by :func:`.suppressions.address_key`; stream ``'*'``: every stream).
+
+        An entry already there keeps its first reason and source; returns how many were new.
+        ``created_at`` should be now: a claim re-checks messages against entries newer than them.
         """
 
     @abc.abstractmethod
@@ -326,17 +341,45 @@ class Outbox(abc.ABC):
         ``state`` is ``bounced`` or ``complained``; it replaces only the states :data:`.states.REPORTED`
         allows (a second copy of a report changes nothing), with ``code`` and ``reply`` as the last
         reply, and the message's state is derived again. ``suppress`` (reason, source) puts the address
-        on the message's tenant's suppression list (stream ``default``), in the same transaction.
+        on the message's tenant's suppression list (every stream), in the same transaction.
         Returns whether the recipient's state changed.
         """
 
     @abc.abstractmethod
+    async def list_suppressions(
+        self,
+        tenant: str | None,
+        *,
+        reason: str | None = None,
+        stream: str | None = None,
+        address: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[Suppression]:
+        """A page of ``tenant``'s list in (stream, address) order, after the ``(stream, address)`` ``after``.
+
+        Filters are exact (``address`` keyed first); ``stream='*'`` finds the every-stream entries.
+        """
+
+    @abc.abstractmethod
+    async def unsuppress(self, tenant: str | None, address: str, stream: str | None = None) -> int:
+        """Remove ``tenant``'s entries for ``address`` (on ``stream`` only, when given); how many were removed."""
+
+    @abc.abstractmethod
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
-        """Lease up to ``limit`` due messages (queued, deferred and due, or lease expired)."""
+        """Lease up to ``limit`` due messages (queued, deferred and due, or lease expired).
+
+        A recipient its tenant suppressed after the message was queued is not handed out: it
+        becomes ``suppressed`` (and a message left with none is settled, never sent).
+        """
 
     @abc.abstractmethod
     async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
-        """Record an attempt's outcomes and release the lease (if ``owner`` still holds it)."""
+        """Record an attempt's outcomes and release the lease (if ``owner`` still holds it).
+
+        A ``failed`` recipient whose reply says the address does not exist (5.1.0, 5.1.1, 5.1.10:
+        :func:`.suppressions.hard_bounce`) goes on its tenant's list for every stream, as a ``hard_bounce``.
+        """
 
     @abc.abstractmethod
     async def release(self, ids: Sequence[str], owner: str) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from ..errors import IdempotencyConflictError, NotFoundError, OutboxError, OutboxFullError
@@ -42,12 +42,18 @@ from .blobs import SharedBlobs, Splice, check_blobs, reassemble
 from .groups import GroupCommit
 from .listing import DEFAULT_PAGE, MAX_PAGE, SCAN_ROWS, Cursor, MessagePage, MessageQuery, encode_cursor
 from .states import OUTCOMES, REPORTED, MessageState, RecipientState
-from .store import Body, KeyRecord, MessageRow, OutcomeRow, Store, Tx
+from .store import Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, Store, Tx
+from .suppressions import ALL_STREAMS, Reason, address_key, covers, hard_bounce
 
 __all__ = ["OutboxCore"]
 
 StoreT = TypeVar("StoreT", bound=Store)
 _REPLY_MAX = 1000  # characters of a server's reply kept per recipient
+_SOURCE_MAX = 300  # characters of what recorded a suppression
+# The claim re-checks a message's recipients only when its tenant added a suppression since the message
+# was queued, less this margin: an entry committed while the enqueue's transaction ran may carry an
+# earlier time than the message and was not seen by it.
+_RECHECK_MARGIN = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,7 @@ class _Request:
     tenant: str | None
     envelopes: list[Envelope] = field(default_factory=list)
     labels: Labels = NO_LABELS
+    stream: str | None = None
 
 
 async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope]]:
@@ -70,6 +77,46 @@ async def _one(envelopes: Sequence[Envelope]) -> AsyncIterator[Sequence[Envelope
 def _scope(tenant: str | None) -> str:
     """The suppression list's key for a tenant: an open service's requests (no tenant) share ``''``."""
     return tenant or ""
+
+
+def _suppressed_reply(reason: str) -> str:
+    return f"suppressed: {reason}"
+
+
+async def _suppress(tx: Tx, messages: Sequence[tuple[str, str, str | None, Sequence[str]]]) -> dict[str, set[str]]:
+    """Mark suppressed the recipients of ``(id, tenant key, stream, recipients)`` their tenant's list stops.
+
+    One lookup for all of them (addresses keyed in Python, :func:`address_key`); returns, per message
+    touched, the addresses (as stored) now ``suppressed``.
+    """
+    keys = sorted({address_key(a) for _, _, _, rcpts in messages for a in rcpts})
+    tenants = sorted({t for _, t, _, _ in messages})
+    if not keys:
+        return {}
+    entries: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for row in await tx.find_suppressions(tenants, keys):
+        entries.setdefault((row.tenant, row.address), []).append((row.stream, row.reason))
+    if not entries:
+        return {}
+    hits: dict[str, set[str]] = {}
+    marks: list[tuple[str, str, str]] = []
+    for id_, tenant, stream, rcpts in messages:
+        for address in dict.fromkeys(rcpts):
+            found = [reason for st, reason in entries.get((tenant, address_key(address)), ()) if covers(st, stream)]
+            if found:
+                hits.setdefault(id_, set()).add(address)
+                marks.append((id_, address, _suppressed_reply(found[0])))
+    if marks:
+        await tx.mark_suppressed(marks)
+    return hits
+
+
+def _with_suppressed(outcome: EnqueueResult | Exception, hits: dict[str, set[str]]) -> EnqueueResult | Exception:
+    """A grouped request's result, with how many of its recipients were suppressed at enqueue (for /metrics)."""
+    if isinstance(outcome, Exception) or outcome.duplicate:
+        return outcome
+    n = sum(len(hits.get(i, ())) for i in outcome.ids)
+    return replace(outcome, suppressed=n) if n else outcome
 
 
 def _new_ids(n: int) -> list[str]:
@@ -135,13 +182,14 @@ class OutboxCore(Outbox, Generic[StoreT]):
         fingerprint: str | None = None,
         tenant: str | None = None,
         labels: Labels = NO_LABELS,
+        stream: str | None = None,
     ) -> EnqueueResult:
         envelopes = list(envelopes)
         check_count(len(envelopes), len(envelopes))  # at least one
         check_envelopes(envelopes)
         digest = (fingerprint or envelope_fingerprint(envelopes)) if idempotency_key is not None else None
         if len(envelopes) <= self.group_max:
-            request = _Request(len(envelopes), idempotency_key, digest or "", batch, tenant, envelopes, labels)
+            request = _Request(len(envelopes), idempotency_key, digest or "", batch, tenant, envelopes, labels, stream)
             return await self._groups.join(request)
         return await self.enqueue_stream(
             len(envelopes),
@@ -151,6 +199,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             batch=batch,
             tenant=tenant,
             labels=labels,
+            suppress_stream=stream,
         )
 
     async def enqueue_stream(
@@ -175,8 +224,10 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 return result
             written = suppressed = 0
             stored: set[str] = set()
-            # Looked up in this transaction, so an unsubscribe committed before it is honoured.
-            suppressing = suppress_stream is not None and await tx.has_suppressions(_scope(tenant), suppress_stream)
+            # Looked up in this transaction, so an unsubscribe committed before it is honoured;
+            # an entry committed after it is the claim's to catch.
+            scope = _scope(tenant)
+            suppressing = await tx.has_suppressions(scope, suppress_stream or ALL_STREAMS)
             async for chunk in chunks:
                 check_envelopes(chunk, written)
                 end = written + len(chunk)
@@ -184,13 +235,17 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     check_count(count, end)
                 n = len(chunk)
                 rows, splices = (chunk, []) if blobs is None else await _cut(tx, blobs, chunk, stored)
+                ids = result.ids[written:end]
                 await tx.insert(
-                    result.ids[written:end], [result.batch_id] * n, [request.tenant] * n, rows, splices, [labels] * n
+                    ids, [result.batch_id] * n, [request.tenant] * n, rows, splices, [labels] * n, [suppress_stream] * n
                 )
-                if suppressing and suppress_stream is not None:
-                    touched = await tx.suppress_recipients(result.ids[written:end], _scope(tenant), suppress_stream)
-                    await tx.settle(touched, [])  # all suppressed: final now, never claimed
-                    suppressed += await tx.count_suppressed(touched) if touched else 0
+                if suppressing:
+                    hits = await _suppress(
+                        tx, [(i, scope, suppress_stream, env.recipients) for i, env in zip(ids, chunk, strict=True)]
+                    )
+                    if hits:
+                        await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
+                        suppressed += sum(len(a) for a in hits.values())
                 written = end
             check_count(count, written)
             await tx.notify()
@@ -205,6 +260,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             ids: list[str] = []
             batch_ids: list[str | None] = []
             tenants: list[str | None] = []
+            streams: list[str | None] = []
             envelopes: list[Envelope] = []
             labels: list[Labels] = []
             for request in group:
@@ -219,10 +275,16 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     ids.extend(result.ids)
                     batch_ids.extend(result.batch_id for _ in result.ids)
                     tenants.extend(request.tenant for _ in result.ids)
+                    streams.extend(request.stream for _ in result.ids)
                     envelopes.extend(request.envelopes)
                     labels.extend(request.labels for _ in result.ids)
             if envelopes:
-                await tx.insert(ids, batch_ids, tenants, envelopes, (), labels)
+                await tx.insert(ids, batch_ids, tenants, envelopes, (), labels, streams)
+                checked = zip(ids, tenants, streams, envelopes, strict=True)
+                hits = await _suppress(tx, [(i, _scope(t), st, env.recipients) for i, t, st, env in checked])
+                if hits:
+                    await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
+                    outcomes = [_with_suppressed(o, hits) for o in outcomes]
                 await tx.notify()
         return outcomes
 
@@ -258,6 +320,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 return []
             # Only recipients still to be tried and due now; a delivered one is never sent again.
             due = await tx.take_recipients([r.id for r in rows])
+            await _recheck(tx, rows, due)
             await tx.lease(list(due), owner, lease_seconds)
             # A message due with no due recipient should not exist; repair its due time rather than spin.
             await tx.settle([r.id for r in rows if r.id not in due], [])
@@ -298,6 +361,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     raise NotFoundError("message", id_)
             if rows:
                 await tx.write_outcomes(rows)
+                await _hard_bounces(tx, rows)
             await tx.count_attempts(ids)
             # Another worker took a message after our lease lapsed: leave its lease alone.
             mine = [i for i in ids if holders[i] in (None, owner)]
@@ -380,14 +444,21 @@ class OutboxCore(Outbox, Generic[StoreT]):
 
     # -- suppressions ----------------------------------------------------------
     async def suppress(
-        self, tenant: str | None, addresses: Sequence[str], stream: str, *, reason: str, source: str
+        self, tenant: str | None, addresses: Sequence[str], stream: str | None, *, reason: str, source: str
     ) -> int:
-        if not addresses:
-            return 0
         now = datetime.now(UTC)
-        rows = [Suppression(_scope(tenant), a.lower(), stream, reason, source, now) for a in sorted(set(addresses))]
+        where = stream or ALL_STREAMS
+        return await self.add_suppressions(
+            [Suppression(_scope(tenant), a, where, reason, source, now) for a in addresses]
+        )
+
+    async def add_suppressions(self, rows: Sequence[Suppression]) -> int:
+        keyed = {(r.tenant, r.stream, address_key(r.address)): r for r in reversed(rows)}  # the first of each stays
+        if not keyed:
+            return 0
+        stored = [replace(r, address=k[2], source=r.source[:_SOURCE_MAX]) for k, r in sorted(keyed.items())]
         async with self.store.write("record a suppression") as tx:
-            return await tx.add_suppressions(rows)
+            return await tx.add_suppressions(stored)
 
     async def suppressions(self, tenant: str | None) -> list[Suppression]:
         async with self.store.read("read the suppression list") as tx:
@@ -424,9 +495,31 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 await tx.settle([], [id])
             if suppress is not None:
                 reason, source = suppress
-                row = Suppression(_scope(msg.tenant), recipient.lower(), "default", reason, source, datetime.now(UTC))
+                row = Suppression(
+                    _scope(msg.tenant), address_key(recipient), ALL_STREAMS, reason, source, datetime.now(UTC)
+                )
                 await tx.add_suppressions([row])
         return changed
+
+    async def list_suppressions(
+        self,
+        tenant: str | None,
+        *,
+        reason: str | None = None,
+        stream: str | None = None,
+        address: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[Suppression]:
+        key = address_key(address) if address is not None else None
+        async with self.store.read("read the suppression list") as tx:
+            return await tx.list_suppressions(
+                _scope(tenant), reason=reason, stream=stream, address=key, after=after, limit=limit
+            )
+
+    async def unsuppress(self, tenant: str | None, address: str, stream: str | None = None) -> int:
+        async with self.store.write("remove a suppression") as tx:
+            return await tx.remove_suppressions(_scope(tenant), address_key(address), stream)
 
     # -- signed-out sessions ---------------------------------------------------
     async def revoke_session(self, sid: str, until: datetime) -> None:
@@ -511,3 +604,53 @@ async def _status(tx: Tx, msg: MessageRow) -> MessageStatus:
         metadata=msg.metadata,
         send_at=msg.send_at,
     )
+
+
+async def _recheck(tx: Tx, rows: Sequence[DueMessage], due: dict[str, list[str]]) -> None:
+    """Leave out of a claim the recipients suppressed since their message was queued (marked ``suppressed``).
+
+    Why here: a batch may wait in the queue for hours while readers unsubscribe and addresses
+    bounce. Cheap when nothing changed: each claimed row carries its tenant's newest entry time
+    (:meth:`Tx.due_messages`), and only messages queued before it (less :data:`_RECHECK_MARGIN`)
+    are looked up, in one query. A message left with no recipient to send to is settled by the
+    caller (``due`` loses it).
+    """
+    stale = [
+        r
+        for r in rows
+        if r.id in due and r.newest_suppression is not None and r.newest_suppression >= r.created_at - _RECHECK_MARGIN
+    ]
+    if not stale:
+        return
+    hits = await _suppress(tx, [(r.id, _scope(r.tenant), r.stream, due[r.id]) for r in stale])
+    for id_, addresses in hits.items():
+        left = [a for a in due[id_] if a not in addresses]
+        if left:
+            due[id_] = left
+        else:
+            del due[id_]
+
+
+async def _hard_bounces(tx: Tx, rows: Sequence[OutcomeRow]) -> None:
+    """Put on its tenant's list, for every stream, each address a relay refused as nonexistent (5.1.x).
+
+    In the transaction that records the refusal, so no later message is queued between the two.
+    """
+    bounced = [r for r in rows if r.state is RecipientState.FAILED and hard_bounce(r.code, r.reply)]
+    if not bounced:
+        return
+    tenants = await tx.message_tenants(sorted({r.id for r in bounced}))
+    now = datetime.now(UTC)
+    entries = {
+        (_scope(tenants.get(r.id)), address_key(r.recipient)): Suppression(
+            _scope(tenants.get(r.id)),
+            address_key(r.recipient),
+            ALL_STREAMS,
+            Reason.HARD_BOUNCE,
+            f"smtp:{r.code} {r.reply}"[:_SOURCE_MAX],
+            now,
+        )
+        for r in bounced
+        if r.id in tenants
+    }
+    await tx.add_suppressions([entries[k] for k in sorted(entries)])

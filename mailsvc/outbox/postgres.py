@@ -62,6 +62,7 @@ from .store import (
     SuppressionRow,
     Tx,
 )
+from .suppressions import ALL_STREAMS
 
 __all__ = ["NOTIFY_CHANNEL", "PostgresOutbox", "PostgresStore", "asyncpg_dsn", "upgrade_schema"]
 
@@ -77,6 +78,8 @@ _FINAL = sql_list(FINAL)
 _PENDING = sql_list(PENDING)
 _CANCELLABLE = sql_list(CANCELLABLE)
 _UNSENT = sql_list({RecipientState.QUEUED, RecipientState.SCHEDULED})
+# What a suppression may still stop: not yet sent, or taken by the claim that re-checks the list.
+_UNSENT_OR_SENDING = sql_list({RecipientState.QUEUED, RecipientState.SCHEDULED, RecipientState.SENDING})
 # A new row's state: scheduled while its send_at ($sa) is after the transaction's clock.
 _NEW_STATE = f"CASE WHEN sa > now() THEN '{RecipientState.SCHEDULED}' ELSE '{RecipientState.QUEUED}' END"
 
@@ -347,16 +350,19 @@ class _PgTx(Tx):
         envelopes: Sequence[Envelope],
         splices: Sequence[Sequence[Splice]] = (),
         labels: Sequence[Labels] = (),
+        streams: Sequence[str | None] = (),
     ) -> None:
         """All rows in set-based statements (fast for a 10,000-message batch)."""
         labs = list(labels) if labels else [NO_LABELS] * len(ids)
         await self.conn.execute(
             f"""
-            INSERT INTO mailsvc_message (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata)
+            INSERT INTO mailsvc_message
+                (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata, stream)
             SELECT id, mid, bid, ten, greatest(now(), sa), {_NEW_STATE}, sa,
-                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
-                 WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, n)
+                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb, st
+            FROM unnest(
+                $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[]
+            ) WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, st, n)
             ORDER BY n
             """,
             list(ids),
@@ -366,6 +372,7 @@ class _PgTx(Tx):
             [lab.send_at for lab in labs],
             [json.dumps(list(lab.tags)) for lab in labs],
             [json.dumps(lab.metadata) for lab in labs],
+            list(streams) if streams else [None] * len(ids),
         )
         await self.conn.copy_records_to_table(
             "mailsvc_body",
@@ -433,13 +440,15 @@ class _PgTx(Tx):
     async def due_messages(self, limit: int) -> list[DueMessage]:
         rows = await self.conn.fetch(
             """
-            SELECT id, message_id, attempts, created_at FROM mailsvc_message
+            SELECT id, message_id, attempts, created_at, tenant, stream,
+                   (SELECT max(s.created_at) FROM mailsvc_suppression s WHERE s.tenant = coalesce(m.tenant, ''))
+            FROM mailsvc_message m
             WHERE due_at <= now() ORDER BY due_at, seq LIMIT $1
             FOR UPDATE SKIP LOCKED
             """,
             limit,
         )
-        return [DueMessage(r["id"], r["message_id"], r["attempts"], r["created_at"]) for r in rows]
+        return [DueMessage(*r) for r in rows]
 
     async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
         rows = await self.conn.fetch(
@@ -740,25 +749,73 @@ class _PgTx(Tx):
 
     async def has_suppressions(self, tenant: str, stream: str) -> bool:
         found = await self.conn.fetchval(
-            "SELECT true FROM mailsvc_suppression WHERE tenant = $1 AND stream = $2 LIMIT 1", tenant, stream
-        )
-        return bool(found)
-
-    async def suppress_recipients(self, ids: Sequence[str], tenant: str, stream: str) -> list[str]:
-        rows = await self.conn.fetch(
-            f"""
-            UPDATE mailsvc_recipient r
-            SET state = '{RecipientState.SUPPRESSED}', last_reply = 'suppressed: ' || s.reason, updated_at = now()
-            FROM mailsvc_suppression s
-            WHERE r.message_pk = ANY($1::text[]) AND r.state IN {_UNSENT}
-              AND s.tenant = $2 AND s.stream = $3 AND s.address = lower(r.address)
-            RETURNING r.message_pk
-            """,
-            list(ids),
+            f"SELECT true FROM mailsvc_suppression WHERE tenant = $1 AND stream IN ($2, '{ALL_STREAMS}') LIMIT 1",
             tenant,
             stream,
         )
-        return sorted({r[0] for r in rows})
+        return bool(found)
+
+    async def find_suppressions(self, tenants: Sequence[str], addresses: Sequence[str]) -> list[SuppressionRow]:
+        rows = await self.conn.fetch(
+            "SELECT tenant, address, stream, reason, source, created_at FROM mailsvc_suppression"
+            " WHERE tenant = ANY($1::text[]) AND address = ANY($2::text[])",
+            list(tenants),
+            list(addresses),
+        )
+        return [SuppressionRow(*r) for r in rows]
+
+    async def mark_suppressed(self, items: Sequence[tuple[str, str, str]]) -> None:
+        await self.conn.execute(
+            f"""
+            UPDATE mailsvc_recipient r
+            SET state = '{RecipientState.SUPPRESSED}', last_reply = t.reply, updated_at = now()
+            FROM unnest($1::text[], $2::text[], $3::text[]) AS t(id, address, reply)
+            WHERE r.message_pk = t.id AND r.address = t.address
+              AND r.state IN {_UNSENT_OR_SENDING}
+            """,
+            [i[0] for i in items],
+            [i[1] for i in items],
+            [i[2] for i in items],
+        )
+
+    async def list_suppressions(
+        self,
+        tenant: str,
+        *,
+        reason: str | None,
+        stream: str | None,
+        address: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[SuppressionRow]:
+        rows = await self.conn.fetch(
+            "SELECT tenant, address, stream, reason, source, created_at FROM mailsvc_suppression"
+            " WHERE tenant = $1 AND ($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR stream = $3)"
+            " AND ($4::text IS NULL OR address = $4) AND ($5::text IS NULL OR (stream, address) > ($5, $6::text))"
+            " ORDER BY stream, address LIMIT $7",
+            tenant,
+            reason,
+            stream,
+            address,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        return [SuppressionRow(*r) for r in rows]
+
+    async def remove_suppressions(self, tenant: str, address: str, stream: str | None) -> int:
+        gone = await self.conn.fetch(
+            "DELETE FROM mailsvc_suppression WHERE tenant = $1 AND address = $2 AND ($3::text IS NULL OR stream = $3)"
+            " RETURNING 1",
+            tenant,
+            address,
+            stream,
+        )
+        return len(gone)
+
+    async def message_tenants(self, ids: Sequence[str]) -> dict[str, str | None]:
+        rows = await self.conn.fetch("SELECT id, tenant FROM mailsvc_message WHERE id = ANY($1::text[])", list(ids))
+        return {r["id"]: r["tenant"] for r in rows}
 
     async def suppressions(self, tenant: str) -> list[SuppressionRow]:
         rows = await self.conn.fetch(

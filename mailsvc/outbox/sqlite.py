@@ -57,6 +57,7 @@ from .store import (
     SuppressionRow,
     Tx,
 )
+from .suppressions import ALL_STREAMS
 
 __all__ = ["SqliteOutbox", "SqliteStore", "upgrade_schema"]
 
@@ -67,6 +68,8 @@ _PENDING = sql_list(PENDING)
 _FINAL = sql_list(FINAL)
 _CANCELLABLE = sql_list(CANCELLABLE)
 _UNSENT = sql_list({RecipientState.QUEUED, RecipientState.SCHEDULED})  # what an enqueue's suppression marks
+# What a suppression may still stop: not yet sent, or taken by the claim that re-checks the list.
+_UNSENT_OR_SENDING = sql_list({RecipientState.QUEUED, RecipientState.SCHEDULED, RecipientState.SENDING})
 
 
 def _chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
@@ -329,6 +332,7 @@ class _SqliteTx(Tx):
         envelopes: Sequence[Envelope],
         splices: Sequence[Sequence[Splice]] = (),
         labels: Sequence[Labels] = (),
+        streams: Sequence[str | None] = (),
     ) -> None:
         """Rows numbered on from the highest ``pk``, so recipients and splices need no lookup of their message's."""
         if self._next_pk is None:
@@ -339,12 +343,12 @@ class _SqliteTx(Tx):
         stored = [_stored_labels(labels[i] if labels else NO_LABELS, now) for i in range(len(envelopes))]
         await self.db.executemany(
             "INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
-            " data, mail_options, rcpt_options, state, send_at, tags, metadata)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now, stored[i].due, env.sender)
                 + (env.data, _json_list(env.mail_options), _json_list(env.rcpt_options), stored[i].state)
-                + (stored[i].send_at, stored[i].tags, stored[i].metadata)
+                + (stored[i].send_at, stored[i].tags, stored[i].metadata, streams[i] if streams else None)
                 for i, env in enumerate(envelopes)
             ],
         )
@@ -377,15 +381,17 @@ class _SqliteTx(Tx):
     # -- claim
     async def due_messages(self, limit: int) -> list[DueMessage]:
         rows = await self._all(
-            "SELECT pk, id, message_id, attempts, created_at, sender, data, mail_options, rcpt_options"
+            "SELECT pk, id, message_id, attempts, created_at, sender, data, mail_options, rcpt_options, tenant, stream,"
+            " (SELECT max(s.created_at) FROM suppressions s WHERE s.tenant = coalesce(messages.tenant, ''))"
             " FROM messages WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
             (self.now, limit),
         )
         due = []
-        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts in rows:
+        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts, tenant, stream, newest in rows:
             self._pks[id_] = pk
             self._bodies[id_] = Body(sender, bytes(data), _json_tuple(mopts), _json_tuple(ropts))
-            due.append(DueMessage(id_, message_id, attempts, _dt(created_at)))
+            newest_at = None if newest is None else _dt(newest)
+            due.append(DueMessage(id_, message_id, attempts, _dt(created_at), tenant, stream, newest_at))
         return due
 
     async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
@@ -646,28 +652,75 @@ class _SqliteTx(Tx):
         return self.db.total_changes - before
 
     async def has_suppressions(self, tenant: str, stream: str) -> bool:
-        row = await self._one("SELECT 1 FROM suppressions WHERE tenant = ? AND stream = ? LIMIT 1", (tenant, stream))
+        row = await self._one(
+            f"SELECT 1 FROM suppressions WHERE tenant = ? AND stream IN (?, '{ALL_STREAMS}') LIMIT 1", (tenant, stream)
+        )
         return row is not None
 
-    async def suppress_recipients(self, ids: Sequence[str], tenant: str, stream: str) -> list[str]:
-        touched: list[str] = []
-        for chunk in _chunks(ids):
+    async def find_suppressions(self, tenants: Sequence[str], addresses: Sequence[str]) -> list[SuppressionRow]:
+        found: list[SuppressionRow] = []
+        for chunk in _chunks(addresses, 400):
+            rows = await self._all(
+                "SELECT tenant, address, stream, reason, source, created_at FROM suppressions"
+                f" WHERE tenant IN ({_marks(tenants)}) AND address IN ({_marks(chunk)})",
+                (*tenants, *chunk),
+            )
+            found.extend(SuppressionRow(t, a, st, r, src, _dt(at)) for t, a, st, r, src, at in rows)
+        return found
+
+    async def mark_suppressed(self, items: Sequence[tuple[str, str, str]]) -> None:
+        """Keyed by ``pk`` (looked up here for new messages, and remembered for :meth:`settle`)."""
+        unknown = sorted({id_ for id_, _, _ in items} - self._pks.keys())
+        for chunk in _chunks(unknown):
             for pk, id_ in await self._all(f"SELECT pk, id FROM messages WHERE id IN ({_marks(chunk)})", chunk):
                 self._pks[id_] = pk
-            pks = [self._pks[i] for i in chunk]
-            found = " FROM suppressions s WHERE s.tenant = ? AND s.stream = ? AND s.address = lower(recipients.address)"
-            where = f"msg IN ({_marks(pks)}) AND state IN {_UNSENT} AND EXISTS (SELECT 1{found})"
-            hit = await self._all(f"SELECT DISTINCT msg FROM recipients WHERE {where}", (*pks, tenant, stream))
-            if not hit:
-                continue
+        await self.db.executemany(
+            f"UPDATE recipients SET state = '{RecipientState.SUPPRESSED}', last_reply = ?, updated_at = ?"
+            f" WHERE msg = ? AND address = ? AND state IN {_UNSENT_OR_SENDING}",
+            [(reply, self.now, self._pks[id_], address) for id_, address, reply in items],
+        )
+
+    async def list_suppressions(
+        self,
+        tenant: str,
+        *,
+        reason: str | None,
+        stream: str | None,
+        address: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[SuppressionRow]:
+        where, args = ["tenant = ?"], [tenant]
+        for column, value in (("reason", reason), ("stream", stream), ("address", address)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if after is not None:
+            where.append("(stream, address) > (?, ?)")
+            args.extend(after)
+        rows = await self._all(
+            "SELECT tenant, address, stream, reason, source, created_at FROM suppressions"
+            f" WHERE {' AND '.join(where)} ORDER BY stream, address LIMIT ?",
+            (*args, limit),
+        )
+        return [SuppressionRow(t, a, st, r, src, _dt(at)) for t, a, st, r, src, at in rows]
+
+    async def remove_suppressions(self, tenant: str, address: str, stream: str | None) -> int:
+        before = self.db.total_changes
+        if stream is None:
+            await self.db.execute("DELETE FROM suppressions WHERE tenant = ? AND address = ?", (tenant, address))
+        else:
             await self.db.execute(
-                f"UPDATE recipients SET state = '{RecipientState.SUPPRESSED}', updated_at = ?,"
-                f" last_reply = 'suppressed: ' || (SELECT s.reason{found}) WHERE {where}",
-                (self.now, tenant, stream, *pks, tenant, stream),
+                "DELETE FROM suppressions WHERE tenant = ? AND address = ? AND stream = ?", (tenant, address, stream)
             )
-            by_pk = {pk: i for i, pk in zip(chunk, pks, strict=True)}
-            touched.extend(by_pk[m] for (m,) in hit)
-        return touched
+        return self.db.total_changes - before
+
+    async def message_tenants(self, ids: Sequence[str]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
+        for chunk in _chunks(ids):
+            for id_, tenant in await self._all(f"SELECT id, tenant FROM messages WHERE id IN ({_marks(chunk)})", chunk):
+                found[id_] = tenant
+        return found
 
     async def mark_reported(
         self, id: str, recipient: str, state: RecipientState, code: int | None, reply: str, over: Sequence[str]

@@ -55,6 +55,9 @@ class DueMessage:
     message_id: str
     attempts: int
     created_at: datetime
+    tenant: str | None = None
+    stream: str | None = None  # None: no stream recorded (only every-stream suppressions apply)
+    newest_suppression: datetime | None = None  # when its tenant last added one (None: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +156,11 @@ class Tx(abc.ABC):
         envelopes: Sequence[Envelope],
         splices: Sequence[Sequence[Splice]] = (),
         labels: Sequence[Labels] = (),
+        streams: Sequence[str | None] = (),
     ) -> None:
         """New queued messages (one id, batch id and tenant per envelope), due now.
+
+        ``streams``: per envelope, the stream it is mailed on (empty: none for any).
 
         ``splices``: per envelope, where blobs were cut from its data (empty: none anywhere);
         every digest named is in the store already (:meth:`put_blobs`).
@@ -177,7 +183,11 @@ class Tx(abc.ABC):
     # -- claim
     @abc.abstractmethod
     async def due_messages(self, limit: int) -> list[DueMessage]:
-        """Up to ``limit`` messages due now, oldest due first, locked against other claims."""
+        """Up to ``limit`` messages due now, oldest due first, locked against other claims.
+
+        Each with its tenant's newest suppression time, read in the same statement (an index
+        lookup per row, no round trip), so a claim with nothing new to check costs nothing more.
+        """
 
     @abc.abstractmethod
     async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
@@ -279,12 +289,37 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     async def has_suppressions(self, tenant: str, stream: str) -> bool:
-        """Whether ``tenant`` suppresses any address on ``stream`` (an enqueue with none skips the lookups)."""
+        """Whether ``tenant`` suppresses any address on ``stream`` or on every stream (none: skip the lookups)."""
 
     @abc.abstractmethod
-    async def suppress_recipients(self, ids: Sequence[str], tenant: str, stream: str) -> list[str]:
-        """Mark ``suppressed`` (the reason as their last reply) the queued recipients of these new messages
-        whose lower-cased address ``tenant`` suppresses on ``stream``; return the messages touched."""
+    async def find_suppressions(self, tenants: Sequence[str], addresses: Sequence[str]) -> list[SuppressionRow]:
+        """The entries of ``tenants`` for these address keys (:func:`.suppressions.address_key`), any stream."""
+
+    @abc.abstractmethod
+    async def mark_suppressed(self, items: Sequence[tuple[str, str, str]]) -> None:
+        """``(message id, address as stored, reply)``: that recipient, if still queued or sending, becomes
+        ``suppressed`` with the reply as its last one (a final state: never sent)."""
+
+    @abc.abstractmethod
+    async def list_suppressions(
+        self,
+        tenant: str,
+        *,
+        reason: str | None,
+        stream: str | None,
+        address: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[SuppressionRow]:
+        """Up to ``limit`` of ``tenant``'s entries, filtered, in (stream, address) order after ``after``."""
+
+    @abc.abstractmethod
+    async def remove_suppressions(self, tenant: str, address: str, stream: str | None) -> int:
+        """Delete ``tenant``'s entries for the address key (on ``stream`` only, if given); how many went."""
+
+    @abc.abstractmethod
+    async def message_tenants(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """The tenant of each existing message of ``ids``."""
 
     @abc.abstractmethod
     async def suppressions(self, tenant: str) -> list[SuppressionRow]:

@@ -29,7 +29,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..config import ServiceConfig
-from . import api, events_api, forms, health, metricsroute, openapi, unsubscribe
+from . import api, events_api, forms, health, metricsroute, openapi, suppressions, unsubscribe
 from .auth import check_startup
 from .problems import ProblemException, problem_response
 from .state import WebState
@@ -56,7 +56,16 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
     app.asgi_http_class = KeepAliveConnection  # an early 401/413 must not cost the next request on the connection
     state = WebState.from_service(service)
     app.url_map.converters["message_id"] = api.MessageIdConverter
-    for bp in (api.bp, events_api.bp, forms.bp, openapi.bp, health.bp, unsubscribe.bp, metricsroute.bp):
+    for bp in (
+        api.bp,
+        events_api.bp,
+        forms.bp,
+        openapi.bp,
+        health.bp,
+        unsubscribe.bp,
+        metricsroute.bp,
+        suppressions.bp,
+    ):
         app.register_blueprint(bp)
 
     @app.errorhandler(ProblemException)

@@ -159,6 +159,7 @@ async def send_message() -> Response:
         fingerprint=compose.fingerprint_of("message", m.model_dump_json()),
         batch=False,
         labels=compose.labels_of(m, ws.config.schedule_horizon),
+        stream=m.stream,
     )
     id_ = result.ids[0]
     return _accepted(Accepted(id=id_), f"/api/messages/{id_}", result.duplicate)

@@ -324,8 +324,12 @@ async def enqueue(
     fingerprint: str,
     batch: bool,
     labels: Labels = NO_LABELS,
+    stream: str | None = None,
 ) -> EnqueueResult:
-    """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body."""
+    """Commit the envelopes (all or none), owned by the caller's tenant; one log line per message, never a body.
+
+    ``stream``: what the tenant's suppression list is checked against (suppressed recipients are stored final).
+    """
     scoped = _scoped(principal, idempotency_key)
     started = time.perf_counter()
     try:
@@ -336,6 +340,7 @@ async def enqueue(
             fingerprint=fingerprint,
             tenant=principal.tenant,
             labels=labels,
+            stream=stream,
         )
         result = await (commit if TRACER is None else _traced(commit, len(envelopes)))
     except OutboxError as exc:

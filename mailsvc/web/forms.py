@@ -195,6 +195,7 @@ async def submit() -> Response:
             idempotency_key=f"form:{nonce}"[:200] if nonce else None,
             fingerprint=compose.fingerprint_of("form", m.model_dump_json()),
             batch=False,
+            stream=m.stream,
         )
     except ProblemException as exc:
         for e in exc.errors:

@@ -18,10 +18,12 @@ from quart import Blueprint, Response, render_template
 from ..labels import SEND_AT_PATTERN, TAG_PATTERN
 from ..outbox.listing import MAX_PAGE
 from ..outbox.states import MessageState
+from ..outbox.suppressions import Reason
 from .api import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, TO_PATTERN
 from .doclimits import narrow
 from .problems import PROBLEM_JSON, Problem
 from .schemas import (
+    MAILBOX_FORMAT,
     Accepted,
     BatchAccepted,
     BatchStatusOut,
@@ -32,6 +34,14 @@ from .schemas import (
     MessageStatusOut,
 )
 from .state import web_state
+from .suppression_schemas import (
+    CURSOR_PATTERN,
+    LIST_PATTERN,
+    SuppressionPage,
+    SuppressionsAdded,
+    SuppressionsIn,
+)
+from .suppression_schemas import MAX_PAGE as SUPPRESSIONS_MAX_PAGE
 
 __all__ = ["bp", "openapi_document"]
 
@@ -45,6 +55,9 @@ _MODELS: list[type[BaseModel]] = [
     MessageStatusOut,
     BatchStatusOut,
     MessagePageOut,
+    SuppressionsIn,
+    SuppressionsAdded,
+    SuppressionPage,
     Problem,
 ]
 
@@ -94,6 +107,10 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 _MESSAGE_ID = {**_ID, "schema": {"type": "string", "pattern": ID_PATTERN, "not": {"const": "bulk"}}}
 
 
+_MAILBOX = {"type": "string", "format": MAILBOX_FORMAT, "minLength": 1, "maxLength": 998}
+_LIST_STREAM = {"type": "string", "pattern": LIST_PATTERN}
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
@@ -118,6 +135,55 @@ _CANCEL_DOC = (
     "Cancel what no relay has been handed yet: queued, scheduled and deferred recipients end 'cancelled'; "
     "those being sent finish (202 until they have), delivered and failed ones stay. Idempotent."
 )
+
+
+def _suppression_paths() -> dict[str, Any]:
+    """``/api/suppressions`` (:mod:`.suppressions`): the query parameters are :class:`SuppressionQuery`'s."""
+    reasons = {"type": "string", "enum": [r.value for r in Reason]}
+    return {
+        "/api/suppressions": {
+            "get": {
+                "summary": "A page of this tenant's suppression list, in (stream, address) order",
+                "operationId": "listSuppressions",
+                "parameters": [
+                    _query("reason", reasons, "only entries with this reason"),
+                    _query("stream", _LIST_STREAM, "only entries on this stream ('*': those for every stream)"),
+                    _query("address", _MAILBOX, "only this address's entries"),
+                    _query(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": SUPPRESSIONS_MAX_PAGE}, "page size (100)"
+                    ),
+                    _query("cursor", {"type": "string", "pattern": CURSOR_PATTERN}, "the previous page's next"),
+                ],
+                "responses": {
+                    "200": _json(SuppressionPage, "a page"),
+                    "422": _problem("invalid query parameters (each listed in errors)"),
+                    **_ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Put addresses on this tenant's suppression list (mail to them is not sent)",
+                "operationId": "addSuppressions",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(SuppressionsIn)}}},
+                "responses": {"200": _json(SuppressionsAdded, "on the list"), **_POST_ERRORS},
+            },
+        },
+        "/api/suppressions/{address}": {
+            "delete": {
+                "summary": "Take an address off this tenant's list (every stream, or the one named)",
+                "operationId": "removeSuppression",
+                "parameters": [
+                    {"name": "address", "in": "path", "required": True, "schema": _MAILBOX},
+                    _query("stream", _LIST_STREAM, "remove only the entry on this stream ('*': the every-stream one)"),
+                ],
+                "responses": {
+                    "204": {"description": "removed"},
+                    "404": _problem("the address is not on the list (there)"),
+                    "422": _problem("not an address, or an invalid stream"),
+                    **_ERRORS,
+                },
+            }
+        },
+    }
 
 
 def _not_allowed(description: str) -> dict[str, Any]:
@@ -244,6 +310,7 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
                     },
                 }
             },
+            **_suppression_paths(),
         },
     }
 
