@@ -140,7 +140,7 @@ async def test_a_hard_bounce_marks_the_recipient_bounced_and_the_next_bulk_suppr
         assert len(handler.received) == 1  # the bulk reached no server
         rows = await svc.outbox.suppressions(TENANT)
     assert [(s.address, s.stream, s.reason, s.source) for s in rows] == [
-        ("ann@example.com", "default", "hard_bounce", source)
+        ("ann@example.com", "*", "hard_bounce", source)  # every stream, as a 5.1.1 at RCPT
     ]
 
 

@@ -643,13 +643,13 @@ class _SqliteTx(Tx):
 
     # -- suppressions
     async def add_suppressions(self, rows: Sequence[SuppressionRow]) -> int:
-        before = self.db.total_changes
-        await self.db.executemany(
+        """Rows added (the cursor's count: ``total_changes`` would also count the event a trigger writes)."""
+        cur = await self.db.executemany(
             "INSERT INTO suppressions (tenant, address, stream, reason, source, created_at) VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             [(r.tenant, r.address, r.stream, r.reason, r.source, r.created_at.timestamp()) for r in rows],
         )
-        return self.db.total_changes - before
+        return max(cur.rowcount, 0)
 
     async def has_suppressions(self, tenant: str, stream: str) -> bool:
         row = await self._one(
