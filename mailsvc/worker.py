@@ -108,6 +108,8 @@ class Worker:
         self._inflight: dict[asyncio.Task[None], str] = {}
         self._on_wire: set[str] = set()
         self._to_release: list[str] = []
+        # Outcomes appended to _records, by message id: resolved once committed (or dropped), see _deliver.
+        self._recorded: dict[str, asyncio.Future[None]] = {}
         # Messages this worker holds a lease on (claimed, not yet recorded or released) -> loop time
         # the lease was last granted; renewed every lease_seconds / 3 while they are in hand.
         self._leased: dict[str, float] = {}
@@ -236,7 +238,12 @@ class Worker:
         if len(self._to_log) >= _LOG_GROUP:  # a full line: log it now, whatever the flusher is doing
             self._log_outcomes()
         assert self._records_ready is not None
+        recorded = asyncio.get_running_loop().create_future()
+        self._recorded[msg.id] = recorded
         self._records_ready.set()
+        # The slot is held until the outcome is committed: sent-but-unrecorded mail (what a crash would
+        # send again) is never more than `concurrency` messages, however slow a commit is.
+        await recorded
 
     async def _send(self, msg: ClaimedMessage) -> SendResult:
         """Send over the pool; a failure before the connection was up is the relay's, never a 5xx verdict."""
@@ -328,6 +335,7 @@ class Worker:
                         "gave up recording %d outcomes; their leases will expire and they will be retried",
                         len(self._records),
                     )
+                    self._forget([id_ for id_, _ in self._records])
                 return
             if self._records:  # the flush failed; try again shortly
                 final_tries -= done
@@ -410,6 +418,9 @@ class Worker:
     def _forget(self, ids: Iterable[str]) -> None:
         for id_ in ids:
             self._leased.pop(id_, None)
+            recorded = self._recorded.pop(id_, None)
+            if recorded is not None and not recorded.done():
+                recorded.set_result(None)
 
     async def _renew_loop(self) -> None:
         """Every third of a lease, renew the leases of everything still in hand (until cancelled).
