@@ -53,6 +53,30 @@ async def accept():
 async def healthz():
     return {"status": "ok"}
 """
+# The naive durable reference (issue 18): one sqlite3 INSERT per request with synchronous=FULL, in WAL mode,
+# run on the event loop as a naive route would; the same key check and JSON parse as the service's first steps.
+NAIVE_APP = """
+import json, os, sqlite3, uuid
+from quart import Quart, request
+app = Quart(__name__)
+db = sqlite3.connect(os.environ["NAIVE_DB"], isolation_level=None, check_same_thread=False)
+db.execute("PRAGMA journal_mode = WAL")
+db.execute("PRAGMA synchronous = FULL")
+db.execute("CREATE TABLE IF NOT EXISTS messages (id TEXT PRIMARY KEY, body BLOB NOT NULL)")
+
+@app.post("/api/messages")
+async def accept():
+    if request.headers.get("Authorization") != "Bearer bench-key":
+        return {"title": "Unauthorized"}, 401
+    data = await request.get_json()
+    id_ = uuid.uuid4().hex
+    db.execute("INSERT INTO messages (id, body) VALUES (?, ?)", (id_, json.dumps(data)))
+    return {"id": id_, "status": "queued"}, 202
+
+@app.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+"""
 BODY = {"to": "Ann <ann@example.com>", "subject": "Benchmark", "text": "Hello from the benchmark.\n" * 10}
 LUA = """
 wrk.method = "POST"
@@ -131,6 +155,7 @@ def run_one(target: Target, args: argparse.Namespace, sink: Sink, tmp: Path, lua
         "MAILSVC_WORKERS": str(args.workers),
         "MAILSVC_DATABASE_URL": f"sqlite:///{db}",
         "MAILSVC_MAX_PENDING": "10000000",
+        "NAIVE_DB": str(db),
     }
     proc = subprocess.Popen(
         [target.python, "-m", "hypercorn", target.app, "--bind", f"127.0.0.1:{port}"],
@@ -169,9 +194,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpname:
         tmp = Path(tmpname)
         (tmp / "bare_app.py").write_text(BARE_APP)
+        (tmp / "naive_app.py").write_text(NAIVE_APP)
         lua = tmp / "post.lua"
         lua.write_text(LUA.format(body=json.dumps(json.dumps(BODY))))
         targets = [Target("bare Quart route", "bare_app:app", ROOT, sys.executable)]
+        targets.append(Target("naive durable route (one INSERT, FULL sync)", "naive_app:app", ROOT, sys.executable))
         targets.append(Target("mailsvc (this checkout)", "asgi:app", ROOT, sys.executable))
         for spec in args.tree:
             name, _, path = spec.partition("=")
