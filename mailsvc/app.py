@@ -16,7 +16,8 @@ from .metrics import Metrics
 from .pagesafety import harden_html
 from .services import Services
 from .templatepaths import check_template_folder, email_folders, page_folders
-from .tracing import TRACER, asgi_middleware
+from .tracing import _INSTALLED as TRACING_INSTALLED
+from .tracing import asgi_middleware
 
 __all__ = ["create_app"]
 
@@ -44,7 +45,7 @@ def create_app(mail_config: MailConfig, service: ServiceConfig | None = None) ->
     parts = Services(service, Mail(app).state, metrics=Metrics())
     parts.install(app)
     app.after_request(harden_html)  # CSP, X-Frame-Options, nosniff, Referrer-Policy on every HTML page
-    if TRACER is not None:  # the [otel] extra: a span per request (nothing at all without it)
+    if TRACING_INSTALLED:  # the [otel] extra: a span per request once a provider is set (nothing without it)
         setattr(app, "asgi_app", asgi_middleware(app.asgi_app))  # noqa: B010 (an instance override)
 
     @app.get("/healthz")

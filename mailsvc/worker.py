@@ -39,7 +39,7 @@ from .metrics import Metrics
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
-from .tracing import TRACER
+from .tracing import tracer
 from .transports.factory import TransportFactory
 from .verp import ReturnPath
 
@@ -156,7 +156,7 @@ class Worker:
                     continue
                 want = min(free, self.claim_batch)
                 try:
-                    if TRACER is None:
+                    if tracer() is None:
                         claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
                     else:
                         claimed = await self._traced_claim(want)
@@ -259,7 +259,7 @@ class Worker:
                 started = time.perf_counter() if self.metrics is not None else 0.0
                 if self.return_path is not None:
                     result = await self._send_verp(msg.id, env, conn.send, done)
-                elif TRACER is None:
+                elif tracer() is None:
                     result = await conn.send(env)
                 else:
                     result = await self._traced_send(msg, conn.send(env))
@@ -305,17 +305,19 @@ class Worker:
         return SendResult(env.message_id, tuple(done))
 
     async def _traced_claim(self, want: int) -> list[ClaimedMessage]:
-        assert TRACER is not None
-        with TRACER.start_as_current_span("mailsvc.claim", attributes={"mailsvc.claim.limit": want}) as span:
+        active = tracer()
+        assert active is not None
+        with active.start_as_current_span("mailsvc.claim", attributes={"mailsvc.claim.limit": want}) as span:
             claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
             span.set_attribute("mailsvc.claim.count", len(claimed))
             return claimed
 
     async def _traced_send(self, msg: ClaimedMessage, send: Coroutine[Any, Any, SendResult]) -> SendResult:
         """One SMTP transaction in a ``mailsvc.smtp_send`` span: the message id, the attempt, each reply code."""
-        assert TRACER is not None
+        active = tracer()
+        assert active is not None
         attributes: dict[str, str | int] = {"mailsvc.message.id": msg.id, "mailsvc.attempt": msg.attempts + 1}
-        with TRACER.start_as_current_span("mailsvc.smtp_send", attributes=attributes) as span:
+        with active.start_as_current_span("mailsvc.smtp_send", attributes=attributes) as span:
             result = await send
             span.set_attribute("smtp.reply_codes", [r.code or 0 for r in result.recipients])
             return result

@@ -76,7 +76,7 @@ async def test_request_enqueue_claim_and_send_spans(
 
 
 def test_without_the_extra_tracing_is_off(tmp_path: Path) -> None:
-    """``opentelemetry`` unimportable: TRACER is None, the app is not wrapped, and it still serves."""
+    """``opentelemetry`` unimportable: no tracer, the app is not wrapped, and it still serves."""
     code = """
 import sys
 sys.modules["opentelemetry"] = None  # as if mailsvc[otel] were not installed
@@ -84,7 +84,7 @@ import asyncio
 from mailsvc import tracing
 from mailsvc.app import create_app
 from mailsvc.config import MailConfig, ServiceConfig
-assert tracing.TRACER is None
+assert tracing.tracer() is None
 app = create_app(MailConfig(server="127.0.0.1", port=25, default_sender="s@example.com"),
                  ServiceConfig(dev_mode=False, workers=0, database_url="sqlite:///o.sqlite3",
                                web={"allow_anonymous": True}))
@@ -105,3 +105,21 @@ print("off")
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout.strip() == "off", done.stderr
+
+
+def test_installed_without_a_provider_makes_no_spans(tmp_path: Path) -> None:
+    """The API installed but no SDK provider configured: tracer() is None, so no span object is ever made."""
+    code = """
+from opentelemetry import trace
+from mailsvc import tracing
+assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"
+assert tracing.tracer() is None
+from opentelemetry.sdk.trace import TracerProvider
+trace.set_tracer_provider(TracerProvider())
+assert tracing.tracer() is not None  # a provider set later is seen at the next call
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

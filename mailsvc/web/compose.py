@@ -35,7 +35,7 @@ from ..outbox import EnqueueResult, Labels, Outbox
 from ..outbox.base import NO_LABELS
 from ..rendering import html_to_text
 from ..services import services
-from ..tracing import TRACER
+from ..tracing import tracer
 from .auth import Principal
 from .bulkstream import BulkRequest, chunk_size
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
@@ -286,8 +286,9 @@ def outbox_problem(exc: OutboxError) -> ProblemException:
 
 async def _traced(commit: Awaitable[EnqueueResult], count: int) -> EnqueueResult:
     """The enqueue in a ``mailsvc.enqueue`` span (a child of the request's), naming what it stored."""
-    assert TRACER is not None
-    with TRACER.start_as_current_span("mailsvc.enqueue", attributes={"mailsvc.messages": count}) as span:
+    active = tracer()
+    assert active is not None
+    with active.start_as_current_span("mailsvc.enqueue", attributes={"mailsvc.messages": count}) as span:
         result = await commit
         span.set_attribute("mailsvc.message.id" if len(result.ids) == 1 else "mailsvc.message.ids", result.ids[:100])
         if result.batch_id is not None:
@@ -342,7 +343,7 @@ async def enqueue(
             labels=labels,
             stream=stream,
         )
-        result = await (commit if TRACER is None else _traced(commit, len(envelopes)))
+        result = await (commit if tracer() is None else _traced(commit, len(envelopes)))
     except OutboxError as exc:
         raise outbox_problem(exc) from None
     _count(result, started)
@@ -403,7 +404,7 @@ async def enqueue_bulk(
                 suppress_stream=head.stream,
                 labels=labels,
             )
-            result = await (commit if TRACER is None else _traced(commit, request.count))
+            result = await (commit if tracer() is None else _traced(commit, request.count))
     except OutboxError as exc:
         raise outbox_problem(exc) from None
     _count(result, started)
