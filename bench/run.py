@@ -313,8 +313,8 @@ def styled_templates() -> None:
     print(f"CSS: the newsletter carries a stylesheet; mailsvc inlines it per message ({root})", file=sys.stderr)
 
 
-def webhook_sink() -> None:
-    """A local HTTP endpoint answering 204 to every POST; the service is told to send it every event."""
+def webhook_sink(mode: str) -> None:
+    """A local endpoint answering 204 to every POST (``dead``: a port nobody listens on); every event goes there."""
     import base64
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -332,6 +332,9 @@ def webhook_sink() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    if mode == "dead":
+        server.shutdown()
+        server.server_close()  # nothing listens there now: every POST is refused and retried with backoff
     os.environ["MAILSVC_WEBHOOKS"] = json.dumps([{"name": "bench", "url": url, "secret": secret, "batch": 100}])
     print(f"webhooks: every event POSTed to {url} (batches of up to 100)", file=sys.stderr)
 
@@ -359,7 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the newsletter carries a stylesheet, inlined per message by mailsvc (the peers send it as is)",
     )
-    p.add_argument("--webhook", action="store_true", help="the service POSTs every event to a local endpoint")
+    p.add_argument(
+        "--webhook",
+        choices=("off", "live", "dead"),
+        default="off",
+        help="the service POSTs every event to a local endpoint (live: answers 204; dead: refuses connections)",
+    )
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
     p.add_argument("--from-json", type=Path, help="only print the table of runs saved earlier with --json")
@@ -388,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         dkim_key(args.dkim)
     if args.inline_css:
         styled_templates()
-    if args.webhook:
-        webhook_sink()
+    if args.webhook != "off":
+        webhook_sink(args.webhook)
     use_postfix = args.sink == "smtp-sink" or (args.sink == "auto" and smtp_sink_binary() is not None)
     sink: Sink = SmtpSink() if use_postfix else AiosmtpdSink()
 

@@ -35,6 +35,7 @@ log = logging.getLogger("mailsvc.webhooks")
 
 _FANOUT = 500  # events passed per endpoint per round
 _LEASE = 120.0  # seconds a claimed delivery is held before another node may take it
+_MAX_PAUSE = 60.0  # seconds between probes of an endpoint that keeps failing
 
 
 def backoff(attempts: int, first: float = 5.0) -> float:
@@ -97,6 +98,7 @@ class WebhookDispatcher:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.posts = 0  # requests sent (for tests and metrics)
+        self._paused: dict[str, tuple[float, int]] = {}  # endpoint -> (paused until, loop time; failures in a row)
 
     async def start(self) -> None:
         """Start the loop once every endpoint has a cursor: an endpoint hears everything from this start on."""
@@ -132,13 +134,36 @@ class WebhookDispatcher:
                     except TimeoutError:
                         pass
 
+    def _active(self) -> list[WebhookEndpoint]:
+        """Endpoints not paused: one that just failed is left alone (no fan-out, no POST) until its pause ends.
+
+        Why: a dead endpoint would otherwise cost a claim, a refused POST and a record for every new event,
+        write transactions that compete with mail delivery for the outbox. Paused, it costs one probe per
+        pause (doubling from ``webhook_retry_first`` to a minute); its events wait, durable, in the log.
+        """
+        now = asyncio.get_running_loop().time()
+        return [e for e in self.endpoints.values() if self._paused.get(e.name, (0.0, 0))[0] <= now]
+
+    def _failed(self, name: str) -> None:
+        _, failures = self._paused.get(name, (0.0, 0))
+        pause = min(self.retry_first * 2**failures, _MAX_PAUSE) * random.uniform(0.8, 1.2)
+        self._paused[name] = (asyncio.get_running_loop().time() + pause, failures + 1)
+
     async def round(self, client: Any) -> bool:
         """One pass: fan out new events, send what is due; True when there may be more to do at once."""
+        active = self._active()
+        if not active:
+            return False
         passed = 0
-        for endpoint in self.endpoints.values():
+        for endpoint in active:
             passed += await self.log.fanout(endpoint.name, endpoint.events, _FANOUT)
-        per_request = max(e.batch for e in self.endpoints.values())
-        jobs = await self.log.claim(list(self.endpoints), self.concurrency * per_request, _LEASE)
+        healthy = [e for e in active if e.name not in self._paused]
+        jobs: list[DeliveryJob] = []
+        if healthy:
+            per_request = max(e.batch for e in healthy)
+            jobs += await self.log.claim([e.name for e in healthy], self.concurrency * per_request, _LEASE)
+        for probing in (e for e in active if e.name in self._paused):  # failed before: one request to see
+            jobs += await self.log.claim([probing.name], probing.batch, _LEASE)
         if jobs:
             await self._send_all(client, jobs)
         return passed >= _FANOUT or bool(jobs)
@@ -165,10 +190,12 @@ class WebhookDispatcher:
                 status = response.status_code  # the body is never read: a hostile endpoint cannot fill memory
             self.posts += 1
             if 200 <= status < 300:
+                self._paused.pop(endpoint.name, None)
                 return [DeliveryOutcome(j.id, "delivered", "", None) for j in jobs]
             error = f"HTTP {status}"
         except Exception as exc:  # timeouts, refused connections, TLS errors: all a reason to retry
             error = f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+        self._failed(endpoint.name)
         log.warning("webhook %s: %s (%d event(s)); will retry", endpoint.name, error, len(jobs))
         outcomes = []
         for j in jobs:

@@ -268,3 +268,22 @@ def test_webhook_names_must_be_unique() -> None:
 
 def test_the_secret_is_never_in_a_repr() -> None:
     assert SECRET not in repr(endpoint("https://example.com/a"))
+
+
+async def test_a_dead_endpoint_is_probed_not_hammered(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path
+) -> None:
+    """Every POST fails: the endpoint is paused after each failure and probed with one request at a time, so 100
+    messages' events cost a handful of requests (not one per event) and every message is still delivered."""
+    async with Receiver(lambda n: 503) as rx:
+        async with service(smtp_port, handler, tmp_path, endpoint(rx.url, events=["delivered"])) as svc:
+            r = await svc.client.post(
+                "/api/messages/bulk",
+                json={"subject": "b", "text": "t", "recipients": [{"to": f"u{i}@example.com"} for i in range(100)]},
+                headers={"Authorization": "Bearer shop-key"},
+            )
+            assert r.status_code == 202
+            await until(lambda: len(handler.received) == 100)
+            await svc.settle()
+            await asyncio.sleep(0.5)  # some probes happen meanwhile (pauses double from 0.05 s)
+    assert 1 <= rx.count < 20, rx.count
