@@ -160,3 +160,16 @@ async def test_scheduled_and_cancelled_are_events_and_a_repeat_cancel_adds_none(
     await outbox.cancel(id_)
     await outbox.cancel(id_)  # idempotent: nothing changes, so no event
     assert [e.type for e in await all_events(log, message=id_)] == ["scheduled", "cancelled"]
+
+
+async def test_each_event_has_the_time_of_its_change(outbox: Outbox) -> None:
+    """A claim's UPDATE leaves updated_at alone; the event's time is still when the recipient started sending."""
+    import asyncio
+
+    log = log_of(outbox)
+    await outbox.enqueue([envelope("ann@example.com")])
+    await asyncio.sleep(0.05)
+    await outbox.claim("w", 10, 30)
+    queued, sending = await all_events(log)
+    assert (queued.type, sending.type) == ("queued", "sending")
+    assert (sending.at - queued.at).total_seconds() >= 0.04

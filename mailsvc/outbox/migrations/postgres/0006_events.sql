@@ -26,7 +26,7 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO mailsvc_event (message, tenant, address, type, code, reply, attempt, at)
-    SELECT NEW.message_pk, m.tenant, NEW.address, NEW.state, NEW.last_code, NEW.last_reply, NEW.attempts, NEW.updated_at
+    SELECT NEW.message_pk, m.tenant, NEW.address, NEW.state, NEW.last_code, NEW.last_reply, NEW.attempts, clock_timestamp()
     FROM mailsvc_message AS m WHERE m.id = NEW.message_pk;
     RETURN NULL;
 END $$;

@@ -2,7 +2,8 @@
 -- One event per recipient state change, written by the triggers below inside the transaction that makes the
 -- change: an event commits with its change or not at all (never lost, never invented), whichever code path
 -- changed the state. seq is the read cursor: SQLite has one writer at a time, so seq grows in commit order.
--- msg/address/message are copied, not joined, so an event outlives its message's retention.
+-- msg/address/message are copied, not joined, so an event outlives its message's retention. ``at`` is the clock
+-- when the change is written (a claim's UPDATE does not touch updated_at).
 CREATE TABLE IF NOT EXISTS events (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     message  TEXT,                -- messages.id; NULL for an address-level event (an unsubscribe)
@@ -20,14 +21,16 @@ CREATE INDEX IF NOT EXISTS events_message ON events (message, seq);
 CREATE TRIGGER IF NOT EXISTS recipients_event_insert AFTER INSERT ON recipients
 BEGIN
     INSERT INTO events (message, msg, tenant, address, type, code, reply, attempt, at)
-    SELECT m.id, m.pk, m.tenant, new.address, new.state, new.last_code, new.last_reply, new.attempts, new.updated_at
+    SELECT m.id, m.pk, m.tenant, new.address, new.state, new.last_code, new.last_reply, new.attempts,
+           (julianday('now') - 2440587.5) * 86400.0
     FROM messages AS m WHERE m.pk = new.msg;
 END;
 CREATE TRIGGER IF NOT EXISTS recipients_event_update AFTER UPDATE OF state ON recipients
 WHEN new.state IS NOT old.state
 BEGIN
     INSERT INTO events (message, msg, tenant, address, type, code, reply, attempt, at)
-    SELECT m.id, m.pk, m.tenant, new.address, new.state, new.last_code, new.last_reply, new.attempts, new.updated_at
+    SELECT m.id, m.pk, m.tenant, new.address, new.state, new.last_code, new.last_reply, new.attempts,
+           (julianday('now') - 2440587.5) * 86400.0
     FROM messages AS m WHERE m.pk = new.msg;
 END;
 -- A one-click unsubscribe is an event of its address (no message): its own type, from the suppression row.
