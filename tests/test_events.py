@@ -6,6 +6,7 @@ second connection to prove the cursor never passes an event that commits later.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,7 +144,12 @@ async def test_postgres_cursor_never_passes_an_event_that_commits_later(tmp_path
             while_open = await log.read(None, start.next, [], None, 100)
             assert while_open.events == []  # B committed, but reading it would pass A's lower xid
             await tx.commit()
-        after = await log.read(None, start.next, [], None, 100)
+        # Visible once no older transaction runs anywhere on the server (other clients' ones too): poll.
+        for _ in range(500):
+            after = await log.read(None, start.next, [], None, 100)
+            if after.events:
+                break
+            await asyncio.sleep(0.02)
         assert [(e.message, e.type) for e in after.events] == [(first, "failed"), (second, "queued")]
     finally:
         await outbox.close()
@@ -173,3 +179,20 @@ async def test_each_event_has_the_time_of_its_change(outbox: Outbox) -> None:
     queued, sending = await all_events(log)
     assert (queued.type, sending.type) == ("queued", "sending")
     assert (sending.at - queued.at).total_seconds() >= 0.04
+
+
+async def test_events_carry_their_message_tags_and_metadata_and_filter_by_tag(outbox: Outbox) -> None:
+    from mailsvc.outbox.base import Labels
+
+    log = log_of(outbox)
+    news = Labels(tags=("news", "dec"), metadata={"campaign": "c-42"})
+    [tagged] = (await outbox.enqueue([envelope("ann@example.com")], labels=news)).ids
+    [plain] = (await outbox.enqueue([envelope("bob@example.com")])).ids
+    events = await all_events(log)
+    by_message = {e.message: e for e in events}
+    assert by_message[tagged].tags == ("news", "dec") and by_message[tagged].metadata == {"campaign": "c-42"}
+    assert by_message[plain].tags == () and not by_message[plain].metadata
+    assert by_message[tagged].as_json()["tags"] == ["news", "dec"]
+    page = await log.read(None, None, [], None, 100, "news")
+    assert [e.message for e in page.events] == [tagged]
+    assert (await log.read(None, None, [], None, 100, "nope")).events == []

@@ -79,6 +79,8 @@ class Event:
     attempt: int
     at: datetime
     tenant: str | None
+    tags: tuple[str, ...] = ()  # the message's, while the message exists
+    metadata: dict[str, str] | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -90,6 +92,8 @@ class Event:
             "reply": self.reply,
             "attempt": self.attempt,
             "at": self.at.isoformat(),
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata or {}),
         }
 
 
@@ -155,9 +159,18 @@ class EventLog(abc.ABC):
 
     @abc.abstractmethod
     async def read(
-        self, tenant: str | None, after: str | None, types: Sequence[str], message: str | None, limit: int
+        self,
+        tenant: str | None,
+        after: str | None,
+        types: Sequence[str],
+        message: str | None,
+        limit: int,
+        tag: str | None = None,
     ) -> EventPage:
-        """Events after the cursor (from the first when None), oldest first; ``tenant`` None reads all."""
+        """Events after the cursor (from the first when None), oldest first; ``tenant`` None reads all.
+
+        ``tag``: only events of messages with this tag (an address-level event has none).
+        """
 
     @abc.abstractmethod
     async def fanout(self, endpoint: str, types: Sequence[str], limit: int) -> int:

@@ -7,6 +7,7 @@ Only events of transactions older than every running one are read (``xid < pg_sn
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,11 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresEventLog"]
 
-_EVENT_COLUMNS = "e.xid::text AS xid, e.seq, e.type, e.message, e.address, e.code, e.reply, e.attempt, e.at, e.tenant"
+_EVENT_COLUMNS = (
+    "e.xid::text AS xid, e.seq, e.type, e.message, e.address, e.code, e.reply, e.attempt, e.at, e.tenant,"
+    " m.tags AS tags, m.metadata::text AS metadata"
+)
+_WITH_MESSAGE = "mailsvc_event AS e LEFT JOIN mailsvc_message AS m ON m.id = e.message"
 _VISIBLE = "e.xid < pg_snapshot_xmin(pg_current_snapshot())"
 
 
@@ -39,6 +44,8 @@ def _event(r: Any) -> Event:
         r["attempt"],
         r["at"],
         r["tenant"],
+        tuple(r["tags"] or ()),
+        dict(json.loads(r["metadata"])) if r["metadata"] and r["metadata"] != "{}" else None,
     )
 
 
@@ -49,7 +56,13 @@ class PostgresEventLog(EventLog):
         self.store = store
 
     async def read(
-        self, tenant: str | None, after: str | None, types: Sequence[str], message: str | None, limit: int
+        self,
+        tenant: str | None,
+        after: str | None,
+        types: Sequence[str],
+        message: str | None,
+        limit: int,
+        tag: str | None = None,
     ) -> EventPage:
         xid, seq = decode_cursor(after, "postgres") if after else (0, 0)
         where = [_VISIBLE, "(e.xid, e.seq) > ($1::text::xid8, $2::bigint)"]
@@ -63,10 +76,13 @@ class PostgresEventLog(EventLog):
         if message is not None:
             params.append(message)
             where.append(f"e.message = ${len(params)}")
+        if tag is not None:
+            params.append(tag)
+            where.append(f"${len(params)} = ANY(m.tags)")
         params.append(limit)
         async with self.store.read("read events") as tx:
             rows = await _conn(tx).fetch(
-                f"SELECT {_EVENT_COLUMNS} FROM mailsvc_event AS e WHERE {' AND '.join(where)}"
+                f"SELECT {_EVENT_COLUMNS} FROM {_WITH_MESSAGE} WHERE {' AND '.join(where)}"
                 f" ORDER BY e.xid, e.seq LIMIT ${len(params)}",
                 *params,
             )
@@ -134,7 +150,8 @@ class PostgresEventLog(EventLog):
                     RETURNING d.id, d.endpoint, d.attempts, d.created_at, d.seq
                 )
                 SELECT l.id AS delivery, l.endpoint, l.attempts AS tries, l.created_at AS created, {_EVENT_COLUMNS}
-                FROM leased AS l JOIN mailsvc_event AS e ON e.seq = l.seq ORDER BY l.id
+                FROM leased AS l JOIN mailsvc_event AS e ON e.seq = l.seq
+                LEFT JOIN mailsvc_message AS m ON m.id = e.message ORDER BY l.id
                 """,
                 list(endpoints),
                 limit,

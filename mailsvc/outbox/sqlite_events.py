@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SqliteEventLog"]
 
-_EVENT_COLUMNS = "e.seq, e.type, e.message, e.address, e.code, e.reply, e.attempt, e.at, e.tenant"
+_EVENT_COLUMNS = "e.seq, e.type, e.message, e.address, e.code, e.reply, e.attempt, e.at, e.tenant, m.tags, m.metadata"
+_WITH_MESSAGE = "events AS e LEFT JOIN messages AS m ON m.pk = e.msg"
 
 
 def _dt(ts: float) -> datetime:
@@ -24,8 +26,20 @@ def _dt(ts: float) -> datetime:
 
 
 def _event(row: Sequence[Any]) -> Event:
-    seq, type_, message, address, code, reply, attempt, at, tenant = row
-    return Event(encode_cursor(0, seq, "sqlite"), type_, message, address, code, reply, attempt, _dt(at), tenant)
+    seq, type_, message, address, code, reply, attempt, at, tenant, tags, meta = row
+    return Event(
+        encode_cursor(0, seq, "sqlite"),
+        type_,
+        message,
+        address,
+        code,
+        reply,
+        attempt,
+        _dt(at),
+        tenant,
+        tuple(json.loads(tags)) if tags and tags != "[]" else (),
+        dict(json.loads(meta)) if meta and meta != "{}" else None,
+    )
 
 
 def _db(tx: Tx) -> tuple[aiosqlite.Connection, float]:
@@ -44,7 +58,13 @@ class SqliteEventLog(EventLog):
         self.store = store
 
     async def read(
-        self, tenant: str | None, after: str | None, types: Sequence[str], message: str | None, limit: int
+        self,
+        tenant: str | None,
+        after: str | None,
+        types: Sequence[str],
+        message: str | None,
+        limit: int,
+        tag: str | None = None,
     ) -> EventPage:
         _, seq = decode_cursor(after, "sqlite") if after else (0, 0)
         where, params = ["e.seq > ?"], [seq]  # type: tuple[list[str], list[object]]
@@ -57,10 +77,13 @@ class SqliteEventLog(EventLog):
         if message is not None:
             where.append("e.message = ?")
             params.append(message)
+        if tag is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE json_each.value = ?)")
+            params.append(tag)
         async with self.store.read("read events") as tx:
             db, _ = _db(tx)
             rows = await db.execute_fetchall(
-                f"SELECT {_EVENT_COLUMNS} FROM events AS e WHERE {' AND '.join(where)} ORDER BY e.seq LIMIT ?",
+                f"SELECT {_EVENT_COLUMNS} FROM {_WITH_MESSAGE} WHERE {' AND '.join(where)} ORDER BY e.seq LIMIT ?",
                 (*params, limit),
             )
         events = [_event(r) for r in rows]
@@ -105,6 +128,7 @@ class SqliteEventLog(EventLog):
                 await db.execute_fetchall(
                     f"SELECT d.id, d.endpoint, d.attempts, d.created_at, {_EVENT_COLUMNS}"
                     " FROM webhook_deliveries AS d JOIN events AS e ON e.seq = d.seq"
+                    " LEFT JOIN messages AS m ON m.pk = e.msg"
                     f" WHERE d.due_at IS NOT NULL AND d.due_at <= ? AND d.endpoint IN ({_marks(endpoints)})"
                     " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS p WHERE p.endpoint = d.endpoint"
                     " AND p.message = d.message AND p.due_at IS NOT NULL AND p.id < d.id)"

@@ -14,6 +14,7 @@ import re
 from quart import Blueprint, Response, request
 
 from ..errors import OutboxError
+from ..labels import TAG_PATTERN
 from ..outbox.events import EVENT_TYPES, CursorError, EventLog
 from . import compose
 from .problems import FieldError, ProblemException
@@ -28,6 +29,7 @@ MAX_PAGE = 500
 DEFAULT_PAGE = 100
 DELIVERY_STATES = ("pending", "failing", "delivered", "failed")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TAG = re.compile(TAG_PATTERN)
 
 
 def _bad(field: str, reason: str) -> ProblemException:
@@ -64,10 +66,13 @@ async def events() -> Response:
     message = request.args.get("message")
     if message is not None and not _ID.fullmatch(message):
         raise _bad("message", "must be a message id as POST /api/messages returned it")
+    tag = request.args.get("tag")
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise _bad("tag", "must be a tag as messages carry them (1-64 letters, digits, '.', '_', ':' or '-')")
     since = request.args.get("since") or None
     limit = _limit()
     try:
-        page = await _event_log().read(principal.sees, since, types, message, limit)
+        page = await _event_log().read(principal.sees, since, types, message, limit, tag)
     except CursorError as exc:
         raise _bad("since", str(exc)) from None
     except OutboxError as exc:
