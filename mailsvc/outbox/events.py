@@ -38,6 +38,7 @@ __all__ = [
     "Event",
     "EventLog",
     "EventPage",
+    "MinuteCounts",
     "decode_cursor",
 ]
 
@@ -100,6 +101,23 @@ class EventPage:
 
 
 @dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """Events of one type per minute, oldest minute first, from ``start`` (the outbox page's chart).
+
+    ``partial``: the read stopped at its scan bound before reaching ``start`` (more events in the
+    window than it may read), so the earliest minutes undercount.
+    """
+
+    start: datetime
+    counts: list[int]
+    partial: bool
+
+
+#: Events the per-minute read looks at, newest first, at most (one index range, bounded).
+MINUTE_SCAN = 50_000
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryJob:
     """A claimed webhook delivery: which endpoint, and the event to POST."""
 
@@ -158,6 +176,17 @@ class EventLog(abc.ABC):
         self, tenant: str | None, after: str | None, types: Sequence[str], message: str | None, limit: int
     ) -> EventPage:
         """Events after the cursor (from the first when None), oldest first; ``tenant`` None reads all."""
+
+    @abc.abstractmethod
+    async def per_minute(
+        self, tenant: str | None, type: str, start: datetime, minutes: int, scan: int = MINUTE_SCAN
+    ) -> MinuteCounts:
+        """Events of ``type`` (``tenant``'s, or all when None) per minute from ``start`` for ``minutes`` minutes.
+
+        Why bounded by ``scan`` and not by an index on the time: the newest ``scan`` events (by the
+        cursor's index, which follows the clock closely) are read and counted, so a page view costs
+        at most that many rows however busy the hour, and no migration is needed.
+        """
 
     @abc.abstractmethod
     async def fanout(self, endpoint: str, types: Sequence[str], limit: int) -> int:
