@@ -225,3 +225,56 @@ async def _is(svc: Svc, id_: str, want: str) -> bool:
 
 def _iso(ahead: timedelta) -> str:
     return (datetime.now(UTC) + ahead).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_admin_sees_failing_webhooks_and_replays_one(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path
+) -> None:
+    from tests.test_webhooks import ADMIN, Receiver, endpoint, service
+
+    alive = {"yes": False}
+    async with Receiver(lambda n: 200 if alive["yes"] else 500) as rx:
+        hook = endpoint(rx.url, events=["delivered"])
+        async with service(smtp_port, handler, tmp_path, hook, webhook_give_up=0.3) as svc:
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            await asyncio.sleep(0.2)  # the endpoint's cursor starts at the newest event once the dispatcher runs
+            await post(
+                svc, {"to": "ann@example.com", "subject": "Hi", "text": "x"}, {"Authorization": "Bearer shop-key"}
+            )
+
+            async def failed() -> list[Any]:
+                r = await svc.client.get("/api/webhooks/deliveries?status=failed", headers=admin)
+                return list((await r.get_json())["deliveries"])
+
+            await wait_for(lambda: _nonempty(failed()))
+            [row] = await failed()
+            # A tenant's key: no webhook section, and its replay is refused.
+            shop = svc.app.test_client()
+            token = await sign_in(shop, "shop-key")
+            _, page = await text(shop, "/outbox")
+            assert 'id="webhooks"' not in page
+            r = await shop.post(f"/outbox/webhooks/{row['id']}/replay", form={"csrf_token": token})
+            assert r.status_code == 403
+            # The operator's key: listed with its error, and replayed.
+            ops = svc.app.test_client()
+            token = await sign_in(ops, ADMIN)
+            _, page = await text(ops, "/outbox")
+            section = page.split('id="webhooks"', 1)[1]
+            assert f'action="/outbox/webhooks/{row["id"]}/replay"' in section and "HTTP 500" in section
+            r = await ops.post(f"/outbox/webhooks/{row['id']}/replay", form={})
+            assert r.status_code == 403  # no CSRF token
+            assert await failed()
+            alive["yes"] = True
+            r = await ops.post(f"/outbox/webhooks/{row['id']}/replay", form={"csrf_token": token})
+            assert r.status_code == 303
+            assert (await ops.post("/outbox/webhooks/999999/replay", form={"csrf_token": token})).status_code == 404
+            await wait_for(lambda: _delivered_to(rx))
+            assert rx.statuses[-1] == 200
+
+
+async def _nonempty(rows: Any) -> bool:
+    return bool(await rows)
+
+
+async def _delivered_to(rx: Any) -> bool:
+    return 200 in rx.statuses

@@ -31,6 +31,7 @@ from ..webhookconfig import EVENT_TYPES
 
 __all__ = [
     "EVENT_TYPES",
+    "CURSOR_PATTERN",
     "CursorError",
     "Delivery",
     "DeliveryJob",
@@ -42,7 +43,9 @@ __all__ = [
     "decode_cursor",
 ]
 
-_CURSOR = re.compile(r"^(?:s(\d{1,18})|x(\d{1,20})\.(\d{1,18}))$")
+#: An opaque cursor as either backend writes it (ASCII digits only: the OpenAPI document states this pattern).
+CURSOR_PATTERN = r"^(?:s([0-9]{1,18})|x([0-9]{1,20})\.([0-9]{1,18}))$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 class CursorError(MailError, ValueError):

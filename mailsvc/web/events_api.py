@@ -14,13 +14,13 @@ import re
 from quart import Blueprint, Response, request
 
 from ..errors import OutboxError
-from ..outbox.events import EVENT_TYPES, CursorError, EventLog
+from ..outbox.events import CURSOR_PATTERN, EVENT_TYPES, CursorError, EventLog
 from . import compose
 from .problems import FieldError, ProblemException
 from .state import web_state
 from .tenants import Scope
 
-__all__ = ["bp"]
+__all__ = ["AFTER_MAX", "DELIVERY_STATES", "MAX_PAGE", "SINCE_PATTERN", "TYPE_PATTERN", "bp"]
 
 bp = Blueprint("mailsvc_events", __name__)
 
@@ -28,6 +28,14 @@ MAX_PAGE = 500
 DEFAULT_PAGE = 100
 DELIVERY_STATES = ("pending", "failing", "delivered", "failed")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ANY_TYPE = "(?:" + "|".join(sorted(EVENT_TYPES)) + ")"
+#: ``type``: one or more event types, comma-separated (the parameter may also be repeated). Stated in /openapi.json.
+TYPE_PATTERN = f"^{_ANY_TYPE}(?:,{_ANY_TYPE})*$"
+#: ``since``: a page's ``next``, as either backend writes it (this backend refuses the other's with a 422), or
+#: empty (from the first event, as when it is left out).
+SINCE_PATTERN = "^(?:" + CURSOR_PATTERN[1:-1] + ")?$"
+#: ``after`` (deliveries): a whole number of at most 18 digits.
+AFTER_MAX = 10**18 - 1
 
 
 def _bad(field: str, reason: str) -> ProblemException:
@@ -64,7 +72,7 @@ async def events() -> Response:
     message = request.args.get("message")
     if message is not None and not _ID.fullmatch(message):
         raise _bad("message", "must be a message id as POST /api/messages returned it")
-    since = request.args.get("since") or None
+    since = request.args.get("since") or None  # empty: from the first event (clients start with since=)
     limit = _limit()
     try:
         page = await _event_log().read(principal.sees, since, types, message, limit)
@@ -78,7 +86,7 @@ async def events() -> Response:
 @bp.get("/api/webhooks/deliveries")
 async def deliveries() -> Response:
     await web_state().api_principal(Scope.ADMIN)
-    status = request.args.get("status") or None
+    status = request.args.get("status")
     if status is not None and status not in DELIVERY_STATES:
         raise _bad("status", f"must be one of {', '.join(DELIVERY_STATES)}")
     after_raw = request.args.get("after", "0")
