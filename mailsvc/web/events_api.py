@@ -42,11 +42,22 @@ def _bad(field: str, reason: str) -> ProblemException:
     return ProblemException(422, f"{field}: {reason}", errors=[FieldError(field=field, reason=reason)])
 
 
+def _whole(raw: str) -> int | None:
+    """A whole number as the document's ``integer`` reads it (leading zeros allowed), else None.
+
+    Checked on the text first, so a 5,000-digit value is refused without being parsed.
+    """
+    digits = raw.lstrip("0") or "0"
+    if not raw.isascii() or not raw.isdigit() or len(digits) > 18:
+        return None
+    return int(digits)
+
+
 def _limit() -> int:
-    raw = request.args.get("limit", str(DEFAULT_PAGE))
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw[:6]) <= MAX_PAGE:
+    n = _whole(request.args.get("limit", str(DEFAULT_PAGE)))
+    if n is None or not 1 <= n <= MAX_PAGE:
         raise _bad("limit", f"must be a whole number from 1 to {MAX_PAGE}")
-    return int(raw)
+    return n
 
 
 def _event_log() -> EventLog:
@@ -89,15 +100,15 @@ async def deliveries() -> Response:
     status = request.args.get("status")
     if status is not None and status not in DELIVERY_STATES:
         raise _bad("status", f"must be one of {', '.join(DELIVERY_STATES)}")
-    after_raw = request.args.get("after", "0")
-    if not after_raw.isascii() or not after_raw.isdigit() or len(after_raw) > 18:
+    after = _whole(request.args.get("after", "0"))
+    if after is None:
         raise _bad("after", "must be the 'next' of a previous page (a whole number)")
     limit = _limit()
     try:
-        rows = await _event_log().deliveries(status, int(after_raw), limit)
+        rows = await _event_log().deliveries(status, after, limit)
     except OutboxError as exc:
         raise compose.outbox_problem(exc) from None
-    return _json({"deliveries": [d.as_json() for d in rows], "next": rows[-1].id if rows else int(after_raw)})
+    return _json({"deliveries": [d.as_json() for d in rows], "next": rows[-1].id if rows else after})
 
 
 @bp.post("/api/webhooks/deliveries/<int:id>/replay")
