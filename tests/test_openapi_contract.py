@@ -14,6 +14,7 @@ JSON Schema lacks, ``mailbox``. Everything else comes from the document.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service as deployed: API keys, small limits, the repository's templates; no worker (nothing sent)."""
     tmp = tmp_path_factory.mktemp("contract")
     port = free_port()
+    # An admin key, so the webhook deliveries routes (admin only) answer their documented 200/202/404 too.
+    keys = tmp / "tenants.json"
+    keys.write_text(json.dumps({"contract": {"keys": [{"key": KEY, "scopes": ["admin"]}]}}), encoding="utf-8")
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -43,7 +47,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "MAIL_PORT": "9",  # never dialled: no worker runs
         "MAIL_DEFAULT_SENDER": "svc@example.com",
         "MAILSVC_DATABASE_URL": f"sqlite:///{tmp}/outbox.sqlite3",
-        "MAILSVC_API_KEYS": KEY,
+        "MAILSVC_API_KEYS_FILE": str(keys),
         "MAILSVC_TEMPLATES": str(ROOT / "templates"),
         "MAILSVC_WORKERS": "0",
         "MAILSVC_RATE_LIMIT": "0",

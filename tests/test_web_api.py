@@ -280,6 +280,9 @@ async def test_readyz_healthz_openapi_docs(smtp_port: int, handler: RecordingHan
             "/api/batches/{id}/messages",
             "/api/suppressions",
             "/api/suppressions/{address}",
+            "/api/events",
+            "/api/webhooks/deliveries",
+            "/api/webhooks/deliveries/{id}/replay",
         }
         props = doc["components"]["schemas"]["MessageIn"]["properties"]
         assert {

@@ -445,6 +445,17 @@ class Outbox(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def retry_now(self, id: str, *, tenant: str | None = None) -> MessageStatus:
+        """Make the message's ``deferred`` recipients (and so the message) due now; return its status after.
+
+        Why: an operator who fixed what the relay complained about should not wait out the backoff.
+        In one transaction that holds the message against claims; recipients in any other state are
+        left alone (a ``sending`` message's deferred recipients become due when its worker records).
+        Their state does not change, so no event is written for it; the attempt that follows writes its
+        own. :class:`NotFoundError` as :meth:`status`.
+        """
+
+    @abc.abstractmethod
     async def cancel_batch(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
         """:meth:`cancel` for every message of a batch in one transaction; the batch's counts after."""
 
@@ -466,8 +477,9 @@ class Outbox(abc.ABC):
         """Messages not yet in a final state (for backpressure and readiness)."""
 
     @abc.abstractmethod
-    async def queue_stats(self) -> QueueStats:
-        """Pending messages per state and the wait of the longest-due one (``GET /metrics``)."""
+    async def queue_stats(self, *, tenant: str | None = None) -> QueueStats:
+        """Pending messages per state and the wait of the longest-due one (``GET /metrics``; ``tenant``'s only
+        when given, for the outbox page)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

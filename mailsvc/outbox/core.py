@@ -412,6 +412,15 @@ class OutboxCore(Outbox, Generic[StoreT]):
             await self._cancel(tx, [id])
             return await _status(tx, await tx.message(id) or msg)
 
+    async def retry_now(self, id: str, *, tenant: str | None = None) -> MessageStatus:
+        async with self.store.write("retry a message now") as tx:
+            msg = await _visible_message(tx, id, tenant)
+            holders = await tx.lock_messages([id])
+            if await tx.retry_recipients(id) and id in holders and holders[id] is None:
+                await tx.settle([id], [])  # due at its earliest pending recipient: now
+                await tx.notify()
+            return await _status(tx, await tx.message(id) or msg)
+
     async def cancel_batch(self, batch_id: str, *, tenant: str | None = None) -> dict[str, int]:
         async with self.store.write("cancel a batch") as tx:
             batch = await tx.batch(batch_id)
@@ -534,9 +543,9 @@ class OutboxCore(Outbox, Generic[StoreT]):
         async with self.store.read("count pending messages") as tx:
             return await tx.count_pending()
 
-    async def queue_stats(self) -> QueueStats:
+    async def queue_stats(self, *, tenant: str | None = None) -> QueueStats:
         async with self.store.read("read the queue's depth") as tx:
-            return await tx.queue_stats()
+            return await tx.queue_stats(tenant)
 
     async def ping(self) -> None:
         await self.store.ping()

@@ -31,6 +31,7 @@ from ..webhookconfig import EVENT_TYPES
 
 __all__ = [
     "EVENT_TYPES",
+    "CURSOR_PATTERN",
     "CursorError",
     "Delivery",
     "DeliveryJob",
@@ -38,10 +39,13 @@ __all__ = [
     "Event",
     "EventLog",
     "EventPage",
+    "MinuteCounts",
     "decode_cursor",
 ]
 
-_CURSOR = re.compile(r"^(?:s(\d{1,18})|x(\d{1,20})\.(\d{1,18}))$")
+#: An opaque cursor as either backend writes it (ASCII digits only: the OpenAPI document states this pattern).
+CURSOR_PATTERN = r"^(?:s([0-9]{1,18})|x([0-9]{1,20})\.([0-9]{1,18}))$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 class CursorError(MailError, ValueError):
@@ -101,6 +105,23 @@ class Event:
 class EventPage:
     events: list[Event]
     next: str | None  # the cursor to ask with next time (the last event's, or the one asked with)
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """Events of one type per minute, oldest minute first, from ``start`` (the outbox page's chart).
+
+    ``partial``: the read stopped at its scan bound before reaching ``start`` (more events in the
+    window than it may read), so the earliest minutes undercount.
+    """
+
+    start: datetime
+    counts: list[int]
+    partial: bool
+
+
+#: Events the per-minute read looks at, newest first, at most (one index range, bounded).
+MINUTE_SCAN = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +191,17 @@ class EventLog(abc.ABC):
         """Events after the cursor (from the first when None), oldest first; ``tenant`` None reads all.
 
         ``tag``: only events of messages with this tag (an address-level event has none).
+        """
+
+    @abc.abstractmethod
+    async def per_minute(
+        self, tenant: str | None, type: str, start: datetime, minutes: int, scan: int = MINUTE_SCAN
+    ) -> MinuteCounts:
+        """Events of ``type`` (``tenant``'s, or all when None) per minute from ``start`` for ``minutes`` minutes.
+
+        Why bounded by ``scan`` and not by an index on the time: the newest ``scan`` events (by the
+        cursor's index, which follows the clock closely) are read and counted, so a page view costs
+        at most that many rows however busy the hour, and no migration is needed.
         """
 
     @abc.abstractmethod

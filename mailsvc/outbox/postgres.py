@@ -291,14 +291,17 @@ class _PgTx(Tx):
         n: int = await self.conn.fetchval("SELECT count(*) FROM mailsvc_message WHERE due_at IS NOT NULL")
         return n
 
-    async def queue_stats(self) -> QueueStats:
+    async def queue_stats(self, tenant: str | None = None) -> QueueStats:
         # Only rows with a due time (not final: at most MAILSVC_MAX_PENDING); the minimum is one index probe.
         rows = await self.conn.fetch(
-            "SELECT state, count(*) FROM mailsvc_message WHERE due_at IS NOT NULL GROUP BY state"
+            "SELECT state, count(*) FROM mailsvc_message WHERE due_at IS NOT NULL"
+            " AND ($1::text IS NULL OR tenant = $1) GROUP BY state",
+            tenant,
         )
         wait = await self.conn.fetchval(
             "SELECT extract(epoch FROM now() - min(due_at)) FROM mailsvc_message"
-            " WHERE due_at IS NOT NULL AND due_at <= now()"
+            " WHERE due_at IS NOT NULL AND due_at <= now() AND ($1::text IS NULL OR tenant = $1)",
+            tenant,
         )
         return QueueStats({str(r[0]): int(r[1]) for r in rows}, max(float(wait or 0.0), 0.0))
 
@@ -600,6 +603,14 @@ class _PgTx(Tx):
         )
         touched = {r[0] for r in rows}
         return [i for i in ids if i in touched]
+
+    async def retry_recipients(self, id: str) -> int:
+        done = await self.conn.execute(
+            f"UPDATE mailsvc_recipient SET next_attempt_at = now()"
+            f" WHERE message_pk = $1 AND state = '{RecipientState.DEFERRED}'",
+            id,
+        )
+        return int(str(done).rsplit(" ", 1)[-1])
 
     async def batch_ids(self, batch_id: str) -> list[str]:
         rows = await self.conn.fetch("SELECT id FROM mailsvc_message WHERE batch_id = $1 ORDER BY id", batch_id)

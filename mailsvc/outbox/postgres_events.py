@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .events import Delivery, DeliveryJob, DeliveryOutcome, Event, EventLog, EventPage, decode_cursor, encode_cursor
+from .events import (
+    Delivery,
+    DeliveryJob,
+    DeliveryOutcome,
+    Event,
+    EventLog,
+    EventPage,
+    MinuteCounts,
+    decode_cursor,
+    encode_cursor,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -88,6 +99,37 @@ class PostgresEventLog(EventLog):
             )
         events = [_event(r) for r in rows]
         return EventPage(events, events[-1].cursor if events else after)
+
+    async def per_minute(
+        self, tenant: str | None, type: str, start: datetime, minutes: int, scan: int = 50_000
+    ) -> MinuteCounts:
+        # The newest events by (xid, seq): the order index (or the tenant's), read backwards and cut at ``scan``.
+        def newest(scan_at: int, tenant_at: int) -> str:
+            mine = f"e.tenant = ${tenant_at}" if tenant is not None else f"${tenant_at}::text IS NULL"
+            return (
+                f"SELECT e.at, e.type FROM mailsvc_event AS e WHERE {mine}"
+                f" ORDER BY e.xid DESC, e.seq DESC LIMIT ${scan_at}"
+            )
+
+        async with self.store.read("count events per minute") as tx:
+            conn = _conn(tx)
+            rows = await conn.fetch(
+                "SELECT floor(extract(epoch FROM n.at - $1::timestamptz) / 60)::int AS m, count(*) AS c"
+                f" FROM ({newest(3, 4)}) AS n WHERE n.type = $2 AND n.at >= $1 GROUP BY m",
+                start,
+                type,
+                scan,
+                tenant,
+            )
+            edge = await conn.fetchrow(
+                f"SELECT count(*) AS c, min(n.at) AS oldest FROM ({newest(1, 2)}) AS n", scan, tenant
+            )
+        counts = [0] * minutes
+        for r in rows:
+            if 0 <= r["m"] < minutes:
+                counts[r["m"]] = int(r["c"])
+        partial = edge is not None and edge["c"] >= scan and edge["oldest"] is not None and edge["oldest"] > start
+        return MinuteCounts(start, counts, partial)
 
     async def fanout(self, endpoint: str, types: Sequence[str], limit: int) -> int:
         async with self.store.write("fan events out to a webhook") as tx:

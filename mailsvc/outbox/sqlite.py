@@ -287,11 +287,14 @@ class _SqliteTx(Tx):
         row = await self._one(_COUNT_PENDING)
         return int(row[0]) if row else 0
 
-    async def queue_stats(self) -> QueueStats:
+    async def queue_stats(self, tenant: str | None = None) -> QueueStats:
         # Only rows with a due time (not final: at most MAILSVC_MAX_PENDING); the minimum is one index probe.
-        rows = await self._all("SELECT state, count(*) FROM messages WHERE due_at IS NOT NULL GROUP BY state")
+        mine, who = ("", ()) if tenant is None else (" AND tenant = ?", (tenant,))
+        rows = await self._all(
+            f"SELECT state, count(*) FROM messages WHERE due_at IS NOT NULL{mine} GROUP BY state", who
+        )
         oldest = await self._one(
-            "SELECT min(due_at) FROM messages WHERE due_at IS NOT NULL AND due_at <= ?", (self.now,)
+            f"SELECT min(due_at) FROM messages WHERE due_at IS NOT NULL AND due_at <= ?{mine}", (self.now, *who)
         )
         wait = self.now - oldest[0] if oldest and oldest[0] is not None else 0.0
         return QueueStats({str(state): int(n) for state, n in rows}, max(wait, 0.0))
@@ -539,6 +542,14 @@ class _SqliteTx(Tx):
             )
             touched.update(r[0] for r in rows)
         return [i for i in ids if self._pks[i] in touched]
+
+    async def retry_recipients(self, id: str) -> int:
+        rows = await self._all(
+            f"UPDATE recipients SET next_attempt_at = ? WHERE msg = ? AND state = '{RecipientState.DEFERRED}'"
+            " RETURNING msg",
+            (self.now, self._pks[id]),
+        )
+        return len(rows)
 
     async def batch_ids(self, batch_id: str) -> list[str]:
         return [r[0] for r in await self._all("SELECT id FROM messages WHERE batch_id = ? ORDER BY id", (batch_id,))]

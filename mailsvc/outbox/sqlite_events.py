@@ -7,7 +7,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .events import Delivery, DeliveryJob, DeliveryOutcome, Event, EventLog, EventPage, decode_cursor, encode_cursor
+from .events import (
+    Delivery,
+    DeliveryJob,
+    DeliveryOutcome,
+    Event,
+    EventLog,
+    EventPage,
+    MinuteCounts,
+    decode_cursor,
+    encode_cursor,
+)
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -88,6 +98,27 @@ class SqliteEventLog(EventLog):
             )
         events = [_event(r) for r in rows]
         return EventPage(events, events[-1].cursor if events else after)
+
+    async def per_minute(
+        self, tenant: str | None, type: str, start: datetime, minutes: int, scan: int = 50_000
+    ) -> MinuteCounts:
+        since = start.timestamp()
+        mine, who = ("", ()) if tenant is None else ("WHERE tenant = ? ", (tenant,))
+        newest = f"SELECT at, type FROM events {mine}ORDER BY seq DESC LIMIT ?"
+        async with self.store.read("count events per minute") as tx:
+            db, _ = _db(tx)
+            rows = await db.execute_fetchall(
+                f"SELECT CAST((at - ?) / 60 AS INTEGER) AS m, count(*) FROM ({newest})"
+                " WHERE type = ? AND at >= ? GROUP BY m",
+                (since, *who, scan, type, since),
+            )
+            edge = await db.execute_fetchall(f"SELECT count(*), min(at) FROM ({newest})", (*who, scan))
+        counts = [0] * minutes
+        for m, n in rows:
+            if 0 <= m < minutes:
+                counts[m] = int(n)
+        seen, oldest = next(iter(edge))
+        return MinuteCounts(start, counts, seen >= scan and oldest is not None and oldest > since)
 
     async def fanout(self, endpoint: str, types: Sequence[str], limit: int) -> int:
         async with self.store.write("fan events out to a webhook") as tx:

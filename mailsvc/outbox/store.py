@@ -132,8 +132,9 @@ class Tx(abc.ABC):
         """Messages not yet final."""
 
     @abc.abstractmethod
-    async def queue_stats(self) -> QueueStats:
-        """Not-final messages per state (over the due index only) and the oldest overdue one's wait."""
+    async def queue_stats(self, tenant: str | None = None) -> QueueStats:
+        """Not-final messages per state (over the due index only) and the oldest overdue one's wait
+        (``tenant``'s messages only, unless None)."""
 
     @abc.abstractmethod
     async def count_suppressed(self, ids: Sequence[str]) -> int:
@@ -251,6 +252,10 @@ class Tx(abc.ABC):
     async def cancel_recipients(self, ids: Sequence[str]) -> list[str]:
         """Mark ``cancelled`` the recipients of these (locked) messages in a cancellable state
         (:data:`~.states.CANCELLABLE`); return the messages touched."""
+
+    @abc.abstractmethod
+    async def retry_recipients(self, id: str) -> int:
+        """Make the ``deferred`` recipients of this (locked) message due now; how many there were."""
 
     @abc.abstractmethod
     async def batch_ids(self, batch_id: str) -> list[str]:

@@ -14,7 +14,7 @@ Layout (one job per module)::
     compose    models -> envelopes -> one atomic enqueue
     unsublinks signed one-click unsubscribe tokens and the links and headers made from them
     unreadbody the rest of a body a handler did not read: drained, or Connection: close (keep-alive kept honest)
-    api, forms, openapi, health, unsubscribe, metricsroute   the routes
+    api, forms, openapi, health, unsubscribe, metricsroute, outboxpage   the routes
     doclimits              the OpenAPI schemas narrowed to this deployment (limits, templates, sender)
 
 ``register`` refuses to start an open relay (a real relay and no keys) with a
@@ -29,7 +29,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..config import ServiceConfig
-from . import api, events_api, forms, health, metricsroute, openapi, suppressions, unsubscribe
+from . import api, events_api, forms, health, metricsroute, openapi, outboxpage, suppressions, unsubscribe
 from .auth import check_startup
 from .problems import ProblemException, problem_response
 from .state import WebState
@@ -65,6 +65,7 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
         unsubscribe.bp,
         metricsroute.bp,
         suppressions.bp,
+        outboxpage.bp,
     ):
         app.register_blueprint(bp)
 

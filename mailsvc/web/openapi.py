@@ -21,6 +21,8 @@ from ..outbox.states import MessageState
 from ..outbox.suppressions import Reason
 from .api import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, TO_PATTERN
 from .doclimits import narrow
+from .events_api import AFTER_MAX, DELIVERY_STATES, SINCE_PATTERN, TYPE_PATTERN
+from .events_api import MAX_PAGE as EVENTS_MAX_PAGE
 from .problems import PROBLEM_JSON, Problem
 from .schemas import (
     MAILBOX_FORMAT,
@@ -29,9 +31,12 @@ from .schemas import (
     BatchStatusOut,
     BulkIn,
     CheckContext,
+    DeliveryPageOut,
+    EventPageOut,
     MessageIn,
     MessagePageOut,
     MessageStatusOut,
+    ReplayOut,
 )
 from .state import web_state
 from .suppression_schemas import (
@@ -58,6 +63,9 @@ _MODELS: list[type[BaseModel]] = [
     SuppressionsIn,
     SuppressionsAdded,
     SuppressionPage,
+    EventPageOut,
+    DeliveryPageOut,
+    ReplayOut,
     Problem,
 ]
 
@@ -130,6 +138,35 @@ _LIST_PARAMS = [
     _LIMIT,
     _CURSOR,
 ]
+_EVENTS_LIMIT = _query(
+    "limit", {"type": "integer", "minimum": 1, "maximum": EVENTS_MAX_PAGE}, "page size (default 100)"
+)
+_EVENTS_PARAMS = [
+    {
+        "name": "type",
+        "in": "query",
+        "required": False,
+        "style": "form",
+        "explode": True,
+        "schema": {"type": "array", "items": {"type": "string", "pattern": TYPE_PATTERN}},
+        "description": "only these event types (repeat the parameter, or separate types with commas)",
+    },
+    _query("message", {"type": "string", "pattern": ID_PATTERN}, "only this message's events"),
+    _query("tag", {"type": "string", "pattern": TAG_PATTERN}, "only events of messages with this tag"),
+    _query("since", {"type": "string", "pattern": SINCE_PATTERN}, "a page's 'next', unchanged (opaque)"),
+    _EVENTS_LIMIT,
+]
+_DELIVERIES_PARAMS = [
+    _query("status", {"type": "string", "enum": list(DELIVERY_STATES)}, "only deliveries in this state"),
+    _query("after", {"type": "integer", "minimum": 0, "maximum": AFTER_MAX}, "a page's 'next' (default 0)"),
+    _EVENTS_LIMIT,
+]
+_DELIVERY_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0, "maximum": 2**62 - 1},
+}
 _LIST_ERRORS = {"422": _problem("a bad query parameter (named in errors)"), **_ERRORS}
 _CANCEL_DOC = (
     "Cancel what no relay has been handed yet: queued, scheduled and deferred recipients end 'cancelled'; "
@@ -297,6 +334,36 @@ def openapi_document(ctx: CheckContext | None = None) -> dict[str, Any]:
                         **_ERRORS,
                     },
                 },
+            },
+            "/api/events": {
+                "get": {
+                    "summary": "Delivery events of the caller's mail, oldest first, after 'since'",
+                    "description": "Pass a page's 'next' as 'since' to get exactly what happened after it, nothing "
+                    "twice (an admin key reads every tenant's). An empty page keeps 'next' as it was.",
+                    "operationId": "listEvents",
+                    "parameters": _EVENTS_PARAMS,
+                    "responses": {"200": _json(EventPageOut, "a page of events"), **_LIST_ERRORS},
+                }
+            },
+            "/api/webhooks/deliveries": {
+                "get": {
+                    "summary": "Webhook deliveries by id (admin key); 'next' is the 'after' of the next page",
+                    "operationId": "listWebhookDeliveries",
+                    "parameters": _DELIVERIES_PARAMS,
+                    "responses": {"200": _json(DeliveryPageOut, "a page of deliveries"), **_LIST_ERRORS},
+                }
+            },
+            "/api/webhooks/deliveries/{id}/replay": {
+                "post": {
+                    "summary": "Send a failed or failing (or delivered) webhook delivery again, now (admin key)",
+                    "operationId": "replayWebhookDelivery",
+                    "parameters": [_DELIVERY_ID],
+                    "responses": {
+                        "202": _json(ReplayOut, "due now"),
+                        "404": _problem("no such delivery"),
+                        **_ERRORS,
+                    },
+                }
             },
             "/api/batches/{id}/messages": {
                 "get": {

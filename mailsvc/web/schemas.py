@@ -57,6 +57,10 @@ __all__ = [
     "BulkRecipient",
     "CONTENT_RULE",
     "CheckContext",
+    "DeliveryOut",
+    "DeliveryPageOut",
+    "EventOut",
+    "EventPageOut",
     "JINJA_FORMAT",
     "MAILBOX_FORMAT",
     "MessageIn",
@@ -64,6 +68,7 @@ __all__ = [
     "MessageStatusOut",
     "MessageSummaryOut",
     "RecipientStatusOut",
+    "ReplayOut",
     "header_problem",
     "split_addresses",
 ]
@@ -547,6 +552,55 @@ class MessagePageOut(BaseModel):
 
     items: list[MessageSummaryOut]
     next: str | None
+
+
+class EventOut(BaseModel):
+    """One state change of one recipient (or an address's unsubscribe: ``message`` null)."""
+
+    cursor: str = Field(description="this event's place in the log (opaque)")
+    type: str = Field(description="the recipient's new state, or 'unsubscribed'")
+    message: str | None
+    recipient: str
+    code: int | None = Field(description="the relay's reply code, when there was one")
+    reply: str
+    attempt: int
+    at: str = Field(description="when (RFC 3339)")
+    tags: list[str] = Field(description="its message's tags (none for an address's unsubscribe)")
+    metadata: dict[str, str] = Field(description="its message's metadata")
+
+
+class EventPageOut(BaseModel):
+    """Events after ``since``, oldest first; ``next`` is the ``since`` to ask with next time (null: nothing yet)."""
+
+    events: list[EventOut]
+    next: str | None
+
+
+class DeliveryOut(BaseModel):
+    """A webhook delivery: one event POSTed to one endpoint, with its retries."""
+
+    id: int
+    endpoint: str
+    event: str = Field(description="the event's cursor")
+    message: str
+    status: Literal["pending", "failing", "delivered", "failed"]
+    attempts: int
+    last_error: str
+    created_at: str
+    updated_at: str
+    next_attempt_at: str | None
+
+
+class DeliveryPageOut(BaseModel):
+    """Deliveries after ``after`` by id; ``next`` is the ``after`` of the following page."""
+
+    deliveries: list[DeliveryOut]
+    next: int
+
+
+class ReplayOut(BaseModel):
+    id: int
+    status: Literal["pending"]
 
 
 class BatchStatusOut(BaseModel):
