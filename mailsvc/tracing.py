@@ -28,7 +28,7 @@ except ImportError:  # the [otel] extra is not installed: tracing is off
 else:
     _INSTALLED = True
 
-__all__ = ["asgi_middleware", "tracer"]
+__all__ = ["asgi_middleware", "current_traceparent", "link_to", "tracer"]
 
 _NO_PROVIDER = ("ProxyTracerProvider", "NoOpTracerProvider")
 _cache: list[Any] = [None, None]  # [the provider last seen, its mailsvc tracer or None]
@@ -82,3 +82,20 @@ def asgi_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_status)
 
     return traced
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span (the accepting request's), stored with a queued message."""
+    if tracer() is None:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def link_to(traceparent: str | None) -> list[Any]:
+    """Span links to a stored ``traceparent`` (none when absent or unreadable): delivery -> acceptance."""
+    if traceparent is None or tracer() is None:
+        return []
+    context = trace.get_current_span(propagate.extract({"traceparent": traceparent})).get_span_context()
+    return [trace.Link(context)] if context.is_valid else []

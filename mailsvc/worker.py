@@ -39,7 +39,7 @@ from .metrics import Metrics
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
-from .tracing import tracer
+from .tracing import link_to, tracer
 from .transports.factory import TransportFactory
 from .verp import ReturnPath
 
@@ -317,7 +317,8 @@ class Worker:
         active = tracer()
         assert active is not None
         attributes: dict[str, str | int] = {"mailsvc.message.id": msg.id, "mailsvc.attempt": msg.attempts + 1}
-        with active.start_as_current_span("mailsvc.smtp_send", attributes=attributes) as span:
+        links = link_to(msg.traceparent)  # the request that queued it, even in another process
+        with active.start_as_current_span("mailsvc.smtp_send", attributes=attributes, links=links) as span:
             result = await send
             span.set_attribute("smtp.reply_codes", [r.code or 0 for r in result.recipients])
             return result

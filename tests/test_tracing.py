@@ -68,6 +68,11 @@ async def test_request_enqueue_claim_and_send_spans(
     assert enqueue.attributes is not None and enqueue.attributes["mailsvc.message.id"] == (id_,)
     assert send.attributes is not None and send.attributes["mailsvc.message.id"] == id_
     assert tuple(send.attributes["smtp.reply_codes"]) == (250,)  # type: ignore[arg-type]
+    # The delivery span links to the accepting request through the trace context stored with the message
+    # (read back from the outbox by the worker's claim, as another process would read it).
+    assert [(link.context.trace_id, link.context.span_id) for link in send.links] == [
+        (request.context.trace_id, request.context.span_id)
+    ]
     assert any(s.name == "mailsvc.claim" and (s.attributes or {}).get("mailsvc.claim.count") == 1 for s in spans)
     for s in spans:  # no address, subject or body in any span
         text = repr(dict(s.attributes or {}))

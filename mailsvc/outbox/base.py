@@ -113,6 +113,7 @@ class Labels:
     tags: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     send_at: datetime | None = None
+    traceparent: str | None = None  # the accepting request's trace context (W3C), when tracing is on
 
 
 NO_LABELS = Labels()
@@ -152,6 +153,7 @@ class ClaimedMessage:
     envelope: Envelope  # recipients narrowed to the pending ones
     attempts: int
     first_queued_at: datetime
+    traceparent: str | None = None  # the accepting request's trace context: the delivery span links to it
 
 
 @dataclass(frozen=True, slots=True)

@@ -342,7 +342,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     mail_options=b.mail_options,
                     rcpt_options=b.rcpt_options,
                 )
-                claimed.append(ClaimedMessage(r.id, envelope, r.attempts, r.created_at))
+                claimed.append(ClaimedMessage(r.id, envelope, r.attempts, r.created_at, r.traceparent))
         return claimed
 
     async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:

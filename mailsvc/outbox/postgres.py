@@ -360,12 +360,13 @@ class _PgTx(Tx):
         await self.conn.execute(
             f"""
             INSERT INTO mailsvc_message
-                (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata, stream)
+                (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata, stream, traceparent)
             SELECT id, mid, bid, ten, greatest(now(), sa), {_NEW_STATE}, sa,
-                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb, st
+                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb, st, tp
             FROM unnest(
-                $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[]
-            ) WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, st, n)
+                $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[],
+                $9::text[]
+            ) WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, st, tp, n)
             ORDER BY n
             """,
             list(ids),
@@ -376,6 +377,7 @@ class _PgTx(Tx):
             [json.dumps(list(lab.tags)) for lab in labs],
             [json.dumps(lab.metadata) for lab in labs],
             list(streams) if streams else [None] * len(ids),
+            [lab.traceparent for lab in labs],
         )
         await self.conn.copy_records_to_table(
             "mailsvc_body",
@@ -444,7 +446,8 @@ class _PgTx(Tx):
         rows = await self.conn.fetch(
             """
             SELECT id, message_id, attempts, created_at, tenant, stream,
-                   (SELECT max(s.created_at) FROM mailsvc_suppression s WHERE s.tenant = coalesce(m.tenant, ''))
+                   (SELECT max(s.created_at) FROM mailsvc_suppression s WHERE s.tenant = coalesce(m.tenant, '')),
+                   traceparent
             FROM mailsvc_message m
             WHERE due_at <= now() ORDER BY due_at, seq LIMIT $1
             FOR UPDATE SKIP LOCKED

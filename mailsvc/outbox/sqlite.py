@@ -346,12 +346,13 @@ class _SqliteTx(Tx):
         stored = [_stored_labels(labels[i] if labels else NO_LABELS, now) for i in range(len(envelopes))]
         await self.db.executemany(
             "INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
-            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now, stored[i].due, env.sender)
                 + (env.data, _json_list(env.mail_options), _json_list(env.rcpt_options), stored[i].state)
                 + (stored[i].send_at, stored[i].tags, stored[i].metadata, streams[i] if streams else None)
+                + ((labels[i].traceparent if labels else None),)
                 for i, env in enumerate(envelopes)
             ],
         )
@@ -385,16 +386,17 @@ class _SqliteTx(Tx):
     async def due_messages(self, limit: int) -> list[DueMessage]:
         rows = await self._all(
             "SELECT pk, id, message_id, attempts, created_at, sender, data, mail_options, rcpt_options, tenant, stream,"
-            " (SELECT max(s.created_at) FROM suppressions s WHERE s.tenant = coalesce(messages.tenant, ''))"
+            " (SELECT max(s.created_at) FROM suppressions s WHERE s.tenant = coalesce(messages.tenant, '')),"
+            " traceparent"
             " FROM messages WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
             (self.now, limit),
         )
         due = []
-        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts, tenant, stream, newest in rows:
+        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts, tenant, stream, newest, tp in rows:
             self._pks[id_] = pk
             self._bodies[id_] = Body(sender, bytes(data), _json_tuple(mopts), _json_tuple(ropts))
             newest_at = None if newest is None else _dt(newest)
-            due.append(DueMessage(id_, message_id, attempts, _dt(created_at), tenant, stream, newest_at))
+            due.append(DueMessage(id_, message_id, attempts, _dt(created_at), tenant, stream, newest_at, tp))
         return due
 
     async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:

@@ -58,6 +58,7 @@ class DueMessage:
     tenant: str | None = None
     stream: str | None = None  # None: no stream recorded (only every-stream suppressions apply)
     newest_suppression: datetime | None = None  # when its tenant last added one (None: never)
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ nothing is queued; then one ``enqueue`` call commits all of it or none.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -35,7 +36,7 @@ from ..outbox import EnqueueResult, Labels, Outbox
 from ..outbox.base import NO_LABELS
 from ..rendering import html_to_text
 from ..services import services
-from ..tracing import tracer
+from ..tracing import current_traceparent, tracer
 from .auth import Principal
 from .bulkstream import BulkRequest, chunk_size
 from .inline_templates import InlineTemplate, InlineTemplateError, request_budget
@@ -256,11 +257,14 @@ class BulkBuilder:
 
 
 def labels_of(model: MessageIn | BulkHead, horizon: float) -> Labels:
-    """The request's tags, metadata and send_at for the outbox (send_at checked against the clock once more)."""
+    """The request's tags, metadata and send_at for the outbox (send_at checked against the clock once more),
+    and, when tracing is on, the request's trace context (the delivery span links to it)."""
     try:
-        return model.labels(horizon)
+        labels = model.labels(horizon)
     except MessageError as exc:  # the horizon passed between validation and now
         raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
+    traceparent = current_traceparent()
+    return labels if traceparent is None else dataclasses.replace(labels, traceparent=traceparent)
 
 
 def fingerprint_of(route: str, body: str) -> str:

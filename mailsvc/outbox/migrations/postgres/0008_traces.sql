@@ -1,0 +1,4 @@
+-- mailsvc outbox on PostgreSQL, version 8: the trace context of the request that queued a message (issue 16).
+-- A W3C traceparent, written only when OpenTelemetry tracing is on; the delivery span links to it, in whichever
+-- process delivers. NULL for everything else (a nullable column without a default: no table rewrite).
+ALTER TABLE mailsvc_message ADD COLUMN traceparent text;
