@@ -113,6 +113,8 @@ class Labels:
     tags: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     send_at: datetime | None = None
+    #: The relay route (MAILSVC_RELAYS_FILE's ``routes``) the message is sent by; None: the worker's default.
+    route: str | None = None
 
 
 NO_LABELS = Labels()
@@ -152,6 +154,7 @@ class ClaimedMessage:
     envelope: Envelope  # recipients narrowed to the pending ones
     attempts: int
     first_queued_at: datetime
+    route: str | None = None  # the relay route stored with it (None: the default route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,7 @@ class RecipientOutcome:
     code: int | None = None
     reply: str = ""
     next_attempt_at: datetime | None = None
+    relay: str | None = None  # the relay that answered (None: none did, or a single unnamed relay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,7 @@ class RecipientStatus:
     last_reply: str
     updated_at: datetime
     next_attempt_at: datetime | None = None
+    relay: str | None = None  # the relay that gave the last reply
 
 
 @dataclass(frozen=True, slots=True)

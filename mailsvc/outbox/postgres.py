@@ -352,11 +352,13 @@ class _PgTx(Tx):
         labs = list(labels) if labels else [NO_LABELS] * len(ids)
         await self.conn.execute(
             f"""
-            INSERT INTO mailsvc_message (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata)
+            INSERT INTO mailsvc_message
+                (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata, relay_route)
             SELECT id, mid, bid, ten, greatest(now(), sa), {_NEW_STATE}, sa,
-                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
-                 WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, n)
+                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb, rr
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],
+                        $8::text[])
+                 WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, rr, n)
             ORDER BY n
             """,
             list(ids),
@@ -366,6 +368,7 @@ class _PgTx(Tx):
             [lab.send_at for lab in labs],
             [json.dumps(list(lab.tags)) for lab in labs],
             [json.dumps(lab.metadata) for lab in labs],
+            [lab.route for lab in labs],
         )
         await self.conn.copy_records_to_table(
             "mailsvc_body",
@@ -433,13 +436,13 @@ class _PgTx(Tx):
     async def due_messages(self, limit: int) -> list[DueMessage]:
         rows = await self.conn.fetch(
             """
-            SELECT id, message_id, attempts, created_at FROM mailsvc_message
+            SELECT id, message_id, attempts, created_at, relay_route FROM mailsvc_message
             WHERE due_at <= now() ORDER BY due_at, seq LIMIT $1
             FOR UPDATE SKIP LOCKED
             """,
             limit,
         )
-        return [DueMessage(r["id"], r["message_id"], r["attempts"], r["created_at"]) for r in rows]
+        return [DueMessage(r["id"], r["message_id"], r["attempts"], r["created_at"], r["relay_route"]) for r in rows]
 
     async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
         rows = await self.conn.fetch(
@@ -520,9 +523,9 @@ class _PgTx(Tx):
             f"""
             UPDATE mailsvc_recipient r
             SET state = u.state, attempts = r.attempts + 1, last_code = u.code, last_reply = u.reply,
-                next_attempt_at = u.next_at, updated_at = now()
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[])
-                 AS u(pk, address, state, code, reply, next_at)
+                next_attempt_at = u.next_at, updated_at = now(), relay = coalesce(u.relay, r.relay)
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::text[])
+                 AS u(pk, address, state, code, reply, next_at, relay)
             WHERE r.message_pk = u.pk AND r.address = u.address AND r.state NOT IN {_FINAL}
             """,
             [r.id for r in rows],
@@ -531,6 +534,7 @@ class _PgTx(Tx):
             [r.code for r in rows],
             [r.reply for r in rows],
             [r.next_attempt_at for r in rows],
+            [r.relay for r in rows],
         )
 
     async def count_attempts(self, ids: Sequence[str]) -> None:
@@ -691,7 +695,7 @@ class _PgTx(Tx):
 
     async def recipients(self, id: str) -> list[RecipientRow]:
         rows = await self.conn.fetch(
-            "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at "
+            "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at, relay "
             "FROM mailsvc_recipient WHERE message_pk = $1 ORDER BY position",
             id,
         )

@@ -55,6 +55,7 @@ class DueMessage:
     message_id: str
     attempts: int
     created_at: datetime
+    route: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class OutcomeRow:
     code: int | None
     reply: str
     next_attempt_at: datetime | None
+    relay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class RecipientRow:
     last_reply: str
     updated_at: datetime
     next_attempt_at: datetime | None
+    relay: str | None = None
 
 
 class Tx(abc.ABC):
