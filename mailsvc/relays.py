@@ -6,8 +6,9 @@ UTC day as a counter, halved for a while when the relay throttles), and its pool
 connections (the gate). :mod:`mailsvc.worker` walks a message's route through :meth:`RelaySet.route`
 and takes the first relay that is up and has room today.
 
-The pacer counts per process: with several worker processes the per-second rate is each
-process's (divide it by the number of processes). The day's count is per process too.
+On SQLite (one sending process) the pacer counts alone; on PostgreSQL the worker checks both
+windows against counters in the database shared by every machine (``Outbox.take_relay_quota``),
+and the pacer only keeps this process's view for ``/readyz`` and the throttled rate.
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ class Pacer:
             return False
         self.used_today += n
         return True
+
+    def count_day(self, n: int = 1, today: date | None = None) -> None:
+        """Count messages whose limit a shared counter (PostgreSQL) checked: for ``used_today`` only."""
+        today = today or datetime.now(UTC).date()
+        if today != self._day:
+            self._day, self.used_today = today, 0
+        self.used_today += n
 
     def give_back_day(self, n: int = 1) -> None:
         """Messages counted but not sent (the relay failed before anything was sent)."""

@@ -94,6 +94,8 @@ class Worker:
         # Several relays (MAILSVC_RELAYS_FILE): each message walks its route (:meth:`_send_routed`);
         # None: the one relay of ``mail`` and ``backoff``, today's path unchanged.
         self.relays = relays
+        # PostgreSQL counts relays' windows in the database for every machine (Outbox.take_relay_quota).
+        self._shared_quota = type(outbox).take_relay_quota is not Outbox.take_relay_quota
         self.return_path = return_path  # VERP (MAILSVC_BOUNCE_DOMAIN): one transaction per recipient
         self.metrics = metrics  # None: nothing counted (a None check per message is all it costs)
         self.mail = mail
@@ -312,12 +314,10 @@ class Worker:
             if relay.backoff.remaining() > 0:
                 down += 1
                 continue
-            if not relay.pacer.take_day():
+            if not await self._room_today(relay):
                 full.append(relay)
                 continue
-            wait = relay.pacer.delay()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self._pace(relay)
             if relay.mail.config.suppress_send:
                 return relay.mail.suppressed(env), relay.name, None
             async with relay.gate:
@@ -325,6 +325,8 @@ class Worker:
             if result is not None:
                 return result, relay.name, None
             relay.pacer.give_back_day()
+            if self._shared_quota and relay.spec.rate.per_day is not None:
+                await self.outbox.give_back_relay_quota(relay.name, "d")
             down += 1
         names = ", ".join(r.name for r in route)
         if full and not down:
@@ -334,6 +336,29 @@ class Worker:
             return SendResult.all_failed(env.message_id, env.recipients, reply), None, until
         reply = f"no relay of route {msg.route or 'default'} ({names}) is up; will retry"
         return SendResult.all_failed(env.message_id, env.recipients, reply), None, None
+
+    async def _room_today(self, relay: Relay) -> bool:
+        """Whether the relay may take one more message today (counted if so): shared on PostgreSQL."""
+        per_day = relay.spec.rate.per_day
+        if not self._shared_quota or per_day is None:
+            return relay.pacer.take_day()
+        ok = await self.outbox.take_relay_quota(relay.name, "d", per_day)
+        if ok:
+            relay.pacer.count_day()
+        return bool(ok)
+
+    async def _pace(self, relay: Relay) -> None:
+        """Wait for the relay's per-second window: a token bucket here, or the shared second on PostgreSQL."""
+        if not self._shared_quota or relay.spec.rate.per_second is None:
+            wait = relay.pacer.delay()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            return
+        while True:
+            rate = relay.pacer.current_rate() or relay.spec.rate.per_second
+            if await self.outbox.take_relay_quota(relay.name, "s", max(int(rate), 1)):
+                return
+            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.001)  # the next second's window
 
     async def _try_relay(self, msg: ClaimedMessage, relay: Relay) -> SendResult | None:
         """One relay's attempt; None when it failed before anything was sent (the caller tries the next)."""

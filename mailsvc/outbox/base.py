@@ -435,6 +435,20 @@ class Outbox(abc.ABC):
     async def ping(self) -> None:
         """Raise :class:`OutboxError` unless the store is writable now."""
 
+    async def take_relay_quota(self, relay: str, window: str, limit: int) -> bool | None:
+        """Count one message sent through ``relay`` in the current window ('s': second, 'd': UTC day).
+
+        True: counted, within ``limit``; False: the window is full, nothing counted. None: this outbox
+        shares no counters between processes (SQLite: one process sends), so the worker counts alone.
+        Why here: on PostgreSQL every worker machine sends through the same relays, and a relay's
+        limit is the account's, not one process's.
+        """
+        return None
+
+    async def give_back_relay_quota(self, relay: str, window: str) -> None:
+        """Undo one :meth:`take_relay_quota` for a message that was not sent (its relay failed first)."""
+        return None
+
     async def __aenter__(self) -> Outbox:
         await self.open()
         return self

@@ -934,6 +934,23 @@ class PostgresOutbox(OutboxCore[PostgresStore]):
                     log.info("outbox retention: deleted %d messages older than %g days", deleted, self.retention_days)
             await asyncio.sleep(self.retention_interval)
 
+    async def take_relay_quota(self, relay: str, window: str, limit: int) -> bool:
+        """One message against ``relay``'s shared counter for this second or UTC day, atomically.
+
+        The upsert counts only while ``used < limit`` (a concurrent taker waits on the row lock and
+        sees the new count), so every machine together stays within the limit. A new window's row
+        also deletes that relay's windows older than a day (the primary key's prefix finds them).
+        """
+        with _translate("count a relay's messages"):
+            row = await self.pool.fetchrow(_TAKE_QUOTA, relay, window, limit)
+            if row is not None and row["fresh"]:
+                await self.pool.execute(_OLD_WINDOWS, relay, window)
+        return row is not None
+
+    async def give_back_relay_quota(self, relay: str, window: str) -> None:
+        with _translate("give back a relay's count"):
+            await self.pool.execute(_GIVE_BACK_QUOTA, relay, window)
+
     async def purge(self, older_than_days: float, *, batch_size: int = 500) -> int:
         """Delete final messages (and bodies, recipients) older than ``older_than_days``; return how many.
 
@@ -975,3 +992,23 @@ def _translate(what: str) -> Iterator[None]:
         raise OutboxError(f"could not {what}: PostgreSQL said {exc.sqlstate} {exc}") from exc
     except _UNREACHABLE as exc:
         raise OutboxError(f"could not {what}: cannot reach PostgreSQL ({exc})") from exc
+
+
+# A relay's window starts at the second or the UTC day (clock_timestamp: not the transaction's start).
+_WINDOW_START = (
+    "CASE WHEN $2::text = 's' THEN date_trunc('second', clock_timestamp())"
+    " ELSE date_trunc('day', clock_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END"
+)
+_TAKE_QUOTA = f"""
+    INSERT INTO mailsvc_relay_usage AS u (relay, win, window_start, used) VALUES ($1, $2, {_WINDOW_START}, 1)
+    ON CONFLICT (relay, win, window_start) DO UPDATE SET used = u.used + 1 WHERE u.used < $3
+    RETURNING (xmax = 0) AS fresh
+"""
+_GIVE_BACK_QUOTA = f"""
+    UPDATE mailsvc_relay_usage SET used = used - 1
+    WHERE relay = $1 AND win = $2 AND window_start = {_WINDOW_START} AND used > 0
+"""
+_OLD_WINDOWS = """
+    DELETE FROM mailsvc_relay_usage WHERE relay = $1 AND win = $2
+    AND window_start < clock_timestamp() - CASE WHEN $2 = 's' THEN interval '1 minute' ELSE interval '2 days' END
+"""

@@ -8,7 +8,7 @@ ALTER TABLE mailsvc_recipient ADD COLUMN relay text;
 -- used + n <= limit). Old windows are deleted by the worker that opens a new day.
 CREATE TABLE IF NOT EXISTS mailsvc_relay_usage (
     relay text NOT NULL,
-    win char(1) NOT NULL,
+    win text NOT NULL,
     window_start timestamptz NOT NULL,
     used bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (relay, win, window_start)
