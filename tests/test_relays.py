@@ -365,3 +365,63 @@ async def test_two_machines_share_the_daily_limit_on_postgres(tmp_path: Path) ->
         assert states.count("delivered") == 100 and len(handler.received) == 100
     finally:
         await ob.close()
+
+
+# -- through the service -------------------------------------------------------------------
+
+
+async def test_the_api_routes_by_stream_and_shows_each_recipients_relay(tmp_path: Path) -> None:
+    from tests.webkit import AUTH, running
+
+    tx, blk, news = RecordingHandler(), RecordingHandler(), RecordingHandler()
+    async with relays(tx, blk, news) as (t, b, n):
+        path = relays_file(
+            tmp_path,
+            {"tx": smtp(t.port), "bulk": smtp(b.port), "news": smtp(n.port)},
+            {"transactional": ["tx"], "bulk": ["bulk"], "newsletter": ["news"], "default": ["tx"]},
+        )
+        async with running(t.port, tx, tmp_path, service={"relays_file": path, "retry_first": 0.05}) as svc:
+            one = {"to": "ann@example.com", "subject": "One", "text": "hi"}
+            r = await svc.client.post("/api/messages", json=one, headers=AUTH)
+            assert r.status_code == 202, await r.get_data(as_text=True)
+            single = (await r.get_json())["id"]
+            batches = {}
+            for stream in (None, "newsletter", "no-such-route"):
+                body: dict[str, Any] = {
+                    "subject": "Hi {{ n }}",
+                    "text": "x",
+                    "unsubscribe": False,
+                    "recipients": [{"to": f"p{i}@example.com", "context": {"n": i}} for i in range(2)],
+                }
+                if stream:
+                    body["stream"] = stream
+                r = await svc.client.post("/api/messages/bulk", json=body, headers=AUTH)
+                assert r.status_code == 202, await r.get_data(as_text=True)
+                batches[stream] = (await r.get_json())["batch_id"]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while len(tx.received) < 3 or len(blk.received) < 2 or len(news.received) < 2:
+                assert loop.time() < deadline, (len(tx.received), len(blk.received), len(news.received))
+                await asyncio.sleep(0.05)
+
+            async def relay_shown(id_: str) -> list[str | None]:
+                for _ in range(200):
+                    st = await (await svc.client.get(f"/api/messages/{id_}", headers=AUTH)).get_json()
+                    if st["state"] == "delivered":
+                        return [rc["relay"] for rc in st["recipients"]]
+                    await asyncio.sleep(0.05)
+                pytest.fail(f"{id_} not delivered")
+
+            assert await relay_shown(single) == ["tx"]
+            expect = {None: "bulk", "newsletter": "news", "no-such-route": "tx"}
+            for stream, batch in batches.items():
+                page = await (await svc.client.get(f"/api/batches/{batch}/messages", headers=AUTH)).get_json()
+                assert len(page["items"]) == 2
+                for item in page["items"]:
+                    assert await relay_shown(item["id"]) == [expect[stream]]
+
+            ready = await (await svc.client.get("/readyz", headers=AUTH)).get_json()
+            assert set(ready["relays"]) == {"tx", "bulk", "news"}
+            assert ready["relays"]["tx"]["state"] == "up" and ready["relays"]["tx"]["used_today"] == 3
+            assert "relays" not in await (await svc.client.get("/readyz")).get_json()  # anonymous: status only
+    assert len(tx.received) == 3 and len(blk.received) == 2 and len(news.received) == 2
