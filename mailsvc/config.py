@@ -492,6 +492,8 @@ class ServiceConfig(BaseModel):
     retry_jitter: float = Field(default=0.1, ge=0, lt=1)
     relay_backoff: float = Field(default=30.0, gt=0)
     relay_backoff_max: float = Field(default=300.0, gt=0)
+    # Several relays and their routes (issue 17; mailsvc/relayconfig.py); None: one relay from MAIL_*.
+    relays_file: Path | None = None
     retention_days: float = Field(default=0.0, ge=0)  # delete final messages after N days (PostgreSQL); 0 = keep
     # The HTTP server (``mailsvc serve``, or hypercorn with ``--config python:hypercorn_config``): slow and
     # abusive clients (issue 13). Headers must arrive within keep_alive_timeout, a body within body_timeout.

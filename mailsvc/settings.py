@@ -40,6 +40,7 @@ from .config import (
 )
 from .dburl import dev_outbox_url
 from .errors import ConfigError
+from .relayconfig import load_relays
 from .templatepaths import check_template_folder
 from .webhookconfig import WebhookEndpoint
 
@@ -131,6 +132,7 @@ class Settings(BaseSettings):
     MAILSVC_RETRY_JITTER: float = env_field(S, "retry_jitter")
     MAILSVC_RELAY_BACKOFF: float = env_field(S, "relay_backoff")
     MAILSVC_RELAY_BACKOFF_MAX: float = env_field(S, "relay_backoff_max")
+    MAILSVC_RELAYS_FILE: Path | None = env_field(S, "relays_file")  # several relays and routes (JSON)
     MAILSVC_RETENTION_DAYS: float = env_field(S, "retention_days")
     MAILSVC_BOUNCE_DOMAIN: str | None = env_field(S, "bounce_domain")  # VERP return paths bounces+<token>@it
     MAILSVC_BOUNCE_LISTEN: str | None = env_field(S, "bounce_listen")  # host:port: the listener inside serve
@@ -267,6 +269,7 @@ def build_settings(settings_class: type[_S], **overrides: object) -> _S:
         settings.warn_unsigned(settings.mail_config())
         settings.service_config()
         check_template_folder(settings.MAILSVC_TEMPLATES)
+        load_relays(settings.MAILSVC_RELAYS_FILE, settings.mail_config())  # a bad relays file stops the start
     except ValidationError as exc:
         raise SystemExit(f"mailsvc: configuration error: {config_error_from(exc, {})}") from None
     except ValueError as exc:  # ConfigError

@@ -37,6 +37,9 @@ from .mailstate import MailState
 from .message import Envelope
 from .metrics import Metrics
 from .outbox.base import ClaimedMessage, Outbox, RecipientOutcome
+from .outbox.states import RecipientState
+from .relayconfig import load_relays
+from .relays import Relay, RelaySet, is_throttle, next_utc_midnight
 from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
 from .tracing import link_to, tracer
@@ -85,13 +88,21 @@ class Worker:
         poll_interval: float = _SERVICE["poll_interval"].default,
         return_path: ReturnPath | None = None,
         metrics: Metrics | None = None,
+        relays: RelaySet | None = None,
     ) -> None:
         self.outbox = outbox
+        # Several relays (MAILSVC_RELAYS_FILE): each message walks its route (:meth:`_send_routed`);
+        # None: the one relay of ``mail`` and ``backoff``, today's path unchanged.
+        self.relays = relays
+        # PostgreSQL counts relays' windows in the database for every machine (Outbox.take_relay_quota).
+        self._shared_quota = type(outbox).take_relay_quota is not Outbox.take_relay_quota
         self.return_path = return_path  # VERP (MAILSVC_BOUNCE_DOMAIN): one transaction per recipient
         self.metrics = metrics  # None: nothing counted (a None check per message is all it costs)
         self.mail = mail
         self.policy = policy or RetryPolicy()
         self.backoff = backoff or RelayBackoff(self.policy)
+        # Claiming pauses while this is > 0: the one relay's backoff, or every relay of the set down.
+        self._paused = self.backoff.remaining if relays is None else relays.remaining
         # Slots for sends, as many as the pool has connections: a message takes one, then checks the
         # relay is not paused, and only then may open a connection (so a pause stops the queue behind).
         self._gate = gate
@@ -140,12 +151,12 @@ class Worker:
             self._stopping = asyncio.Event()
         self._records_ready = asyncio.Event()
         if self._gate is None:
-            self._gate = asyncio.Semaphore(self.mail.config.pool_size)
+            self._gate = asyncio.Semaphore(self.mail.config.pool_size if self.relays is None else self.relays.pool_size)
         flusher = asyncio.create_task(self._flush_loop())
         renewer = asyncio.create_task(self._renew_loop())
         try:
             while not self.stopping:
-                pause = self.backoff.remaining()
+                pause = self._paused()
                 if pause > 0:
                     await self._sleep_until_stop(asyncio.sleep(pause))
                     continue
@@ -211,16 +222,21 @@ class Worker:
 
     async def _deliver(self, msg: ClaimedMessage) -> None:
         assert self._gate is not None
+        relay: str | None = None
+        defer_to: datetime | None = None
         try:
             async with self._gate:
                 # Paused relay, stopping, or the lease not renewed for so long that it may lapse
                 # mid-send (another worker would then send it too): give it back unsent.
                 loop_now = asyncio.get_running_loop().time()
                 waited = loop_now - self._leased.get(msg.id, loop_now - self.lease_seconds)
-                if self.stopping or self.backoff.remaining() > 0 or waited > self.lease_seconds / 2:
+                if self.stopping or self._paused() > 0 or waited > self.lease_seconds / 2:
                     self._give_back(msg.id)
                     return
-                result = await self._send(msg)
+                if self.relays is None:
+                    result = await self._send(msg)
+                else:
+                    result, relay, defer_to = await self._send_routed(msg, self.relays)
         except asyncio.CancelledError:
             self._give_back(msg.id)
             raise
@@ -231,6 +247,8 @@ class Worker:
             self._on_wire.discard(msg.id)
         now = datetime.now(UTC)
         outcomes = [self.policy.outcome(r, msg.attempts + 1, msg.first_queued_at, now) for r in result.recipients]
+        if self.relays is not None:
+            outcomes = _routed(outcomes, relay, defer_to)
         for o in outcomes:
             setattr(self.stats, o.state, getattr(self.stats, o.state) + 1)
         self._records.append((msg.id, outcomes))
@@ -283,6 +301,122 @@ class Worker:
             self.backoff.trouble()
         else:
             self.backoff.ok()
+        return result
+
+    async def _send_routed(
+        self, msg: ClaimedMessage, relays: RelaySet
+    ) -> tuple[SendResult, str | None, datetime | None]:
+        """Through the first relay of the message's route that is up and has room today.
+
+        Returns the result, the relay that answered (None: none did) and, when every relay of the
+        route had used its day, the next UTC midnight to defer to. A relay that fails before anything
+        was sent (connecting, or a 421 to every recipient that is not a throttle) is marked down and
+        the next one takes the message at once; an error once data may have been sent never moves on.
+        """
+        env = msg.envelope
+        route = relays.route(msg.route)
+        full: list[Relay] = []
+        down = 0
+        for relay in route:
+            if relay.backoff.remaining() > 0:
+                down += 1
+                continue
+            if not await self._room_today(relay):
+                full.append(relay)
+                continue
+            await self._pace(relay)
+            if relay.mail.config.suppress_send:
+                return relay.mail.suppressed(env), relay.name, None
+            async with relay.gate:
+                result = await self._try_relay(msg, relay)
+            if result is not None:
+                return result, relay.name, None
+            relay.pacer.give_back_day()
+            if self._shared_quota and relay.spec.rate.per_day is not None:
+                await self.outbox.give_back_relay_quota(relay.name, "d")
+            down += 1
+        names = ", ".join(r.name for r in route)
+        if full and not down:
+            until = next_utc_midnight()
+            limits = ", ".join(f"{r.name} {r.spec.rate.per_day}/day" for r in full)
+            reply = f"daily limit reached ({limits}); deferred to {until.isoformat()}"
+            return SendResult.all_failed(env.message_id, env.recipients, reply), None, until
+        reply = f"no relay of route {msg.route or 'default'} ({names}) is up; will retry"
+        return SendResult.all_failed(env.message_id, env.recipients, reply), None, None
+
+    async def _room_today(self, relay: Relay) -> bool:
+        """Whether the relay may take one more message today (counted if so): shared on PostgreSQL."""
+        per_day = relay.spec.rate.per_day
+        if not self._shared_quota or per_day is None:
+            return relay.pacer.take_day()
+        ok = await self.outbox.take_relay_quota(relay.name, "d", per_day)
+        if ok:
+            relay.pacer.count_day()
+        return bool(ok)
+
+    async def _pace(self, relay: Relay) -> None:
+        """Wait for the relay's per-second window: a token bucket here, or the shared second on PostgreSQL."""
+        if not self._shared_quota or relay.spec.rate.per_second is None:
+            wait = relay.pacer.delay()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            return
+        while True:
+            rate = relay.pacer.current_rate() or relay.spec.rate.per_second
+            if await self.outbox.take_relay_quota(relay.name, "s", max(int(rate), 1)):
+                return
+            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.001)  # the next second's window
+
+    async def _try_relay(self, msg: ClaimedMessage, relay: Relay) -> SendResult | None:
+        """One relay's attempt; None when it failed before anything was sent (the caller tries the next)."""
+        env = msg.envelope
+        connected = False
+        done: list[RecipientResult] = []
+        try:
+            async with relay.mail.pool.connection() as conn:
+                connected = True
+                self._on_wire.add(msg.id)
+                started = time.perf_counter() if self.metrics is not None else 0.0
+                if self.return_path is not None:
+                    result = await self._send_verp(msg.id, env, conn.send, done)
+                else:
+                    step = relay.spec.rate.max_recipients or len(env.recipients)
+                    for i in range(0, len(env.recipients), step):
+                        part = (
+                            env
+                            if step >= len(env.recipients)
+                            else dataclasses.replace(env, recipients=env.recipients[i : i + step])
+                        )
+                        done.extend((await conn.send(part)).recipients)
+                    result = SendResult(env.message_id, tuple(done))
+                if self.metrics is not None:
+                    self.metrics.smtp_send_seconds.observe(time.perf_counter() - started)
+        except DeliveryError as exc:
+            pause = relay.backoff.trouble()
+            if not connected:
+                self._on_wire.discard(msg.id)
+                log.warning("relay %s down while connecting (%s); pausing it %.3gs", relay.name, exc, pause)
+                return None
+            log.warning("relay %s trouble while sending (%s); pausing it %.3gs", relay.name, exc, pause)
+            answered = {r.recipient for r in done}
+            return SendResult(
+                env.message_id,
+                (
+                    *done,
+                    *(RecipientResult(r, "failed", exc.code, str(exc)) for r in env.recipients if r not in answered),
+                ),
+            )
+        if any(is_throttle(r) for r in result.recipients):
+            relay.pacer.throttled()
+            log.warning("relay %s asks to slow down; pacing it at %.3g/s", relay.name, relay.pacer.current_rate())
+        elif any(r.code == 421 for r in result.recipients):
+            pause = relay.backoff.trouble()
+            if all(r.code == 421 for r in result.recipients):  # the relay closing, not a verdict: nothing sent
+                self._on_wire.discard(msg.id)
+                log.warning("relay %s answered 421 to the transaction; pausing it %.3gs", relay.name, pause)
+                return None
+        else:
+            relay.backoff.ok()
         return result
 
     async def _send_verp(
@@ -451,12 +585,28 @@ class Worker:
             self.stats.renewed += len(kept)
 
 
-class WorkerGroup:
-    """``n`` workers sharing one pool and one relay backoff; what the app and ``mailsvc worker`` run."""
+def _routed(outcomes: list[RecipientOutcome], relay: str | None, defer_to: datetime | None) -> list[RecipientOutcome]:
+    """Outcomes with the relay that answered, and a daily limit's deferral to the next window."""
+    if defer_to is not None:
+        outcomes = [
+            dataclasses.replace(o, next_attempt_at=defer_to) if o.state is RecipientState.DEFERRED else o
+            for o in outcomes
+        ]
+    if relay is not None:
+        outcomes = [dataclasses.replace(o, relay=relay) for o in outcomes]
+    return outcomes
 
-    def __init__(self, workers: list[Worker], mail: MailState) -> None:
+
+class WorkerGroup:
+    """``n`` workers sharing one pool and one relay backoff; what the app and ``mailsvc worker`` run.
+
+    With ``MAILSVC_RELAYS_FILE``, they share a :class:`RelaySet` instead (a pool, backoff and pacer per relay).
+    """
+
+    def __init__(self, workers: list[Worker], mail: MailState, relays: RelaySet | None = None) -> None:
         self.workers = workers
         self.mail = mail
+        self.relays = relays
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -478,7 +628,10 @@ class WorkerGroup:
         mail = MailState(mail_config, transport=transport)
         policy = RetryPolicy.from_service(service)
         backoff = RelayBackoff(policy)
-        gate = asyncio.Semaphore(mail_config.pool_size)
+        relays = None
+        if service.relays_file is not None:
+            relays = RelaySet(load_relays(service.relays_file, mail_config), policy, transport=transport)
+        gate = asyncio.Semaphore(mail_config.pool_size if relays is None else relays.pool_size)
         n = count if count is not None else max(service.workers, 1)
         return_path = None
         if service.bounce_domain is not None and service.web.secret_key is not None:
@@ -496,12 +649,13 @@ class WorkerGroup:
                 poll_interval=service.poll_interval,
                 return_path=return_path,
                 metrics=metrics,
+                relays=relays,
             )
             for _ in range(n)
         ]
         if metrics is not None:
             metrics.watch(workers=workers, backoff=backoff)
-        return cls(workers, mail)
+        return cls(workers, mail, relays)
 
     async def start(self) -> None:
         for w in self.workers:
@@ -525,6 +679,8 @@ class WorkerGroup:
             await self.wait()
         finally:
             await self.mail.aclose()
+            if self.relays is not None:
+                await self.relays.aclose()
 
     @property
     def stats(self) -> WorkerStats:

@@ -54,6 +54,7 @@ def _print_message(data: dict[str, Any]) -> None:
     for r in data["recipients"]:
         code = "" if r["last_code"] is None else f" {r['last_code']}"
         retry = f" next attempt {r['next_attempt_at']}" if r["next_attempt_at"] else ""
+        retry += f" via {r['relay']}" if r.get("relay") else ""
         print(f"  {r['recipient']:<40} {r['state']:<9} attempts {r['attempts']}  updated {r['updated_at']}{retry}")
         if r["last_reply"] or code:
             print(f"      last reply:{code} {r['last_reply']}")
@@ -81,6 +82,7 @@ async def _fetch(url: str, ident: str, batch: bool) -> dict[str, Any]:
                 "last_reply": r.last_reply,
                 "updated_at": r.updated_at.isoformat(),
                 "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+                "relay": r.relay,
             }
             for r in st.recipients
         ],

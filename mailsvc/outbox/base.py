@@ -114,6 +114,8 @@ class Labels:
     metadata: dict[str, str] = field(default_factory=dict)
     send_at: datetime | None = None
     traceparent: str | None = None  # the accepting request's trace context (W3C), when tracing is on
+    #: The relay route (MAILSVC_RELAYS_FILE's ``routes``) the message is sent by; None: the worker's default.
+    route: str | None = None
 
 
 NO_LABELS = Labels()
@@ -154,6 +156,7 @@ class ClaimedMessage:
     attempts: int
     first_queued_at: datetime
     traceparent: str | None = None  # the accepting request's trace context: the delivery span links to it
+    route: str | None = None  # the relay route stored with it (None: the default route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ class RecipientOutcome:
     code: int | None = None
     reply: str = ""
     next_attempt_at: datetime | None = None
+    relay: str | None = None  # the relay that answered (None: none did, or a single unnamed relay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,7 @@ class RecipientStatus:
     last_reply: str
     updated_at: datetime
     next_attempt_at: datetime | None = None
+    relay: str | None = None  # the relay that gave the last reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +491,20 @@ class Outbox(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise :class:`OutboxError` unless the store is writable now."""
+
+    async def take_relay_quota(self, relay: str, window: str, limit: int) -> bool | None:
+        """Count one message sent through ``relay`` in the current window ('s': second, 'd': UTC day).
+
+        True: counted, within ``limit``; False: the window is full, nothing counted. None: this outbox
+        shares no counters between processes (SQLite: one process sends), so the worker counts alone.
+        Why here: on PostgreSQL every worker machine sends through the same relays, and a relay's
+        limit is the account's, not one process's.
+        """
+        return None
+
+    async def give_back_relay_quota(self, relay: str, window: str) -> None:
+        """Undo one :meth:`take_relay_quota` for a message that was not sent (its relay failed first)."""
+        return None
 
     async def __aenter__(self) -> Outbox:
         await self.open()

@@ -140,7 +140,7 @@ def outcome_rows(items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> lis
                 raise OutboxError(f"cannot record state {o.state!r} for {o.recipient}: not an outcome")
             state = RecipientState(o.state)
             next_at = o.next_attempt_at if state is RecipientState.DEFERRED else None
-            rows.append(OutcomeRow(id_, o.recipient, state, o.code, o.reply[:_REPLY_MAX], next_at))
+            rows.append(OutcomeRow(id_, o.recipient, state, o.code, o.reply[:_REPLY_MAX], next_at, o.relay))
     return rows
 
 
@@ -342,7 +342,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     mail_options=b.mail_options,
                     rcpt_options=b.rcpt_options,
                 )
-                claimed.append(ClaimedMessage(r.id, envelope, r.attempts, r.created_at, r.traceparent))
+                claimed.append(ClaimedMessage(r.id, envelope, r.attempts, r.created_at, r.traceparent, r.route))
         return claimed
 
     async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
@@ -606,6 +606,7 @@ async def _status(tx: Tx, msg: MessageRow) -> MessageStatus:
                 last_reply=r.last_reply,
                 updated_at=r.updated_at,
                 next_attempt_at=r.next_attempt_at if r.state == RecipientState.DEFERRED else None,
+                relay=r.relay,
             )
             for r in rcpts
         ],

@@ -360,13 +360,14 @@ class _PgTx(Tx):
         await self.conn.execute(
             f"""
             INSERT INTO mailsvc_message
-                (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata, stream, traceparent)
+                (id, message_id, batch_id, tenant, due_at, state, send_at, tags, metadata, stream, traceparent,
+                 relay_route)
             SELECT id, mid, bid, ten, greatest(now(), sa), {_NEW_STATE}, sa,
-                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb, st, tp
+                   ARRAY(SELECT jsonb_array_elements_text(tg::jsonb)), md::jsonb, st, tp, rr
             FROM unnest(
                 $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[],
-                $9::text[]
-            ) WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, st, tp, n)
+                $9::text[], $10::text[]
+            ) WITH ORDINALITY AS t(id, mid, bid, ten, sa, tg, md, st, tp, rr, n)
             ORDER BY n
             """,
             list(ids),
@@ -378,6 +379,7 @@ class _PgTx(Tx):
             [json.dumps(lab.metadata) for lab in labs],
             list(streams) if streams else [None] * len(ids),
             [lab.traceparent for lab in labs],
+            [lab.route for lab in labs],
         )
         await self.conn.copy_records_to_table(
             "mailsvc_body",
@@ -447,7 +449,7 @@ class _PgTx(Tx):
             """
             SELECT id, message_id, attempts, created_at, tenant, stream,
                    (SELECT max(s.created_at) FROM mailsvc_suppression s WHERE s.tenant = coalesce(m.tenant, '')),
-                   traceparent
+                   traceparent, relay_route
             FROM mailsvc_message m
             WHERE due_at <= now() ORDER BY due_at, seq LIMIT $1
             FOR UPDATE SKIP LOCKED
@@ -535,9 +537,9 @@ class _PgTx(Tx):
             f"""
             UPDATE mailsvc_recipient r
             SET state = u.state, attempts = r.attempts + 1, last_code = u.code, last_reply = u.reply,
-                next_attempt_at = u.next_at, updated_at = now()
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[])
-                 AS u(pk, address, state, code, reply, next_at)
+                next_attempt_at = u.next_at, updated_at = now(), relay = coalesce(u.relay, r.relay)
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::text[])
+                 AS u(pk, address, state, code, reply, next_at, relay)
             WHERE r.message_pk = u.pk AND r.address = u.address AND r.state NOT IN {_FINAL}
             """,
             [r.id for r in rows],
@@ -546,6 +548,7 @@ class _PgTx(Tx):
             [r.code for r in rows],
             [r.reply for r in rows],
             [r.next_attempt_at for r in rows],
+            [r.relay for r in rows],
         )
 
     async def count_attempts(self, ids: Sequence[str]) -> None:
@@ -714,7 +717,7 @@ class _PgTx(Tx):
 
     async def recipients(self, id: str) -> list[RecipientRow]:
         rows = await self.conn.fetch(
-            "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at "
+            "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at, relay "
             "FROM mailsvc_recipient WHERE message_pk = $1 ORDER BY position",
             id,
         )
@@ -1001,6 +1004,23 @@ class PostgresOutbox(OutboxCore[PostgresStore]):
                     log.info("outbox retention: deleted %d messages older than %g days", deleted, self.retention_days)
             await asyncio.sleep(self.retention_interval)
 
+    async def take_relay_quota(self, relay: str, window: str, limit: int) -> bool:
+        """One message against ``relay``'s shared counter for this second or UTC day, atomically.
+
+        The upsert counts only while ``used < limit`` (a concurrent taker waits on the row lock and
+        sees the new count), so every machine together stays within the limit. A new window's row
+        also deletes that relay's windows older than a day (the primary key's prefix finds them).
+        """
+        with _translate("count a relay's messages"):
+            row = await self.pool.fetchrow(_TAKE_QUOTA, relay, window, limit)
+            if row is not None and row["fresh"]:
+                await self.pool.execute(_OLD_WINDOWS, relay, window)
+        return row is not None
+
+    async def give_back_relay_quota(self, relay: str, window: str) -> None:
+        with _translate("give back a relay's count"):
+            await self.pool.execute(_GIVE_BACK_QUOTA, relay, window)
+
     async def purge(self, older_than_days: float, *, batch_size: int = 500) -> int:
         """Delete final messages (and bodies, recipients) older than ``older_than_days``; return how many.
 
@@ -1042,3 +1062,23 @@ def _translate(what: str) -> Iterator[None]:
         raise OutboxError(f"could not {what}: PostgreSQL said {exc.sqlstate} {exc}") from exc
     except _UNREACHABLE as exc:
         raise OutboxError(f"could not {what}: cannot reach PostgreSQL ({exc})") from exc
+
+
+# A relay's window starts at the second or the UTC day (clock_timestamp: not the transaction's start).
+_WINDOW_START = (
+    "CASE WHEN $2::text = 's' THEN date_trunc('second', clock_timestamp())"
+    " ELSE date_trunc('day', clock_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END"
+)
+_TAKE_QUOTA = f"""
+    INSERT INTO mailsvc_relay_usage AS u (relay, win, window_start, used) VALUES ($1, $2, {_WINDOW_START}, 1)
+    ON CONFLICT (relay, win, window_start) DO UPDATE SET used = u.used + 1 WHERE u.used < $3
+    RETURNING (xmax = 0) AS fresh
+"""
+_GIVE_BACK_QUOTA = f"""
+    UPDATE mailsvc_relay_usage SET used = used - 1
+    WHERE relay = $1 AND win = $2 AND window_start = {_WINDOW_START} AND used > 0
+"""
+_OLD_WINDOWS = """
+    DELETE FROM mailsvc_relay_usage WHERE relay = $1 AND win = $2
+    AND window_start < clock_timestamp() - CASE WHEN $2 = 's' THEN interval '1 minute' ELSE interval '2 days' END
+"""

@@ -346,13 +346,13 @@ class _SqliteTx(Tx):
         stored = [_stored_labels(labels[i] if labels else NO_LABELS, now) for i in range(len(envelopes))]
         await self.db.executemany(
             "INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
-            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent, relay_route)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now, stored[i].due, env.sender)
                 + (env.data, _json_list(env.mail_options), _json_list(env.rcpt_options), stored[i].state)
                 + (stored[i].send_at, stored[i].tags, stored[i].metadata, streams[i] if streams else None)
-                + ((labels[i].traceparent if labels else None),)
+                + ((labels[i].traceparent if labels else None), stored[i].route)
                 for i, env in enumerate(envelopes)
             ],
         )
@@ -387,16 +387,31 @@ class _SqliteTx(Tx):
         rows = await self._all(
             "SELECT pk, id, message_id, attempts, created_at, sender, data, mail_options, rcpt_options, tenant, stream,"
             " (SELECT max(s.created_at) FROM suppressions s WHERE s.tenant = coalesce(messages.tenant, '')),"
-            " traceparent"
+            " traceparent, relay_route"
             " FROM messages WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
             (self.now, limit),
         )
         due = []
-        for pk, id_, message_id, attempts, created_at, sender, data, mopts, ropts, tenant, stream, newest, tp in rows:
+        for (
+            pk,
+            id_,
+            message_id,
+            attempts,
+            created_at,
+            sender,
+            data,
+            mopts,
+            ropts,
+            tenant,
+            stream,
+            newest,
+            tp,
+            route,
+        ) in rows:
             self._pks[id_] = pk
             self._bodies[id_] = Body(sender, bytes(data), _json_tuple(mopts), _json_tuple(ropts))
             newest_at = None if newest is None else _dt(newest)
-            due.append(DueMessage(id_, message_id, attempts, _dt(created_at), tenant, stream, newest_at, tp))
+            due.append(DueMessage(id_, message_id, attempts, _dt(created_at), tenant, stream, newest_at, tp, route))
         return due
 
     async def take_recipients(self, ids: Sequence[str]) -> dict[str, list[str]]:
@@ -458,8 +473,12 @@ class _SqliteTx(Tx):
     async def write_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
         await self.db.executemany(
             "UPDATE recipients SET state = ?, attempts = attempts + 1, last_code = ?, last_reply = ?,"
-            f" updated_at = ?, next_attempt_at = ? WHERE msg = ? AND address = ? AND state NOT IN {_FINAL}",
-            [(r.state, r.code, r.reply, self.now, _ts(r.next_attempt_at), self._pks[r.id], r.recipient) for r in rows],
+            " updated_at = ?, next_attempt_at = ?, relay = coalesce(?, relay)"
+            f" WHERE msg = ? AND address = ? AND state NOT IN {_FINAL}",
+            [
+                (r.state, r.code, r.reply, self.now, _ts(r.next_attempt_at), r.relay, self._pks[r.id], r.recipient)
+                for r in rows
+            ],
         )
 
     async def count_attempts(self, ids: Sequence[str]) -> None:
@@ -637,13 +656,13 @@ class _SqliteTx(Tx):
 
     async def recipients(self, id: str) -> list[RecipientRow]:
         rows = await self._all(
-            "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at FROM recipients"
-            " WHERE msg = (SELECT pk FROM messages WHERE id = ?) ORDER BY position",
+            "SELECT address, state, attempts, last_code, last_reply, updated_at, next_attempt_at, relay"
+            " FROM recipients WHERE msg = (SELECT pk FROM messages WHERE id = ?) ORDER BY position",
             (id,),
         )
         return [
-            RecipientRow(a, st, n, code, reply, _dt(updated), None if next_at is None else _dt(next_at))
-            for a, st, n, code, reply, updated, next_at in rows
+            RecipientRow(a, st, n, code, reply, _dt(updated), None if next_at is None else _dt(next_at), relay)
+            for a, st, n, code, reply, updated, next_at, relay in rows
         ]
 
     async def batch(self, batch_id: str) -> BatchRow | None:
@@ -782,6 +801,7 @@ class _StoredLabels:
     send_at: float | None
     tags: str
     metadata: str
+    route: str | None
 
 
 def _stored_labels(labels: Labels, now: float) -> _StoredLabels:
@@ -790,7 +810,7 @@ def _stored_labels(labels: Labels, now: float) -> _StoredLabels:
     state = RecipientState.SCHEDULED if later is not None else RecipientState.QUEUED
     tags = json.dumps(list(labels.tags)) if labels.tags else "[]"
     meta = json.dumps(labels.metadata) if labels.metadata else "{}"
-    return _StoredLabels(str(state), later if later is not None else now, later, send_at, tags, meta)
+    return _StoredLabels(str(state), later if later is not None else now, later, send_at, tags, meta, labels.route)
 
 
 def _tags(text: str) -> tuple[str, ...]:

@@ -59,6 +59,7 @@ class DueMessage:
     stream: str | None = None  # None: no stream recorded (only every-stream suppressions apply)
     newest_suppression: datetime | None = None  # when its tenant last added one (None: never)
     traceparent: str | None = None
+    route: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class OutcomeRow:
     code: int | None
     reply: str
     next_attempt_at: datetime | None
+    relay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class RecipientRow:
     last_reply: str
     updated_at: datetime
     next_attempt_at: datetime | None
+    relay: str | None = None
 
 
 class Tx(abc.ABC):

@@ -292,6 +292,7 @@ def status_out(s: MessageStatus) -> MessageStatusOut:
                 last_reply=r.last_reply,
                 updated_at=r.updated_at.isoformat(),
                 next_attempt_at=r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+                relay=r.relay,
             )
             for r in s.recipients
         ],

@@ -257,14 +257,22 @@ class BulkBuilder:
 
 
 def labels_of(model: MessageIn | BulkHead, horizon: float) -> Labels:
-    """The request's tags, metadata and send_at for the outbox (send_at checked against the clock once more),
-    and, when tracing is on, the request's trace context (the delivery span links to it)."""
+    """The request's tags, metadata, send_at and relay route for the outbox (send_at checked once more),
+    and, when tracing is on, the request's trace context (the delivery span links to it).
+
+    The route is the request's ``stream`` when it names one, else ``bulk`` for a batch and
+    ``transactional`` for a single message; a name the relays file has no route for takes its
+    ``default`` route (the worker decides, so a route added later applies to mail already queued).
+    """
     try:
         labels = model.labels(horizon)
     except MessageError as exc:  # the horizon passed between validation and now
         raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
-    traceparent = current_traceparent()
-    return labels if traceparent is None else dataclasses.replace(labels, traceparent=traceparent)
+    if "stream" in model.model_fields_set:
+        route = model.stream
+    else:
+        route = "bulk" if isinstance(model, BulkHead) else "transactional"
+    return dataclasses.replace(labels, route=route, traceparent=current_traceparent())
 
 
 def fingerprint_of(route: str, body: str) -> str:

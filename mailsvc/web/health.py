@@ -67,6 +67,11 @@ async def readyz() -> Response:
             # The detail (file path, driver error) is for the operator's log, not for anonymous callers.
             log.warning("readyz: outbox unavailable: %s", exc)
             body["outbox"], status = "unavailable: the outbox cannot be written (details in the service log)", 503
+    workers = services().workers
+    if workers is not None and workers.relays is not None:
+        # MAILSVC_RELAYS_FILE: each relay's state in this process's workers (up or down until when,
+        # the pace, today's count); none of them decides readiness, as for the single relay.
+        body["relays"] = workers.relays.describe()
     body["status"] = "ready" if status == 200 else "not ready"
     if not _may_see_details():
         body = {"status": body["status"]}  # the relay's address and the queue length are the operator's

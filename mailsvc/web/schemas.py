@@ -516,6 +516,7 @@ class RecipientStatusOut(BaseModel):
     last_reply: str
     updated_at: str
     next_attempt_at: str | None = None
+    relay: str | None = Field(default=None, description="the relay that gave the last reply (MAILSVC_RELAYS_FILE)")
 
 
 class MessageStatusOut(BaseModel):
