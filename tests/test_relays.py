@@ -363,6 +363,7 @@ async def test_two_machines_share_the_daily_limit_on_postgres(tmp_path: Path) ->
                     assert loop.time() < deadline
                     await asyncio.sleep(0.05)
         assert states.count("delivered") == 100 and len(handler.received) == 100
+        assert await ob.relay_usage_today() == {"only": 100}  # what `mailsvc status --relays` shows
     finally:
         await ob.close()
 
@@ -425,3 +426,48 @@ async def test_the_api_routes_by_stream_and_shows_each_recipients_relay(tmp_path
             assert ready["relays"]["tx"]["state"] == "up" and ready["relays"]["tx"]["used_today"] == 3
             assert "relays" not in await (await svc.client.get("/readyz")).get_json()  # anonymous: status only
     assert len(tx.received) == 3 and len(blk.received) == 2 and len(news.received) == 2
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_mailsvc_status_relays_and_a_bad_file_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from mailsvc.cli import main
+    from tests.servers import threaded_smtp_server
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("MAILSVC_DATABASE_URL", f"sqlite:///{tmp_path}/o.sqlite3")
+    monkeypatch.delenv("MAIL_SERVER", raising=False)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    down_port = closed.getsockname()[1]
+    closed.close()  # nobody listens there
+    with threaded_smtp_server(RecordingHandler()) as up_port:
+        path = relays_file(
+            tmp_path,
+            {"primary": {**smtp(down_port), "rate": {"per_day": 500}}, "fallback": smtp(up_port)},
+            {"default": ["primary", "fallback"]},
+        )
+        monkeypatch.setenv("MAILSVC_RELAYS_FILE", str(path))
+        assert main(["status", "--relays"]) == 0
+        out = capsys.readouterr().out
+        assert "relay primary" in out and "down" in out.split("relay primary")[1].split("\n")[0]
+        assert "per_day 500" in out and "route default          primary -> fallback" in out
+        fallback_line = next(line for line in out.splitlines() if line.startswith("relay fallback"))
+        assert f":{up_port}  up" in fallback_line
+        assert main(["status", "--relays", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["relays"]["fallback"]["state"] == "up" and data["routes"]["default"] == ["primary", "fallback"]
+
+    path.write_text(json.dumps({"relays": {"a": {"MAIL_PORT": "nope"}}, "routes": {"default": ["a"]}}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["status", "--relays"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err
+    assert err.startswith("mailsvc: configuration error: MAILSVC_RELAYS_FILE: relays.a.MAIL_PORT: ")

@@ -502,6 +502,10 @@ class Outbox(abc.ABC):
         """
         return None
 
+    async def relay_usage_today(self) -> dict[str, int]:
+        """Messages each relay took today (UTC) by the shared counters; empty where there are none (SQLite)."""
+        return {}
+
     async def give_back_relay_quota(self, relay: str, window: str) -> None:
         """Undo one :meth:`take_relay_quota` for a message that was not sent (its relay failed first)."""
         return None

@@ -1017,6 +1017,14 @@ class PostgresOutbox(OutboxCore[PostgresStore]):
                 await self.pool.execute(_OLD_WINDOWS, relay, window)
         return row is not None
 
+    async def relay_usage_today(self) -> dict[str, int]:
+        with _translate("read the relays' counters"):
+            rows = await self.pool.fetch(
+                "SELECT relay, used FROM mailsvc_relay_usage WHERE win = 'd'"
+                f" AND window_start = {_WINDOW_START.replace('$2::text', chr(39) + 'd' + chr(39))}"
+            )
+        return {r["relay"]: int(r["used"]) for r in rows}
+
     async def give_back_relay_quota(self, relay: str, window: str) -> None:
         with _translate("give back a relay's count"):
             await self.pool.execute(_GIVE_BACK_QUOTA, relay, window)

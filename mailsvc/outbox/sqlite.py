@@ -471,6 +471,16 @@ class _SqliteTx(Tx):
         return [i for i, lease_owner in (await self.lock_messages(ids)).items() if lease_owner == owner]
 
     async def write_outcomes(self, rows: Sequence[OutcomeRow]) -> None:
+        if not any(r.relay is not None for r in rows):  # one relay, unnamed: the statement of before
+            await self.db.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + 1, last_code = ?, last_reply = ?,"
+                f" updated_at = ?, next_attempt_at = ? WHERE msg = ? AND address = ? AND state NOT IN {_FINAL}",
+                [
+                    (r.state, r.code, r.reply, self.now, _ts(r.next_attempt_at), self._pks[r.id], r.recipient)
+                    for r in rows
+                ],
+            )
+            return
         await self.db.executemany(
             "UPDATE recipients SET state = ?, attempts = attempts + 1, last_code = ?, last_reply = ?,"
             " updated_at = ?, next_attempt_at = ?, relay = coalesce(?, relay)"
