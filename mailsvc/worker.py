@@ -95,7 +95,7 @@ class Worker:
         # None: the one relay of ``mail`` and ``backoff``, today's path unchanged.
         self.relays = relays
         # PostgreSQL counts relays' windows in the database for every machine (Outbox.take_relay_quota).
-        self._shared_quota = type(outbox).take_relay_quota is not Outbox.take_relay_quota
+        self._shared_quota = relays is not None and type(outbox).take_relay_quota is not Outbox.take_relay_quota
         self.return_path = return_path  # VERP (MAILSVC_BOUNCE_DOMAIN): one transaction per recipient
         self.metrics = metrics  # None: nothing counted (a None check per message is all it costs)
         self.mail = mail
