@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -258,40 +259,34 @@ async def _button(ws: WebState, back: str) -> Principal | Response:
     return principal
 
 
-@bp.post("/outbox/<id>/retry")
-async def retry(id: str) -> Response:
+async def _message_button(
+    id: str, action: Callable[[Outbox, str, str | None], Awaitable[object]], what: str, done: str
+) -> Response:
+    """A message page's POST button: sign-in, CSRF and scope (:func:`_button`), visibility, one outbox call."""
     ws = web_state()
     got = await _button(ws, f"/outbox/{id}")
     if isinstance(got, Response):
         return got
     await _visible(ws, got, id)
     try:
-        await ws.outbox().retry_now(id, tenant=got.sees)
+        await action(ws.outbox(), id, got.sees)
     except NotFoundError:
         raise NotFound() from None
     except OutboxError as exc:
-        log.error("retry now: %s", exc)
+        log.error("%s: %s", what, exc)
         return await _refused(503, "the outbox database is unavailable; try again in a moment", f"/outbox/{id}")
-    log.info("%s made message %s due now", got.id, id)
-    return redirect(f"/outbox/{id}?done=retried", 303)  # type: ignore[return-value]
+    log.info("%s: %s message %s", got.id, what, id)
+    return redirect(f"/outbox/{id}?done={done}", 303)  # type: ignore[return-value]
+
+
+@bp.post("/outbox/<id>/retry")
+async def retry(id: str) -> Response:
+    return await _message_button(id, lambda ob, i, t: ob.retry_now(i, tenant=t), "retry now", "retried")
 
 
 @bp.post("/outbox/<id>/cancel")
 async def cancel(id: str) -> Response:
-    ws = web_state()
-    got = await _button(ws, f"/outbox/{id}")
-    if isinstance(got, Response):
-        return got
-    await _visible(ws, got, id)
-    try:
-        await ws.outbox().cancel(id, tenant=got.sees)
-    except NotFoundError:
-        raise NotFound() from None
-    except OutboxError as exc:
-        log.error("cancel: %s", exc)
-        return await _refused(503, "the outbox database is unavailable; try again in a moment", f"/outbox/{id}")
-    log.info("%s cancelled message %s", got.id, id)
-    return redirect(f"/outbox/{id}?done=cancelled", 303)  # type: ignore[return-value]
+    return await _message_button(id, lambda ob, i, t: ob.cancel(i, tenant=t), "cancel", "cancelled")
 
 
 @bp.post("/outbox/webhooks/<int:id>/replay")
