@@ -2,7 +2,11 @@
 
 Why this shape: a worker keeps up to ``concurrency`` messages in flight over the
 core library's connection pool (bulk mail keeps ``send_many``'s concurrency), and
-records outcomes in groups (one fsync for many messages). It never trusts its own
+records outcomes in groups (one fsync for many messages). A message holds its
+slot from the moment it may reach the wire until its outcome is committed, so a
+crash re-sends at most ``concurrency`` messages; the worker claims up to one
+``claim_batch`` more ahead (leased, not sent), so that sending never stops to
+wait for a claim or a commit. It never trusts its own
 memory for safety: every claimed message carries a lease, so a worker killed at
 any instant leaves messages that come due again when the lease expires. While
 it holds messages (queued for a connection, or on a slow wire) it renews their
@@ -117,6 +121,8 @@ class Worker:
         self._to_log: list[tuple[str, list[RecipientOutcome]]] = []  # outcomes not yet in the log
         self._records_ready: asyncio.Event | None = None
         self._inflight: dict[asyncio.Task[None], str] = {}
+        # Slots for messages that may be on the wire or are sent and not yet recorded: what a crash re-sends.
+        self._slots: asyncio.Semaphore | None = None
         self._on_wire: set[str] = set()
         self._to_release: list[str] = []
         # Outcomes appended to _records, by message id: resolved once committed (or dropped), see _deliver.
@@ -150,6 +156,7 @@ class Worker:
         if self._stopping is None:
             self._stopping = asyncio.Event()
         self._records_ready = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.mail.config.pool_size if self.relays is None else self.relays.pool_size)
         flusher = asyncio.create_task(self._flush_loop())
@@ -160,9 +167,10 @@ class Worker:
                 if pause > 0:
                     await self._sleep_until_stop(asyncio.sleep(pause))
                     continue
-                free = self.concurrency - len(self._inflight)
+                # In hand: `concurrency` slots plus one claim ahead, waiting for a slot (leased, never sent).
+                free = self.concurrency + self.claim_batch - len(self._inflight)
                 # Claim in batches (each claim is a commit); wait while only a few slots are free.
-                if self._inflight and free < max(1, min(self.claim_batch, self.concurrency) // 2):
+                if self._inflight and free < max(1, self.claim_batch // 2):
                     await self._sleep_until_stop(asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED))
                     continue
                 want = min(free, self.claim_batch)
@@ -221,6 +229,18 @@ class Worker:
         self._records_ready.set()
 
     async def _deliver(self, msg: ClaimedMessage) -> None:
+        assert self._slots is not None
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:  # stopping while it waited for a slot: never sent, give it back
+            self._give_back(msg.id)
+            raise
+        try:
+            await self._deliver_in_slot(msg)
+        finally:
+            self._slots.release()
+
+    async def _deliver_in_slot(self, msg: ClaimedMessage) -> None:
         assert self._gate is not None
         relay: str | None = None
         defer_to: datetime | None = None

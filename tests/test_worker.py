@@ -7,7 +7,9 @@ never timing assertions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -283,3 +285,42 @@ async def test_message_waiting_past_its_lease_for_a_connection_keeps_it_and_is_s
             await until(outbox, id_, lambda s: s.state == "delivered", within=60)
     assert group.stats.renewed > 0
     assert sorted(message_ids(handler)) == sorted(f"<bulk{i}@test>" for i in range(40))
+
+
+@dataclasses.dataclass
+class RecordedAtAcceptance(RecordingHandler):
+    """Accepts like RecordingHandler and, at each accepted message, reads how many the outbox has recorded delivered.
+
+    ``gaps``: for each acceptance, messages the server holds that the outbox has not recorded yet:
+    what a SIGKILL of the worker at that instant would send again.
+    """
+
+    db_path: Path | None = None
+    gaps: list[int] = dataclasses.field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        assert self.db_path is not None
+        with contextlib.closing(sqlite3.connect(self.db_path)) as db:  # a reader beside the writer (WAL)
+            (recorded,) = db.execute("SELECT count(*) FROM recipients WHERE state = 'delivered'").fetchone()
+        self.gaps.append(len(self.received) - recorded)
+        return reply
+
+
+async def test_sent_and_unrecorded_never_exceeds_the_concurrency(tmp_path: Path) -> None:
+    """Issue 18's crash window, watched from the server: however many are claimed ahead, never more than
+    ``worker_concurrency`` messages are accepted by the relay and not yet recorded."""
+    path = tmp_path / "outbox.sqlite3"
+    watch = RecordedAtAcceptance(db_path=path)
+    concurrency, n = 6, 300
+    async with SqliteOutbox(path) as outbox, smtp_server(watch) as port:
+        batch = (await outbox.enqueue(bulk(n), batch=True)).batch_id
+        assert batch is not None
+        async with workers(outbox, port, worker_concurrency=concurrency, claim_batch=20):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while await outbox.pending_count() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        assert await outbox.batch_status(batch) == {"delivered": n}
+    assert len(watch.gaps) == n
+    assert max(watch.gaps) <= concurrency, f"sent and unrecorded reached {max(watch.gaps)} (> {concurrency})"

@@ -274,13 +274,14 @@ class _SqliteTx(Tx):
         self._bodies: dict[str, Body] = {}  # read along with the claim's rows
         self._next_pk: int | None = None
 
+    # One hop to the database thread per statement (execute, fetch and close there): a cursor used
+    # from here costs three, and each hop waits for the event loop, which is busy sending meanwhile.
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self.db.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self.db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self.db.execute_fetchall(sql, params))
 
     # -- enqueue
     async def count_pending(self) -> int:

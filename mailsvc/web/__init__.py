@@ -32,6 +32,7 @@ from ..config import ServiceConfig
 from . import api, events_api, forms, health, metricsroute, openapi, outboxpage, suppressions, unsubscribe
 from .auth import check_startup
 from .problems import ProblemException, problem_response
+from .sessions import CookieSessions
 from .state import WebState
 from .unreadbody import KeepAliveConnection
 
@@ -53,6 +54,7 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
         SESSION_COOKIE_SECURE=secure,
         SESSION_COOKIE_NAME="mailsvc_session",
     )
+    app.session_interface = CookieSessions()
     app.asgi_http_class = KeepAliveConnection  # an early 401/413 must not cost the next request on the connection
     state = WebState.from_service(service)
     app.url_map.converters["message_id"] = api.MessageIdConverter
