@@ -1,12 +1,16 @@
 """Single JSON POSTs measured with ``wrk`` (a C client): the service against a bare Quart route, in one run.
 
-    .venv/bin/python bench/post_wrk.py [--duration 10] [--connections 20] [--rounds 3] [--workers 1]
+    .venv/bin/python bench/post_wrk.py [--duration 10] [--connections 20] [--rounds 3] [--workers 0,1]
     .venv/bin/python bench/post_wrk.py --tree before=/path/to/old/checkout   # compare two checkouts too
 
 Why wrk and not a Python loop: at these rates a Python load generator is itself the bottleneck and shares
 the GIL-bound CPU with nothing but itself; wrk costs a fraction of a core. The bare route (parse the same
 JSON, answer 202) runs on the same hypercorn in the same run, so every figure is a ratio to it. Rounds are
 interleaved (bare, service, bare, service, ...) so a noisy minute hurts both alike; the median is reported.
+``--workers 0,1`` measures the service with each number of in-process delivery workers in the same run. Then
+every route runs once more *paced* at half the bare route's median rate (wrk's per-connection ``delay()``
+hook: each of the connections waits ``connections / rate`` seconds between requests), for latency at a load
+every route can carry: issue 18 asks for p99 under 25 ms there.
 
 Each server runs in a new session and is killed as a group (hypercorn's worker child included). The
 service gets a fresh SQLite outbox (durable commits); its in-process workers deliver to a sink in its own
@@ -84,6 +88,11 @@ wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-key"
 """
+PACED = """
+function delay()
+   return {delay_ms}
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class Target:
     app: str  # hypercorn's APP argument
     root: Path  # where the app's code lives (PYTHONPATH, cwd for asgi:app)
     python: str
+    workers: int = 0  # the service's in-process delivery workers (the reference apps have none)
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ def run_one(target: Target, args: argparse.Namespace, sink: Sink, tmp: Path, lua
         "MAIL_DEFAULT_SENDER": "bench@example.com",
         "MAILSVC_API_KEYS": "bench-key",
         "MAILSVC_RATE_LIMIT": "0",
-        "MAILSVC_WORKERS": str(args.workers),
+        "MAILSVC_WORKERS": str(target.workers),
         "MAILSVC_DATABASE_URL": f"sqlite:///{db}",
         "MAILSVC_MAX_PENDING": "10000000",
         "NAIVE_DB": str(db),
@@ -168,7 +178,10 @@ def run_one(target: Target, args: argparse.Namespace, sink: Sink, tmp: Path, lua
     try:
         wait_up(f"http://127.0.0.1:{port}/healthz", proc)
         url = f"http://127.0.0.1:{port}/api/messages"
-        subprocess.run(["wrk", "-t1", "-c10", "-d2s", "-s", str(lua), url], capture_output=True, check=True)  # warm-up
+        warmup = tmp / "warmup.lua"
+        if not warmup.exists():
+            warmup.write_text(LUA.format(body=json.dumps(json.dumps(BODY))))
+        subprocess.run(["wrk", "-t1", "-c10", "-d2s", "-s", str(warmup), url], capture_output=True, check=True)
         out = subprocess.run(
             ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", str(lua), url],
             capture_output=True,
@@ -186,7 +199,10 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10, help="seconds of each wrk run (default 10)")
     ap.add_argument("--connections", type=int, default=20, help="wrk connections (default 20)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    ap.add_argument("--workers", type=int, default=1, help="the service's in-process delivery workers")
+    ap.add_argument(
+        "--workers", default="0,1", help="comma-separated numbers of in-process delivery workers to measure (0,1)"
+    )
+    ap.add_argument("--no-paced", action="store_true", help="skip the paced run at half the bare route's rate")
     ap.add_argument("--tree", action="append", default=[], help="NAME=PATH of another checkout to measure too")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -199,33 +215,50 @@ def main() -> None:
         lua.write_text(LUA.format(body=json.dumps(json.dumps(BODY))))
         targets = [Target("bare Quart route", "bare_app:app", ROOT, sys.executable)]
         targets.append(Target("naive durable route (one INSERT, FULL sync)", "naive_app:app", ROOT, sys.executable))
-        targets.append(Target("mailsvc (this checkout)", "asgi:app", ROOT, sys.executable))
+        trees = [("this checkout", ROOT, sys.executable)]
         for spec in args.tree:
             name, _, path = spec.partition("=")
             root = Path(path).resolve()
             py = root / ".venv" / "bin" / "python"
-            targets.append(Target(f"mailsvc ({name})", "asgi:app", root, str(py if py.exists() else sys.executable)))
+            trees.append((name, root, str(py if py.exists() else sys.executable)))
+        for n in (int(w) for w in args.workers.split(",")):
+            for name, root, py in trees:
+                targets.append(Target(f"mailsvc ({name}), {n} in-process worker(s)", "asgi:app", root, py, n))
         sink = (SmtpSink() if smtp_sink_binary() else AiosmtpdSink()).start()
         runs: dict[str, list[Result]] = {t.name: [] for t in targets}
+        paced: dict[str, Result] = {}
         try:
             for _ in range(args.rounds):
                 for t in targets:
                     runs[t.name].append(run_one(t, args, sink, tmp, lua))
+            bare = statistics.median(r.rps for r in runs[targets[0].name])
+            if not args.no_paced:
+                paced_lua = tmp / "paced.lua"
+                delay_ms = round(args.connections * 1000 / (bare / 2))
+                paced_lua.write_text(lua.read_text() + PACED.format(delay_ms=delay_ms))
+                for t in targets:
+                    paced[t.name] = run_one(t, args, sink, tmp, paced_lua)
         finally:
             sink.stop()
-    bare = statistics.median(r.rps for r in runs[targets[0].name])
     print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, median (range);")
-    print(f"service: SQLite outbox, {args.workers} in-process worker(s)\n")
-    print("| route | req/s | of bare | p50 ms | p99 ms | non-2xx |")
-    print("|---|---|---|---|---|---|")
+    print("service: SQLite outbox (durable commits), its in-process workers delivering to smtp-sink meanwhile\n")
+    head = "| route | req/s | of bare | p50 ms | p99 ms | non-2xx |"
+    if paced:
+        head += f" paced at {bare / 2:,.0f}/s: req/s | p50 ms | p99 ms |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
     for t in targets:
         rs = runs[t.name]
         rps = [r.rps for r in rs]
-        print(
+        line = (
             f"| {t.name} | {statistics.median(rps):,.0f} ({min(rps):,.0f}–{max(rps):,.0f}) "
             f"| {statistics.median(rps) / bare:.0%} | {statistics.median(r.p50_ms for r in rs):.1f} "
             f"| {statistics.median(r.p99_ms for r in rs):.1f} | {sum(r.non_2xx for r in rs)} |"
         )
+        if t.name in paced:
+            p = paced[t.name]
+            line += f" {p.rps:,.0f} | {p.p50_ms:.1f} | {p.p99_ms:.1f} |"
+        print(line)
 
 
 if __name__ == "__main__":

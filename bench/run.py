@@ -212,12 +212,13 @@ def run_one(sender: Sender, sink: Sink, n: int) -> Run:
     )
 
 
-def post_latency(requests: int) -> str:
-    """The second table: bench/post_latency.py (its own servers and sink), quoted as it prints."""
-    print(f"running bench/post_latency.py --requests {requests} ...", file=sys.stderr)
+def extra_table(script: str, *args: str) -> str:
+    """A table from another benchmark of this folder (its own servers and sink), quoted as it prints."""
+    command = f"bench/{script} {' '.join(args)}".strip()
+    print(f"running {command} ...", file=sys.stderr)
     try:
         proc = subprocess.run(
-            [sys.executable, str(HERE / "post_latency.py"), "--requests", str(requests)],
+            [sys.executable, str(HERE / script), *args],
             capture_output=True,
             text=True,
             timeout=RUN_LIMIT,
@@ -226,7 +227,15 @@ def post_latency(requests: int) -> str:
         out = proc.stdout.strip() or proc.stderr.strip()[-2000:]
     except subprocess.TimeoutExpired:
         out = f"timed out after {RUN_LIMIT:.0f} s"
-    return f"Single-message JSON POSTs (`bench/post_latency.py --requests {requests}`):\n\n```\n{out}\n```\n"
+    return f"`{command}`:\n\n{out}\n"
+
+
+# The other tables of a full run (issue 18's targets), each its own one-command benchmark.
+EXTRA_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("post_wrk.py", ("--duration", "8")),  # single POSTs with wrk: bare and naive routes, workers 0 and 1, paced
+    ("bulk_stall.py", ()),  # single POSTs while a 100,000-recipient bulk is stored
+    ("crash_window.py", ()),  # SIGKILL mid-bulk: lost and sent twice, in-process worker and `mailsvc worker`
+)
 
 
 def machine() -> str:
@@ -349,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-post-latency",
         action="store_true",
-        help="skip the second table (bench/post_latency.py: single JSON POSTs vs a bare Quart route)",
+        help="skip the other tables (bench/post_wrk.py, bulk_stall.py, crash_window.py: single POSTs, big-bulk stall,"
+        " crash window)",
     )
     p.add_argument(
         "--dkim",
@@ -420,10 +430,13 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.rounds} interleaved rounds.\n\n{machine()}\n\n{table}\n"
     )
     print(text)
-    if not args.no_post_latency and not args.senders and (HERE / "post_latency.py").exists():
-        second = post_latency(min(args.n, 3000))
-        print(second)
-        text += "\n" + second
+    if not args.no_post_latency and not args.senders:
+        for script, extra in EXTRA_TABLES:
+            if (HERE / script).exists():
+                rounds = ("--rounds", str(args.rounds)) if script == "post_wrk.py" else ()
+                more = extra_table(script, *extra, *rounds)
+                print(more)
+                text += "\n" + more
     if args.output:
         args.output.write_text(text)
     if args.json:

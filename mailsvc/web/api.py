@@ -156,7 +156,8 @@ async def send_message() -> Response:
         [envelope],
         principal=principal,
         idempotency_key=key,
-        fingerprint=compose.fingerprint_of("message", m.model_dump_json()),
+        # Only a key's replay is compared with what it first answered; without a key nothing is.
+        fingerprint=compose.fingerprint_of("message", m.model_dump_json()) if key is not None else None,
         batch=False,
         labels=compose.labels_of(m, ws.config.schedule_horizon),
         stream=m.stream,

@@ -334,7 +334,7 @@ async def enqueue(
     *,
     principal: Principal,
     idempotency_key: str | None,
-    fingerprint: str,
+    fingerprint: str | None,
     batch: bool,
     labels: Labels = NO_LABELS,
     stream: str | None = None,
