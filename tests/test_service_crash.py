@@ -150,6 +150,7 @@ async def finished(client: httpx.AsyncClient, svc: Service, path: str, total: in
     deadline = loop.time() + 600
     while True:
         r = await client.get(f"{svc.base}{path}", headers=AUTH)
+        assert r.status_code != 404, f"accepted before the kill, unknown after the restart (lost): {r.text}"
         assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text}"
         body = r.json()
         counts: dict[str, int] = body["counts"] if "counts" in body else {body["state"]: 1}
@@ -245,17 +246,16 @@ async def test_sigkill_mid_bulk_with_in_process_worker_loses_nothing(tmp_path: P
                 r = await client.post(f"{first.base}/api/messages/bulk", headers=AUTH, json=bulk_body(n))
                 assert r.status_code == 202, r.text
                 batch = r.json()["batch_id"]
-                ledger = Ledger(db)
+                with closing(Ledger(db)) as ledger:
 
-                def a_third_sent() -> bool:
-                    ledger.watch()  # sampled all along: a worker that over-claims shows here, not only at the kill
-                    return sink.count() >= n // 3
+                    def a_third_sent() -> bool:
+                        ledger.watch()  # sampled all along: a worker that over-claims shows here, not only at the kill
+                        return sink.count() >= n // 3
 
-                await wait_for(a_third_sent, 600, first, "a third of the bulk at the sink")
-                first.sigkill()
-            at_sink = sink.count()
-            in_flight, done_at_kill = ledger.count("sending"), ledger.count("delivered")
-            ledger.close()
+                    await wait_for(a_third_sent, 600, first, "a third of the bulk at the sink")
+                    first.sigkill()
+                    at_sink = sink.count()
+                    in_flight, done_at_kill = ledger.count("sending"), ledger.count("delivered")
             with service(tmp_path, env, "second") as second:
                 await ready(client, second)
                 counts = await finished(client, second, f"/api/batches/{batch}", n, "the bulk after the restart")
@@ -263,8 +263,7 @@ async def test_sigkill_mid_bulk_with_in_process_worker_loses_nothing(tmp_path: P
     print(
         f"\nservice SIGKILL mid-bulk (in-process worker, concurrency {CONCURRENCY}): {n} queued; at the kill "
         f"{at_sink} at the sink, {done_at_kill} recorded delivered, {in_flight} leased (at most {ledger.most_leased} "
-        f"before); after restart: "
-        f"lost {tally.lost}, duplicated {tally.duplicated}, distinct at sink {tally.distinct}"
+        f"before); after restart: lost {tally.lost}, duplicated {tally.duplicated}, distinct at sink {tally.distinct}"
     )
     assert done_at_kill < n, "the kill came after the bulk was done; nothing was tested"
     assert counts == {"delivered": n}
