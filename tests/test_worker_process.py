@@ -66,6 +66,7 @@ def start_worker(tmp_path: Path, env: dict[str, str], name: str, *args: str) -> 
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # a group of its own, killed as one (os.killpg)
     )
     log.close()
     return proc
@@ -99,7 +100,7 @@ async def test_sigkill_mid_batch_then_restart_loses_nothing(tmp_path: Path) -> N
         env = cli_env(tmp_path, db, sink.port, MAILSVC_WORKER_CONCURRENCY=str(concurrency))
         first = start_worker(tmp_path, env, "first")
         await wait_for(lambda: sink.count() >= n // 3, 120, first, "a third of the batch at the sink")
-        first.send_signal(signal.SIGKILL)
+        os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
         async with SqliteOutbox(db) as outbox:
             at_kill = await outbox.batch_status(batch_id)
