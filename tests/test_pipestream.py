@@ -212,6 +212,7 @@ async def test_smtp_sink_volume_every_message_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [("-p",), ("-r", "RCPT"), ("-f", "MAIL"), ("-f", "DATA"), ("-f", "."), ("-r", "."), ("-Q", "."), ("-q", ".")],
+    ids=" ".join,
 )
 async def test_smtp_sink_faults_give_the_lock_step_results(tmp_path: Path, args: tuple[str, ...]) -> None:
     piped, piped_ids = await _sink_run(tmp_path / "piped", args, 12, enabled=True)
