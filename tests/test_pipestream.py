@@ -35,6 +35,7 @@ class StreamHandler(RecordingHandler):
     data_refuse: dict[str, str] = field(default_factory=dict)  # recipient -> reply to its content
     drop_on: set[str] = field(default_factory=set)  # hang up (no reply) on this recipient's content
     bye_on: set[str] = field(default_factory=set)  # 421 and hang up on this recipient's content
+    stall_on: set[str] = field(default_factory=set)  # no reply to this recipient's content for 3 s
     crossed: int = 0  # final dots read with the next MAIL FROM already waiting in the server's input
 
     async def handle_EHLO(
@@ -56,6 +57,9 @@ class StreamHandler(RecordingHandler):
             await server.push("421 4.3.2 shutting down")
             server.transport.close()
             return "250 never seen"
+        if rcpts & self.stall_on:
+            await asyncio.sleep(3)
+            return "250 too late"
         for r in rcpts & set(self.data_refuse):
             return self.data_refuse[r]
         return await super().handle_DATA(server, session, envelope)
@@ -81,7 +85,7 @@ async def _send_many(
     connections = ConnectionCounter()
     try:
         async with smtp_server(handler, connections=connections) as port:
-            cfg = MailConfig(server="127.0.0.1", port=port, pool_size=1, timeout=10, **config)
+            cfg = MailConfig(server="127.0.0.1", port=port, **{"pool_size": 1, "timeout": 10, **config})
             mail = Mail(config=cfg)
             results = await mail.send_many(msgs)
             await mail.state.aclose()
@@ -151,6 +155,15 @@ async def test_a_connection_closing_mid_pipeline_fails_only_the_message_it_close
     assert _statuses(piped)[3] == [expected]
     assert all(piped[i].ok for i in range(8) if i != 3)
     assert piped_conns == plain_conns == 2
+
+
+async def test_a_stalled_reply_fails_that_message_by_the_deadline_and_the_rest_go_on() -> None:
+    handler = StreamHandler(stall_on={"x@example.com"})
+    results, connections = await _send_many(handler, _batch(5, {2: ["x@example.com"]}), enabled=True, timeout=1)
+    assert _statuses(results)[2] == [("x@example.com", "failed", None)]
+    assert "exceeded MAIL_TIMEOUT" in results[2].recipients[0].reply
+    assert all(results[i].ok for i in (0, 1, 3, 4))
+    assert connections == 2
 
 
 async def test_server_without_pipelining_is_sent_lock_step() -> None:

@@ -94,6 +94,9 @@ class Stream:
                 awaiting_final: tuple[Transaction, Replies] | None = None  # content written, final reply due
                 awaiting_rset = closing = False
                 while True:
+                    now = loop.time()  # each pass follows a round trip's replies: progress, so move the deadline
+                    if (when := deadline.when()) is not None and when - now < 0.9 * timeout:
+                        deadline.reschedule(now + timeout)  # rarely: not a timer per message
                     tx = None if closing else self._next(take, report)
                     if tx is not None:
                         group, content = tx[1], tx[2]
@@ -109,9 +112,6 @@ class Stream:
                         awaiting_final = None
                         final = await replies.next()
                         closing = self._finish(done, Replies(partial.mail, partial.rcpts, partial.data, final), report)
-                        now = loop.time()
-                        if (when := deadline.when()) is not None and when - now < 0.9 * timeout:
-                            deadline.reschedule(now + timeout)  # progress: move the deadline (rarely)
                     if awaiting_rset:
                         awaiting_rset = False
                         closing = (await replies.next()).code == _DOMAIN_UNAVAILABLE or closing
