@@ -39,7 +39,7 @@ from aiosmtplib import SMTPNotSupported, SMTPResponse, SMTPServerDisconnected
 
 from .pipelining import Replies, ReplyReader, commands, outcome
 
-__all__ = ["Outcome", "Stream", "Transaction"]
+__all__ = ["Outcome", "Report", "Stream", "Take", "Transaction"]
 
 _OK = 250
 _WILL_FORWARD = 251
@@ -51,6 +51,10 @@ _EMPTY_CONTENT = b".\r\n"
 # What ``pipelining.sendmail`` returns for one message, or the exception it would raise; a ``ValueError`` or
 # ``SMTPNotSupported`` is one raised while building the commands, before anything of the message was written.
 Outcome = tuple[dict[str, SMTPResponse], str] | Exception
+
+
+Report = Callable[["Transaction", Outcome], None]  # called once per transaction, in the order they were taken
+Take = Callable[[], "Transaction | None"]  # the next transaction to send, or None to end the stream
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -79,10 +83,12 @@ class Stream:
     def __init__(self, smtp: aiosmtplib.SMTP) -> None:
         self._smtp = smtp
         self.in_flight: list[Transaction] = []  # oldest first; at most two
+        self._tail = b""  # goes in front of the next commands: the last content (or a bare dot), or RSET
+        self._final_due: tuple[Transaction, Replies] | None = None  # its content is written: its 250 is due
+        self._rset_due = False
+        self._closing = False  # a 421 in the middle of a transaction: finish it, take nothing more
 
-    async def run(
-        self, take: Callable[[], Transaction | None], report: Callable[[Transaction, Outcome], None], timeout: float
-    ) -> None:
+    async def run(self, take: Take, report: Report, timeout: float) -> None:
         protocol = self._smtp.protocol
         lock = protocol._command_lock if protocol is not None else None
         if protocol is None or lock is None:
@@ -90,53 +96,62 @@ class Stream:
         loop = asyncio.get_running_loop()
         async with lock, asyncio.timeout_at(loop.time() + timeout) as deadline:
             with ReplyReader(protocol) as replies:
-                tail = b""  # goes in front of the next commands: the previous content (or a bare dot), or RSET
-                awaiting_final: tuple[Transaction, Replies] | None = None  # content written, final reply due
-                awaiting_rset = closing = False
-                while True:
-                    now = loop.time()  # each pass follows a round trip's replies: progress, so move the deadline
-                    if (when := deadline.when()) is not None and when - now < 0.9 * timeout:
-                        deadline.reschedule(now + timeout)  # rarely: not a timer per message
-                    tx = None if closing else self._next(take, report)
-                    if tx is not None:
-                        group, content = tx[1], tx[2]
-                        self.in_flight.append(tx[0])
-                        protocol.write(tail + group if tail else group)
-                    elif tail:
-                        protocol.write(tail)
-                    elif awaiting_final is None and not awaiting_rset:
-                        return
-                    tail = b""
-                    if awaiting_final is not None:
-                        done, partial = awaiting_final
-                        awaiting_final = None
-                        final = await replies.next()
-                        closing = self._finish(done, Replies(partial.mail, partial.rcpts, partial.data, final), report)
-                    if awaiting_rset:
-                        awaiting_rset = False
-                        closing = (await replies.next()).code == _DOMAIN_UNAVAILABLE or closing
-                    if closing:
+                while (written := self._write(protocol, take, report)) is not None:
+                    if not await self._read(replies, *written, report):
                         self._smtp.close()  # as aiosmtplib does on 421; what is still in flight was not taken
                         return
-                    if tx is None:
-                        continue
-                    mail = await replies.next()
-                    rcpts = [await replies.next() for _ in tx[0].recipients]
-                    data = await replies.next()
-                    if data.code == _START_INPUT:
-                        accepted = mail.code == _OK and any(r.code in (_OK, _WILL_FORWARD) for r in rcpts)
-                        # RFC 2920: with DATA accepted but nobody to deliver to, end the content at once.
-                        tail = content if accepted else _EMPTY_CONTENT
-                        awaiting_final = (tx[0], Replies(mail, rcpts, data, None))
-                    else:
-                        if self._finish(tx[0], Replies(mail, rcpts, data, None), report):
-                            self._smtp.close()
-                            return
-                        tail, awaiting_rset = _RSET, True  # as sendmail resets after a refused transaction
+                    now = loop.time()  # a round trip's replies came: progress, so move the deadline
+                    if (when := deadline.when()) is not None and when - now < 0.9 * timeout:
+                        deadline.reschedule(now + timeout)  # rarely: not a timer per message
 
-    def _next(
-        self, take: Callable[[], Transaction | None], report: Callable[[Transaction, Outcome], None]
-    ) -> tuple[Transaction, bytes, bytes] | None:
+    def _write(
+        self,
+        protocol: aiosmtplib.protocol.SMTPProtocol,
+        take: Take,
+        report: Report,
+    ) -> tuple[Transaction | None, bytes] | None:
+        """Write what is due and the next transaction's commands, in one write.
+
+        Returns (that transaction or None, its content), or None when nothing was due and nothing is left.
+        """
+        tail, self._tail = self._tail, b""
+        if (nxt := None if self._closing else self._next(take, report)) is not None:
+            tx, group, content = nxt
+            self.in_flight.append(tx)
+            protocol.write(tail + group if tail else group)
+            return tx, content
+        if tail:
+            protocol.write(tail)
+            return None, b""
+        return None
+
+    async def _read(self, replies: ReplyReader, tx: Transaction | None, content: bytes, report: Report) -> bool:
+        """Read the answers to one write, oldest first; False when the server is closing the connection."""
+        if self._final_due is not None:
+            done, sent = self._final_due
+            self._final_due = None
+            if self._finish(done, Replies(sent.mail, sent.rcpts, sent.data, await replies.next()), report):
+                return False
+        if self._rset_due:
+            self._rset_due = False
+            if (await replies.next()).code == _DOMAIN_UNAVAILABLE:
+                return False
+        if tx is None:
+            return True
+        mail = await replies.next()
+        rcpts = [await replies.next() for _ in tx.recipients]
+        sent = Replies(mail, rcpts, await replies.next(), None)
+        if sent.data.code == _START_INPUT:
+            accepted = mail.code == _OK and any(r.code in (_OK, _WILL_FORWARD) for r in rcpts)
+            # RFC 2920: with DATA accepted but nobody to deliver to, end the content at once.
+            self._tail = content if accepted else _EMPTY_CONTENT
+            self._final_due = (tx, sent)
+            self._closing = sent.closing
+            return True
+        self._tail, self._rset_due = _RSET, True  # as sendmail resets after a refused transaction
+        return not self._finish(tx, sent, report)
+
+    def _next(self, take: Take, report: Report) -> tuple[Transaction, bytes, bytes] | None:
         """The next transaction with its commands and content; one that cannot be encoded is reported at once."""
         while (tx := take()) is not None:
             try:
@@ -149,7 +164,7 @@ class Stream:
             return tx, group, content
         return None
 
-    def _finish(self, tx: Transaction, replies: Replies, report: Callable[[Transaction, Outcome], None]) -> bool:
+    def _finish(self, tx: Transaction, replies: Replies, report: Report) -> bool:
         """Report ``tx``'s outcome; True if the server is closing (421)."""
         assert self.in_flight[0] is tx  # outcomes come in the order the transactions were written
         del self.in_flight[0]
