@@ -3,6 +3,8 @@
 ``send`` reports server answers in its :class:`SendResult` (a refused recipient
 is data, not an exception) and raises :class:`DeliveryError` subclasses only when
 the connection itself is unusable, so the pool knows to discard it.
+``send_batch`` is the bulk form (``send_many``): a connection takes envelopes
+from a shared :class:`SendQueue`; SMTP overrides it to pipeline messages back to back.
 """
 
 from __future__ import annotations
