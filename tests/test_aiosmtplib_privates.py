@@ -1,4 +1,4 @@
-"""Every aiosmtplib member that ``transports/pipelining.py`` uses beyond the public API is still there.
+"""Every aiosmtplib member that ``transports/pipelining.py`` and ``pipestream.py`` use beyond the public API exists.
 
 Why: pipelining runs on aiosmtplib's own connection (its command lock, its reply
 buffer and parser, its internal EHLO step), so an aiosmtplib release that moves
@@ -25,6 +25,7 @@ from aiosmtplib import SMTPResponse
 from packaging.requirements import Requirement
 
 import mailsvc.transports.pipelining as pipelining
+import mailsvc.transports.pipestream as pipestream
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -122,7 +123,8 @@ def test_pyproject_bounds_aiosmtplib_to_the_checked_major_version() -> None:
 
 
 def test_pipelining_still_imports_what_this_file_checks() -> None:
-    """If pipelining.py starts using another aiosmtplib internal, add it above."""
+    """If pipelining.py or pipestream.py starts using another aiosmtplib internal, add it above."""
     source = Path(pipelining.__file__).read_text(encoding="utf-8")
+    source += Path(pipestream.__file__).read_text(encoding="utf-8")
     used = set(re.findall(r"\b(?:smtp|protocol|p)\.(_[a-z]\w*)", source))
     assert used <= {"_ehlo_or_helo_if_needed", "_command_lock", "_buffer", "_read_response_from_buffer"}, used

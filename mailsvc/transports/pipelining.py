@@ -52,7 +52,7 @@ from aiosmtplib.protocol import (
     normalize_message_line_endings,
 )
 
-__all__ = ["PIPELINING_ENABLED", "sendmail"]
+__all__ = ["PIPELINING_ENABLED", "ReplyReader", "Replies", "commands", "offered", "outcome", "sendmail"]
 
 # Kill switch for a relay that advertises PIPELINING but mishandles it (and for the
 # benchmark's before/after). True: pipeline whenever the server offers it.
@@ -79,13 +79,21 @@ async def sendmail(
     Returns ``(refused, data_reply)`` like :meth:`aiosmtplib.SMTP.sendmail`; raises
     what it raises. The caller's deadline (``asyncio.timeout``) bounds the whole exchange.
     """
-    if smtp.is_ehlo_or_helo_needed:
-        await smtp._ehlo_or_helo_if_needed()  # what sendmail does first; we need the extensions
-    if not (PIPELINING_ENABLED and smtp.supports_extension("pipelining")) or smtp.protocol is None:
+    if not await offered(smtp) or smtp.protocol is None:
         return await smtp.sendmail(
             sender, list(recipients), message, mail_options=list(mail_options), rcpt_options=list(rcpt_options)
         )
-    return await _pipelined(smtp, smtp.protocol, sender, recipients, message, list(mail_options), list(rcpt_options))
+    return await _pipelined(smtp, smtp.protocol, sender, recipients, message, mail_options, rcpt_options)
+
+
+async def offered(smtp: aiosmtplib.SMTP) -> bool:
+    """Whether to pipeline on this connection: the server advertises PIPELINING and the kill switch is on.
+
+    Says EHLO first if the connection has not yet (what ``sendmail`` does first; we need the extensions).
+    """
+    if smtp.is_ehlo_or_helo_needed:
+        await smtp._ehlo_or_helo_if_needed()
+    return PIPELINING_ENABLED and smtp.supports_extension("pipelining")
 
 
 # A dot-atom address with an ASCII domain: what our envelopes nearly always hold, and
@@ -129,7 +137,7 @@ def _command(*args: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class _Replies:
+class Replies:
     """The server's answers to one pipelined transaction, in order; ``final`` only if DATA got its 354."""
 
     mail: SMTPResponse
@@ -138,13 +146,14 @@ class _Replies:
     final: SMTPResponse | None
 
     @property
-    def codes(self) -> list[int]:
-        return [
-            self.mail.code,
-            *(r.code for r in self.rcpts),
-            self.data.code,
-            *([self.final.code] if self.final else []),
-        ]
+    def closing(self) -> bool:
+        """Some reply was 421: the server is closing the connection (aiosmtplib closes it too)."""
+        return (
+            self.mail.code == _DOMAIN_UNAVAILABLE
+            or self.data.code == _DOMAIN_UNAVAILABLE
+            or any(r.code == _DOMAIN_UNAVAILABLE for r in self.rcpts)
+            or (self.final is not None and self.final.code == _DOMAIN_UNAVAILABLE)
+        )
 
 
 async def _pipelined(
@@ -153,13 +162,24 @@ async def _pipelined(
     sender: str,
     recipients: Sequence[str],
     message: bytes,
-    mail_options: list[str],
-    rcpt_options: list[str],
+    mail_options: Sequence[str],
+    rcpt_options: Sequence[str],
 ) -> tuple[dict[str, SMTPResponse], str]:
-    group, content = _commands(smtp, sender, recipients, message, mail_options, rcpt_options)
+    group, content = commands(smtp, sender, recipients, message, mail_options, rcpt_options)
     replies = await _exchange(protocol, group, content, len(recipients))
-    if _DOMAIN_UNAVAILABLE in replies.codes:
+    if replies.closing:
         smtp.close()  # as aiosmtplib does on 421: the server is going away
+    result = outcome(replies, sender, recipients)
+    if isinstance(result, SMTPException):
+        await _reset(smtp)
+        raise result
+    return result
+
+
+def outcome(
+    replies: Replies, sender: str, recipients: Sequence[str]
+) -> tuple[dict[str, SMTPResponse], str] | SMTPException:
+    """What ``SMTP.sendmail`` returns for these replies, or the exception it raises (returned, not raised)."""
     refused = [
         SMTPRecipientRefused(r.code, r.message, rcpt)
         for rcpt, r in zip(recipients, replies.rcpts, strict=False)
@@ -167,48 +187,49 @@ async def _pipelined(
     ]
     error = _error(replies, refused, sender, len(recipients))
     if error is not None:
-        await _reset(smtp)
-        raise error
+        return error
     assert replies.final is not None  # no error: DATA got its 354 and the content its 250
     return {e.recipient: SMTPResponse(e.code, e.message) for e in refused}, replies.final.message
 
 
-def _commands(
+def commands(
     smtp: aiosmtplib.SMTP,
     sender: str,
     recipients: Sequence[str],
     message: bytes,
-    mail_options: list[str],
-    rcpt_options: list[str],
-) -> tuple[list[bytes], bytes]:
-    """(MAIL, every RCPT and DATA as command lines, the dot-stuffed content), all encoded and checked.
+    mail_options: Sequence[str],
+    rcpt_options: Sequence[str],
+) -> tuple[bytes, bytes]:
+    """(MAIL, every RCPT and DATA as one run of command lines, the dot-stuffed content), all encoded and checked.
 
     Everything is checked before the first byte is written: a bad address never
-    leaves half an envelope on the server.
+    leaves half an envelope on the server. Raises ``SMTPNotSupported`` (SMTPUTF8
+    not offered) or ``ValueError`` (an injected option, a non-ASCII address) as ``sendmail`` does.
     """
     utf8 = any(o.lower() == "smtputf8" for o in mail_options)
     if utf8 and not smtp.supports_extension("smtputf8"):
         raise SMTPNotSupported("SMTPUTF8 is not supported by this server")
     encoding = "utf-8" if utf8 else "ascii"
     content, size = wire_content(message)
+    mail_opts = [o.encode("ascii") for o in mail_options]
     if smtp.supports_extension("size"):
         # RFC 1870 counts the octets as transmitted, before dot-stuffing (as aiosmtplib does).
-        mail_options.insert(0, f"size={size}")
+        mail_opts.insert(0, b"size=%d" % size)
     rcpt_opts = [o.encode("ascii") for o in rcpt_options]
-    group = [_command(b"MAIL", b"FROM:" + quote(sender).encode(encoding), *(o.encode("ascii") for o in mail_options))]
+    group = [_command(b"MAIL", b"FROM:" + quote(sender).encode(encoding), *mail_opts)]
     group += [_command(b"RCPT", b"TO:" + quote(r).encode(encoding), *rcpt_opts) for r in recipients]
     group.append(b"DATA\r\n")
-    return group, content
+    return b"".join(group), content
 
 
-async def _exchange(protocol: SMTPProtocol, group: list[bytes], content: bytes, n_rcpts: int) -> _Replies:
+async def _exchange(protocol: SMTPProtocol, group: bytes, content: bytes, n_rcpts: int) -> Replies:
     """Write the group at once, read its replies in order, then the content if DATA was accepted."""
     lock = protocol._command_lock
     if lock is None:
         raise SMTPServerDisconnected("Server not connected")
     async with lock:
-        with _ReplyReader(protocol) as replies:
-            protocol.write(b"".join(group))
+        with ReplyReader(protocol) as replies:
+            protocol.write(group)
             mail_reply = await replies.next()
             rcpt_replies = [await replies.next() for _ in range(n_rcpts)]
             data_reply = await replies.next()
@@ -218,10 +239,10 @@ async def _exchange(protocol: SMTPProtocol, group: list[bytes], content: bytes, 
                 # RFC 2920: with DATA accepted but nobody to deliver to, end the content at once.
                 protocol.write(content if mail_reply.code == _OK and accepted else b".\r\n")
                 final = await replies.next()
-    return _Replies(mail_reply, rcpt_replies, data_reply, final)
+    return Replies(mail_reply, rcpt_replies, data_reply, final)
 
 
-def _error(replies: _Replies, refused: list[SMTPRecipientRefused], sender: str, n_rcpts: int) -> SMTPException | None:
+def _error(replies: Replies, refused: list[SMTPRecipientRefused], sender: str, n_rcpts: int) -> SMTPException | None:
     """The exception ``SMTP.sendmail`` raises for these replies, or None when the message was accepted."""
     if replies.mail.code != _OK:
         return SMTPSenderRefused(replies.mail.code, replies.mail.message, sender)
@@ -245,7 +266,7 @@ async def _reset(smtp: aiosmtplib.SMTP) -> None:
         pass
 
 
-class _ReplyReader:
+class ReplyReader:
     """Collects every reply the server sends while a pipelined group is in flight.
 
     Bytes go into aiosmtplib's own buffer and are parsed by its own parser
@@ -259,7 +280,7 @@ class _ReplyReader:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def __enter__(self) -> _ReplyReader:
+    def __enter__(self) -> ReplyReader:
         p = self._protocol
         if p._buffer:  # a partial reply left over cannot belong to this group
             raise SMTPResponseException(-1, "unexpected data from the server before MAIL")

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from ..errors import DeliveryError
 from ..message import Envelope
 from ..results import SendResult
-from .base import Transport
+from .base import SendQueue, Transport
 
 __all__ = ["ConnectionPool"]
 
@@ -86,32 +86,29 @@ class ConnectionPool:
 
         Why not a task per envelope: each would queue on the semaphore and take and
         return a connection for one message, which costs more CPU than building it.
-        Here each worker holds a connection and takes the next envelope when free.
+        Here each worker holds a connection and hands it the shared queue
+        (``Transport.send_batch``: SMTP pipelines the messages back to back).
         Every envelope is tried once, as with :meth:`send`: a connection-level
         failure fails that envelope only, and the worker goes on with a fresh
-        connection (also after ``MAIL_MAX_EMAILS``).
+        connection (also after ``MAIL_MAX_EMAILS``). An envelope a broken
+        connection had not yet sent the content of is sent on the next one.
         """
-        results: list[SendResult | None] = [None] * len(envelopes)
-        todo = iter(range(len(envelopes)))  # shared: a worker that is free takes the next index
+        queue = SendQueue(envelopes)
 
         async def worker() -> None:
-            i = next(todo, None)
-            while i is not None:
+            while (i := queue.take()) is not None:
+                entered = False
                 try:
                     async with self.connection() as conn:
-                        while i is not None and conn.is_open and (self._max is None or conn.sent < self._max):
-                            results[i] = await conn.send(envelopes[i])
-                            i = next(todo, None)
+                        entered = True
+                        await conn.send_batch(queue, i, self._max)
                 except DeliveryError as exc:
-                    assert i is not None
-                    results[i] = SendResult.all_failed(
-                        envelopes[i].message_id, envelopes[i].recipients, str(exc), exc.code
-                    )
-                    i = next(todo, None)
+                    if not entered:  # the connection could not be opened: that fails the envelope it was for
+                        queue.fail(i, exc)
 
         await asyncio.gather(*(worker() for _ in range(min(self._size, len(envelopes)))))
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        assert all(r is not None for r in queue.results)
+        return queue.results  # type: ignore[return-value]
 
     async def aclose(self) -> None:
         self._closed = True

@@ -34,12 +34,17 @@ from ..errors import AuthenticationError, ConnectionFailedError, DeliveryError, 
 from ..message import Envelope, default_msgid_domain
 from ..oauth2 import AccessToken, Mechanism, TokenSource, oauthbearer_response, token_source, xoauth2_response
 from ..results import RecipientResult, SendResult
-from .base import Transport
+from .base import SendQueue, Transport
+from .pipelining import offered as pipelining_offered
 from .pipelining import sendmail as pipelined_sendmail  # RFC 2920 when offered, else smtp.sendmail
+from .pipestream import Outcome, Stream, Transaction  # RFC 2920 across messages, for send_batch
 
 __all__ = ["SMTPTransport"]
 
 log = logging.getLogger("mailsvc.smtp")
+
+# What a server answered about one transaction, as aiosmtplib raises it (SMTPNotSupported: before MAIL FROM).
+_ANSWERED = (SMTPRecipientsRefused, SMTPNotSupported, SMTPSenderRefused, SMTPDataError)
 
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
@@ -263,7 +268,7 @@ class SMTPTransport(Transport):
         assert smtp is not None
         try:
             async with asyncio.timeout(self.config.timeout):
-                errors, _reply = await pipelined_sendmail(
+                answer: Outcome = await pipelined_sendmail(
                     smtp,
                     envelope.sender,
                     list(envelope.recipients),
@@ -271,29 +276,99 @@ class SMTPTransport(Transport):
                     mail_options=list(envelope.mail_options),
                     rcpt_options=list(envelope.rcpt_options),
                 )
-        except (SMTPRecipientsRefused, SMTPNotSupported, SMTPSenderRefused, SMTPDataError) as exc:
-            # The server answered: the connection is still in step (unless it said 421, closing).
-            self.sent += 1
-            result, closing = _refusal(envelope, exc)
-            if closing:
-                await self.close()
-            return result
+        except _ANSWERED as exc:
+            answer = exc
         except BaseException as exc:
             cancelled = isinstance(exc, asyncio.CancelledError)
             await self._abort(wait=not cancelled)  # mid-transaction the protocol state is unknown: no QUIT
             if cancelled:
                 raise
             raise self._translate(exc, "send") from exc
-        self.sent += 1
-        if any(e.code == 421 for e in errors.values()):
+        result, closing = self._answered(envelope, answer)
+        if closing:
             await self.close()
+        return result
+
+    def _answered(self, envelope: Envelope, answer: Outcome) -> tuple[SendResult, bool]:
+        """The result of a transaction the server answered, and whether it is closing the connection (421)."""
+        self.sent += 1
+        if isinstance(answer, _ANSWERED):
+            return _refusal(envelope, answer)
+        if isinstance(answer, BaseException):  # pragma: no cover - pipestream reports only the kinds above
+            raise answer
+        errors, _reply = answer
         result = _per_recipient(envelope, errors, accepted="delivered")
         if self.config.debug:
             for r in result.recipients:
                 log.info(
                     "smtp: %s -> %s: %s %s %s", envelope.message_id, r.recipient, r.status, r.code or "", r.reply or ""
                 )
-        return result
+        return result, any(e.code == 421 for e in errors.values())
+
+    async def send_batch(self, queue: SendQueue, first: int, limit: int | None = None) -> None:
+        """Messages back to back on this connection (pipestream) when it offers PIPELINING, else one at a time.
+
+        Per message the result is :meth:`send`'s. When the connection fails, the
+        message it failed on gets a failed result (as :meth:`send` would raise for it)
+        and the one behind it, whose content was never sent, goes back to ``queue``.
+        """
+        if self._smtp is None or not self._smtp.is_connected:
+            try:
+                await self.open()
+            except DeliveryError as exc:
+                queue.fail(first, exc)
+                raise
+        smtp = self._smtp
+        assert smtp is not None
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                pipelined = await pipelining_offered(smtp)
+        except BaseException as exc:
+            raise await self._failed(exc, queue, [first]) from exc
+        if not pipelined:
+            return await super().send_batch(queue, first, limit)
+        stream = Stream(smtp)
+        pending: int | None = first
+
+        def take() -> Transaction | None:
+            nonlocal pending
+            i, pending = pending, None
+            if i is None and (limit is None or self.sent + len(stream.in_flight) < limit):
+                i = queue.take()
+            if i is None:
+                return None
+            e = queue.envelopes[i]
+            return Transaction(i, e.sender, e.recipients, e.data, e.mail_options, e.rcpt_options)
+
+        def report(tx: Transaction, answer: Outcome) -> None:
+            envelope = queue.envelopes[tx.key]
+            if isinstance(answer, ValueError):  # refused before a byte was written: send() would raise it
+                queue.fail(tx.key, self._translate(answer, "send"))
+            else:
+                queue.results[tx.key] = self._answered(envelope, answer)[0]
+
+        try:
+            await stream.run(take, report, self.config.timeout)
+        except BaseException as exc:
+            unanswered = ([] if pending is None else [pending]) + [tx.key for tx in stream.in_flight]
+            raise await self._failed(exc, queue, unanswered) from exc
+        for tx in reversed(stream.in_flight):  # stopped by a 421: the server never got their content
+            queue.give_back(tx.key)
+        if not smtp.is_connected:
+            await self.close()
+
+    async def _failed(self, exc: BaseException, queue: SendQueue, unanswered: list[int]) -> DeliveryError:
+        """The connection failed: drop it; the first unanswered message failed, the others go back to ``queue``."""
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        await self._abort(wait=not cancelled)  # mid-transaction the protocol state is unknown: no QUIT
+        if cancelled:
+            raise exc
+        error = self._translate(exc, "send")
+        if unanswered:
+            queue.fail(unanswered[0], error)
+            for i in reversed(unanswered[1:]):
+                queue.give_back(i)
+        return error
 
     def _translate(self, exc: BaseException, stage: str) -> DeliveryError:
         where = f"{self.config.server}:{self.config.port}"

@@ -1,0 +1,172 @@
+"""SMTP PIPELINING across messages (RFC 2920): the next transaction goes out in the same write as this content.
+
+Why: pipelining one message at a time (``pipelining.sendmail``) still costs two
+writes, two round trips and two event-loop wake-ups per message: MAIL, RCPT and
+DATA, wait for 354, the content, wait for 250. RFC 2920 §3.1 lets the content be
+the first "command" of a group, so a stream writes ``content(k) + MAIL/RCPT/DATA(k+1)``
+at once and reads ``250(k), 250, 250, 354(k+1)`` together: one write, one
+wake-up and one round trip per message.
+
+In flight at any time: at most one message's content awaiting its final reply and
+the next message's commands, never that message's content (RFC 2920: the client
+waits for DATA's 354 first). That bounds memory, and it says what a failure costs:
+when the connection fails, the oldest message in flight is the one that failed (as
+the lock-step exchange would have failed it); a message behind it had only its
+commands on the wire, so the server cannot have taken it, and the caller may send
+it again on another connection (:attr:`Stream.in_flight`).
+
+The outcome of each message is ``pipelining.sendmail``'s, return value or
+exception, from the same replies through the same ``pipelining.outcome``: a refusal
+of message k is k's alone. A 421 (the server is closing) ends the stream after that
+message's outcome, and the connection is closed as aiosmtplib closes it. A
+transaction that got no 354 is followed by RSET, as ``sendmail`` does, in front of
+the next MAIL; a refused content needs none, the final dot ended that transaction
+(RFC 5321 §4.1.1.4).
+
+The deadline is one ``asyncio.timeout`` for the whole stream, moved forward as
+messages complete (not one timer per message): a connection with no reply for
+``timeout`` seconds (at least 90 % of it) fails with ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib import SMTPNotSupported, SMTPResponse, SMTPServerDisconnected
+
+from .pipelining import Replies, ReplyReader, commands, outcome
+
+__all__ = ["Outcome", "Report", "Stream", "Take", "Transaction"]
+
+_OK = 250
+_WILL_FORWARD = 251
+_START_INPUT = 354
+_DOMAIN_UNAVAILABLE = 421
+_RSET = b"RSET\r\n"
+_EMPTY_CONTENT = b".\r\n"
+
+# What ``pipelining.sendmail`` returns for one message, or the exception it would raise; a ``ValueError`` or
+# ``SMTPNotSupported`` is one raised while building the commands, before anything of the message was written.
+Outcome = tuple[dict[str, SMTPResponse], str] | Exception
+
+
+Report = Callable[["Transaction", Outcome], None]  # called once per transaction, in the order they were taken
+Take = Callable[[], "Transaction | None"]  # the next transaction to send, or None to end the stream
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Transaction:
+    """One message for a stream; ``key`` is the caller's (its position in a bulk send)."""
+
+    key: int
+    sender: str
+    recipients: Sequence[str]
+    message: bytes
+    mail_options: Sequence[str] = ()
+    rcpt_options: Sequence[str] = ()
+
+
+class Stream:
+    """Transactions pipelined back to back on one aiosmtplib connection that offers PIPELINING.
+
+    ``run(take, report, timeout)`` sends what ``take()`` gives until it gives None
+    (or the server says 421) and calls ``report(tx, outcome)`` once per transaction,
+    in order. If ``run`` raises (connection lost, deadline, a malformed reply), the
+    transactions still in :attr:`in_flight` got no outcome: the first is the one the
+    failure belongs to, any other never had its content sent. After a 421 ``run``
+    returns with the connection closed and the transaction behind it in :attr:`in_flight`.
+    """
+
+    def __init__(self, smtp: aiosmtplib.SMTP) -> None:
+        self._smtp = smtp
+        self.in_flight: list[Transaction] = []  # oldest first; at most two
+        self._tail = b""  # goes in front of the next commands: the last content (or a bare dot), or RSET
+        self._final_due: tuple[Transaction, Replies] | None = None  # its content is written: its 250 is due
+        self._rset_due = False
+        self._closing = False  # a 421 in the middle of a transaction: finish it, take nothing more
+
+    async def run(self, take: Take, report: Report, timeout: float) -> None:
+        protocol = self._smtp.protocol
+        lock = protocol._command_lock if protocol is not None else None
+        if protocol is None or lock is None:
+            raise SMTPServerDisconnected("Server not connected")
+        loop = asyncio.get_running_loop()
+        async with lock, asyncio.timeout_at(loop.time() + timeout) as deadline:
+            with ReplyReader(protocol) as replies:
+                while (written := self._write(protocol, take, report)) is not None:
+                    if not await self._read(replies, *written, report):
+                        self._smtp.close()  # as aiosmtplib does on 421; what is still in flight was not taken
+                        return
+                    now = loop.time()  # a round trip's replies came: progress, so move the deadline
+                    if (when := deadline.when()) is not None and when - now < 0.9 * timeout:
+                        deadline.reschedule(now + timeout)  # rarely: not a timer per message
+
+    def _write(
+        self,
+        protocol: aiosmtplib.protocol.SMTPProtocol,
+        take: Take,
+        report: Report,
+    ) -> tuple[Transaction | None, bytes] | None:
+        """Write what is due and the next transaction's commands, in one write.
+
+        Returns (that transaction or None, its content), or None when nothing was due and nothing is left.
+        """
+        tail, self._tail = self._tail, b""
+        if (nxt := None if self._closing else self._next(take, report)) is not None:
+            tx, group, content = nxt
+            self.in_flight.append(tx)
+            protocol.write(tail + group if tail else group)
+            return tx, content
+        if tail:
+            protocol.write(tail)
+            return None, b""
+        return None
+
+    async def _read(self, replies: ReplyReader, tx: Transaction | None, content: bytes, report: Report) -> bool:
+        """Read the answers to one write, oldest first; False when the server is closing the connection."""
+        if self._final_due is not None:
+            done, sent = self._final_due
+            self._final_due = None
+            if self._finish(done, Replies(sent.mail, sent.rcpts, sent.data, await replies.next()), report):
+                return False
+        if self._rset_due:
+            self._rset_due = False
+            if (await replies.next()).code == _DOMAIN_UNAVAILABLE:
+                return False
+        if tx is None:
+            return True
+        mail = await replies.next()
+        rcpts = [await replies.next() for _ in tx.recipients]
+        sent = Replies(mail, rcpts, await replies.next(), None)
+        if sent.data.code == _START_INPUT:
+            accepted = mail.code == _OK and any(r.code in (_OK, _WILL_FORWARD) for r in rcpts)
+            # RFC 2920: with DATA accepted but nobody to deliver to, end the content at once.
+            self._tail = content if accepted else _EMPTY_CONTENT
+            self._final_due = (tx, sent)
+            self._closing = sent.closing
+            return True
+        self._tail, self._rset_due = _RSET, True  # as sendmail resets after a refused transaction
+        return not self._finish(tx, sent, report)
+
+    def _next(self, take: Take, report: Report) -> tuple[Transaction, bytes, bytes] | None:
+        """The next transaction with its commands and content; one that cannot be encoded is reported at once."""
+        while (tx := take()) is not None:
+            try:
+                group, content = commands(
+                    self._smtp, tx.sender, tx.recipients, tx.message, tx.mail_options, tx.rcpt_options
+                )
+            except (SMTPNotSupported, ValueError) as exc:  # nothing of it was written: the stream goes on
+                report(tx, exc)
+                continue
+            return tx, group, content
+        return None
+
+    def _finish(self, tx: Transaction, replies: Replies, report: Report) -> bool:
+        """Report ``tx``'s outcome; True if the server is closing (421)."""
+        assert self.in_flight[0] is tx  # outcomes come in the order the transactions were written
+        del self.in_flight[0]
+        report(tx, outcome(replies, tx.sender, tx.recipients))
+        return replies.closing
