@@ -4,6 +4,7 @@ from quart.signals import got_serving_exception
 
 from mailsvc.app import create_app
 from mailsvc.errors import ConfigError
+from mailsvc.gctune import tune_for_service
 from mailsvc.logsetup import configure_logging
 from mailsvc.startfailure import fail_supervisor, refuse_start
 from settings import load_settings
@@ -22,3 +23,4 @@ except ConfigError as exc:  # create_app's refusals (an open relay, ...)
 
 # A part that cannot start while serving (the dev SMTP port taken, the outbox unreachable) also fails the start.
 got_serving_exception.connect(fail_supervisor, app)
+tune_for_service()  # the app is built: keep the collector off it (mailsvc.gctune)

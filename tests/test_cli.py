@@ -19,6 +19,7 @@ from mailsvc.app import create_app
 from mailsvc.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from mailsvc.config import MailConfig, ServiceConfig
 from mailsvc.dburl import dev_outbox_url
+from mailsvc.gctune import YOUNG_THRESHOLD
 from mailsvc.outbox import open_outbox
 
 REPO = Path(__file__).resolve().parent.parent
@@ -361,3 +362,14 @@ def test_send_and_bulk_take_tags_meta_and_at(db: str, tmp_path: Path, capsys: py
         code, _, err = run_cli(capsys, "send", "ann@example.com", "-s", "Hi", "-b", "x", *bad)
         assert code == EXIT_USAGE and option in err, (bad, err)
     assert outbox_call(db, "pending_count") == 2
+
+
+def test_service_processes_keep_the_collector_off_what_startup_built(tmp_path: Path) -> None:
+    """``asgi.py`` (as ``mailsvc serve`` and ``worker``) freezes what startup built and collects less often."""
+    probe = "import gc, asgi; print(gc.get_threshold()[0], gc.get_freeze_count() > 10_000)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "MAILSVC_"))}
+    env.update(PYTHONPATH=str(REPO), MAILSVC_DATABASE_URL=f"sqlite:///{tmp_path / 'outbox.sqlite3'}")
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.split() == [str(YOUNG_THRESHOLD), "True"], out.stderr[-2000:]

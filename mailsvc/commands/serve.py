@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..app import create_app
     from ..cli import EXIT_FAILED, EXIT_USAGE, load_project_settings
     from ..errors import MailError
+    from ..gctune import tune_for_service
     from ..logsetup import configure_logging
 
     settings = load_project_settings()
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     except MailError as exc:  # an open relay, a bad keys file, a missing template folder: one line, no traceback
         print(f"mailsvc: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    tune_for_service()  # the app is built: keep the collector off it (mailsvc.gctune)
     config = Config()
     config.bind = [args.bind]
     config.errorlog = logging.getLogger("hypercorn.error")  # through our root handler, not a second one

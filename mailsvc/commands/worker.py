@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_project_settings
     from ..errors import ConfigError, MailError
+    from ..gctune import tune_for_service
     from ..logsetup import configure_logging
     from ..metricsserver import parse_bind
     from ..transports.factory import factory_for, resolve
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"mailsvc worker: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    tune_for_service()  # a process of its own from here on (mailsvc.gctune)
     try:
         asyncio.run(_main(mail_config, service, args.concurrency, args.until_empty, transport, args.metrics_bind))
     except MailError as exc:
