@@ -484,7 +484,7 @@ class ServiceConfig(BaseModel):
     idempotency_ttl: float = Field(default=24 * 3600.0, gt=0)
     lease_seconds: float = Field(default=300.0, gt=0)
     claim_batch: int = Field(default=100, ge=1, le=10_000)
-    worker_concurrency: int = Field(default=250, ge=1, le=10_000)
+    worker_concurrency: int = Field(default=100, ge=1, le=10_000)
     poll_interval: float = Field(default=1.0, gt=0)
     retry_first: float = Field(default=300.0, gt=0)
     retry_max: float = Field(default=4000.0, gt=0)

@@ -4,9 +4,9 @@ Why this shape: a worker keeps up to ``concurrency`` messages in flight over the
 core library's connection pool (bulk mail keeps ``send_many``'s concurrency), and
 records outcomes in groups (one fsync for many messages). A message holds its
 slot from the moment it may reach the wire until its outcome is committed, so a
-crash re-sends at most ``concurrency`` messages; the worker claims up to one
-``claim_batch`` more ahead (leased, not sent), so that sending never stops to
-wait for a claim or a commit. It never trusts its own
+crash re-sends at most ``concurrency`` messages; the worker claims up to half a
+claim batch more ahead (leased, not sent), so that sending does not stop while
+the next claim commits. It never trusts its own
 memory for safety: every claimed message carries a lease, so a worker killed at
 any instant leaves messages that come due again when the lease expires. While
 it holds messages (queued for a connection, or on a slow wire) it renews their
@@ -113,6 +113,7 @@ class Worker:
         self.owner = owner or default_owner()
         self.claim_batch = claim_batch
         self.concurrency = concurrency
+        self._ahead = min(claim_batch, concurrency) // 2  # claimed ahead of a free slot (see run)
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.stats = WorkerStats()
@@ -123,6 +124,7 @@ class Worker:
         self._inflight: dict[asyncio.Task[None], str] = {}
         # Slots for messages that may be on the wire or are sent and not yet recorded: what a crash re-sends.
         self._slots: asyncio.Semaphore | None = None
+        self._claim_lock = asyncio.Lock()  # one claim at a time: the claim loop's, or the flusher's
         self._on_wire: set[str] = set()
         self._to_release: list[str] = []
         # Outcomes appended to _records, by message id: resolved once committed (or dropped), see _deliver.
@@ -167,29 +169,25 @@ class Worker:
                 if pause > 0:
                     await self._sleep_until_stop(asyncio.sleep(pause))
                     continue
-                # In hand: `concurrency` slots plus one claim ahead, waiting for a slot (leased, never sent).
-                free = self.concurrency + self.claim_batch - len(self._inflight)
                 # Claim in batches (each claim is a commit); wait while only a few slots are free.
-                if self._inflight and free < max(1, self.claim_batch // 2):
+                # (The flusher also claims, in the transaction that records outcomes: see _flush.)
+                if self._inflight and self._claim_room(0) == 0:
                     await self._sleep_until_stop(asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED))
                     continue
-                want = min(free, self.claim_batch)
-                try:
-                    if tracer() is None:
-                        claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
-                    else:
-                        claimed = await self._traced_claim(want)
-                except OutboxError as exc:
-                    log.error("claim failed, retrying in %ss: %s", self.poll_interval, exc)
-                    await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
-                    continue
-                self.stats.claimed += len(claimed)
-                claimed_at = asyncio.get_running_loop().time()
-                for msg in claimed:
-                    self._leased[msg.id] = claimed_at
-                    task = asyncio.create_task(self._deliver(msg))
-                    self._inflight[task] = msg.id
-                    task.add_done_callback(self._inflight.pop)
+                async with self._claim_lock:
+                    want = self._claim_room(0)
+                    if want == 0:  # the flusher claimed meanwhile (or a pause began)
+                        continue
+                    try:
+                        if tracer() is None:
+                            claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+                        else:
+                            claimed = await self._traced_claim(want)
+                    except OutboxError as exc:
+                        log.error("claim failed, retrying in %ss: %s", self.poll_interval, exc)
+                        await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
+                        continue
+                    self._start(claimed)
                 if len(claimed) < want:
                     await self._sleep_until_stop(self.outbox.wait_for_work(self.poll_interval))
         finally:
@@ -201,6 +199,26 @@ class Worker:
                 self._log_outcomes()  # what a flusher that died (a bug) left unlogged
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
+
+    def _claim_room(self, finishing: int) -> int:
+        """How many to claim now (0: not worth a commit yet), with ``finishing`` in-hand messages about to end.
+
+        In hand: ``concurrency`` slots plus half a claim ahead, waiting for a slot (leased, never
+        sent). Not more: a message in hand is leased, and a cancel no longer stops it.
+        """
+        if self.stopping or self._paused() > 0:
+            return 0
+        free = self.concurrency + self._ahead - (len(self._inflight) - finishing)
+        return min(free, self.claim_batch) if free >= max(1, self._ahead) else 0
+
+    def _start(self, claimed: list[ClaimedMessage]) -> None:
+        self.stats.claimed += len(claimed)
+        claimed_at = asyncio.get_running_loop().time()
+        for msg in claimed:
+            self._leased[msg.id] = claimed_at
+            task = asyncio.create_task(self._deliver(msg))
+            self._inflight[task] = msg.id
+            task.add_done_callback(self._inflight.pop)
 
     async def _sleep_until_stop(self, aw: Coroutine[Any, Any, Any]) -> None:
         assert self._stopping is not None
@@ -535,9 +553,16 @@ class Worker:
         items, self._records = self._records, []
         if items:
             try:
-                await self.outbox.record_many(self.owner, items)
+                claimed: list[ClaimedMessage] = []
+                room = 0 if self._claim_lock.locked() else self._claim_room(len(items))
+                if room:  # refill the slots these records free, in the same commit (Outbox.record_and_claim)
+                    async with self._claim_lock:
+                        claimed = await self.outbox.record_and_claim(self.owner, items, room, self.lease_seconds)
+                else:
+                    await self.outbox.record_many(self.owner, items)
                 self._forget(id_ for id_, _ in items)
                 self._count(items)
+                self._start(claimed)
             except NotFoundError:
                 # A message vanished (purged by retention): record the others one by one, drop it.
                 for item in items:

@@ -315,35 +315,28 @@ class OutboxCore(Outbox, Generic[StoreT]):
         if limit <= 0:
             return []
         async with self.store.write("claim messages") as tx:
-            rows = await tx.due_messages(limit)
-            if not rows:
-                return []
-            # Only recipients still to be tried and due now; a delivered one is never sent again.
-            due = await tx.take_recipients([r.id for r in rows])
-            await _recheck(tx, rows, due)
-            await tx.lease(list(due), owner, lease_seconds)
-            # A message due with no due recipient should not exist; repair its due time rather than spin.
-            await tx.settle([r.id for r in rows if r.id not in due], [])
-            await tx.drop_blobs([r.id for r in rows if r.id not in due])
-            bodies = await tx.bodies(list(due))
-            digests = sorted({s.digest for b in bodies.values() for s in b.splices})
-            blobs = await tx.blobs(digests) if digests else {}
-        if blobs:
-            bodies = await asyncio.to_thread(_whole, bodies, blobs)
-        claimed = []
-        for r in rows:
-            if r.id in due:
-                b = bodies[r.id]
-                envelope = Envelope(
-                    sender=b.sender,
-                    recipients=tuple(due[r.id]),
-                    data=b.data,
-                    message_id=r.message_id,
-                    mail_options=b.mail_options,
-                    rcpt_options=b.rcpt_options,
-                )
-                claimed.append(ClaimedMessage(r.id, envelope, r.attempts, r.created_at, r.traceparent, r.route))
-        return claimed
+            taken = await _claim_in(tx, owner, limit, lease_seconds)
+        return await _claimed(*taken)
+
+    async def record_and_claim(
+        self,
+        owner: str,
+        items: Sequence[tuple[str, Sequence[RecipientOutcome]]],
+        limit: int,
+        lease_seconds: float,
+    ) -> list[ClaimedMessage]:
+        """:meth:`record_many` and :meth:`claim` in one transaction: one commit, one turn of the write lock.
+
+        Why: a worker holds each sent message's slot until its outcome commits, so its rate is its
+        slots over that wait; a claim committed on its own between two records made every record wait
+        for it. A NotFoundError from the records rolls the claim back too (nothing was claimed).
+        """
+        if not items:
+            return await self.claim(owner, limit, lease_seconds)
+        async with self.store.write("record an attempt and claim messages") as tx:
+            await _record_in(tx, owner, items)
+            taken = await _claim_in(tx, owner, limit, lease_seconds) if limit > 0 else None
+        return [] if taken is None else await _claimed(*taken)
 
     async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
         await self.record_many(owner, [(id, outcomes)])
@@ -352,21 +345,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
         """Record several messages' outcomes in one transaction (one commit, one round of fsyncs)."""
         if not items:
             return
-        rows = outcome_rows(items)
-        ids = sorted({id_ for id_, _ in items})
         async with self.store.write("record an attempt") as tx:
-            holders = await tx.lock_messages(ids)
-            for id_ in ids:
-                if id_ not in holders:
-                    raise NotFoundError("message", id_)
-            if rows:
-                await tx.write_outcomes(rows)
-                await _hard_bounces(tx, rows)
-            await tx.count_attempts(ids)
-            # Another worker took a message after our lease lapsed: leave its lease alone.
-            mine = [i for i in ids if holders[i] in (None, owner)]
-            await tx.settle(mine, [i for i in ids if holders[i] not in (None, owner)])
-            await tx.drop_blobs(ids)
+            await _record_in(tx, owner, items)
 
     async def extend(self, ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
         if not ids:
@@ -565,6 +545,66 @@ async def _cut(
         stored |= new
     rows = [env if not splices else replace(env, data=data) for env, (data, splices) in zip(chunk, cuts, strict=True)]
     return rows, [splices for _, splices in cuts]
+
+
+async def _claim_in(
+    tx: Tx, owner: str, limit: int, lease_seconds: float
+) -> tuple[list[DueMessage], dict[str, list[str]], dict[str, Body], dict[str, bytes]]:
+    """The claim's statements inside ``tx``: lease up to ``limit`` due messages, read their bodies."""
+    rows = await tx.due_messages(limit)
+    if not rows:
+        return [], {}, {}, {}
+    # Only recipients still to be tried and due now; a delivered one is never sent again.
+    due = await tx.take_recipients([r.id for r in rows])
+    await _recheck(tx, rows, due)
+    await tx.lease(list(due), owner, lease_seconds)
+    # A message due with no due recipient should not exist; repair its due time rather than spin.
+    await tx.settle([r.id for r in rows if r.id not in due], [])
+    await tx.drop_blobs([r.id for r in rows if r.id not in due])
+    bodies = await tx.bodies(list(due))
+    digests = sorted({s.digest for b in bodies.values() for s in b.splices})
+    blobs = await tx.blobs(digests) if digests else {}
+    return rows, due, bodies, blobs
+
+
+async def _claimed(
+    rows: list[DueMessage], due: dict[str, list[str]], bodies: dict[str, Body], blobs: dict[str, bytes]
+) -> list[ClaimedMessage]:
+    """The claimed messages, whole (blobs put back in a thread), in the order they came due."""
+    if blobs:
+        bodies = await asyncio.to_thread(_whole, bodies, blobs)
+    claimed = []
+    for r in rows:
+        if r.id in due:
+            b = bodies[r.id]
+            envelope = Envelope(
+                sender=b.sender,
+                recipients=tuple(due[r.id]),
+                data=b.data,
+                message_id=r.message_id,
+                mail_options=b.mail_options,
+                rcpt_options=b.rcpt_options,
+            )
+            claimed.append(ClaimedMessage(r.id, envelope, r.attempts, r.created_at, r.traceparent, r.route))
+    return claimed
+
+
+async def _record_in(tx: Tx, owner: str, items: Sequence[tuple[str, Sequence[RecipientOutcome]]]) -> None:
+    """The record's statements inside ``tx``; NotFoundError when a message is gone (the caller rolls back)."""
+    rows = outcome_rows(items)
+    ids = sorted({id_ for id_, _ in items})
+    holders = await tx.lock_messages(ids)
+    for id_ in ids:
+        if id_ not in holders:
+            raise NotFoundError("message", id_)
+    if rows:
+        await tx.write_outcomes(rows)
+        await _hard_bounces(tx, rows)
+    await tx.count_attempts(ids)
+    # Another worker took a message after our lease lapsed: leave its lease alone.
+    mine = [i for i in ids if holders[i] in (None, owner)]
+    await tx.settle(mine, [i for i in ids if holders[i] not in (None, owner)])
+    await tx.drop_blobs(ids)
 
 
 def _whole(bodies: dict[str, Body], blobs: dict[str, bytes]) -> dict[str, Body]:
