@@ -333,24 +333,21 @@ class OutboxCore(Outbox, Generic[StoreT]):
                                 suppressed += sum(len(a) for a in hits.values())
                     written += len(step)
             check_count(request.count, written)
-            replayed: EnqueueResult | None = None
             async with self.store.write("enqueue") as tx:
                 found = await tx.find_key(request.key, self.idempotency_ttl) if request.key is not None else None
-                if found is not None:  # a retry of this request was sealed first: it stands, this one goes
-                    replayed = _replay(request, found)
-            if replayed is not None:
+                if found is None:
+                    pending = await tx.count_pending()
+                    if pending + request.count > self.max_pending:
+                        raise OutboxFullError(pending, self.max_pending)
+                    if request.key is not None:
+                        record = KeyRecord(request.digest, result.ids, result.batch_id)
+                        await tx.hold_key(request.key, record, self.idempotency_ttl)
+                    if not await tx.seal_stage(stage, request.count):
+                        raise OutboxError("the batch was given up while it was stored (no step for too long)")
+            if found is not None:  # a retry of this request was sealed first: it stands, this one goes
                 await self._discard(stage)
-                return replayed
-            async with self.store.write("enqueue") as tx:
-                pending = await tx.count_pending()
-                if pending + request.count > self.max_pending:
-                    raise OutboxFullError(pending, self.max_pending)
-                if request.key is not None:
-                    record = KeyRecord(request.digest, result.ids, result.batch_id)
-                    await tx.hold_key(request.key, record, self.idempotency_ttl)
-                if not await tx.seal_stage(stage, request.count):
-                    raise OutboxError("the batch was given up while it was stored (no step for too long)")
-                sealed = True
+                return _replay(request, found)
+            sealed = True  # committed (a failed COMMIT raised above: the stage is discarded)
         except asyncio.CancelledError:
             if not sealed:  # the request is gone; its stage goes in the background (or at the next sweep)
                 task = asyncio.ensure_future(self._discard(stage))
@@ -365,8 +362,11 @@ class OutboxCore(Outbox, Generic[StoreT]):
         return replace(result, suppressed=suppressed) if suppressed else result
 
     async def _activate(self, stage: int) -> None:
-        """A sealed stage's messages made due, a step at a time (idempotent: the sweep may do it too)."""
-        step = max(self.step_messages, 1) * 4
+        """A sealed stage's messages made due, a step at a time (idempotent: the sweep may do it too).
+
+        A step is ``step_messages``: each writes their events too, and a larger one held the lock past 100 ms.
+        """
+        step = max(self.step_messages, 1)
         while True:
             async with self.store.write("make a stored batch due") as tx:
                 n = await tx.activate_stage(stage, step)
@@ -375,7 +375,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
 
     async def _discard(self, stage: int) -> None:
         """An unsealed stage's rows deleted a step at a time; failures are left to the next sweep."""
-        step = max(self.step_messages, 1) * 4
+        step = max(self.step_messages, 1)
         try:
             async with self.store.write("give up a stored batch") as tx:
                 if not await tx.drop_stage(stage):
