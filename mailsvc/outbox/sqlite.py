@@ -62,7 +62,7 @@ from .suppressions import ALL_STREAMS
 __all__ = ["SqliteOutbox", "SqliteStore", "upgrade_schema"]
 
 _GROUP_MAX = 100  # enqueues of more messages than this take a transaction of their own
-_STEP_MESSAGES = 250  # a bulk is stored this many messages per transaction (issue 18): the lock held briefly
+_STEP_MESSAGES = 125  # a bulk is stored in steps of at most this many messages, each its own transaction (issue 18)
 # Undelivered = not final = has a due time (the partial index answers without a table scan), or sealed in a
 # stage and not activated yet (a stage's own count).
 _COUNT_PENDING = (
