@@ -11,6 +11,8 @@ The backends (:mod:`.sqlite`, :mod:`.postgres`) hold only their SQL and their dr
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +49,8 @@ from .suppressions import ALL_STREAMS, Reason, address_key, covers, hard_bounce
 
 __all__ = ["OutboxCore"]
 
+log = logging.getLogger("mailsvc.outbox")
+
 StoreT = TypeVar("StoreT", bound=Store)
 _REPLY_MAX = 1000  # characters of a server's reply kept per recipient
 _SOURCE_MAX = 300  # characters of what recorded a suppression
@@ -54,6 +58,8 @@ _SOURCE_MAX = 300  # characters of what recorded a suppression
 # was queued, less this margin: an entry committed while the enqueue's transaction ran may carry an
 # earlier time than the message and was not seen by it.
 _RECHECK_MARGIN = timedelta(hours=1)
+_STAGE_STALE = 300.0  # seconds without a step after which an unsealed stage's owner is taken for dead
+_SWEEP_EVERY = 60.0  # seconds between a claimer's sweeps of stages left behind
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,12 @@ def _with_suppressed(outcome: EnqueueResult | Exception, hits: dict[str, set[str
     return replace(outcome, suppressed=n) if n else outcome
 
 
+def _even_step(n: int, most: int) -> int:
+    """Messages per step for ``n`` in steps of at most ``most``, alike: 250 by 100 is 84+83+83, not 100+100+50."""
+    parts = max(1, -(-n // most))
+    return max(1, -(-n // parts))
+
+
 def _new_ids(n: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(n)]
 
@@ -149,6 +161,10 @@ class OutboxCore(Outbox, Generic[StoreT]):
 
     ``group_max`` > 0 lets enqueues of up to that many messages share a transaction
     (:mod:`.groups`); larger ones, and all when it is 0, take one of their own.
+
+    ``step_messages`` > 0 stores a streamed enqueue (a bulk) in steps of at most that many messages,
+    each its own short transaction, into a stage that one last small transaction seals: visible,
+    due and idempotent all at once, at that commit (:meth:`_enqueue_steps`). 0: one transaction.
     """
 
     def __init__(
@@ -158,8 +174,13 @@ class OutboxCore(Outbox, Generic[StoreT]):
         max_pending: int = DEFAULT_MAX_PENDING,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
         group_max: int = 0,
+        step_messages: int = 0,
     ) -> None:
         self.store = store
+        self.step_messages = step_messages  # tests make it small
+        self.stage_stale = _STAGE_STALE
+        self._next_sweep = 0.0
+        self._discards: set[asyncio.Task[None]] = set()
         self.max_pending = max_pending
         self.idempotency_ttl = idempotency_ttl
         self.group_max = group_max
@@ -168,6 +189,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
 
     async def open(self) -> None:
         await self.store.open()
+        if self.step_messages > 0:
+            await self.sweep_stages()
 
     async def close(self) -> None:
         await self.store.close()
@@ -218,6 +241,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
         request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch, tenant)
         check_count(count, count)  # at least one
         blobs = await asyncio.to_thread(SharedBlobs, shared) if shared else None  # hashed before the lock
+        if self.step_messages > 0 and count > self.step_messages:
+            return await self._enqueue_steps(request, chunks, blobs, suppress_stream, labels)
         async with self.store.write("enqueue") as tx:
             result = await self._admit(tx, request)
             if result.duplicate:
@@ -250,6 +275,144 @@ class OutboxCore(Outbox, Generic[StoreT]):
             check_count(count, written)
             await tx.notify()
         return replace(result, suppressed=suppressed) if suppressed else result
+
+    async def _enqueue_steps(
+        self,
+        request: _Request,
+        chunks: AsyncIterator[Sequence[Envelope]],
+        blobs: SharedBlobs | None,
+        suppress_stream: str | None,
+        labels: Labels,
+    ) -> EnqueueResult:
+        """The stream stored a step at a time into a stage; sealed (and the key held) by one last transaction.
+
+        Why: SQLite has one writer, and a 100,000-message batch in one transaction held it for the
+        whole store, so single POSTs and lease renewals waited behind it. Each step holds the lock for
+        at most ``step_messages`` (a chunk cut in even steps; a single POST waits for one step).
+        Nothing is half-queued: staged rows are invisible and never due (:meth:`Tx.insert` with
+        ``stage``) until the seal commits; the key is held only by the seal, so a retry after a failure
+        starts afresh; a stage never sealed is discarded (here, or by :meth:`sweep_stages`).
+        After the seal, the batch is made due a step at a time (any process may finish that).
+        """
+        scope = _scope(request.tenant)
+        ids = await asyncio.to_thread(_new_ids, request.count)  # 100,000: half a second; off the loop, unlocked
+        async with self.store.write("enqueue") as tx:
+            if request.key is not None:
+                found = await tx.find_key(request.key, self.idempotency_ttl)
+                if found is not None:
+                    return _replay(request, found)
+            pending = await tx.count_pending()
+            if pending + request.count > self.max_pending:
+                raise OutboxFullError(pending, self.max_pending)
+            result = EnqueueResult(ids=ids, batch_id=uuid.uuid4().hex if request.batch else None)
+            stage = await tx.open_stage(result.batch_id or "")
+            # Looked up once: an entry committed after this step is the claim's to catch.
+            suppressing = await tx.has_suppressions(scope, suppress_stream or ALL_STREAMS)
+        sealed = False
+        try:
+            written = suppressed = 0
+            stored: set[str] = set()
+            async for chunk in chunks:
+                check_envelopes(chunk, written)
+                if written + len(chunk) > request.count:
+                    check_count(request.count, written + len(chunk))
+                size = _even_step(len(chunk), self.step_messages)
+                for at in range(0, len(chunk), size):
+                    step = chunk[at : at + size]
+                    ids = result.ids[written : written + len(step)]
+                    cut = await _cut_off(blobs, step) if blobs is not None else None  # before the lock
+                    async with self.store.write("store a step of a batch") as tx:
+                        if not await tx.touch_stage(stage):
+                            raise OutboxError("the batch was given up while it was stored (no step for too long)")
+                        rows: Sequence[Envelope] = step
+                        splices: Sequence[Sequence[Splice]] = []
+                        if blobs is not None and cut is not None:
+                            rows, splices = await _put_cut(tx, blobs, cut, step, stored)
+                        n = len(step)
+                        await tx.insert(
+                            ids, [result.batch_id] * n, [request.tenant] * n, rows, splices, [labels] * n,
+                            [suppress_stream] * n, stage=stage,
+                        )  # fmt: skip
+                        if suppressing:
+                            hits = await _suppress(
+                                tx, [(i, scope, suppress_stream, e.recipients) for i, e in zip(ids, step, strict=True)]
+                            )
+                            if hits:
+                                await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
+                                suppressed += sum(len(a) for a in hits.values())
+                    written += len(step)
+            check_count(request.count, written)
+            async with self.store.write("seal a batch") as tx:
+                found = await tx.find_key(request.key, self.idempotency_ttl) if request.key is not None else None
+                if found is None:
+                    pending = await tx.count_pending()
+                    if pending + request.count > self.max_pending:
+                        raise OutboxFullError(pending, self.max_pending)
+                    if request.key is not None:
+                        record = KeyRecord(request.digest, result.ids, result.batch_id)
+                        await tx.hold_key(request.key, record, self.idempotency_ttl)
+                    if not await tx.seal_stage(stage, request.count):
+                        raise OutboxError("the batch was given up while it was stored (no step for too long)")
+            if found is not None:  # a retry of this request was sealed first: it stands, this one goes
+                await self._discard(stage)
+                return _replay(request, found)
+            sealed = True  # committed (a failed COMMIT raised above: the stage is discarded)
+        except asyncio.CancelledError:
+            if not sealed:  # the request is gone; its stage goes in the background (or at the next sweep)
+                task = asyncio.ensure_future(self._discard(stage))
+                self._discards.add(task)
+                task.add_done_callback(self._discards.discard)
+            raise
+        except BaseException:
+            if not sealed:
+                await self._discard(stage)
+            raise
+        try:
+            await self._activate(stage)
+        except OutboxError as exc:  # sealed, so queued: the answer stays 202 and a claimer's sweep finishes it
+            log.warning("a sealed batch is not all due yet (the next sweep makes it so): %s", exc)
+        return replace(result, suppressed=suppressed) if suppressed else result
+
+    async def _activate(self, stage: int) -> None:
+        """A sealed stage's messages made due, a step at a time (idempotent: the sweep may do it too).
+
+        A step is ``step_messages``: each writes their events too, and a larger one held the lock past 100 ms.
+        """
+        step = max(self.step_messages, 1)
+        while True:
+            async with self.store.write("make a stored batch due") as tx:
+                n = await tx.activate_stage(stage, step)
+            if n < step:
+                return
+
+    async def _discard(self, stage: int) -> None:
+        """An unsealed stage's rows deleted a step at a time; failures are left to the next sweep."""
+        step = max(self.step_messages, 1)
+        try:
+            async with self.store.write("give up a stored batch") as tx:
+                if not await tx.drop_stage(stage):
+                    return  # sealed meanwhile: it stands
+            while True:
+                async with self.store.write("give up a stored batch") as tx:
+                    n = await tx.discard_rows(stage, step)
+                if n < step:
+                    return
+        except OutboxError as exc:
+            log.warning("could not yet delete an unsealed batch's rows (the next sweep will): %s", exc)
+
+    async def sweep_stages(self, stale: float | None = None) -> None:
+        """Finish what stores in steps left behind: activate sealed stages, discard dead unsealed ones.
+
+        Run at :meth:`open` and by claimers every minute. ``stale``: seconds without a step after
+        which an unsealed stage's owner is taken for dead (default :attr:`stage_stale`).
+        """
+        limit = time.time() - (self.stage_stale if stale is None else stale)
+        async with self.store.write("sweep batches stored in steps") as tx:
+            sealed, dead = await tx.stages(limit)
+        for stage in sealed:
+            await self._activate(stage)
+        for stage in dead:
+            await self._discard(stage)
 
     async def _enqueue_group(self, take: Callable[[], list[_Request]]) -> list[EnqueueResult | Exception]:
         """Each request's checks in turn, then all their messages in one set of INSERTs."""
@@ -314,9 +477,16 @@ class OutboxCore(Outbox, Generic[StoreT]):
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
         if limit <= 0:
             return []
+        await self._sweep_now_and_then()
         async with self.store.write("claim messages") as tx:
             taken = await _claim_in(tx, owner, limit, lease_seconds)
         return await _claimed(*taken)
+
+    async def _sweep_now_and_then(self) -> None:
+        """Every _SWEEP_EVERY seconds, from whoever claims: finish or drop what crashed bulk requests staged."""
+        if self.step_messages > 0 and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + _SWEEP_EVERY
+            await self.sweep_stages()
 
     async def record_and_claim(
         self,
@@ -333,6 +503,8 @@ class OutboxCore(Outbox, Generic[StoreT]):
         """
         if not items:
             return await self.claim(owner, limit, lease_seconds)
+        if limit > 0:
+            await self._sweep_now_and_then()
         async with self.store.write("record an attempt and claim messages") as tx:
             await _record_in(tx, owner, items)
             taken = await _claim_in(tx, owner, limit, lease_seconds) if limit > 0 else None
@@ -605,6 +777,27 @@ async def _record_in(tx: Tx, owner: str, items: Sequence[tuple[str, Sequence[Rec
     mine = [i for i in ids if holders[i] in (None, owner)]
     await tx.settle(mine, [i for i in ids if holders[i] not in (None, owner)])
     await tx.drop_blobs(ids)
+
+
+async def _cut_off(blobs: SharedBlobs, chunk: Sequence[Envelope]) -> list[tuple[bytes, tuple[Splice, ...]]]:
+    """Each message's data with the shared blobs cut out, and where (off the loop, outside any transaction)."""
+    return await asyncio.to_thread(blobs.cut_all, [e.data for e in chunk])
+
+
+async def _put_cut(
+    tx: Tx,
+    blobs: SharedBlobs,
+    cuts: Sequence[tuple[bytes, tuple[Splice, ...]]],
+    chunk: Sequence[Envelope],
+    stored: set[str],
+) -> tuple[list[Envelope], list[tuple[Splice, ...]]]:
+    """:func:`_cut`'s second half: the blobs not stored by this enqueue yet put, the rows to insert."""
+    new = {s.digest for _, splices in cuts for s in splices} - stored
+    if new:
+        await tx.put_blobs({d: blobs.by_digest[d] for d in sorted(new)})
+        stored |= new
+    rows = [env if not splices else replace(env, data=data) for env, (data, splices) in zip(chunk, cuts, strict=True)]
+    return rows, [splices for _, splices in cuts]
 
 
 def _whole(bodies: dict[str, Body], blobs: dict[str, bytes]) -> dict[str, Body]:

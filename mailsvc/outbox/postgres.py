@@ -354,8 +354,14 @@ class _PgTx(Tx):
         splices: Sequence[Sequence[Splice]] = (),
         labels: Sequence[Labels] = (),
         streams: Sequence[str | None] = (),
+        stage: int | None = None,
     ) -> None:
-        """All rows in set-based statements (fast for a 10,000-message batch)."""
+        """All rows in set-based statements (fast for a 10,000-message batch).
+
+        No stages here: a bulk is one transaction (``step_messages`` 0), which PostgreSQL's row locks allow.
+        """
+        if stage is not None:
+            raise NotImplementedError("the PostgreSQL outbox stores a bulk in one transaction, never in stages")
         labs = list(labels) if labels else [NO_LABELS] * len(ids)
         await self.conn.execute(
             f"""

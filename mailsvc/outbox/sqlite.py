@@ -62,8 +62,15 @@ from .suppressions import ALL_STREAMS
 __all__ = ["SqliteOutbox", "SqliteStore", "upgrade_schema"]
 
 _GROUP_MAX = 100  # enqueues of more messages than this take a transaction of their own
-# Undelivered = not final = has a due time; the partial index answers this without a table scan.
-_COUNT_PENDING = "SELECT count(*) FROM messages WHERE due_at IS NOT NULL"
+_STEP_MESSAGES = 125  # a bulk is stored in steps of at most this many messages, each its own transaction (issue 18)
+# Undelivered = not final = has a due time (the partial index answers without a table scan), or sealed in a
+# stage and not activated yet (a stage's own count).
+_COUNT_PENDING = (
+    "SELECT (SELECT count(*) FROM messages WHERE due_at IS NOT NULL)"
+    " + (SELECT coalesce(sum(waiting), 0) FROM stages WHERE sealed)"
+)
+# A message is seen (status, listing, batch) unless its stage is still open; a sealed stage's are queued.
+_SEEN = "(stage IS NULL OR stage IN (SELECT id FROM stages WHERE sealed))"
 _PENDING = sql_list(PENDING)
 _FINAL = sql_list(FINAL)
 _CANCELLABLE = sql_list(CANCELLABLE)
@@ -298,7 +305,15 @@ class _SqliteTx(Tx):
             f"SELECT min(due_at) FROM messages WHERE due_at IS NOT NULL AND due_at <= ?{mine}", (self.now, *who)
         )
         wait = self.now - oldest[0] if oldest and oldest[0] is not None else 0.0
-        return QueueStats({str(state): int(n) for state, n in rows}, max(wait, 0.0))
+        counts = {str(state): int(n) for state, n in rows}
+        staged = await self._one(
+            f"SELECT count(*) FROM messages WHERE stage IN (SELECT id FROM stages WHERE sealed) AND due_at IS NULL"
+            f" AND state NOT IN {sql_list(FINAL_MESSAGE)}{mine}",
+            who,
+        )
+        if staged and staged[0]:  # sealed, not activated yet: queued (or scheduled: counted as queued)
+            counts[MessageState.QUEUED] = counts.get(MessageState.QUEUED, 0) + int(staged[0])
+        return QueueStats(counts, max(wait, 0.0))
 
     async def count_suppressed(self, ids: Sequence[str]) -> int:
         total = 0
@@ -337,8 +352,12 @@ class _SqliteTx(Tx):
         splices: Sequence[Sequence[Splice]] = (),
         labels: Sequence[Labels] = (),
         streams: Sequence[str | None] = (),
+        stage: int | None = None,
     ) -> None:
-        """Rows numbered on from the highest ``pk``, so recipients and splices need no lookup of their message's."""
+        """Rows numbered on from the highest ``pk``, so recipients and splices need no lookup of their message's.
+
+        A staged row has no due time until :meth:`activate_stage` gives it the one it would have had.
+        """
         if self._next_pk is None:
             row = await self._one("SELECT coalesce(max(pk), 0) FROM messages")
             self._next_pk = (int(row[0]) if row else 0) + 1
@@ -347,13 +366,14 @@ class _SqliteTx(Tx):
         stored = [_stored_labels(labels[i] if labels else NO_LABELS, now) for i in range(len(envelopes))]
         await self.db.executemany(
             "INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
-            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent, relay_route)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent, relay_route,"
+            " stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now, stored[i].due, env.sender)
+                (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now)
+                + (stored[i].due if stage is None else None, env.sender)
                 + (env.data, _json_list(env.mail_options), _json_list(env.rcpt_options), stored[i].state)
                 + (stored[i].send_at, stored[i].tags, stored[i].metadata, streams[i] if streams else None)
-                + ((labels[i].traceparent if labels else None), stored[i].route)
+                + ((labels[i].traceparent if labels else None), stored[i].route, stage)
                 for i, env in enumerate(envelopes)
             ],
         )
@@ -382,6 +402,96 @@ class _SqliteTx(Tx):
 
     async def notify(self) -> None:
         self.woken = True  # the store wakes in-process workers after the commit
+
+    # -- a bulk stored in steps
+    async def open_stage(self, batch_id: str) -> int:
+        row = await self._one(
+            "INSERT INTO stages (batch_id, touched_at) VALUES (?, ?) RETURNING id", (batch_id, self.now)
+        )
+        return int(row[0])
+
+    async def touch_stage(self, stage: int) -> bool:
+        rows = await self._all(
+            "UPDATE stages SET touched_at = ? WHERE id = ? AND sealed = 0 RETURNING id", (self.now, stage)
+        )
+        return bool(rows)
+
+    async def seal_stage(self, stage: int, count: int) -> bool:
+        rows = await self._all(
+            "UPDATE stages SET sealed = 1, waiting = ?, touched_at = ? WHERE id = ? AND sealed = 0 RETURNING id",
+            (count, self.now, stage),
+        )
+        return bool(rows)
+
+    async def drop_stage(self, stage: int) -> bool:
+        sealed = await self._one("SELECT sealed FROM stages WHERE id = ?", (stage,))
+        if sealed is not None and sealed[0]:
+            return False
+        await self.db.execute("DELETE FROM stages WHERE id = ?", (stage,))
+        return True
+
+    async def _staged(self, stage: int, limit: int) -> list[int]:
+        return [
+            r[0] for r in await self._all("SELECT pk FROM messages WHERE stage = ? ORDER BY pk LIMIT ?", (stage, limit))
+        ]
+
+    async def activate_stage(self, stage: int, limit: int) -> int:
+        """Due as :meth:`insert` would have made them (now: their ``created_at``; or ``send_at``), unless final;
+        each recipient's first event (``queued``/``scheduled``), then its state's if a suppression changed it."""
+        pks = await self._staged(stage, limit)
+        if pks:
+            where = f"r.msg IN ({_marks(pks)})"
+            scheduled, queued = RecipientState.SCHEDULED, RecipientState.QUEUED
+            first = f"CASE WHEN m.send_at > m.created_at THEN '{scheduled}' ELSE '{queued}' END"
+            for kind, extra in ((first, ""), ("r.state", f" AND r.state NOT IN {_UNSENT}")):
+                await self.db.execute(
+                    "INSERT INTO events (message, msg, tenant, address, type, code, reply, attempt, at)"
+                    f" SELECT m.id, m.pk, m.tenant, r.address, {kind}, r.last_code, r.last_reply, r.attempts, ?"
+                    f" FROM recipients r JOIN messages m ON m.pk = r.msg WHERE {where}{extra}"
+                    " ORDER BY r.msg, r.position",
+                    (self.now, *pks),
+                )
+            await self.db.execute(
+                f"UPDATE messages SET stage = NULL, due_at = CASE WHEN state IN {sql_list(FINAL_MESSAGE)} THEN NULL"
+                f" WHEN send_at > created_at THEN send_at ELSE created_at END WHERE pk IN ({_marks(pks)})",
+                pks,
+            )
+            self.woken = True
+        if len(pks) < limit:
+            await self.db.execute("DELETE FROM stages WHERE id = ?", (stage,))
+        else:
+            await self.db.execute("UPDATE stages SET waiting = max(waiting - ?, 0) WHERE id = ?", (len(pks), stage))
+        return len(pks)
+
+    async def discard_rows(self, stage: int, limit: int) -> int:
+        """Recipients and splices go with their message (ON DELETE CASCADE); a staged row has no events."""
+        pks = await self._staged(stage, limit)
+        if not pks:
+            return 0
+        digests = [
+            r[0] for r in await self._all(f"SELECT DISTINCT digest FROM splices WHERE msg IN ({_marks(pks)})", pks)
+        ]
+        await self.db.execute(f"DELETE FROM messages WHERE pk IN ({_marks(pks)})", pks)
+        for chunk in _chunks(digests):
+            await self.db.execute(
+                f"DELETE FROM blobs WHERE digest IN ({_marks(chunk)})"
+                " AND NOT EXISTS (SELECT 1 FROM splices WHERE splices.digest = blobs.digest)",
+                chunk,
+            )
+        return len(pks)
+
+    async def stages(self, stale_before: float) -> tuple[list[int], list[int]]:
+        sealed = [r[0] for r in await self._all("SELECT id FROM stages WHERE sealed ORDER BY id")]
+        dead = [
+            r[0]
+            for r in await self._all(
+                "SELECT id FROM stages WHERE NOT sealed AND touched_at < ?"
+                " UNION SELECT DISTINCT stage FROM messages WHERE stage IS NOT NULL"
+                " AND stage NOT IN (SELECT id FROM stages) ORDER BY 1",
+                (stale_before,),
+            )
+        ]
+        return sealed, dead
 
     # -- claim
     async def due_messages(self, limit: int) -> list[DueMessage]:
@@ -514,7 +624,9 @@ class _SqliteTx(Tx):
             )
         rows = await self._recipient_states(pks)
         await self.db.executemany(
-            "UPDATE messages SET state = ?, due_at = ?, lease_owner = NULL, updated_at = ? WHERE pk = ?",
+            # A staged message stays without a due time: its activation gives it one.
+            "UPDATE messages SET state = ?, due_at = CASE WHEN stage IS NULL THEN ? END, lease_owner = NULL,"
+            " updated_at = ? WHERE pk = ?",
             [(derive_state(st for st, _ in rs), _next_due(rs, self.now), self.now, pk) for pk, rs in rows.items()],
         )
 
@@ -590,7 +702,7 @@ class _SqliteTx(Tx):
     async def message(self, id: str) -> MessageRow | None:
         row = await self._one(
             "SELECT id, message_id, batch_id, state, created_at, tenant, tags, metadata, send_at FROM messages"
-            " WHERE id = ?",
+            f" WHERE id = ? AND {_SEEN}",
             (id,),
         )
         if row is None:
@@ -636,7 +748,7 @@ class _SqliteTx(Tx):
             fparams.append(query.to)
         rows = await self._all(
             "SELECT m.id, m.message_id, m.batch_id, m.state, m.created_at, m.send_at, m.tags, m.metadata"
-            f" FROM messages m WHERE m.pk IN ({window}) {''.join(' AND ' + f for f in filters)}"
+            f" FROM messages m WHERE m.pk IN ({window}) AND {_SEEN} {''.join(' AND ' + f for f in filters)}"
             " ORDER BY m.created_at DESC, m.id DESC LIMIT ?",
             (*params, scan, *fparams, limit),
         )
@@ -678,8 +790,8 @@ class _SqliteTx(Tx):
 
     async def batch(self, batch_id: str) -> BatchRow | None:
         """The counts from the (batch_id, state) index alone; the tenant from one row (a batch has one)."""
-        owner = await self._one("SELECT tenant FROM messages WHERE batch_id = ? LIMIT 1", (batch_id,))
-        if owner is None:
+        owner = await self._one(f"SELECT tenant, {_SEEN} FROM messages WHERE batch_id = ? LIMIT 1", (batch_id,))
+        if owner is None or not owner[1]:  # a batch is staged whole: one row says whether it is seen
             return None
         rows = await self._all("SELECT state, count(*) FROM messages WHERE batch_id = ? GROUP BY state", (batch_id,))
         return BatchRow(owner[0], {state: int(n) for state, n in rows})
@@ -865,7 +977,13 @@ class SqliteOutbox(OutboxCore[SqliteStore]):
     ) -> None:
         store = SqliteStore(Path(path), busy_timeout)
         self.events = SqliteEventLog(store)
-        super().__init__(store, max_pending=max_pending, idempotency_ttl=idempotency_ttl, group_max=_GROUP_MAX)
+        super().__init__(
+            store,
+            max_pending=max_pending,
+            idempotency_ttl=idempotency_ttl,
+            group_max=_GROUP_MAX,
+            step_messages=_STEP_MESSAGES,
+        )
 
     @property
     def path(self) -> Path:

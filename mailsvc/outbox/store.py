@@ -162,8 +162,12 @@ class Tx(abc.ABC):
         splices: Sequence[Sequence[Splice]] = (),
         labels: Sequence[Labels] = (),
         streams: Sequence[str | None] = (),
+        stage: int | None = None,
     ) -> None:
         """New queued messages (one id, batch id and tenant per envelope), due now.
+
+        ``stage``: the rows belong to that open stage (:meth:`open_stage`): invisible and never due
+        until it is sealed and they are activated. Only stores that store in steps take one.
 
         ``streams``: per envelope, the stream it is mailed on (empty: none for any).
 
@@ -184,6 +188,36 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def notify(self) -> None:
         """Wake waiting workers once this transaction commits."""
+
+    # -- a bulk stored in steps (stores whose outbox has ``step_messages`` > 0; the others keep one transaction)
+    async def open_stage(self, batch_id: str) -> int:
+        """A new, unsealed stage for a batch about to be stored in steps; its id (never reused)."""
+        raise NotImplementedError
+
+    async def touch_stage(self, stage: int) -> bool:
+        """Note a step of the stage's owner; False when the stage is gone or sealed (the store is given up)."""
+        raise NotImplementedError
+
+    async def seal_stage(self, stage: int, count: int) -> bool:
+        """Make the stage's ``count`` messages visible and pending, at this commit; False when it is gone."""
+        raise NotImplementedError
+
+    async def drop_stage(self, stage: int) -> bool:
+        """Forget an unsealed stage (its rows stay invisible until :meth:`discard_rows`); False when sealed."""
+        raise NotImplementedError
+
+    async def activate_stage(self, stage: int, limit: int) -> int:
+        """Make up to ``limit`` of a sealed stage's messages due and evented; how many (fewer: it is done)."""
+        raise NotImplementedError
+
+    async def discard_rows(self, stage: int, limit: int) -> int:
+        """Delete up to ``limit`` of a dropped stage's messages (and blobs only they used); how many."""
+        raise NotImplementedError
+
+    async def stages(self, stale_before: float) -> tuple[list[int], list[int]]:
+        """Sealed stages still activating, and stages to discard: unsealed and untouched since
+        ``stale_before`` (epoch seconds), or dropped with rows left."""
+        raise NotImplementedError
 
     # -- claim
     @abc.abstractmethod

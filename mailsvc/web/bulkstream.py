@@ -7,11 +7,12 @@ the json module's own scanner, one element at a time. The first walk validates
 every entry (so a bad address is a 422 before anything is rendered or locked),
 counts them and hashes them for the idempotency fingerprint; the second renders
 and MIME-builds a chunk at a time, off the event loop, feeding
-:meth:`Outbox.enqueue_stream`, which stores every chunk in one transaction. So a
-batch is still accepted whole or not at all, and the 202 still comes after
-the commit. The JSON walking is :mod:`mailsvc.web.jsonscan`; rendering and
-building one message is the caller's ``build_one`` (``compose.BulkBuilder``),
-so this module imports neither the renderer nor the message build.
+:meth:`Outbox.enqueue_stream`, which stores every chunk in one transaction (on
+SQLite: in steps into a stage one last transaction seals). So a batch is still
+accepted whole or not at all, and the 202 still comes after the commit. The
+JSON walking is :mod:`mailsvc.web.jsonscan`; rendering and building one
+message is the caller's ``build_one`` (``compose.BulkBuilder``), so this module
+imports neither the renderer nor the message build.
 """
 
 from __future__ import annotations

@@ -395,7 +395,7 @@ async def enqueue_bulk(
     principal: Principal,
     idempotency_key: str | None,
 ) -> EnqueueResult:
-    """Render, build and commit a bulk request a chunk at a time, in one transaction (all or none)."""
+    """Render, build and commit a bulk request a chunk at a time, all or none (one transaction, or a sealed stage)."""
     scoped = _scoped(principal, idempotency_key)
     head = request.head
     labels = labels_of(head, web.schedule_horizon)
