@@ -37,6 +37,36 @@ class StreamHandler(RecordingHandler):
     bye_on: set[str] = field(default_factory=set)  # 421 and hang up on this recipient's content
     stall_on: set[str] = field(default_factory=set)  # no reply to this recipient's content for 3 s
     crossed: int = 0  # final dots read with the next MAIL FROM already waiting in the server's input
+    rcpt_bye: set[str] = field(default_factory=set)  # 421 and hang up on this recipient's RCPT
+    rset_drop: bool = False  # hang up (no reply) on RSET
+    per_connection: int | None = None  # 421 and hang up on MAIL beyond this many per connection
+    mails: dict[int, int] = field(default_factory=dict)  # MAIL commands per session, for per_connection
+
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: ServerEnvelope, address: str, mail_options: list[str]
+    ) -> str:
+        n = self.mails[id(session)] = self.mails.get(id(session), 0) + 1
+        if self.per_connection is not None and n > self.per_connection:
+            await server.push("421 4.7.0 too many messages on this connection")
+            server.transport.close()
+            return "250 never seen"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: ServerEnvelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address in self.rcpt_bye:
+            await server.push("421 4.3.2 shutting down")
+            server.transport.close()
+            return "250 never seen"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_RSET(self, server: Any, session: Session, envelope: ServerEnvelope) -> str:
+        if self.rset_drop:
+            server.transport.close()
+        return "250 OK"
 
     async def handle_EHLO(
         self, server: Any, session: Session, envelope: ServerEnvelope, hostname: str, responses: list[str]
@@ -157,6 +187,76 @@ async def test_a_connection_closing_mid_pipeline_fails_only_the_message_it_close
     assert piped_conns == plain_conns == 2
 
 
+async def test_a_hang_up_on_rset_fails_no_message_the_next_goes_on_a_new_connection() -> None:
+    """Message 2 is refused, the server hangs up on the RSET in front of message 3's commands.
+
+    Lock-step sending gets message 2's refusal, finds the connection gone and sends 3
+    on a new one; so must the stream, although 3's MAIL was in flight when it broke.
+    """
+    special = {2: ["gone@example.com"]}
+    kw: dict[str, Any] = {"refuse": {"gone@example.com": "550 5.1.1 gone"}, "rset_drop": True}
+    piped_h, plain_h = StreamHandler(**kw), StreamHandler(**kw)
+    piped, piped_conns = await _send_many(piped_h, _batch(6, special), enabled=True)
+    plain, plain_conns = await _send_many(plain_h, _batch(6, special), enabled=False)
+    assert _statuses(piped) == _statuses(plain)
+    assert _statuses(piped)[2] == [("gone@example.com", "refused", 550)]
+    assert all(piped[i].ok for i in (0, 1, 3, 4, 5))
+    assert [r.message["Subject"] for r in piped_h.received] == [f"message {i}" for i in (0, 1, 3, 4, 5)]
+    assert piped_conns == plain_conns == 2
+
+
+async def test_a_per_connection_message_limit_sends_the_rest_on_new_connections() -> None:
+    """The relay answers 421 and hangs up at the 4th MAIL of a connection: the result is lock-step's."""
+    piped_h, plain_h = StreamHandler(per_connection=3), StreamHandler(per_connection=3)
+    piped, piped_conns = await _send_many(piped_h, _batch(10), enabled=True)
+    plain, plain_conns = await _send_many(plain_h, _batch(10), enabled=False)
+    assert _statuses(piped) == _statuses(plain)
+    assert [r.message["Subject"] for r in piped_h.received] == [r.message["Subject"] for r in plain_h.received]
+    assert piped_conns == plain_conns
+
+
+@pytest.mark.parametrize(
+    "rcpts",
+    [["x@example.com"], ["ok@example.com", "x@example.com"], ["x@example.com", "ok@example.com"]],
+    ids=["only", "last", "first"],
+)
+async def test_a_421_to_rcpt_gives_the_lock_step_result_and_the_next_message_goes_on(rcpts: list[str]) -> None:
+    """421 and a hang-up at one RCPT of message 2: its result is lock-step's (aiosmtplib reads nothing after
+    a 421), and message 3, whose commands were not yet answered, goes on a new connection."""
+    special = {2: rcpts}
+    piped_h, plain_h = StreamHandler(rcpt_bye={"x@example.com"}), StreamHandler(rcpt_bye={"x@example.com"})
+    piped, piped_conns = await _send_many(piped_h, _batch(6, special), enabled=True)
+    plain, plain_conns = await _send_many(plain_h, _batch(6, special), enabled=False)
+    assert _statuses(piped) == _statuses(plain)
+    if rcpts == ["x@example.com"]:
+        assert _statuses(piped)[2] == [("x@example.com", "refused", 421)]
+    else:
+        assert {s for _, s, _ in _statuses(piped)[2]} == {"failed"}  # its next command found the connection closed
+    assert all(piped[i].ok for i in (0, 1, 3, 4, 5))
+    assert [r.message["Subject"] for r in piped_h.received] == [f"message {i}" for i in (0, 1, 3, 4, 5)]
+    assert piped_conns == plain_conns == 2
+
+
+class _Unencodable(str):
+    """An ESMTP option that passes the message's checks but fails to encode (not a ValueError)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        raise LookupError(f"no codec for {encoding}")
+
+
+async def test_commands_that_fail_to_build_fail_that_message_alone() -> None:
+    msgs = _batch(5)
+    msgs[2].mail_options = [_Unencodable("BODY=8BITMIME")]
+    piped_h, plain_h = StreamHandler(), StreamHandler()
+    piped, piped_conns = await _send_many(piped_h, msgs, enabled=True)
+    plain, _ = await _send_many(plain_h, msgs, enabled=False)
+    assert _statuses(piped) == _statuses(plain)
+    assert _statuses(piped)[2] == [("m2@example.com", "failed", None)]
+    assert "no codec" in piped[2].recipients[0].reply
+    assert [r.message["Subject"] for r in piped_h.received] == [f"message {i}" for i in (0, 1, 3, 4)]
+    assert piped_conns == 1  # nothing of it was written, so the connection stayed in step
+
+
 async def test_a_stalled_reply_fails_that_message_by_the_deadline_and_the_rest_go_on() -> None:
     handler = StreamHandler(stall_on={"x@example.com"})
     results, connections = await _send_many(handler, _batch(5, {2: ["x@example.com"]}), enabled=True, timeout=1)
@@ -224,7 +324,19 @@ async def test_smtp_sink_volume_every_message_once(tmp_path: Path) -> None:
 @needs_sink
 @pytest.mark.parametrize(
     "args",
-    [("-p",), ("-r", "RCPT"), ("-f", "MAIL"), ("-f", "DATA"), ("-f", "."), ("-r", "."), ("-Q", "."), ("-q", ".")],
+    [
+        ("-p",),
+        ("-r", "RCPT"),
+        ("-f", "MAIL"),
+        ("-f", "DATA"),
+        ("-f", "."),
+        ("-r", "."),
+        ("-Q", "."),
+        ("-q", "."),
+        ("-q", "MAIL"),  # every connection lost at MAIL: each message given back once, then failed
+        ("-Q", "MAIL"),
+        ("-Q", "RCPT"),
+    ],
     ids=" ".join,
 )
 async def test_smtp_sink_faults_give_the_lock_step_results(tmp_path: Path, args: tuple[str, ...]) -> None:

@@ -37,6 +37,7 @@ class SendQueue:
         self.envelopes = envelopes
         self.results: list[SendResult | None] = [None] * len(envelopes)
         self._todo = collections.deque(range(len(envelopes)))
+        self._retried: set[int] = set()
 
     def take(self) -> int | None:
         """The position of the next envelope to send, or None when there is none left."""
@@ -45,6 +46,18 @@ class SendQueue:
     def give_back(self, i: int) -> None:
         """``i`` was taken but not sent (no content reached the server): it is next again."""
         self._todo.appendleft(i)
+
+    def retry(self, i: int) -> bool:
+        """Give back ``i``, whose content was not sent when its connection failed; False if it already was once.
+
+        Why once: the failure may be the message's own doing (a server that hangs up on
+        its MAIL); a second connection lost the same way fails it rather than looping.
+        """
+        if i in self._retried:
+            return False
+        self._retried.add(i)
+        self.give_back(i)
+        return True
 
     def fail(self, i: int, exc: DeliveryError) -> None:
         """Envelope ``i`` failed with its connection: every recipient gets the reason."""

@@ -52,7 +52,16 @@ from aiosmtplib.protocol import (
     normalize_message_line_endings,
 )
 
-__all__ = ["PIPELINING_ENABLED", "ReplyReader", "Replies", "commands", "offered", "outcome", "sendmail"]
+__all__ = [
+    "PIPELINING_ENABLED",
+    "ReplyReader",
+    "Replies",
+    "closed_outcome",
+    "commands",
+    "offered",
+    "outcome",
+    "sendmail",
+]
 
 # Kill switch for a relay that advertises PIPELINING but mishandles it (and for the
 # benchmark's before/after). True: pipeline whenever the server offers it.
@@ -190,6 +199,25 @@ def outcome(
         return error
     assert replies.final is not None  # no error: DATA got its 354 and the content its 250
     return {e.recipient: SMTPResponse(e.code, e.message) for e in refused}, replies.final.message
+
+
+def closed_outcome(
+    mail: SMTPResponse, rcpts: Sequence[SMTPResponse], sender: str, recipients: Sequence[str]
+) -> SMTPException:
+    """What ``SMTP.sendmail`` raises when MAIL or the last of ``rcpts`` was answered 421 (the server is closing).
+
+    aiosmtplib closes the connection on a 421 reply, so lock-step sending asks nothing
+    more: a refused MAIL is the sender's refusal, a 421 to the last RCPT with every
+    recipient refused is that refusal, and otherwise its next command finds the
+    connection closed (``SMTPServerDisconnected``, a connection failure for this message).
+    """
+    if mail.code != _OK:
+        return SMTPSenderRefused(mail.code, mail.message, sender)
+    if len(rcpts) == len(recipients) and all(r.code not in (_OK, _WILL_FORWARD) for r in rcpts):
+        return SMTPRecipientsRefused(
+            [SMTPRecipientRefused(r.code, r.message, rcpt) for rcpt, r in zip(recipients, rcpts, strict=True)]
+        )
+    return SMTPServerDisconnected("Server not connected")
 
 
 def commands(

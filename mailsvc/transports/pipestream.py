@@ -10,15 +10,17 @@ wake-up and one round trip per message.
 In flight at any time: at most one message's content awaiting its final reply and
 the next message's commands, never that message's content (RFC 2920: the client
 waits for DATA's 354 first). That bounds memory, and it says what a failure costs:
-when the connection fails, the oldest message in flight is the one that failed (as
-the lock-step exchange would have failed it); a message behind it had only its
-commands on the wire, so the server cannot have taken it, and the caller may send
-it again on another connection (:attr:`Stream.in_flight`).
+when the connection fails awaiting a content's final reply, that message failed (as
+the lock-step exchange would have failed it, :attr:`Stream.written`); any other
+message in flight had only its commands on the wire, so the server cannot have
+taken it, and the caller may send it again on another connection (:attr:`Stream.in_flight`).
 
 The outcome of each message is ``pipelining.sendmail``'s, return value or
 exception, from the same replies through the same ``pipelining.outcome``: a refusal
 of message k is k's alone. A 421 (the server is closing) ends the stream after that
-message's outcome, and the connection is closed as aiosmtplib closes it. A
+message's outcome, and the connection is closed as aiosmtplib closes it; a 421 to
+MAIL or RCPT ends that message's reading there too, as aiosmtplib asks nothing after
+it (``pipelining.closed_outcome``), so a server that hangs up after it costs no more. A
 transaction that got no 354 is followed by RSET, as ``sendmail`` does, in front of
 the next MAIL; a refused content needs none, the final dot ended that transaction
 (RFC 5321 §4.1.1.4).
@@ -35,9 +37,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
-from aiosmtplib import SMTPNotSupported, SMTPResponse, SMTPServerDisconnected
+from aiosmtplib import SMTPResponse, SMTPServerDisconnected
 
-from .pipelining import Replies, ReplyReader, commands, outcome
+from .pipelining import Replies, ReplyReader, closed_outcome, commands, outcome
 
 __all__ = ["Outcome", "Report", "Stream", "Take", "Transaction"]
 
@@ -48,8 +50,9 @@ _DOMAIN_UNAVAILABLE = 421
 _RSET = b"RSET\r\n"
 _EMPTY_CONTENT = b".\r\n"
 
-# What ``pipelining.sendmail`` returns for one message, or the exception it would raise; a ``ValueError`` or
-# ``SMTPNotSupported`` is one raised while building the commands, before anything of the message was written.
+# What ``pipelining.sendmail`` returns for one message, or the exception it would raise; one not from the
+# server's replies (``ValueError``, ``SMTPNotSupported``, any other) was raised while building the commands,
+# before anything of the message was written, or is ``SMTPServerDisconnected`` after a 421 (closed_outcome).
 Outcome = tuple[dict[str, SMTPResponse], str] | Exception
 
 
@@ -75,18 +78,20 @@ class Stream:
     ``run(take, report, timeout)`` sends what ``take()`` gives until it gives None
     (or the server says 421) and calls ``report(tx, outcome)`` once per transaction,
     in order. If ``run`` raises (connection lost, deadline, a malformed reply), the
-    transactions still in :attr:`in_flight` got no outcome: the first is the one the
-    failure belongs to, any other never had its content sent. After a 421 ``run``
+    transactions still in :attr:`in_flight` got no outcome: the failure belongs to the
+    first if it is :attr:`written`, else none of them had its content sent. After a 421 ``run``
     returns with the connection closed and the transaction behind it in :attr:`in_flight`.
     """
 
     def __init__(self, smtp: aiosmtplib.SMTP) -> None:
         self._smtp = smtp
         self.in_flight: list[Transaction] = []  # oldest first; at most two
+        # in_flight[0] from the write that carried its content until its final reply: a failure then is its own.
+        # Before that write, a failure cannot have delivered it (the caller may send it again).
+        self.written: Transaction | None = None
         self._tail = b""  # goes in front of the next commands: the last content (or a bare dot), or RSET
-        self._final_due: tuple[Transaction, Replies] | None = None  # its content is written: its 250 is due
-        self._rset_due = False
-        self._closing = False  # a 421 in the middle of a transaction: finish it, take nothing more
+        self._final_due: tuple[Transaction, Replies] | None = None  # its content is in _tail or written
+        self._discard_due = False  # a reply to RSET or to a bare dot is due: read, and ignored unless 421
 
     async def run(self, take: Take, report: Report, timeout: float) -> None:
         protocol = self._smtp.protocol
@@ -115,40 +120,53 @@ class Stream:
         Returns (that transaction or None, its content), or None when nothing was due and nothing is left.
         """
         tail, self._tail = self._tail, b""
-        if (nxt := None if self._closing else self._next(take, report)) is not None:
-            tx, group, content = nxt
-            self.in_flight.append(tx)
-            protocol.write(tail + group if tail else group)
-            return tx, content
-        if tail:
+        nxt = self._next(take, report)
+        if nxt is not None:
+            self.in_flight.append(nxt[0])
+            protocol.write(tail + nxt[1] if tail else nxt[1])
+        elif tail:
             protocol.write(tail)
-            return None, b""
-        return None
+        else:
+            return None
+        if self._final_due is not None:
+            self.written = self._final_due[0]  # its content was in this write
+        return (nxt[0], nxt[2]) if nxt is not None else (None, b"")
 
     async def _read(self, replies: ReplyReader, tx: Transaction | None, content: bytes, report: Report) -> bool:
         """Read the answers to one write, oldest first; False when the server is closing the connection."""
         if self._final_due is not None:
             done, sent = self._final_due
-            self._final_due = None
-            if self._finish(done, Replies(sent.mail, sent.rcpts, sent.data, await replies.next()), report):
+            final = await replies.next()
+            self._final_due = self.written = None
+            if self._finish(done, Replies(sent.mail, sent.rcpts, sent.data, final), report):
                 return False
-        if self._rset_due:
-            self._rset_due = False
+        if self._discard_due:
+            self._discard_due = False
             if (await replies.next()).code == _DOMAIN_UNAVAILABLE:
                 return False
         if tx is None:
             return True
         mail = await replies.next()
-        rcpts = [await replies.next() for _ in tx.recipients]
+        rcpts: list[SMTPResponse] = []
+        while mail.code != _DOMAIN_UNAVAILABLE and len(rcpts) < len(tx.recipients):
+            rcpts.append(reply := await replies.next())
+            if reply.code == _DOMAIN_UNAVAILABLE:
+                break
+        if mail.code == _DOMAIN_UNAVAILABLE or (rcpts and rcpts[-1].code == _DOMAIN_UNAVAILABLE):
+            # aiosmtplib closes on a 421 and reads nothing more: report what lock-step sending makes of it.
+            self._report(tx, closed_outcome(mail, rcpts, tx.sender, tx.recipients), report)
+            return False
         sent = Replies(mail, rcpts, await replies.next(), None)
-        if sent.data.code == _START_INPUT:
-            accepted = mail.code == _OK and any(r.code in (_OK, _WILL_FORWARD) for r in rcpts)
-            # RFC 2920: with DATA accepted but nobody to deliver to, end the content at once.
-            self._tail = content if accepted else _EMPTY_CONTENT
+        if sent.data.code != _START_INPUT:
+            self._tail, self._discard_due = _RSET, True  # as sendmail resets after a refused transaction
+            return not self._finish(tx, sent, report)
+        if mail.code == _OK and any(r.code in (_OK, _WILL_FORWARD) for r in rcpts):
+            self._tail = content
             self._final_due = (tx, sent)
-            self._closing = sent.closing
             return True
-        self._tail, self._rset_due = _RSET, True  # as sendmail resets after a refused transaction
+        # RFC 2920: DATA accepted but nobody to deliver to: end the content at once. The outcome (a refusal)
+        # is known without the dot's reply, so it is reported now, as lock-step sending (no DATA) reports it.
+        self._tail, self._discard_due = _EMPTY_CONTENT, True
         return not self._finish(tx, sent, report)
 
     def _next(self, take: Take, report: Report) -> tuple[Transaction, bytes, bytes] | None:
@@ -158,7 +176,7 @@ class Stream:
                 group, content = commands(
                     self._smtp, tx.sender, tx.recipients, tx.message, tx.mail_options, tx.rcpt_options
                 )
-            except (SMTPNotSupported, ValueError) as exc:  # nothing of it was written: the stream goes on
+            except Exception as exc:  # nothing of it was written: it alone fails, and the stream goes on
                 report(tx, exc)
                 continue
             return tx, group, content
@@ -166,7 +184,10 @@ class Stream:
 
     def _finish(self, tx: Transaction, replies: Replies, report: Report) -> bool:
         """Report ``tx``'s outcome; True if the server is closing (421)."""
+        self._report(tx, outcome(replies, tx.sender, tx.recipients), report)
+        return replies.closing
+
+    def _report(self, tx: Transaction, answer: Outcome, report: Report) -> None:
         assert self.in_flight[0] is tx  # outcomes come in the order the transactions were written
         del self.in_flight[0]
-        report(tx, outcome(replies, tx.sender, tx.recipients))
-        return replies.closing
+        report(tx, answer)

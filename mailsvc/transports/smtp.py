@@ -309,8 +309,9 @@ class SMTPTransport(Transport):
         """Messages back to back on this connection (pipestream) when it offers PIPELINING, else one at a time.
 
         Per message the result is :meth:`send`'s. When the connection fails, the
-        message it failed on gets a failed result (as :meth:`send` would raise for it)
-        and the one behind it, whose content was never sent, goes back to ``queue``.
+        message whose final reply it was awaiting gets a failed result (as :meth:`send`
+        would raise for it) and a message whose content was never sent goes back to
+        ``queue`` (the oldest of them at most once: :meth:`_failed`).
         """
         if self._smtp is None or not self._smtp.is_connected:
             try:
@@ -341,33 +342,43 @@ class SMTPTransport(Transport):
             return Transaction(i, e.sender, e.recipients, e.data, e.mail_options, e.rcpt_options)
 
         def report(tx: Transaction, answer: Outcome) -> None:
-            envelope = queue.envelopes[tx.key]
-            if isinstance(answer, ValueError):  # refused before a byte was written: send() would raise it
+            if isinstance(answer, Exception) and not isinstance(answer, _ANSWERED):
+                # Its commands could not be built, or the server closed (421) in a way send() raises for.
                 queue.fail(tx.key, self._translate(answer, "send"))
             else:
-                queue.results[tx.key] = self._answered(envelope, answer)[0]
+                queue.results[tx.key] = self._answered(queue.envelopes[tx.key], answer)[0]
 
         try:
             await stream.run(take, report, self.config.timeout)
         except BaseException as exc:
             unanswered = ([] if pending is None else [pending]) + [tx.key for tx in stream.in_flight]
-            raise await self._failed(exc, queue, unanswered) from exc
+            raise await self._failed(exc, queue, unanswered, written=stream.written is not None) from exc
         for tx in reversed(stream.in_flight):  # stopped by a 421: the server never got their content
             queue.give_back(tx.key)
         if not smtp.is_connected:
             await self.close()
 
-    async def _failed(self, exc: BaseException, queue: SendQueue, unanswered: list[int]) -> DeliveryError:
-        """The connection failed: drop it; the first unanswered message failed, the others go back to ``queue``."""
+    async def _failed(
+        self, exc: BaseException, queue: SendQueue, unanswered: list[int], *, written: bool = True
+    ) -> DeliveryError:
+        """The connection failed: drop it; the first unanswered message failed, the others go back to ``queue``.
+
+        The first fails only if ``written`` (its content reached the wire, as in lock-step
+        sending when the connection fails awaiting its final reply). If not, the server
+        cannot have taken it and lock-step sending would often have found the broken
+        connection before it (a hang-up on RSET): it goes back too, once; a message
+        that breaks the connection again fails then, so it cannot loop forever.
+        """
         cancelled = isinstance(exc, asyncio.CancelledError)
         await self._abort(wait=not cancelled)  # mid-transaction the protocol state is unknown: no QUIT
         if cancelled:
             raise exc
         error = self._translate(exc, "send")
         if unanswered:
-            queue.fail(unanswered[0], error)
             for i in reversed(unanswered[1:]):
                 queue.give_back(i)
+            if written or not queue.retry(unanswered[0]):
+                queue.fail(unanswered[0], error)
         return error
 
     def _translate(self, exc: BaseException, stage: str) -> DeliveryError:
