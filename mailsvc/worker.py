@@ -503,7 +503,7 @@ class Worker:
             await self._records_ready.wait()
             self._records_ready.clear()
             done = self.stopping and not self._inflight
-            await self._flush()
+            failed = not await self._flush()
             if done and (not self._records or final_tries <= 0):
                 if self._records:
                     log.error(
@@ -512,9 +512,11 @@ class Worker:
                     )
                     self._forget([id_ for id_, _ in self._records])
                 return
-            if self._records:  # the flush failed; try again shortly
+            if failed:  # try again shortly (records that came in meanwhile are flushed at once, not after a pause)
                 final_tries -= done
                 await asyncio.sleep(self.poll_interval)
+                self._records_ready.set()
+            elif self._records:
                 self._records_ready.set()
 
     def _log_outcomes(self) -> None:
@@ -548,8 +550,10 @@ class Worker:
                 },
             )
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Record what is waiting and release what was given back; False when some outcome is kept for a retry."""
         self._log_outcomes()
+        ok = True
         items, self._records = self._records, []
         if items:
             try:
@@ -575,12 +579,14 @@ class Worker:
                         log.warning("message %s is no longer in the outbox; outcome dropped", item[0])
                     except OutboxError:
                         self._records.append(item)
+                        ok = False
             except Exception as exc:  # OutboxError, or a bug: keep them and retry rather than drop them
                 if isinstance(exc, OutboxError):
                     log.error("could not record %d outcomes, will retry: %s", len(items), exc)
                 else:
                     log.exception("unexpected error recording %d outcomes, will retry", len(items))
                 self._records = items + self._records
+                ok = False
         ids, self._to_release = self._to_release, []
         if ids:
             try:
@@ -590,6 +596,7 @@ class Worker:
             except OutboxError as exc:
                 self._forget(ids)  # stop renewing them, so that their leases do expire
                 log.error("could not release %d messages (their leases will expire): %s", len(ids), exc)
+        return ok
 
     def _count(self, items: Iterable[tuple[str, list[RecipientOutcome]]]) -> None:
         """Outcomes into the metrics once committed (a failed record is retried, and must not count twice)."""
