@@ -258,19 +258,10 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 end = written + len(chunk)
                 if end > count:
                     check_count(count, end)
-                n = len(chunk)
                 rows, splices = (chunk, []) if blobs is None else await _cut(tx, blobs, chunk, stored)
-                ids = result.ids[written:end]
-                await tx.insert(
-                    ids, [result.batch_id] * n, [request.tenant] * n, rows, splices, [labels] * n, [suppress_stream] * n
+                suppressed += await _store_rows(
+                    tx, result, request.tenant, written, chunk, rows, splices, labels, suppress_stream, suppressing
                 )
-                if suppressing:
-                    hits = await _suppress(
-                        tx, [(i, scope, suppress_stream, env.recipients) for i, env in zip(ids, chunk, strict=True)]
-                    )
-                    if hits:
-                        await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
-                        suppressed += sum(len(a) for a in hits.values())
                 written = end
             check_count(count, written)
             await tx.notify()
@@ -301,9 +292,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 found = await tx.find_key(request.key, self.idempotency_ttl)
                 if found is not None:
                     return _replay(request, found)
-            pending = await tx.count_pending()
-            if pending + request.count > self.max_pending:
-                raise OutboxFullError(pending, self.max_pending)
+            self._room(await tx.count_pending(), request.count)
             result = EnqueueResult(ids=ids, batch_id=uuid.uuid4().hex if request.batch else None)
             stage = await tx.open_stage(result.batch_id or "")
             # Looked up once: an entry committed after this step is the claim's to catch.
@@ -328,26 +317,16 @@ class OutboxCore(Outbox, Generic[StoreT]):
                         splices: Sequence[Sequence[Splice]] = []
                         if blobs is not None and cut is not None:
                             rows, splices = await _put_cut(tx, blobs, cut, step, stored)
-                        n = len(step)
-                        await tx.insert(
-                            ids, [result.batch_id] * n, [request.tenant] * n, rows, splices, [labels] * n,
-                            [suppress_stream] * n, stage=stage,
+                        suppressed += await _store_rows(
+                            tx, result, request.tenant, written, step, rows, splices, labels, suppress_stream,
+                            suppressing, stage,
                         )  # fmt: skip
-                        if suppressing:
-                            hits = await _suppress(
-                                tx, [(i, scope, suppress_stream, e.recipients) for i, e in zip(ids, step, strict=True)]
-                            )
-                            if hits:
-                                await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
-                                suppressed += sum(len(a) for a in hits.values())
                     written += len(step)
             check_count(request.count, written)
             async with self.store.write("seal a batch") as tx:
                 found = await tx.find_key(request.key, self.idempotency_ttl) if request.key is not None else None
                 if found is None:
-                    pending = await tx.count_pending()
-                    if pending + request.count > self.max_pending:
-                        raise OutboxFullError(pending, self.max_pending)
+                    self._room(await tx.count_pending(), request.count)
                     if request.key is not None:
                         record = KeyRecord(request.digest, result.ids, result.batch_id)
                         await tx.hold_key(request.key, record, self.idempotency_ttl)
@@ -451,6 +430,11 @@ class OutboxCore(Outbox, Generic[StoreT]):
                 await tx.notify()
         return outcomes
 
+    def _room(self, pending: int, count: int) -> None:
+        """OutboxFullError unless ``count`` more messages fit beside the ``pending`` ones (MAILSVC_MAX_PENDING)."""
+        if pending + count > self.max_pending:
+            raise OutboxFullError(pending, self.max_pending)
+
     async def _admit(self, tx: Tx, request: _Request, pending: int | None = None) -> EnqueueResult:
         """Replay a known key, refuse past the pending limit, or mint ids and hold the key.
 
@@ -461,10 +445,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             found = await tx.find_key(request.key, self.idempotency_ttl)
             if found is not None:
                 return _replay(request, found)
-        if pending is None:
-            pending = await tx.count_pending()
-        if pending + request.count > self.max_pending:
-            raise OutboxFullError(pending, self.max_pending)
+        self._room(await tx.count_pending() if pending is None else pending, request.count)
         result = EnqueueResult(ids=_new_ids(request.count), batch_id=uuid.uuid4().hex if request.batch else None)
         if request.key is not None:
             record = KeyRecord(request.digest, result.ids, result.batch_id)
@@ -717,6 +698,35 @@ async def _cut(
         stored |= new
     rows = [env if not splices else replace(env, data=data) for env, (data, splices) in zip(chunk, cuts, strict=True)]
     return rows, [splices for _, splices in cuts]
+
+
+async def _store_rows(
+    tx: Tx,
+    result: EnqueueResult,
+    tenant: str | None,
+    at: int,
+    chunk: Sequence[Envelope],
+    rows: Sequence[Envelope],
+    splices: Sequence[Sequence[Splice]],
+    labels: Labels,
+    suppress_stream: str | None,
+    suppressing: bool,
+    stage: int | None = None,
+) -> int:
+    """A chunk of a stream inserted as the messages ``result.ids[at:]`` (into ``stage``, when given),
+    its suppressed recipients settled at once; how many recipients were suppressed."""
+    n = len(chunk)
+    ids = result.ids[at : at + n]
+    await tx.insert(
+        ids, [result.batch_id] * n, [tenant] * n, rows, splices, [labels] * n, [suppress_stream] * n, stage=stage
+    )
+    if not suppressing:
+        return 0
+    scope = _scope(tenant)
+    hits = await _suppress(tx, [(i, scope, suppress_stream, e.recipients) for i, e in zip(ids, chunk, strict=True)])
+    if hits:
+        await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
+    return sum(len(a) for a in hits.values())
 
 
 async def _claim_in(
