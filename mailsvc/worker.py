@@ -124,7 +124,6 @@ class Worker:
         self._inflight: dict[asyncio.Task[None], str] = {}
         # Slots for messages that may be on the wire or are sent and not yet recorded: what a crash re-sends.
         self._slots: asyncio.Semaphore | None = None
-        self._claim_lock = asyncio.Lock()  # one claim at a time: the claim loop's, or the flusher's
         self._on_wire: set[str] = set()
         self._to_release: list[str] = []
         # Outcomes appended to _records, by message id: resolved once committed (or dropped), see _deliver.
@@ -170,24 +169,23 @@ class Worker:
                     await self._sleep_until_stop(asyncio.sleep(pause))
                     continue
                 # Claim in batches (each claim is a commit); wait while only a few slots are free.
-                # (The flusher also claims, in the transaction that records outcomes: see _flush.)
-                if self._inflight and self._claim_room(0) == 0:
-                    await self._sleep_until_stop(asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED))
+                want = self._claim_room()
+                if want == 0:
+                    if self._inflight:
+                        await self._sleep_until_stop(
+                            asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                        )
                     continue
-                async with self._claim_lock:
-                    want = self._claim_room(0)
-                    if want == 0:  # the flusher claimed meanwhile (or a pause began)
-                        continue
-                    try:
-                        if tracer() is None:
-                            claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
-                        else:
-                            claimed = await self._traced_claim(want)
-                    except OutboxError as exc:
-                        log.error("claim failed, retrying in %ss: %s", self.poll_interval, exc)
-                        await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
-                        continue
-                    self._start(claimed)
+                try:
+                    if tracer() is None:
+                        claimed = await self.outbox.claim(self.owner, want, self.lease_seconds)
+                    else:
+                        claimed = await self._traced_claim(want)
+                except OutboxError as exc:
+                    log.error("claim failed, retrying in %ss: %s", self.poll_interval, exc)
+                    await self._sleep_until_stop(asyncio.sleep(self.poll_interval))
+                    continue
+                self._start(claimed)
                 if len(claimed) < want:
                     await self._sleep_until_stop(self.outbox.wait_for_work(self.poll_interval))
         finally:
@@ -200,15 +198,15 @@ class Worker:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
 
-    def _claim_room(self, finishing: int) -> int:
-        """How many to claim now (0: not worth a commit yet), with ``finishing`` in-hand messages about to end.
+    def _claim_room(self) -> int:
+        """How many to claim now (0: not worth a commit yet, or paused, or stopping).
 
         In hand: ``concurrency`` slots plus half a claim ahead, waiting for a slot (leased, never
         sent). Not more: a message in hand is leased, and a cancel no longer stops it.
         """
         if self.stopping or self._paused() > 0:
             return 0
-        free = self.concurrency + self._ahead - (len(self._inflight) - finishing)
+        free = self.concurrency + self._ahead - len(self._inflight)
         return min(free, self.claim_batch) if free >= max(1, self._ahead) else 0
 
     def _start(self, claimed: list[ClaimedMessage]) -> None:
@@ -557,16 +555,9 @@ class Worker:
         items, self._records = self._records, []
         if items:
             try:
-                claimed: list[ClaimedMessage] = []
-                room = 0 if self._claim_lock.locked() else self._claim_room(len(items))
-                if room:  # refill the slots these records free, in the same commit (Outbox.record_and_claim)
-                    async with self._claim_lock:
-                        claimed = await self.outbox.record_and_claim(self.owner, items, room, self.lease_seconds)
-                else:
-                    await self.outbox.record_many(self.owner, items)
+                await self.outbox.record_many(self.owner, items)
                 self._forget(id_ for id_, _ in items)
                 self._count(items)
-                self._start(claimed)
             except NotFoundError:
                 # A message vanished (purged by retention): record the others one by one, drop it.
                 for item in items:

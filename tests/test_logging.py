@@ -185,7 +185,7 @@ def test_a_big_group_of_outcomes_is_split_into_lines_of_fifty(caplog: pytest.Log
 
 
 class _FlakyRecordOutbox(SqliteOutbox):
-    """A real SQLite outbox whose first recording (alone or with a claim) fails with a bug (not an OutboxError)."""
+    """A real SQLite outbox whose first record_many fails with a bug (not an OutboxError)."""
 
     failed = False
 
@@ -197,11 +197,6 @@ class _FlakyRecordOutbox(SqliteOutbox):
     async def record_many(self, owner, items):  # type: ignore[no-untyped-def]
         self._bug_once()
         return await super().record_many(owner, items)
-
-    async def record_and_claim(self, owner, items, limit, lease_seconds):  # type: ignore[no-untyped-def]
-        if items:
-            self._bug_once()
-        return await super().record_and_claim(owner, items, limit, lease_seconds)
 
 
 async def test_a_bug_while_recording_loses_no_log_line_and_no_record(

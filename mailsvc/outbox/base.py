@@ -410,21 +410,6 @@ class Outbox(abc.ABC):
         finishing hundreds of messages a second records them in groups.
         """
 
-    async def record_and_claim(
-        self,
-        owner: str,
-        items: Sequence[tuple[str, Sequence[RecipientOutcome]]],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[ClaimedMessage]:
-        """:meth:`record_many`, then :meth:`claim` up to ``limit``; a backend may do both in one transaction.
-
-        Why: a worker holds each sent message's slot until its outcome is recorded; claiming in the
-        same commit spares the records a wait for a claim of their own.
-        """
-        await self.record_many(owner, items)
-        return await self.claim(owner, limit, lease_seconds)
-
     @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new mail may be due, or after ``timeout`` seconds.

@@ -469,28 +469,6 @@ class OutboxCore(Outbox, Generic[StoreT]):
             self._next_sweep = time.monotonic() + _SWEEP_EVERY
             await self.sweep_stages()
 
-    async def record_and_claim(
-        self,
-        owner: str,
-        items: Sequence[tuple[str, Sequence[RecipientOutcome]]],
-        limit: int,
-        lease_seconds: float,
-    ) -> list[ClaimedMessage]:
-        """:meth:`record_many` and :meth:`claim` in one transaction: one commit, one turn of the write lock.
-
-        Why: a worker holds each sent message's slot until its outcome commits, so its rate is its
-        slots over that wait; a claim committed on its own between two records made every record wait
-        for it. A NotFoundError from the records rolls the claim back too (nothing was claimed).
-        """
-        if not items:
-            return await self.claim(owner, limit, lease_seconds)
-        if limit > 0:
-            await self._sweep_now_and_then()
-        async with self.store.write("record an attempt and claim messages") as tx:
-            await _record_in(tx, owner, items)
-            taken = await _claim_in(tx, owner, limit, lease_seconds) if limit > 0 else None
-        return [] if taken is None else await _claimed(*taken)
-
     async def record(self, id: str, owner: str, outcomes: Sequence[RecipientOutcome]) -> None:
         await self.record_many(owner, [(id, outcomes)])
 
