@@ -34,7 +34,6 @@ __all__ = ["WebhookDispatcher", "backlog_source", "payload", "sign"]
 log = logging.getLogger("mailsvc.webhooks")
 
 _FANOUT = 500  # events passed per endpoint per round
-_LEASE = 120.0  # seconds a claimed delivery is held before another node may take it
 _MAX_PAUSE = 60.0  # seconds between probes of an endpoint that keeps failing
 
 
@@ -92,6 +91,9 @@ class WebhookDispatcher:
         self.endpoints = {e.name: e for e in service.webhooks}
         self.give_up = service.webhook_give_up
         self.timeout = service.webhook_timeout
+        # How long a claimed delivery is held before another node (or this one, restarted) may take it:
+        # a few POSTs' worth. Longer only delays what a killed process had in hand (it was 120 s).
+        self.lease = 3 * self.timeout + 5.0
         self.concurrency = service.webhook_concurrency
         self.retry_first = service.webhook_retry_first
         self.poll_interval = poll_interval if poll_interval is not None else max(service.poll_interval, 0.05)
@@ -161,9 +163,9 @@ class WebhookDispatcher:
         jobs: list[DeliveryJob] = []
         if healthy:
             per_request = max(e.batch for e in healthy)
-            jobs += await self.log.claim([e.name for e in healthy], self.concurrency * per_request, _LEASE)
+            jobs += await self.log.claim([e.name for e in healthy], self.concurrency * per_request, self.lease)
         for probing in (e for e in active if e.name in self._paused):  # failed before: one request to see
-            jobs += await self.log.claim([probing.name], probing.batch, _LEASE)
+            jobs += await self.log.claim([probing.name], probing.batch, self.lease)
         if jobs:
             await self._send_all(client, jobs)
         return passed >= _FANOUT or bool(jobs)

@@ -80,6 +80,8 @@ async def test_a_webhook_owed_at_sigkill_arrives_after_restart(tmp_path: Path) -
             "MAILSVC_POLL_INTERVAL": "0.05",
             "MAILSVC_WEBHOOKS": json.dumps(hooks),
             "MAILSVC_WEBHOOK_RETRY_FIRST": "0.05",
+            # A probe in flight at the kill is held by its lease (3 x this + 5 s) before the restart takes it.
+            "MAILSVC_WEBHOOK_TIMEOUT": "1",
         }
         port = free_port()
         base = f"http://127.0.0.1:{port}"
