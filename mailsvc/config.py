@@ -477,6 +477,9 @@ class ServiceConfig(BaseModel):
     dev_smtp_port: int = Field(default=8025, ge=0, le=65535)
     dev_inbox_max: int = Field(default=1000, ge=1)  # captured messages kept; the oldest go first
     workers: int = Field(default=1, ge=0, le=64)
+    # The workers in a `mailsvc worker` child of the service (mailsvc/workerprocess.py); None: the service's
+    # entry points decide (a child on a machine with a second core and a real relay), an embedding app: no.
+    worker_process: bool | None = None
     # The project's template folder (pages, and email/ templates), searched before the packaged ones; None: those only.
     templates: Path | None = None
     # Outbox and delivery workers (issue 3). Times are seconds; tests use fractions.

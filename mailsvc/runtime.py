@@ -22,6 +22,7 @@ from .serviceoutbox import dev_leftovers, service_outbox
 from .services import services
 from .webhooks import WebhookDispatcher, backlog_source
 from .worker import WorkerGroup
+from .workerprocess import WorkerProcess
 
 __all__ = ["outbox_for", "register"]
 
@@ -58,13 +59,17 @@ def register(app: Quart, service: ServiceConfig) -> None:
         await outbox.open()
         parts.outbox = outbox
         metrics_server = None
+        child: WorkerProcess | None = None
         try:
             if parts.metrics is not None:
                 parts.metrics.watch(outbox=outbox)
                 if service.metrics_bind is not None:  # /metrics on its own address (the app's route answers 404)
                     metrics_server = MetricsServer(parts.metrics, service.metrics_bind)
                     await metrics_server.start()
-            if service.workers > 0:
+            if service.workers > 0 and service.worker_process:
+                child = WorkerProcess(outbox)
+                await child.start()
+            elif service.workers > 0:
                 # The Mail state's config as it is now, not at register time: the dev inbox's
                 # bound port is known only once it serves.
                 group = WorkerGroup.from_service(outbox, parts.mail.config, service, metrics=parts.metrics)
@@ -90,5 +95,7 @@ def register(app: Quart, service: ServiceConfig) -> None:
             if parts.workers is not None:
                 await parts.workers.stop()
                 parts.workers = None
+            if child is not None:
+                await child.stop()
             parts.outbox = None
             await outbox.close()

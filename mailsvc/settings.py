@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     MAILSVC_DEV_SMTP_PORT: int = env_field(S, "dev_smtp_port")
     MAILSVC_DEV_INBOX_MAX: int = env_field(S, "dev_inbox_max")
     MAILSVC_WORKERS: int = env_field(S, "workers")
+    MAILSVC_WORKER_PROCESS: bool | None = env_field(S, "worker_process")  # unset: a child when a core is free
     MAILSVC_TEMPLATES: Path | None = env_field(S, "templates")  # unset: the packaged templates only
     MAILSVC_MAX_PENDING: int = env_field(S, "max_pending")
     MAILSVC_IDEMPOTENCY_TTL: float = env_field(S, "idempotency_ttl")

@@ -32,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import MailError
     from ..gctune import tune_for_service
     from ..logsetup import configure_logging
+    from ..workerprocess import decide
 
     settings = load_project_settings()
-    service = settings.service_config()
+    service = decide(settings.service_config())  # the workers in a process of their own? (mailsvc.workerprocess)
     configure_logging(args.log_level, fmt=service.log_format)
     try:
         app = create_app(settings.mail_config(), service)

@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="HOST:PORT",
         help="serve this process's Prometheus metrics at http://HOST:PORT/metrics (no key: bind a private address)",
     )
+    # The service's pipe when it runs this command as its worker process (mailsvc.workerprocess); not for users.
+    p.add_argument("--wake-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
 
 
@@ -86,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     tune_for_service()  # a process of its own from here on (mailsvc.gctune)
     try:
-        asyncio.run(_main(mail_config, service, args.concurrency, args.until_empty, transport, args.metrics_bind))
+        asyncio.run(
+            _main(mail_config, service, args.concurrency, args.until_empty, transport, args.metrics_bind, args.wake_fd)
+        )
     except MailError as exc:
         print(f"mailsvc worker: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -100,6 +104,7 @@ async def _main(
     until_empty: bool,
     transport: TransportFactory,
     metrics_bind: str | None = None,
+    wake_fd: int | None = None,
 ) -> None:
     from ..metrics import Metrics
     from ..metricsserver import MetricsServer
@@ -123,6 +128,8 @@ async def _main(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, group.request_stop)
         await group.start()
+        if wake_fd is not None:
+            _follow_service(wake_fd, outbox, group)
         print(
             f"mailsvc worker: {len(group.workers)} claim loop(s) delivering via {_via(mail_config, transport)}",
             file=sys.stderr,
@@ -147,6 +154,30 @@ async def _main(
         if server is not None:
             await server.stop()
         await outbox.close()
+
+
+def _follow_service(fd: int, outbox: Outbox, group: WorkerGroup) -> None:
+    """The service's pipe: a byte is mail it just made due; the pipe's end is the service stopped or gone."""
+    import os
+
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            outbox.wake()
+            return
+        loop.remove_reader(fd)
+        os.close(fd)
+        group.request_stop()
+
+    loop.add_reader(fd, readable)
 
 
 async def _work_left(outbox: Outbox, group: WorkerGroup) -> bool:

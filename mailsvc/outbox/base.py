@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -417,6 +417,14 @@ class Outbox(abc.ABC):
         SQLite wakes in-process workers at once on enqueue, PostgreSQL uses
         LISTEN/NOTIFY; the timeout is the poll for retries and expired leases.
         """
+
+    def wake(self) -> None:  # noqa: B027 (an optional hook: a no-op where nothing waits)
+        """Wake this process's workers in :meth:`wait_for_work` now: another process says work is due
+        (the service's delivery worker process is told so by the service, :mod:`mailsvc.workerprocess`)."""
+
+    def on_work(self, tell: Callable[[], None]) -> None:  # noqa: B027 (an optional hook)
+        """Call ``tell()`` after each of this process's commits that made mail due, where the database
+        itself cannot wake other processes (SQLite; PostgreSQL's NOTIFY already does, and ignores this)."""
 
     @abc.abstractmethod
     async def status(self, id: str, *, tenant: str | None = None) -> MessageStatus:

@@ -498,6 +498,12 @@ class OutboxCore(Outbox, Generic[StoreT]):
     async def wait_for_work(self, timeout: float) -> None:
         await self.store.wait_for_work(timeout)
 
+    def wake(self) -> None:
+        self.store.wake()
+
+    def on_work(self, tell: Callable[[], None]) -> None:
+        self.store.on_work(tell)
+
     # -- status ----------------------------------------------------------------
     async def status(self, id: str, *, tenant: str | None = None) -> MessageStatus:
         async with self.store.read("read a message's status") as tx:

@@ -222,6 +222,10 @@ class PostgresStore(Store):
             pass
         self._work.clear()
 
+    def wake(self) -> None:
+        if self._work is not None:
+            self._work.set()
+
     async def _ensure_listener(self) -> None:
         assert self._listen_lock is not None
         async with self._listen_lock:

@@ -17,7 +17,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ from .blobs import Splice
 from .core import OutboxCore
 from .listing import Cursor, MessageQuery, MessageSummary
 from .sqlite_events import SqliteEventLog
+from .sqlite_writers import WriterQueue
 from .states import (
     CANCELLABLE,
     FINAL,
@@ -183,7 +184,8 @@ def _statements(script: str) -> Iterator[str]:
 
 
 class SqliteStore(Store):
-    """One connection to the file; an asyncio lock keeps this process's transactions apart."""
+    """One connection to the file; an asyncio lock keeps this process's transactions apart, and a
+    :class:`~.sqlite_writers.WriterQueue` this process's from other processes'."""
 
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = path
@@ -191,6 +193,8 @@ class SqliteStore(Store):
         self._db: aiosqlite.Connection | None = None
         self._lock: asyncio.Lock | None = None
         self._work: asyncio.Event | None = None
+        self._writers: WriterQueue | None = None
+        self._tell: list[Callable[[], None]] = []
 
     async def open(self) -> None:
         if self._db is not None:
@@ -200,6 +204,7 @@ class SqliteStore(Store):
         db = await _connect(self.path, self.busy_timeout)
         try:
             await _upgrade(db, self.path)
+            self._writers = WriterQueue(self.path)
         except BaseException:
             await db.close()
             raise
@@ -207,8 +212,19 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         db, self._db = self._db, None
+        writers, self._writers = self._writers, None
+        if writers is not None:
+            writers.close()
         if db is not None:
             await db.close()
+
+    def wake(self) -> None:
+        if self._work is not None:
+            self._work.set()
+
+    def on_work(self, tell: Callable[[], None]) -> None:
+        """SQLite has no NOTIFY: a process's commit wakes only its own workers, and ``tell`` for others."""
+        self._tell.append(tell)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -220,26 +236,33 @@ class SqliteStore(Store):
     async def write(self, what: str) -> AsyncIterator[Tx]:
         """One ``BEGIN IMMEDIATE`` transaction; any failure rolls back and becomes OutboxError."""
         db = self.db
-        assert self._lock is not None and self._work is not None
+        assert self._lock is not None and self._work is not None and self._writers is not None
         async with self._lock:
+            writers = self._writers
+            await writers.acquire(self.busy_timeout)
             try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise OutboxError(f"the outbox database {str(self.path)!r} cannot be written: {exc}") from exc
-            tx = _SqliteTx(db)
-            try:
-                yield tx
-                await db.execute("COMMIT")
-            except BaseException as exc:
                 try:
-                    await db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                if isinstance(exc, sqlite3.Error):
+                    await db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
                     raise OutboxError(f"the outbox database {str(self.path)!r} cannot be written: {exc}") from exc
-                raise
+                tx = _SqliteTx(db)
+                try:
+                    yield tx
+                    await db.execute("COMMIT")
+                except BaseException as exc:
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    if isinstance(exc, sqlite3.Error):
+                        raise OutboxError(f"the outbox database {str(self.path)!r} cannot be written: {exc}") from exc
+                    raise
+            finally:
+                writers.release()
         if tx.woken:
             self._work.set()
+            for tell in self._tell:
+                tell()
 
     @asynccontextmanager
     async def read(self, what: str) -> AsyncIterator[Tx]:

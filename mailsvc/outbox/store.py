@@ -13,7 +13,7 @@ how a backend keys its rows (SQLite's integer ``pk``) stays inside it.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -409,3 +409,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise :class:`OutboxError` unless the database is writable now."""
+
+    def wake(self) -> None:  # noqa: B027 (an optional hook: a no-op where nothing waits)
+        """Wake this process's waiters in :meth:`wait_for_work`, as a commit here would."""
+
+    def on_work(self, tell: Callable[[], None]) -> None:  # noqa: B027 (an optional hook)
+        """Call ``tell()`` after each commit of this process that made work due, for other processes
+        that cannot learn of it from the database itself (stores with a cross-process NOTIFY ignore it)."""
