@@ -1,20 +1,22 @@
 """Single JSON POSTs measured with ``wrk`` (a C client): the service against a bare Quart route, in one run.
 
-    .venv/bin/python bench/post_wrk.py [--duration 10] [--connections 20] [--rounds 3] [--workers 0,1]
+    .venv/bin/python bench/post_wrk.py [--duration 10] [--connections 20] [--rounds 3] [--delivery none,process,...]
     .venv/bin/python bench/post_wrk.py --tree before=/path/to/old/checkout   # compare two checkouts too
 
 Why wrk and not a Python loop: at these rates a Python load generator is itself the bottleneck and shares
 the GIL-bound CPU with nothing but itself; wrk costs a fraction of a core. The bare route (parse the same
 JSON, answer 202) runs on the same hypercorn in the same run, so every figure is a ratio to it. Rounds are
 interleaved (bare, service, bare, service, ...) so a noisy minute hurts both alike; the median is reported.
-``--workers 0,1`` measures the service with each number of in-process delivery workers in the same run. Then
+``--delivery`` names how the service delivers meanwhile, each measured in the same run: ``none``
+(``MAILSVC_WORKERS=0``), ``process`` (one worker in its own child process, the default of a 2-core machine with a
+real relay) and ``in-process`` (one worker on the web process's event loop, ``MAILSVC_WORKER_PROCESS=0``). Then
 every route runs once more *paced* at about half the bare route's median rate (wrk's per-connection
 ``delay()`` hook: each connection waits an exponentially distributed time, mean ``connections / rate``, between
 a response and its next request, so the rate achieved is a little below the aim and is printed), for latency
 at a load every route can carry: issue 18 asks for p99 under 25 ms there.
 
 Each server runs in a new session and is killed as a group (hypercorn's worker child included). The
-service gets a fresh SQLite outbox (durable commits); its in-process workers deliver to a sink in its own
+service gets a fresh SQLite outbox (durable commits); its worker, if any, delivers to a sink in its own
 process (Postfix's ``smtp-sink`` when installed, else ``bench/aiosmtpd_sink.py``). ``--tree NAME=PATH``
 adds another checkout's ``asgi:app`` (run with that checkout's ``.venv/bin/python`` when it has one), for
 before/after figures of a change in one run.
@@ -104,7 +106,7 @@ class Target:
     app: str  # hypercorn's APP argument
     root: Path  # where the app's code lives (PYTHONPATH, cwd for asgi:app)
     python: str
-    workers: int = 0  # the service's in-process delivery workers (the reference apps have none)
+    env: tuple[tuple[str, str], ...] = ()  # the service's delivery settings (the reference apps have none)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,14 @@ class Result:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+
+
+# --delivery: how the service delivers while it is measured (label, settings).
+DELIVERY: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "none": ("no worker", (("MAILSVC_WORKERS", "0"),)),
+    "process": ("1 worker in its own process", (("MAILSVC_WORKERS", "1"), ("MAILSVC_WORKER_PROCESS", "1"))),
+    "in-process": ("1 in-process worker", (("MAILSVC_WORKERS", "1"), ("MAILSVC_WORKER_PROCESS", "0"))),
+}
 
 
 def free_port() -> int:
@@ -165,10 +175,11 @@ def run_one(target: Target, args: argparse.Namespace, sink: Sink, tmp: Path, lua
         "MAIL_DEFAULT_SENDER": "bench@example.com",
         "MAILSVC_API_KEYS": "bench-key",
         "MAILSVC_RATE_LIMIT": "0",
-        "MAILSVC_WORKERS": str(target.workers),
+        "MAILSVC_WORKERS": "0",
         "MAILSVC_DATABASE_URL": f"sqlite:///{db}",
         "MAILSVC_MAX_PENDING": "10000000",
         "NAIVE_DB": str(db),
+        **dict(target.env),
     }
     proc = subprocess.Popen(
         [target.python, "-m", "hypercorn", target.app, "--bind", f"127.0.0.1:{port}"],
@@ -203,7 +214,10 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=20, help="wrk connections (default 20)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     ap.add_argument(
-        "--workers", default="0,1", help="comma-separated numbers of in-process delivery workers to measure (0,1)"
+        "--delivery",
+        default="none,process,in-process",
+        help="comma-separated: none (no workers), process (one worker in a child process), in-process (one on the "
+        "web process's loop); default all three",
     )
     ap.add_argument("--no-paced", action="store_true", help="skip the paced run at half the bare route's rate")
     ap.add_argument("--tree", action="append", default=[], help="NAME=PATH of another checkout to measure too")
@@ -224,9 +238,12 @@ def main() -> None:
             root = Path(path).resolve()
             py = root / ".venv" / "bin" / "python"
             trees.append((name, root, str(py if py.exists() else sys.executable)))
-        for n in (int(w) for w in args.workers.split(",")):
+        for mode in args.delivery.split(","):
+            if mode not in DELIVERY:
+                ap.error(f"--delivery: {mode!r} is not one of {', '.join(DELIVERY)}")
+            label, env = DELIVERY[mode]
             for name, root, py in trees:
-                targets.append(Target(f"mailsvc ({name}), {n} in-process worker(s)", "asgi:app", root, py, n))
+                targets.append(Target(f"mailsvc ({name}), {label}", "asgi:app", root, py, env))
         sink = (SmtpSink() if smtp_sink_binary() else AiosmtpdSink()).start()
         runs: dict[str, list[Result]] = {t.name: [] for t in targets}
         paced: dict[str, Result] = {}
@@ -244,7 +261,7 @@ def main() -> None:
         finally:
             sink.stop()
     print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, median (range);")
-    print("service: SQLite outbox (durable commits), its in-process workers delivering to smtp-sink meanwhile\n")
+    print("service: SQLite outbox (durable commits), its worker (if any) delivering to smtp-sink meanwhile\n")
     head = "| route | req/s | of bare | p50 ms | p99 ms | non-2xx |"
     if paced:
         head += f" paced at {bare / 2:,.0f}/s: req/s | p50 ms | p99 ms |"

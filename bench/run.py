@@ -232,7 +232,7 @@ def extra_table(script: str, *args: str) -> str:
 
 # The other tables of a full run (issue 18's targets), each its own one-command benchmark.
 EXTRA_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("post_wrk.py", ("--duration", "8")),  # single POSTs with wrk: bare and naive routes, workers 0 and 1, paced
+    ("post_wrk.py", ("--duration", "8")),  # single POSTs (wrk): bare, naive; no worker, child, in-process; paced
     ("bulk_stall.py", ()),  # single POSTs while a 100,000-recipient bulk is stored
     ("crash_window.py", ()),  # SIGKILL mid-bulk: lost and sent twice, in-process worker and `mailsvc worker`
 )
