@@ -127,3 +127,20 @@ def test_where_the_service_runs_its_workers(
     service = ServiceConfig(**{"dev_mode": False, **given})  # type: ignore[arg-type]
     assert decide(service).worker_process is expected
     assert ServiceConfig(dev_mode=False).worker_process is None, "only the entry points decide"
+
+
+async def test_ctrl_c_stops_the_service_and_its_worker_process_cleanly(tmp_path: Path) -> None:
+    """SIGINT to the whole foreground group, as a terminal sends it: the child leaves stopping to the service."""
+    with SMTPSink(tmp_path / "sink") as sink, service(tmp_path, env_for(tmp_path, sink.port), "svc") as svc:
+        async with httpx.AsyncClient(timeout=30) as client:
+            await ready(client, svc)
+            await wait_for(lambda: bool(worker_pids(svc)), 60, svc, "the worker process to start")
+            (pid,) = worker_pids(svc)
+            msg = await post_one(client, svc, 0)
+            await delivered(client, svc, msg, "the message")
+        os.killpg(svc.proc.pid, signal.SIGINT)
+        await asyncio.to_thread(svc.proc.wait, 60)
+        await wait_for(lambda: not alive(pid), 60, None, "the worker process to stop")
+        log = svc.log.read_text(errors="replace")
+        assert "exited with" not in log, "the service took its own stop for a crash of its worker"
+        assert "mailsvc worker: stopped; delivered 1," in log

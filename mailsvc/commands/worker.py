@@ -127,6 +127,9 @@ async def _main(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, group.request_stop)
+        if wake_fd is not None:  # the service's child: Ctrl-C reaches the service, which closes the pipe
+            loop.remove_signal_handler(signal.SIGINT)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         await group.start()
         if wake_fd is not None:
             _follow_service(wake_fd, outbox, group)
