@@ -20,7 +20,6 @@ given the same random state) and the same parse.
 
 from __future__ import annotations
 
-import binascii
 import random
 import re
 import sys
@@ -64,8 +63,24 @@ def fast_path_applies(msg: Message) -> bool:
     )
 
 
+# Header lines of values that repeat across a bulk send (From, Date within its second): written once each.
+_REPEATED = frozenset({"From", "Date", "Reply-To", "Sender"})
+_repeated_lines: dict[tuple[str, str], str] = {}
+
+
 def _header(name: str, value: str) -> str:
     """One header line as the stdlib's generator writes it."""
+    if (line := _repeated_lines.get((name, value))) is not None:
+        return line
+    line = _header_line(name, value)
+    if name in _REPEATED:
+        if len(_repeated_lines) >= 256:  # a new Date every second: bounded, not an LRU
+            _repeated_lines.clear()
+        _repeated_lines[name, value] = line
+    return line
+
+
+def _header_line(name: str, value: str) -> str:
     lname = name.lower()
     if len(name) + 2 + len(value) <= _MAXLEN and "=?" not in value:
         if lname in _ADDRESS_HEADERS:
@@ -83,17 +98,25 @@ def _header(name: str, value: str) -> str:
     return _POLICY.fold_binary(name, _POLICY.header_store_parse(name, value)[1]).decode("ascii")
 
 
-def _make_boundary(text: bytes) -> str:
+def _make_boundary(text: bytes | str) -> str:
     """``BytesGenerator._make_boundary(text)``: same random draw, same result, without compiling a regex.
 
     The stdlib compiles a fresh pattern for every boundary (each one is new), a
     tenth of a bulk send's CPU. The pattern can only match where ``--boundary``
     occurs, which for a random 19-digit token it practically never does; only
-    then is the stdlib's own loop run, from the same token.
+    then is the stdlib's own loop run, from the same token. ``text`` may be the
+    ASCII parts as a string (no bytes copy for the check).
     """
-    token = random.randrange(sys.maxsize)
+    # random.randrange(sys.maxsize) draws exactly this (CPython's _randbelow_with_getrandbits), minus two calls.
+    token = random.getrandbits(_TOKEN_BITS)
+    while token >= sys.maxsize:
+        token = random.getrandbits(_TOKEN_BITS)
     boundary = "=" * 15 + _BOUNDARY_FMT % token + "=="
-    if b"--" + boundary.encode("ascii") not in text:
+    if isinstance(text, str):
+        if "--" + boundary not in text:
+            return boundary
+        text = text.encode("ascii")
+    elif b"--" + boundary.encode("ascii") not in text:
         return boundary
     b, counter = boundary, 0
     while re.search(("^--" + re.escape(b) + "(--)?$").encode("ascii"), text, re.MULTILINE):
@@ -101,9 +124,7 @@ def _make_boundary(text: bytes) -> str:
     return b
 
 
-# Characters the stdlib's QP body map writes as themselves; "=" and everything else become =XX.
-_QP_VERBATIM = "".join(chr(c) for c in range(256) if _QUOPRI_BODY_ENCODE_MAP[c] == chr(c))
-_QP_QUOTED = re.compile(f"[^{re.escape(_QP_VERBATIM)}=]")
+_TOKEN_BITS = sys.maxsize.bit_length()
 _QP_WS = frozenset(" \t")  # a line ending in one of these needs the stdlib's rule ("" is not in it)
 
 
@@ -113,35 +134,53 @@ def _encode_text(text: str) -> tuple[str, str]:
     The same choice (7bit when every line is short ASCII, else quoted-printable
     or base64 by the stdlib's 10-line sniff) and the same bytes. The stdlib
     encodes quoted-printable twice (the sniff, then the whole body) and walks
-    every line in Python; a QP line is independent of the others, so here each
-    is translated once in C and only a line that needs a soft break or ends in
-    whitespace goes through the stdlib's per-line rule (``_qp_line``).
+    every character and line in Python. Here the UTF-8 bytes are read as Latin-1
+    (one character per byte, as ``body_encode`` reads them) and quoted in C: a
+    ``replace`` when ``=`` is the only character the QP map would change (plain
+    printable ASCII, the usual body), else the map itself. A QP line is
+    independent of the others, so only one longer than 78 or ending in
+    whitespace goes through the stdlib's per-line rule (``_qp_line``), and the
+    sniff's two lengths are counted rather than encoded.
     """
-    lines = text.encode("utf-8").splitlines()
-    if max(map(len, lines), default=0) <= _MAXLEN:
-        body = b"\r\n".join(lines) + b"\r\n"
-        if body.isascii():
-            return "7bit", body.decode("ascii")
-    latin = b"\n".join(lines).decode("latin-1")
-    # Only "=" needs quoting in most bodies: a C replace instead of the per-character map.
-    # (\r and \n are the only line-break characters the map keeps; the rest become =XX.)
-    translated = latin.translate(_QUOPRI_BODY_ENCODE_MAP) if _QP_QUOTED.search(latin) else latin.replace("=", "=3D")
-    quoted = [t if len(t) <= _MAXLEN and t[-1:] not in _QP_WS else _qp_line(t) for t in translated.split("\n")]
-    sniff = b"\r\n".join(lines[:10]) + b"\r\n"
-    sniff_qp_len = sum(map(len, quoted[:10])) + min(len(quoted), 10)  # "\n".join(...) + "\n"
-    if sniff_qp_len > len(binascii.b2a_base64(sniff)):
-        return "base64", _encode_base64(b"\r\n".join(lines) + b"\r\n", _MAXLEN).replace("\n", _NL)
+    if "\r" in text:  # bytes.splitlines() also breaks at CR and CRLF: after this "\n" is the only break
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    ascii_text = text.isascii()
+    latin = text if ascii_text else text.encode("utf-8").decode("latin-1")
+    last_empty = not latin or latin.endswith("\n")  # splitlines() gives no empty last line
+    lines = latin.split("\n")
+    if last_empty:
+        lines.pop()
+    if ascii_text and max(map(len, lines), default=0) <= _MAXLEN:
+        return "7bit", "\r\n".join(lines) + "\r\n"
+    if ascii_text and "\t" not in latin and latin.replace("\n", "").isprintable():
+        translated = latin.replace("=", "=3D").split("\n")  # only "=" is quoted in printable ASCII
+    else:
+        translated = latin.translate(_QUOPRI_BODY_ENCODE_MAP).split("\n")  # \n is kept, nothing else makes one
+    if last_empty:
+        translated.pop()
+    quoted = [t if len(t) <= _MAXLEN and t[-1:] not in _QP_WS else _qp_line(t) for t in translated]
+    # The stdlib's sniff: the first 10 lines as QP ("\n" after each) against base64 of their bytes with CRLFs.
+    n = min(len(lines), 10)
+    sniff_qp_len = sum(map(len, quoted[:n])) + n
+    sniff_base64_len = (sum(map(len, lines[:n])) + 2 * n + 2) // 3 * 4 + 1  # len(binascii.b2a_base64(sniff))
+    if sniff_qp_len > sniff_base64_len:
+        return "base64", _encode_base64(("\r\n".join(lines) + "\r\n").encode("latin-1"), _MAXLEN).replace("\n", _NL)
     return "quoted-printable", ("\n".join(quoted) + "\n").replace("\n", _NL)
 
 
 def _qp_line(line: str) -> str:
     """One translated line as ``quoprimime.body_encode(..., maxlinelen=78)`` writes it (soft breaks as \\n)."""
-    if len(line) <= _MAXLEN and (not line or line[-1] not in " \t"):
+    size = len(line)
+    if size <= _MAXLEN and (not line or line[-1] not in " \t"):
         return line  # nearly every line: nothing to break, nothing to quote at the end
+    if size > _MAXLEN and line[-1] not in " \t":  # the usual long line: one soft break, never inside an =XX
+        cut = 75 if line[75] == "=" else 76 if line[76] == "=" else 77
+        if size - cut <= _MAXLEN:
+            return f"{line[:cut]}=\n{line[cut:]}"
     # The stdlib's loop, verbatim but for the names (Lib/email/quoprimime.py, body_encode).
     pieces: list[str] = []
     start = 0
-    laststart = len(line) - 1 - _MAXLEN
+    laststart = size - 1 - _MAXLEN
     while start <= laststart:
         stop = start + _MAXLEN - 1
         if line[stop - 2] == "=":
@@ -168,11 +207,11 @@ def _qp_trailing_space(char: str, room: int) -> str:
     return f"=\n={ord(char):02X}"
 
 
-def _text_part(subtype: str, text: str) -> tuple[str, str]:
-    """(content headers, body) of one text part, encoded by the stdlib's own heuristics."""
+def _text_part(subtype: str, text: str) -> tuple[str, str, bool]:
+    """(content headers, body, whether the body is 7bit) of one text part, encoded by the stdlib's own heuristics."""
     cte, payload = _encode_text(text)
     headers = f'Content-Type: text/{subtype}; charset="utf-8"{_NL}Content-Transfer-Encoding: {cte}{_NL}'
-    return headers, payload
+    return headers, payload, cte == "7bit"
 
 
 def build(
@@ -211,13 +250,16 @@ def _body(parts: tuple[tuple[str, str], ...]) -> str:
     """MIME-Version, the content headers and the body: one text part, or text and HTML as alternatives."""
     if len(parts) == 1:
         [(subtype, content)] = parts
-        ph, pb = _text_part(subtype, content)
+        ph, pb, _ = _text_part(subtype, content)
         return f"{ph}MIME-Version: 1.0{_NL}{_NL}{pb}"
     (_, text), (_, html) = parts  # fast_path_applies: no alternatives beyond these two
-    (th, tb), (hh, hb) = _text_part("plain", text), _text_part("html", html)
+    (th, tb, t7), (hh, hb, h7) = _text_part("plain", text), _text_part("html", html)
     # As EmailMessage.add_alternative leaves it: the HTML part carries its own MIME-Version.
     inner = [f"{th}{_NL}{tb}", f"{hh}MIME-Version: 1.0{_NL}{_NL}{hb}"]
-    boundary = _make_boundary("\r\n".join(inner).encode("ascii"))
+    # The boundary opens with "==" and only a 7bit body can hold that: in quoted-printable "=" is always
+    # followed by hex digits or a line break, base64 pads with at most two "=" before a line break, and
+    # the part headers are ours. So only 7bit bodies are searched (a substring search costs ~4 us per message).
+    boundary = _make_boundary(f"{tb if t7 else ''}{_NL}{hb if h7 else ''}")
     ctype = f'Content-Type: multipart/alternative;{_NL} boundary="{boundary}"{_NL}'
     if len(boundary) != 36:  # a collision suffix changes the folding: let the stdlib fold it
         ctype = _header("Content-Type", f'multipart/alternative; boundary="{boundary}"')

@@ -160,6 +160,35 @@ def test_body_holding_the_boundary_is_still_identical() -> None:
     assert fast == stdlib
 
 
+@pytest.mark.parametrize(
+    ("body", "html"),
+    [
+        ("y" * 100 + "\n--{b}\n--{b}--", "<p>x</p>"),  # a long line: quoted-printable, the boundary quoted away
+        ("\u4e2d\u6587\n--{b}\n" * 30, "<p>x</p>"),  # base64
+        ("x", "<p>x</p>\n--{b}\n"),  # the HTML part 7bit, the text part not searched
+        ("z" * 90 + "\n--{b}\n", "<p>x</p>\n--{b}--\n"),  # QP text, 7bit HTML holding it
+    ],
+)
+def test_only_7bit_bodies_can_hold_the_boundary_and_the_bytes_stay_identical(body: str, html: str) -> None:
+    random.seed(1234)
+    drawn = BytesGenerator._make_boundary()  # type: ignore[attr-defined]  # the stdlib's own, private
+    stdlib, fast = _pair(
+        subject="Hi", recipients=["a@b.example"], body=body.format(b=drawn), html=html.format(b=drawn), date=0
+    )
+    assert fast == stdlib
+
+
+@pytest.mark.parametrize("suffix", ["\n", "--\n", "", "\r\n"])
+def test_boundary_from_a_string_is_the_same_as_from_bytes(suffix: str) -> None:
+    random.seed(5)
+    drawn = BytesGenerator._make_boundary()  # type: ignore[attr-defined]  # the stdlib's own, private
+    text = f"a line\r\n--{drawn}{suffix}"
+    random.seed(5)
+    expected = fastbuild._make_boundary(text.encode("ascii"))
+    random.seed(5)
+    assert fastbuild._make_boundary(text) == expected
+
+
 def test_parses_back_to_the_same_parts() -> None:
     stdlib, fast = _pair(**CASES["unicode everywhere"])
     a = email.message_from_bytes(stdlib, policy=policy.default)
