@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import markupsafe
 import pytest
+from markupsafe import Markup
 from quart import Quart
 
 from mailsvc import Mail, Message, TemplateError, TemplateRenderer
@@ -281,3 +283,32 @@ def test_dict_fast_path_fails_soft_where_jinja_does(error: type[Exception], sand
         plain.getattr({1: "x"}, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ours.getattr({1: "x"}, 1)  # type: ignore[arg-type]
+
+
+class _Html:
+    def __html__(self) -> str:
+        return "<i>safe</i>"
+
+
+@pytest.mark.parametrize(
+    "value", ["<a href='x'>&\"</a>", "", "plain", 2010, 9.99, None, Markup("<b>ok</b>"), _Html(), ["<x>"]]
+)
+def test_fast_escape_is_markupsafes(value: object) -> None:
+    from mailsvc.rendering import _escape
+
+    got, expected = _escape(value), markupsafe.escape(value)
+    assert got == expected and type(got) is type(expected) is Markup
+
+
+def test_autoescaped_output_is_the_same_with_the_fast_escape(tmp_path: Path) -> None:
+    """Rendered HTML is what Jinja's own escape gives (a fresh environment without the swap renders it too)."""
+    import jinja2
+
+    (tmp_path / "t.html").write_text('<a href="{{ url }}">{{ name }}</a>{{ n }}{{ safe }}{{ items[0].x }}')
+    (tmp_path / "t.subject.txt").write_text("{{ name }}")
+    context = {"url": "https://x.example/?a=1&b=<2>", "name": 'O\'Brien & "Co"', "n": 3, "safe": Markup("<br>")}
+    context["items"] = [{"x": "<y>"}]
+    _, _, html = TemplateRenderer(tmp_path).render_parts("t", context)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path)), autoescape=True)
+    assert html == env.get_template("t.html").render(context)
+    assert "&amp;b=&lt;2&gt;" in (html or "")
