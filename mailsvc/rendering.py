@@ -8,7 +8,9 @@ every message has a readable plain alternative.
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import jinja2.runtime
 import markupsafe
 
 from .cssinline import asks_for_inlining, inline_css
@@ -166,7 +169,7 @@ class TemplateRenderer:
             if template is None:
                 return None
             try:
-                return self.env.concat(template.root_render_func(template.new_context(variables, shared=True)))
+                return self.env.concat(template.root_render_func(self._context(template, variables)))
             except Exception:
                 self.env.handle_exception()
         except jinja2.UndefinedError as exc:
@@ -175,6 +178,19 @@ class TemplateRenderer:
             raise TemplateError(name, f"syntax error in {filename}: {exc.message}", line=exc.lineno) from exc
         except jinja2.TemplateError as exc:  # e.g. an {% include %} of a missing file
             raise TemplateError(name, f"{filename}: {type(exc).__name__}: {exc.message}") from exc
+
+    def _context(self, template: jinja2.Template, variables: dict[str, Any]) -> jinja2.runtime.Context:
+        """``template.new_context(variables, shared=True)``, the same Context built without a ChainMap walk.
+
+        Why: the Context keeps the names of the template's globals (``set(template.globals)``), and
+        iterating that ChainMap runs in Python, ~3 us for each of a message's three parts. The same
+        names come from its maps, merged in C, at every call (so a global added later is seen alike).
+        """
+        globals_ = template.globals
+        names = (
+            dict.fromkeys(itertools.chain.from_iterable(globals_.maps)) if isinstance(globals_, ChainMap) else globals_
+        )
+        return self.env.context_class(self.env, variables, template.name, template.blocks, globals=names)
 
     def render_parts(self, name: str, context: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
         """Return (subject, text, html); text is derived from html when only html exists."""

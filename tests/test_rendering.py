@@ -312,3 +312,20 @@ def test_autoescaped_output_is_the_same_with_the_fast_escape(tmp_path: Path) -> 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tmp_path)), autoescape=True)
     assert html == env.get_template("t.html").render(context)
     assert "&amp;b=&lt;2&gt;" in (html or "")
+
+
+def test_context_is_the_one_jinja_would_make(tmp_path: Path) -> None:
+    (tmp_path / "t.html").write_text("{% block b %}{{ name }}{% endblock %}")
+    (tmp_path / "t.txt").write_text("{{ name }}")
+    r = TemplateRenderer(tmp_path)
+    r.render_parts("t", {"name": "x"})
+    r.env.globals["late"] = 1  # a global added after the compile is among the names too
+    for filename in ("t.html", "t.txt"):
+        template = r._template(filename)
+        assert template is not None
+        variables = {"name": "x"}
+        ours, jinjas = r._context(template, variables), template.new_context(variables, shared=True)
+        assert "late" in ours.globals_keys
+        for attribute in ("parent", "vars", "name", "globals_keys", "exported_vars", "blocks"):
+            assert getattr(ours, attribute) == getattr(jinjas, attribute), attribute
+        assert ours.parent is variables and ours.eval_ctx.autoescape == jinjas.eval_ctx.autoescape
