@@ -385,3 +385,47 @@ def test_wire_content_is_aiosmtplibs(message: bytes) -> None:
 @given(st.binary().map(lambda b: bytes(b"\r\n.a"[x % 4] for x in b)))
 def test_wire_content_is_aiosmtplibs_for_any_line_endings(message: bytes) -> None:
     test_wire_content_is_aiosmtplibs(message)
+
+
+_reply_line = st.tuples(
+    st.sampled_from([b"250", b"354", b"421", b"550", b"007", b"25", b"2500"]),
+    st.sampled_from([b" ", b"", b"-", b"\t"]),
+    st.one_of(
+        st.sampled_from([b"", b" ", b"  2.0.0 Ok \t", b"\xc3\xa9t\xc3\xa9", b"\xff", b"a" * 8186, b"a" * 8187]),
+        st.binary(max_size=12),
+    ),
+    st.sampled_from([b"\r\n", b"\r\n", b"\n", b""]),
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_reply_line, min_size=1, max_size=5).map(b"".join))
+def test_reply_reader_reads_what_aiosmtplibs_parser_reads(data: bytes) -> None:
+    """Whole one-line replies take a shortcut in ReplyReader; the replies (or the error) are aiosmtplib's."""
+    from aiosmtplib.protocol import SMTPProtocol
+
+    def read(parse: Any) -> tuple[list[aiosmtplib.SMTPResponse], bytes, str | None]:
+        loop = asyncio.new_event_loop()  # the protocol wants one; nothing runs in it
+        protocol = SMTPProtocol(loop=loop)
+        replies: list[aiosmtplib.SMTPResponse] = []
+        try:
+            parse(protocol, replies)
+        except aiosmtplib.SMTPResponseException as exc:
+            return replies, b"", exc.message
+        finally:
+            loop.close()
+        return replies, bytes(protocol._buffer), None
+
+    def theirs(protocol: Any, replies: list[aiosmtplib.SMTPResponse]) -> None:
+        protocol._buffer.extend(data)
+        while (reply := protocol._read_response_from_buffer()) is not None:
+            replies.append(reply)
+
+    def ours(protocol: Any, replies: list[aiosmtplib.SMTPResponse]) -> None:
+        reader = pipelining.ReplyReader(protocol)
+        reader._data_received(data)
+        replies.extend(reader._replies)
+        if reader._error is not None:
+            raise reader._error
+
+    assert read(ours) == read(theirs)

@@ -60,9 +60,13 @@ Report = Callable[["Transaction", Outcome], None]  # called once per transaction
 Take = Callable[[], "Transaction | None"]  # the next transaction to send, or None to end the stream
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Transaction:
-    """One message for a stream; ``key`` is the caller's (its position in a bulk send)."""
+    """One message for a stream; ``key`` is the caller's (its position in a bulk send).
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``,
+    and its ``__init__`` cost four times as much, once per message. Nothing changes one.
+    """
 
     key: int
     sender: str
@@ -133,30 +137,33 @@ class Stream:
         return (nxt[0], nxt[2]) if nxt is not None else (None, b"")
 
     async def _read(self, replies: ReplyReader, tx: Transaction | None, content: bytes, report: Report) -> bool:
-        """Read the answers to one write, oldest first; False when the server is closing the connection."""
+        """Read the answers to one write, oldest first; False when the server is closing the connection.
+
+        A reply already read is taken without awaiting (``ready``): usually all of a write's replies came at once.
+        """
         if self._final_due is not None:
             done, sent = self._final_due
-            final = await replies.next()
+            final = replies.ready() or await replies.next()
             self._final_due = self.written = None
             if self._finish(done, Replies(sent.mail, sent.rcpts, sent.data, final), report):
                 return False
         if self._discard_due:
             self._discard_due = False
-            if (await replies.next()).code == _DOMAIN_UNAVAILABLE:
+            if (replies.ready() or await replies.next()).code == _DOMAIN_UNAVAILABLE:
                 return False
         if tx is None:
             return True
-        mail = await replies.next()
+        mail = replies.ready() or await replies.next()
         rcpts: list[SMTPResponse] = []
         while mail.code != _DOMAIN_UNAVAILABLE and len(rcpts) < len(tx.recipients):
-            rcpts.append(reply := await replies.next())
+            rcpts.append(reply := replies.ready() or await replies.next())
             if reply.code == _DOMAIN_UNAVAILABLE:
                 break
         if mail.code == _DOMAIN_UNAVAILABLE or (rcpts and rcpts[-1].code == _DOMAIN_UNAVAILABLE):
             # aiosmtplib closes on a 421 and reads nothing more: report what lock-step sending makes of it.
             self._report(tx, closed_outcome(mail, rcpts, tx.sender, tx.recipients), report)
             return False
-        sent = Replies(mail, rcpts, await replies.next(), None)
+        sent = Replies(mail, rcpts, replies.ready() or await replies.next(), None)
         if sent.data.code != _START_INPUT:
             self._tail, self._discard_due = _RSET, True  # as sendmail resets after a refused transaction
             return not self._finish(tx, sent, report)
