@@ -12,6 +12,8 @@ import asyncio
 import os
 import re
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -66,47 +68,46 @@ async def delivered(client: httpx.AsyncClient, svc: Service, msg: str, what: str
         await asyncio.sleep(0.05)
 
 
-async def test_the_service_wakes_its_worker_process_on_each_accepted_message(tmp_path: Path) -> None:
+@asynccontextmanager
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient, SMTPSink, int]]:
+    """The service, ready, a client, its sink, and the pid of its one worker process once it has started."""
     with SMTPSink(tmp_path / "sink") as sink, service(tmp_path, env_for(tmp_path, sink.port), "svc") as svc:
         async with httpx.AsyncClient(timeout=30) as client:
             await ready(client, svc)
             await wait_for(lambda: bool(worker_pids(svc)), 60, svc, "the worker process to start")
             (pid,) = worker_pids(svc)
-            assert os.getpgid(pid) == svc.proc.pid, "the worker process must die with the service's group"
-            for n in range(3):  # idle between them: each is delivered because the service woke the worker
-                msg = await post_one(client, svc, n)
-                await delivered(client, svc, msg, f"message {n}")
-                assert sink.count() == n + 1
-                await asyncio.sleep(0.3)
-            assert worker_pids(svc) == [pid], "one worker process all along"
+            yield svc, client, sink, pid
+
+
+async def test_the_service_wakes_its_worker_process_on_each_accepted_message(tmp_path: Path) -> None:
+    async with running(tmp_path) as (svc, client, sink, pid):
+        assert os.getpgid(pid) == svc.proc.pid, "the worker process must die with the service's group"
+        for n in range(3):  # idle between them: each is delivered because the service woke the worker
+            msg = await post_one(client, svc, n)
+            await delivered(client, svc, msg, f"message {n}")
+            assert sink.count() == n + 1
+            await asyncio.sleep(0.3)
+        assert worker_pids(svc) == [pid], "one worker process all along"
 
 
 async def test_the_worker_process_stops_when_the_web_process_dies(tmp_path: Path) -> None:
-    with SMTPSink(tmp_path / "sink") as sink, service(tmp_path, env_for(tmp_path, sink.port), "svc") as svc:
-        async with httpx.AsyncClient(timeout=30) as client:
-            await ready(client, svc)
-            await wait_for(lambda: bool(worker_pids(svc)), 60, svc, "the worker process to start")
-            (pid,) = worker_pids(svc)
-            web = parent_of(pid)  # hypercorn's worker child, which runs the app
-            os.kill(web, signal.SIGKILL)  # that process alone, not its group: its pipe to the worker closes
-            await wait_for(lambda: not alive(pid), 60, None, "the orphaned worker process to stop")
+    async with running(tmp_path) as (svc, _, _, pid):
+        web = parent_of(pid)  # hypercorn's worker child, which runs the app
+        os.kill(web, signal.SIGKILL)  # that process alone, not its group: its pipe to the worker closes
+        await wait_for(lambda: not alive(pid), 60, None, "the orphaned worker process to stop")
 
 
 async def test_a_worker_process_that_dies_is_started_again(tmp_path: Path) -> None:
-    with SMTPSink(tmp_path / "sink") as sink, service(tmp_path, env_for(tmp_path, sink.port), "svc") as svc:
-        async with httpx.AsyncClient(timeout=30) as client:
-            await ready(client, svc)
-            await wait_for(lambda: bool(worker_pids(svc)), 60, svc, "the worker process to start")
-            (first,) = worker_pids(svc)
-            os.kill(first, signal.SIGKILL)
-            await wait_for(lambda: len(worker_pids(svc)) == 2, 60, svc, "a second worker process")
-            log = svc.log.read_text(errors="replace")
-            assert f"the delivery worker process (pid {first}) exited with -9; starting another" in log
-            second = worker_pids(svc)[1]
-            assert second != first and alive(second)
-            msg = await post_one(client, svc, 0)
-            await delivered(client, svc, msg, "the message after the restart")
-            assert sink.count() == 1
+    async with running(tmp_path) as (svc, client, sink, first):
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: len(worker_pids(svc)) == 2, 60, svc, "a second worker process")
+        log = svc.log.read_text(errors="replace")
+        assert f"the delivery worker process (pid {first}) exited with -9; starting another" in log
+        second = worker_pids(svc)[1]
+        assert second != first and alive(second)
+        msg = await post_one(client, svc, 0)
+        await delivered(client, svc, msg, "the message after the restart")
+        assert sink.count() == 1
 
 
 @pytest.mark.parametrize(
@@ -131,13 +132,9 @@ def test_where_the_service_runs_its_workers(
 
 async def test_ctrl_c_stops_the_service_and_its_worker_process_cleanly(tmp_path: Path) -> None:
     """SIGINT to the whole foreground group, as a terminal sends it: the child leaves stopping to the service."""
-    with SMTPSink(tmp_path / "sink") as sink, service(tmp_path, env_for(tmp_path, sink.port), "svc") as svc:
-        async with httpx.AsyncClient(timeout=30) as client:
-            await ready(client, svc)
-            await wait_for(lambda: bool(worker_pids(svc)), 60, svc, "the worker process to start")
-            (pid,) = worker_pids(svc)
-            msg = await post_one(client, svc, 0)
-            await delivered(client, svc, msg, "the message")
+    async with running(tmp_path) as (svc, client, _, pid):
+        msg = await post_one(client, svc, 0)
+        await delivered(client, svc, msg, "the message")
         os.killpg(svc.proc.pid, signal.SIGINT)
         await asyncio.to_thread(svc.proc.wait, 60)
         await wait_for(lambda: not alive(pid), 60, None, "the worker process to stop")
