@@ -69,6 +69,7 @@ def register(app: Quart, service: ServiceConfig) -> None:
             if service.workers > 0 and service.worker_process:
                 child = WorkerProcess(outbox)
                 await child.start()
+                parts.worker_process = child
             elif service.workers > 0:
                 # The Mail state's config as it is now, not at register time: the dev inbox's
                 # bound port is known only once it serves.
@@ -96,6 +97,7 @@ def register(app: Quart, service: ServiceConfig) -> None:
                 await parts.workers.stop()
                 parts.workers = None
             if child is not None:
+                parts.worker_process = None
                 await child.stop()
             parts.outbox = None
             await outbox.close()

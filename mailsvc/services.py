@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the parts' types only; importing them here at run time woul
     from .web.state import WebState
     from .webhooks import WebhookDispatcher
     from .worker import WorkerGroup
+    from .workerprocess import WorkerProcess
 
 __all__ = ["OutboxNotOpenError", "Services", "services"]
 
@@ -60,6 +61,7 @@ class Services:
     previews: TemplateRenderer | None = None
     outbox: Outbox | None = None
     workers: WorkerGroup | None = None
+    worker_process: WorkerProcess | None = None  # the workers' child process instead (MAILSVC_WORKER_PROCESS)
     bounces: BounceServer | None = None  # the bounce listener, while it serves (MAILSVC_BOUNCE_LISTEN)
     metrics: Metrics | None = None  # this app's Prometheus registry (GET /metrics or MAILSVC_METRICS_BIND)
     webhooks: WebhookDispatcher | None = None  # POSTs events to MAILSVC_WEBHOOKS, while the app serves

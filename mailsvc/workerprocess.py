@@ -68,6 +68,15 @@ class WorkerProcess:
         await self._spawn()
         self._watch = asyncio.create_task(self._supervise(), name="mailsvc-worker-process")
 
+    def describe(self) -> dict[str, object]:
+        """For ``/readyz``: the child now, and how often it had to be started again (a crash loop shows here)."""
+        running = self.proc is not None and self.proc.returncode is None
+        return {
+            "pid": self.proc.pid if self.proc is not None else None,
+            "state": "running" if running else "restarting",
+            "restarts": max(self.starts - 1, 0),
+        }
+
     def wake(self) -> None:
         """A byte down the pipe; a full pipe already holds a wake-up, a closed one a child being replaced."""
         if self._wake_fd is None:

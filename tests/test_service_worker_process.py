@@ -105,6 +105,10 @@ async def test_a_worker_process_that_dies_is_started_again(tmp_path: Path) -> No
         assert f"the delivery worker process (pid {first}) exited with -9; starting another" in log
         second = worker_pids(svc)[1]
         assert second != first and alive(second)
+        ready_now = (await client.get(f"{svc.base}/readyz", headers=AUTH)).json()
+        assert ready_now["worker_process"] == {"pid": second, "state": "running", "restarts": 1}
+        anonymous = (await client.get(f"{svc.base}/readyz")).json()
+        assert "worker_process" not in anonymous, "an anonymous caller learns nothing of the process"
         msg = await post_one(client, svc, 0)
         await delivered(client, svc, msg, "the message after the restart")
         assert sink.count() == 1

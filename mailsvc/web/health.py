@@ -72,6 +72,9 @@ async def readyz() -> Response:
         # MAILSVC_RELAYS_FILE: each relay's state in this process's workers (up or down until when,
         # the pace, today's count); none of them decides readiness, as for the single relay.
         body["relays"] = workers.relays.describe()
+    child = services().worker_process
+    if child is not None:  # the workers' process (mailsvc.workerprocess): restarting does not decide readiness
+        body["worker_process"] = child.describe()
     body["status"] = "ready" if status == 200 else "not ready"
     if not _may_see_details():
         body = {"status": body["status"]}  # the relay's address and the queue length are the operator's
