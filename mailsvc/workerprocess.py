@@ -48,7 +48,8 @@ def decide(service: ServiceConfig) -> ServiceConfig:
     """
     if service.worker_process is not None:
         return service
-    wanted = service.workers > 0 and not service.dev_mode and usable_cores() > 1
+    # POSIX only: the pipe is handed to the child by number (pass_fds).
+    wanted = service.workers > 0 and not service.dev_mode and usable_cores() > 1 and os.name == "posix"
     return service.model_copy(update={"worker_process": wanted})
 
 

@@ -15,13 +15,19 @@ writers: correctness still rests on SQLite's locking, never on this file.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 from pathlib import Path
+from types import ModuleType
 
 from ..errors import OutboxError
 
 __all__ = ["WriterQueue"]
+
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock; SQLite's busy handler alone keeps writers apart, as before
+    fcntl = None
 
 
 class WriterQueue:
@@ -39,6 +45,8 @@ class WriterQueue:
 
     async def acquire(self, timeout: float) -> None:
         """Hold the lock, waiting at most ``timeout`` seconds for another process to let go."""
+        if fcntl is None:
+            return
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the common case: nobody else writes now
             return
@@ -61,7 +69,8 @@ class WriterQueue:
             raise
 
     def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         os.close(self._fd)
