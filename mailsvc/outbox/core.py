@@ -43,6 +43,7 @@ from .base import fingerprint as envelope_fingerprint
 from .blobs import SharedBlobs, Splice, check_blobs, reassemble
 from .groups import GroupCommit
 from .listing import DEFAULT_PAGE, MAX_PAGE, SCAN_ROWS, Cursor, MessagePage, MessageQuery, encode_cursor
+from .pending import PendingCount
 from .states import OUTCOMES, REPORTED, MessageState, RecipientState
 from .store import Body, DueMessage, KeyRecord, MessageRow, OutcomeRow, Store, Tx
 from .suppressions import ALL_STREAMS, Reason, address_key, covers, hard_bounce
@@ -186,6 +187,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
         self.group_max = group_max
         self.scan_rows = SCAN_ROWS  # rows of history one listing page may read (tests make it small)
         self._groups: GroupCommit[_Request, EnqueueResult] = GroupCommit(self._enqueue_group)
+        self.pending = PendingCount()  # what a group checks max_pending against, carried between groups
 
     async def open(self) -> None:
         await self.store.open()
@@ -241,8 +243,23 @@ class OutboxCore(Outbox, Generic[StoreT]):
         request = _Request(count, idempotency_key, need_fingerprint(idempotency_key, fingerprint), batch, tenant)
         check_count(count, count)  # at least one
         blobs = await asyncio.to_thread(SharedBlobs, shared) if shared else None  # hashed before the lock
-        if self.step_messages > 0 and count > self.step_messages:
-            return await self._enqueue_steps(request, chunks, blobs, suppress_stream, labels)
+        try:
+            if self.step_messages > 0 and count > self.step_messages:
+                return await self._enqueue_steps(request, chunks, blobs, suppress_stream, labels)
+            return await self._enqueue_whole(request, chunks, blobs, suppress_stream, labels)
+        finally:
+            self.pending.forget()  # what it stored is not in the count a group carries
+
+    async def _enqueue_whole(
+        self,
+        request: _Request,
+        chunks: AsyncIterator[Sequence[Envelope]],
+        blobs: SharedBlobs | None,
+        suppress_stream: str | None,
+        labels: Labels,
+    ) -> EnqueueResult:
+        """The stream stored in one transaction."""
+        count = request.count
         async with self.store.write("enqueue") as tx:
             result = await self._admit(tx, request)
             if result.duplicate:
@@ -251,7 +268,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
             stored: set[str] = set()
             # Looked up in this transaction, so an unsubscribe committed before it is honoured;
             # an entry committed after it is the claim's to catch.
-            scope = _scope(tenant)
+            scope = _scope(request.tenant)
             suppressing = await tx.has_suppressions(scope, suppress_stream or ALL_STREAMS)
             async for chunk in chunks:
                 check_envelopes(chunk, written)
@@ -395,9 +412,16 @@ class OutboxCore(Outbox, Generic[StoreT]):
 
     async def _enqueue_group(self, take: Callable[[], list[_Request]]) -> list[EnqueueResult | Exception]:
         """Each request's checks in turn, then all their messages in one set of INSERTs."""
+        try:
+            return await self._commit_group(take)
+        except BaseException:
+            self.pending.forget()  # what was carried may be wrong now (a failed COMMIT may have stored it all)
+            raise
+
+    async def _commit_group(self, take: Callable[[], list[_Request]]) -> list[EnqueueResult | Exception]:
         async with self.store.write("enqueue") as tx:
             group = take()
-            pending = await tx.count_pending()
+            pending, token = await self.pending.read(tx.count_pending, sum(r.count for r in group), self.max_pending)
             outcomes: list[EnqueueResult | Exception] = []
             ids: list[str] = []
             batch_ids: list[str | None] = []
@@ -428,6 +452,7 @@ class OutboxCore(Outbox, Generic[StoreT]):
                     await tx.settle(sorted(hits), [])  # all suppressed: final now, never claimed
                     outcomes = [_with_suppressed(o, hits) for o in outcomes]
                 await tx.notify()
+        self.pending.carry(pending, token)  # committed: suppressed ones are final, so this errs high
         return outcomes
 
     def _room(self, pending: int, count: int) -> None:
