@@ -14,6 +14,7 @@ State is per process (with several hypercorn workers each enforces its own share
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -71,6 +72,12 @@ def client_address(remote_addr: str | None) -> str:
     """
     if not remote_addr:
         return "-"
+    return _bucket(remote_addr) if len(remote_addr) <= 64 else _bucket.__wrapped__(remote_addr)  # an address fits
+
+
+@functools.lru_cache(maxsize=4096)
+def _bucket(remote_addr: str) -> str:
+    """Cached: parsing an address is the costliest step of authenticating a request (the same clients return)."""
     try:
         ip = ipaddress.ip_address(remote_addr)
     except ValueError:
