@@ -9,7 +9,6 @@ nothing is queued; then one ``enqueue`` call commits all of it or none.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
 import time
@@ -264,15 +263,14 @@ def labels_of(model: MessageIn | BulkHead, horizon: float) -> Labels:
     ``transactional`` for a single message; a name the relays file has no route for takes its
     ``default`` route (the worker decides, so a route added later applies to mail already queued).
     """
-    try:
-        labels = model.labels(horizon)
-    except MessageError as exc:  # the horizon passed between validation and now
-        raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
     if "stream" in model.model_fields_set:
         route = model.stream
     else:
         route = "bulk" if isinstance(model, BulkHead) else "transactional"
-    return dataclasses.replace(labels, route=route, traceparent=current_traceparent())
+    try:
+        return model.labels(horizon, route=route, traceparent=current_traceparent())
+    except MessageError as exc:  # the horizon passed between validation and now
+        raise ProblemException(422, errors=[FieldError(field=exc.field, reason=exc.reason)]) from None
 
 
 def fingerprint_of(route: str, body: str) -> str:

@@ -372,10 +372,10 @@ class _Common(BaseModel):
         default=None, description=SEND_AT_DOC, json_schema_extra={"format": "date-time", "pattern": SEND_AT_PATTERN}
     )
 
-    def labels(self, horizon: float) -> Labels:
+    def labels(self, horizon: float, *, route: str | None = None, traceparent: str | None = None) -> Labels:
         """What the outbox stores with each message (send_at checked again at this moment)."""
         at = check_send_at(self.send_at, horizon) if self.send_at is not None else None
-        return Labels(tuple(self.tags), dict(self.metadata), at)
+        return Labels(tuple(self.tags), dict(self.metadata), at, traceparent, route)
 
     def _check_labels(self, info: ValidationInfo) -> None:
         ctx = _ctx(info)
