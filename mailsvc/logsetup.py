@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["FORMAT", "QUIET_LOGGERS", "JsonFormatter", "configure_logging"]
+__all__ = ["FORMAT", "QUIET_LOGGERS", "JsonFormatter", "TextFormatter", "configure_logging"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # Loggers whose DEBUG/INFO output can carry SQL parameters, SMTP lines, HTTP/2 headers or (botocore) SES
@@ -55,6 +56,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """:data:`FORMAT`, word for word as ``logging.Formatter(FORMAT)`` writes it, with the time formatted once a second.
+
+    Why: a line per accepted message is written on the event loop, and ``strftime`` of the local time was a
+    fifth of writing it; every line of one second shares that part (the milliseconds are added per line).
+
+    >>> rec = logging.LogRecord("mailsvc.web", logging.INFO, "", 0, "accepted id=%s", ("a1",), None)
+    >>> TextFormatter().format(rec) == logging.Formatter(FORMAT).format(rec)
+    True
+    """
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+        return f"{self._second[1]},{int(record.msecs):03d}"  # logging's default_msec_format, "%s,%03d"
+
+
 class _Handler(logging.StreamHandler[TextIO]):
     """The stderr handler this setup adds (and may re-format); any other handler is left alone."""
 
@@ -63,7 +88,7 @@ def _formatter(fmt: str) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter()
     if fmt == "text":
-        return logging.Formatter(FORMAT)
+        return TextFormatter()
     raise ValueError(f"MAILSVC_LOG_FORMAT: {fmt!r} is not text or json")
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from mailsvc import MailConfig, Message
 from mailsvc.config import ServiceConfig
-from mailsvc.logsetup import QUIET_LOGGERS, configure_logging
+from mailsvc.logsetup import FORMAT, QUIET_LOGGERS, TextFormatter, configure_logging
 from mailsvc.outbox import Outbox, SqliteOutbox
 from mailsvc.worker import WorkerGroup
 from tests.servers import Authenticator, RecordingHandler, smtp_server
@@ -218,3 +218,13 @@ async def test_a_bug_while_recording_loses_no_log_line_and_no_record(
     named = _logged_ids(lines)
     assert sorted(named) == sorted(ids)
     assert any("unexpected error recording" in r.getMessage() for r in caplog.records)
+
+
+def test_text_lines_are_the_standard_formatter_s_across_seconds_and_milliseconds() -> None:
+    """The text format formats its time once a second; every line still reads as ``logging.Formatter(FORMAT)``."""
+    ours, standard = TextFormatter(), logging.Formatter(FORMAT)
+    for i in range(2000):
+        created = 1_700_000_000 + i * 0.0137  # many lines per second, seconds going by, 0 and 999 ms included
+        record = logging.LogRecord("mailsvc.web", logging.INFO, "", 0, "accepted id=%s", (f"a{i}",), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == standard.format(record)
