@@ -29,6 +29,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..config import ServiceConfig
+from ..services import services
 from . import api, events_api, forms, health, metricsroute, openapi, outboxpage, suppressions, unsubscribe
 from .auth import check_startup
 from .problems import ProblemException, problem_response
@@ -56,7 +57,7 @@ def register(app: Quart, service: ServiceConfig) -> WebState:
     )
     app.session_interface = CookieSessions()
     app.asgi_http_class = KeepAliveConnection  # an early 401/413 must not cost the next request on the connection
-    state = WebState.from_service(service)
+    state = WebState.from_service(service, services(app))
     app.url_map.converters["message_id"] = api.MessageIdConverter
     for bp in (
         api.bp,

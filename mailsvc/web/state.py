@@ -6,14 +6,14 @@ their own keys and buckets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quart import Quart, request
 
 from ..config import ServiceConfig, WebConfig
 from ..extension import MailState
 from ..outbox import Outbox
-from ..services import services
+from ..services import Services, services
 from . import sessions
 from .auth import KeyRing, Principal
 from .problems import ProblemException, retry_after
@@ -30,13 +30,17 @@ class WebState:
     keys: KeyRing
     limiter: RateLimiter  # per tenant
     failures: FailureLimiter  # failed keys and sign-ins, per client address
+    # The app's parts, held here: every request reads the mail state and the outbox through them, and looking
+    # them up through ``current_app`` each time cost more than the rest of those reads (None: look them up).
+    parts: Services | None = None
+    _checks: CheckContext | None = field(default=None, repr=False)
 
     @property
     def config(self) -> WebConfig:
         return self.service.web
 
     @classmethod
-    def from_service(cls, service: ServiceConfig) -> WebState:
+    def from_service(cls, service: ServiceConfig, parts: Services | None = None) -> WebState:
         """Raises :class:`~mailsvc.errors.ConfigError` when ``MAILSVC_API_KEYS_FILE`` cannot be used."""
         web = service.web
         return cls(
@@ -44,17 +48,27 @@ class WebState:
             KeyRing.from_config(web),
             RateLimiter(web.rate_limit, web.rate_burst),
             FailureLimiter(web.auth_failure_limit),
+            parts,
         )
 
     @property
+    def _parts(self) -> Services:
+        return self.parts if self.parts is not None else services()
+
+    @property
     def mail(self) -> MailState:
-        return services().mail
+        return self._parts.mail
 
     def check_context(self) -> CheckContext:
-        return CheckContext(self.config, self.mail.renderer)
+        """Made again only when the renderer changed (the config never does)."""
+        renderer = self.mail.renderer
+        checks = self._checks
+        if checks is None or checks.renderer is not renderer:
+            checks = self._checks = CheckContext(self.config, renderer)
+        return checks
 
     def outbox(self) -> Outbox:
-        outbox = services().outbox
+        outbox = self._parts.outbox
         if outbox is None:
             raise ProblemException(503, "the outbox is not open yet", headers=retry_after(5))
         return outbox
