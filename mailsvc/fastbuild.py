@@ -59,7 +59,7 @@ def fast_path_applies(msg: Message) -> bool:
         not msg.attachments
         and not msg.alts
         and (msg.charset is None or msg.charset.lower() == "utf-8")
-        and not any(name.lower() in _MANAGED for name in msg.extra_headers)
+        and not (msg.extra_headers and any(name.lower() in _MANAGED for name in msg.extra_headers))
     )
 
 
@@ -126,6 +126,8 @@ def _make_boundary(text: bytes | str) -> str:
 
 _TOKEN_BITS = sys.maxsize.bit_length()
 _QP_WS = frozenset(" \t")  # a line ending in one of these needs the stdlib's rule ("" is not in it)
+# Printable ASCII and LF: a body of nothing else needs only its "=" quoted (deleting these leaves nothing).
+_PRINTABLE_LINES = bytes(range(0x20, 0x7F)) + b"\n"
 
 
 def _encode_text(text: str) -> tuple[str, str]:
@@ -152,7 +154,7 @@ def _encode_text(text: str) -> tuple[str, str]:
         lines.pop()
     if ascii_text and max(map(len, lines), default=0) <= _MAXLEN:
         return "7bit", "\r\n".join(lines) + "\r\n"
-    if ascii_text and "\t" not in latin and latin.replace("\n", "").isprintable():
+    if ascii_text and not latin.encode("ascii").translate(None, _PRINTABLE_LINES):
         translated = latin.replace("=", "=3D").split("\n")  # only "=" is quoted in printable ASCII
     else:
         translated = latin.translate(_QUOPRI_BODY_ENCODE_MAP).split("\n")  # \n is kept, nothing else makes one
@@ -171,12 +173,12 @@ def _encode_text(text: str) -> tuple[str, str]:
 def _qp_line(line: str) -> str:
     """One translated line as ``quoprimime.body_encode(..., maxlinelen=78)`` writes it (soft breaks as \\n)."""
     size = len(line)
-    if size <= _MAXLEN and (not line or line[-1] not in " \t"):
-        return line  # nearly every line: nothing to break, nothing to quote at the end
     if size > _MAXLEN and line[-1] not in " \t":  # the usual long line: one soft break, never inside an =XX
         cut = 75 if line[75] == "=" else 76 if line[76] == "=" else 77
         if size - cut <= _MAXLEN:
             return f"{line[:cut]}=\n{line[cut:]}"
+    elif size <= _MAXLEN and (not line or line[-1] not in " \t"):
+        return line  # nothing to break, nothing to quote at the end
     # The stdlib's loop, verbatim but for the names (Lib/email/quoprimime.py, body_encode).
     pieces: list[str] = []
     start = 0
