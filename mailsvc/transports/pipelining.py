@@ -303,7 +303,13 @@ async def _reset(smtp: aiosmtplib.SMTP) -> None:
 # Complete one-line replies, each within aiosmtplib's MAX_LINE_LENGTH (8192 bytes with its CRLF). Anything
 # else (a continuation line, a partial reply, a bare LF, a longer line) goes to aiosmtplib's own parser.
 _ONE_LINE_REPLIES = re.compile(rb"(?:[0-9]{3}(?: [^\r\n]{0,%d})?\r\n)+" % (MAX_LINE_LENGTH - 6))
-_ONE_LINE_REPLY = re.compile(rb"([0-9]{3})(?: ([^\r\n]*))?\r\n")
+_KNOWN_REPLIES_MAX = 256
+_known_replies: dict[bytes, SMTPResponse] = {}  # reply line (without CRLF) -> the reply; immutable, so shared
+
+
+def _one_line_reply(line: bytes) -> SMTPResponse:
+    """A line ``_ONE_LINE_REPLIES`` matched (CRLF cut off), as aiosmtplib's ``_read_response_from_buffer`` reads it."""
+    return SMTPResponse(int(line[:3]), line[4:].strip(b" \t").decode("utf-8", "surrogateescape"))
 
 
 class ReplyReader:
@@ -348,12 +354,16 @@ class ReplyReader:
     def _data_received(self, data: bytes) -> None:
         p = self._protocol
         if not p._buffer and _ONE_LINE_REPLIES.fullmatch(data):
-            # Whole one-line replies only, what a pipelining server nearly always sends back: parsed in one
-            # pass, as aiosmtplib's parser reads them (code, text stripped of blanks, decoded alike).
-            self._replies.extend(
-                SMTPResponse(int(code), text.strip(b" \t").decode("utf-8", "surrogateescape"))
-                for code, text in _ONE_LINE_REPLY.findall(data)
-            )
+            # Whole one-line replies only, what a pipelining server nearly always sends back, read as
+            # aiosmtplib's parser reads them (_one_line_reply). A server repeats most of its lines word for
+            # word ("250 2.1.0 Ok", "354 ..."): those are parsed once per process.
+            append, known = self._replies.append, _known_replies
+            for line in data.split(b"\r\n")[:-1]:
+                if (reply := known.get(line)) is None:
+                    reply = _one_line_reply(line)
+                    if len(known) < _KNOWN_REPLIES_MAX:  # replies carrying queue ids never repeat: stop there
+                        known[line] = reply
+                append(reply)
             self._wake()
             return
         p._buffer.extend(data)
