@@ -291,7 +291,9 @@ class _Html:
 
 
 @pytest.mark.parametrize(
-    "value", ["<a href='x'>&\"</a>", "", "plain", 2010, 9.99, None, Markup("<b>ok</b>"), _Html(), ["<x>"]]
+    "value",
+    ["<a href='x'>&\"</a>", "", "plain", 2010, -7, 2**80, True, 9.99, float("nan"), -0.0, 1e300, None]
+    + [Markup("<b>ok</b>"), _Html(), ["<x>"]],
 )
 def test_fast_escape_is_markupsafes(value: object) -> None:
     from mailsvc.rendering import _escape
