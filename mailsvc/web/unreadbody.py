@@ -68,6 +68,8 @@ class RequestBody:
         self.ended = False  # the last part arrived, or the client went away
 
     async def receive(self) -> ASGIReceiveEvent:
+        if self.ended:  # nothing left for discard() to take turns on (Quart's wait for the disconnect)
+            return await self._receive()
         async with self._lock:
             message = await self._receive()
             self._note(message)
