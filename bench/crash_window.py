@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/crash_window.py [--rounds 1]
 
-Why it runs the tests: the scenario (a real ``hypercorn asgi:app`` process group with its in-process worker,
-and separately a ``mailsvc worker`` process, each SIGKILLed as a group a third of the way through a bulk to Postfix's
+Why it runs the tests: the scenario (a real ``hypercorn asgi:app`` process group with its worker in process,
+the same with its worker in a child process, and separately a ``mailsvc worker`` process, each SIGKILLed as a
+group a third of the way through a bulk to Postfix's
 ``smtp-sink``, then restarted on the same SQLite outbox) is exactly what
 ``tests/test_service_crash.py`` and ``tests/test_worker_process.py`` build and assert; here they run with
 their figures printed, and this prints them as a table. The tests' own asserts (0 lost, sent twice at most
@@ -21,8 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CASES = (
     (
-        "hypercorn asgi:app, in-process worker",
-        "tests/test_service_crash.py::test_sigkill_mid_bulk_with_in_process_worker_loses_nothing",
+        "hypercorn asgi:app, its worker in process",
+        "tests/test_service_crash.py::test_sigkill_mid_bulk_loses_nothing[in-process]",
+    ),
+    (
+        "hypercorn asgi:app, its worker process (the default here)",
+        "tests/test_service_crash.py::test_sigkill_mid_bulk_loses_nothing[worker-process]",
     ),
     ("mailsvc worker process", "tests/test_worker_process.py::test_sigkill_mid_batch_then_restart_loses_nothing"),
 )
