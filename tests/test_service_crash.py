@@ -6,9 +6,9 @@ SQLite outbox file, Postfix's ``smtp-sink`` (one dump file per message received)
 - **A 202 means stored.** Killed right after the answer, with no worker running, a restarted service
   delivers what it accepted: one message, and a whole bulk.
 - **A kill mid-bulk loses nothing and re-sends little.** Killed while its worker (in process, or its child
-  process) is a third of the way through a 5,000-message bulk, the restarted service delivers every message, and no more twice
-  than the worker may have had on the wire: at most ``MAILSVC_WORKER_CONCURRENCY``, and at most the
-  messages still leased at the kill (sent perhaps, but not recorded).
+  process) is a third of the way through a 5,000-message bulk, the restarted service delivers every message,
+  and no more twice than the worker may have had on the wire: at most ``MAILSVC_WORKER_CONCURRENCY``, and at
+  most the messages still leased at the kill (sent perhaps, but not recorded).
 
 Why the group: hypercorn serves from a worker child; killing the parent alone leaves the child sending.
 Why a SIGKILL proves "stored" at all: the page cache outlives the process, so this shows the commit came
