@@ -514,6 +514,8 @@ class ServiceConfig(BaseModel):
     # Observability (issue 16): /metrics on an address of its own, unauthenticated (None: on the app, admin key);
     # one JSON object per log line instead of text.
     metrics_bind: HostPort | None = None
+    # The service's worker process (worker_process): its own /metrics (outcomes, SMTP timings, in flight) there.
+    worker_metrics_bind: HostPort | None = None
     log_format: LogFormat = "text"
     # Webhooks (mailsvc/webhooks.py): endpoints the operator names, each POSTed the events it asks for, signed;
     # a delivery not answered 2xx is retried with backoff and given up (status failed) after webhook_give_up s.

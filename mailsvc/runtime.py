@@ -67,7 +67,7 @@ def register(app: Quart, service: ServiceConfig) -> None:
                     metrics_server = MetricsServer(parts.metrics, service.metrics_bind)
                     await metrics_server.start()
             if service.workers > 0 and service.worker_process:
-                child = WorkerProcess(outbox)
+                child = WorkerProcess(outbox, service.worker_metrics_bind)
                 await child.start()
                 parts.worker_process = child
             elif service.workers > 0:

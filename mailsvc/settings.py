@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     MAILSVC_MAX_HEADER_BYTES: int = env_field(S, "max_header_bytes")
     MAILSVC_MAX_CONNECTIONS: int = env_field(S, "max_connections")
     MAILSVC_METRICS_BIND: HostPort | None = env_field(S, "metrics_bind")  # host:port: /metrics there, without a key
+    MAILSVC_WORKER_METRICS_BIND: HostPort | None = env_field(S, "worker_metrics_bind")  # the worker process's
     MAILSVC_LOG_FORMAT: LogFormat = env_field(S, "log_format")
     # Webhooks: a JSON list of {"name", "url", "secret": "whsec_...", "events": [...], "batch": n}
     MAILSVC_WEBHOOKS: tuple[WebhookEndpoint, ...] = env_field(S, "webhooks")

@@ -56,8 +56,10 @@ def decide(service: ServiceConfig) -> ServiceConfig:
 class WorkerProcess:
     """One ``mailsvc worker`` child, woken on the service's commits, restarted when it dies."""
 
-    def __init__(self, outbox: Outbox, argv: list[str] | None = None) -> None:
-        self.argv = argv or [sys.executable, "-m", "mailsvc", "worker"]
+    def __init__(self, outbox: Outbox, metrics_bind: str | None = None) -> None:
+        # The child's own /metrics (MAILSVC_WORKER_METRICS_BIND): the web process's has no worker figures.
+        bind = ["--metrics-bind", metrics_bind] if metrics_bind else []
+        self.argv = [sys.executable, "-m", "mailsvc", "worker", *bind]
         self.proc: asyncio.subprocess.Process | None = None
         self._wake_fd: int | None = None
         self._watch: asyncio.Task[None] | None = None

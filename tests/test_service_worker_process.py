@@ -21,6 +21,7 @@ import pytest
 
 from mailsvc.config import ServiceConfig
 from mailsvc.workerprocess import decide
+from tests.procs import free_port
 from tests.smtp_sink import SMTPSink
 from tests.test_service_crash import AUTH, Service, ready, service, service_env, wait_for
 
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.slow
 _STARTED = re.compile(r"started the delivery worker process \(pid (\d+)\)")
 
 
-def env_for(tmp_path: Path, sink_port: int) -> dict[str, str]:
-    return service_env(tmp_path, sink_port, MAILSVC_WORKER_PROCESS="1", MAILSVC_POLL_INTERVAL="120")
+def env_for(tmp_path: Path, sink_port: int, **settings: str) -> dict[str, str]:
+    return service_env(tmp_path, sink_port, MAILSVC_WORKER_PROCESS="1", MAILSVC_POLL_INTERVAL="120", **settings)
 
 
 def worker_pids(svc: Service) -> list[int]:
@@ -69,9 +70,12 @@ async def delivered(client: httpx.AsyncClient, svc: Service, msg: str, what: str
 
 
 @asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient, SMTPSink, int]]:
+async def running(tmp_path: Path, **settings: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient, SMTPSink, int]]:
     """The service, ready, a client, its sink, and the pid of its one worker process once it has started."""
-    with SMTPSink(tmp_path / "sink") as sink, service(tmp_path, env_for(tmp_path, sink.port), "svc") as svc:
+    with (
+        SMTPSink(tmp_path / "sink") as sink,
+        service(tmp_path, env_for(tmp_path, sink.port, **settings), "svc") as svc,
+    ):
         async with httpx.AsyncClient(timeout=30) as client:
             await ready(client, svc)
             await wait_for(lambda: bool(worker_pids(svc)), 60, svc, "the worker process to start")
@@ -112,6 +116,17 @@ async def test_a_worker_process_that_dies_is_started_again(tmp_path: Path) -> No
         msg = await post_one(client, svc, 0)
         await delivered(client, svc, msg, "the message after the restart")
         assert sink.count() == 1
+
+
+async def test_the_worker_process_serves_its_own_metrics_where_told(tmp_path: Path) -> None:
+    """The web process's /metrics has no worker figures then: the child's are at MAILSVC_WORKER_METRICS_BIND."""
+    port = free_port()
+    async with running(tmp_path, MAILSVC_WORKER_METRICS_BIND=f"127.0.0.1:{port}") as (svc, client, _, _):
+        msg = await post_one(client, svc, 0)
+        await delivered(client, svc, msg, "the message")
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert 'mailsvc_recipients_total{outcome="delivered",reply_class="2xx"} 1.0' in text
+        assert "mailsvc_worker_inflight" in text
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,7 @@ def test_defaults_and_bounds_are_the_models(setting: str) -> None:
         ({"MAILSVC_MAX_RENDER_CHARS": "10"}, "MAILSVC_MAX_RENDER_CHARS"),
         ({"MAILSVC_RATE_BURST": "many"}, "MAILSVC_RATE_BURST"),
         ({"MAILSVC_WORKERS": "65"}, "MAILSVC_WORKERS"),
+        ({"MAILSVC_WORKER_METRICS_BIND": "127.0.0.1"}, "MAILSVC_WORKER_METRICS_BIND"),
         ({"MAILSVC_RETRY_JITTER": "1"}, "MAILSVC_RETRY_JITTER"),
         ({"MAIL_POOL_SIZE": "0"}, "MAIL_POOL_SIZE"),
         ({"MAILSVC_MAX_HEADER_BYTES": "100"}, "MAILSVC_MAX_HEADER_BYTES"),
