@@ -145,9 +145,11 @@ class WorkerProcess:
                 pause,
             )
             self._close_pipe()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, LAST_PAUSE)
-            try:
-                await self._spawn()
-            except OSError as exc:
-                log.error("cannot start the delivery worker process: %s", exc)
+            while True:  # a child that cannot even be started is tried again, with the same growing pause
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LAST_PAUSE)
+                try:
+                    await self._spawn()
+                    break
+                except OSError as exc:
+                    log.error("cannot start the delivery worker process: %s; trying again in %g s", exc, pause)
