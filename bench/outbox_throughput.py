@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -100,7 +101,8 @@ async def main(args: argparse.Namespace) -> None:
         workdir = Path(tmp)
         url = args.database_url or f"sqlite:///{workdir / 'outbox.sqlite3'}"
         envelopes = batch(args.messages, args.size)
-        with SMTPSink(workdir / "sink") as sink:
+        with contextlib.nullcontext(None) if args.sink_port else SMTPSink(workdir / "sink") as sink:
+            port = args.sink_port or sink.port
             async with open_outbox(url, max_pending=max(args.messages, 100_000)) as outbox:
                 t0 = time.perf_counter()
                 result = await outbox.enqueue(envelopes, batch=True)
@@ -108,20 +110,21 @@ async def main(args: argparse.Namespace) -> None:
                 assert result.batch_id is not None
                 t1 = time.perf_counter()
                 if args.processes:
-                    deliver_in_processes(url, sink.port, args, workdir)
+                    deliver_in_processes(url, port, args, workdir)
                 else:
-                    await deliver_in_process(outbox, sink.port, args)
+                    await deliver_in_process(outbox, port, args)
                 t_deliver = time.perf_counter() - t1
                 counts = await outbox.batch_status(result.batch_id)
-            seen = sink.message_ids()
-        lost = args.messages - len(seen)
-        dup = sum(c - 1 for c in seen.values())
+            seen = sink.message_ids() if sink is not None else None
+        lost = args.messages - len(seen) if seen is not None else "?"
+        dup = sum(c - 1 for c in seen.values()) if seen is not None else "?"
         how = f"{args.processes} `mailsvc worker` process(es)" if args.processes else f"{args.loops} in-process loop(s)"
         backend = url.partition(":")[0]
         print(f"outbox={backend} messages={args.messages} size={args.size}B pool={args.pool_size} via {how}")
         print(f"enqueue: {t_enqueue:.3f}s for the batch ({args.messages / t_enqueue:,.0f} messages/s, one transaction)")
         print(f"deliver: {t_deliver:.2f}s -> {args.messages / t_deliver:,.0f} messages/s to smtp-sink")
-        print(f"states: {counts}; at sink: {len(seen)} distinct, lost {lost}, duplicated {dup}")
+        distinct = len(seen) if seen is not None else "?"
+        print(f"states: {counts}; at sink: {distinct} distinct, lost {lost}, duplicated {dup}")
 
 
 if __name__ == "__main__":
@@ -133,5 +136,12 @@ if __name__ == "__main__":
     p.add_argument("--processes", type=int, default=0, help="run N `mailsvc worker` processes instead")
     p.add_argument("--claim-batch", type=int, default=100)
     p.add_argument("--concurrency", type=int, default=100)
+    p.add_argument(
+        "--sink-port",
+        type=int,
+        default=0,
+        help="deliver to an smtp-sink already listening there, without -d (the dumping sink writes a file per"
+        " message and is then the bottleneck); the sink's count is not checked",
+    )
     p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     asyncio.run(main(p.parse_args()))

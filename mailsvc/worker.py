@@ -48,6 +48,7 @@ from .results import RecipientResult, SendResult
 from .retry import RelayBackoff, RetryPolicy
 from .tracing import link_to, tracer
 from .transports.factory import TransportFactory
+from .transports.feed import Gone, SendFeed
 from .verp import ReturnPath
 
 __all__ = ["Worker", "WorkerGroup", "WorkerStats", "default_owner"]
@@ -131,6 +132,10 @@ class Worker:
         # Messages this worker holds a lease on (claimed, not yet recorded or released) -> loop time
         # the lease was last granted; renewed every lease_seconds / 3 while they are in hand.
         self._leased: dict[str, float] = {}
+        # One relay, no VERP, no tracing: messages go through a feed, back to back on the pool's connections
+        # (made in run(), in its loop). Otherwise each is sent on its own (_send, _send_routed).
+        self._feed: SendFeed[ClaimedMessage] | None = None
+        self._taken_at: dict[str, float] = {}  # when a connection took it: the SMTP send timing starts there
 
     def stop(self) -> None:
         """Ask the loop to stop (safe from a signal handler); :meth:`run` then winds down."""
@@ -160,6 +165,8 @@ class Worker:
         self._slots = asyncio.Semaphore(self.concurrency)
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.mail.config.pool_size if self.relays is None else self.relays.pool_size)
+        if self.relays is None and self.return_path is None and not self.mail.config.suppress_send:
+            self._feed = SendFeed(lambda: self.mail.pool, self.mail.config.pool_size, self._admit, self._trouble)
         flusher = asyncio.create_task(self._flush_loop())
         renewer = asyncio.create_task(self._renew_loop())
         try:
@@ -190,6 +197,8 @@ class Worker:
                     await self._sleep_until_stop(self.outbox.wait_for_work(self.poll_interval))
         finally:
             await self._wind_down()
+            if self._feed is not None:
+                await self._feed.close()
             self._records_ready.set()
             try:
                 await flusher
@@ -261,18 +270,20 @@ class Worker:
         relay: str | None = None
         defer_to: datetime | None = None
         try:
-            async with self._gate:
-                # Paused relay, stopping, or the lease not renewed for so long that it may lapse
-                # mid-send (another worker would then send it too): give it back unsent.
-                loop_now = asyncio.get_running_loop().time()
-                waited = loop_now - self._leased.get(msg.id, loop_now - self.lease_seconds)
-                if self.stopping or self._paused() > 0 or waited > self.lease_seconds / 2:
-                    self._give_back(msg.id)
+            if self._feed is not None and tracer() is None:
+                fed = await self._send_fed(msg, self._feed)
+                if fed is None:
                     return
-                if self.relays is None:
-                    result = await self._send(msg)
-                else:
-                    result, relay, defer_to = await self._send_routed(msg, self.relays)
+                result = fed
+            else:
+                async with self._gate:
+                    if not self._may_send(msg):
+                        self._give_back(msg.id)
+                        return
+                    if self.relays is None:
+                        result = await self._send(msg)
+                    else:
+                        result, relay, defer_to = await self._send_routed(msg, self.relays)
         except asyncio.CancelledError:
             self._give_back(msg.id)
             raise
@@ -281,6 +292,7 @@ class Worker:
             result = SendResult.all_failed(msg.envelope.message_id, msg.envelope.recipients, f"internal error: {exc}")
         finally:
             self._on_wire.discard(msg.id)
+            self._taken_at.pop(msg.id, None)
         now = datetime.now(UTC)
         outcomes = [self.policy.outcome(r, msg.attempts + 1, msg.first_queued_at, now) for r in result.recipients]
         if self.relays is not None:
@@ -298,6 +310,44 @@ class Worker:
         # The slot is held until the outcome is committed: sent-but-unrecorded mail (what a crash would
         # send again) is never more than `concurrency` messages, however slow a commit is.
         await recorded
+
+    def _may_send(self, msg: ClaimedMessage) -> bool:
+        """Not if the relay is paused, the worker stopping, or the lease not renewed for so long that it may
+        lapse mid-send (another worker would then send it too): the caller gives it back unsent."""
+        loop_now = asyncio.get_running_loop().time()
+        waited = loop_now - self._leased.get(msg.id, loop_now - self.lease_seconds)
+        return not (self.stopping or self._paused() > 0 or waited > self.lease_seconds / 2)
+
+    def _admit(self, msg: ClaimedMessage) -> bool:
+        """The feed's question when a connection takes ``msg``: from here it may be on the wire."""
+        if not self._may_send(msg):
+            return False
+        self._on_wire.add(msg.id)
+        if self.metrics is not None:
+            self._taken_at[msg.id] = time.perf_counter()
+        return True
+
+    def _trouble(self, exc: DeliveryError) -> None:
+        """A feed connection failed or could not be opened: the relay pauses (its message has a failed result)."""
+        pause = self.backoff.trouble()
+        log.warning("relay trouble (%s); pausing %.3gs", exc, pause)
+
+    async def _send_fed(self, msg: ClaimedMessage, feed: SendFeed[ClaimedMessage]) -> SendResult | None:
+        """Through the feed (pipelined after the previous message on a pooled connection); None: given back."""
+        try:
+            result, broken = await feed.submit(msg.envelope, msg)
+        except Gone:
+            self._give_back(msg.id)
+            return None
+        if self.metrics is not None and (taken := self._taken_at.pop(msg.id, None)) is not None:
+            self.metrics.smtp_send_seconds.observe(time.perf_counter() - taken)
+        if broken:  # the connection's failure: _trouble paused the relay
+            return result
+        if any(r.code == 421 for r in result.recipients):
+            self.backoff.trouble()
+        else:
+            self.backoff.ok()
+        return result
 
     async def _send(self, msg: ClaimedMessage) -> SendResult:
         """Send over the pool; a failure before the connection was up is the relay's, never a 5xx verdict."""

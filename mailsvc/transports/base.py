@@ -43,6 +43,14 @@ class SendQueue:
         """The position of the next envelope to send, or None when there is none left."""
         return self._todo.popleft() if self._todo else None
 
+    def envelope(self, i: int) -> Envelope:
+        """The envelope taken as ``i``."""
+        return self.envelopes[i]
+
+    def put(self, i: int, result: SendResult) -> None:
+        """Envelope ``i``'s result (the server's answers, or a failure of its connection)."""
+        self.results[i] = result
+
     def give_back(self, i: int) -> None:
         """``i`` was taken but not sent (no content reached the server): it is next again."""
         self._todo.appendleft(i)
@@ -61,8 +69,8 @@ class SendQueue:
 
     def fail(self, i: int, exc: DeliveryError) -> None:
         """Envelope ``i`` failed with its connection: every recipient gets the reason."""
-        e = self.envelopes[i]
-        self.results[i] = SendResult.all_failed(e.message_id, e.recipients, str(exc), exc.code)
+        e = self.envelope(i)
+        self.put(i, SendResult.all_failed(e.message_id, e.recipients, str(exc), exc.code))
 
 
 class Transport(abc.ABC):
@@ -88,7 +96,7 @@ class Transport(abc.ABC):
         """Send envelope ``first``, then more from ``queue``, until it is empty, this connection
         closed, or ``sent`` reached ``limit`` (``MAIL_MAX_EMAILS``).
 
-        Every envelope taken (``first`` included) gets its result in ``queue.results``
+        Every envelope taken (``first`` included) gets its result (:meth:`SendQueue.put`)
         or is given back, also when this raises: a :class:`DeliveryError` after the
         failed envelope's result is recorded, so the pool replaces the connection.
         This default sends one at a time; a transport that can overlap messages on
@@ -97,7 +105,7 @@ class Transport(abc.ABC):
         i: int | None = first
         while i is not None:
             try:
-                queue.results[i] = await self.send(queue.envelopes[i])
+                queue.put(i, await self.send(queue.envelope(i)))
             except DeliveryError as exc:
                 queue.fail(i, exc)
                 raise

@@ -97,18 +97,30 @@ class ConnectionPool:
 
         async def worker() -> None:
             while (i := queue.take()) is not None:
-                entered = False
                 try:
-                    async with self.connection() as conn:
-                        entered = True
-                        await conn.send_batch(queue, i, self._max)
-                except DeliveryError as exc:
-                    if not entered:  # the connection could not be opened: that fails the envelope it was for
-                        queue.fail(i, exc)
+                    await self.send_from(queue, i)
+                except DeliveryError:
+                    pass  # that envelope has its failed result; the next goes on a fresh connection
 
         await asyncio.gather(*(worker() for _ in range(min(self._size, len(envelopes)))))
         assert all(r is not None for r in queue.results)
         return queue.results  # type: ignore[return-value]
+
+    async def send_from(self, queue: SendQueue, first: int) -> None:
+        """Envelope ``first`` and what follows it from ``queue``, on one pooled connection (``send_batch``).
+
+        Every envelope taken gets its result or goes back to ``queue``, also when this raises
+        :class:`DeliveryError` (the connection failed, or could not be opened: that fails ``first``).
+        """
+        entered = False
+        try:
+            async with self.connection() as conn:
+                entered = True
+                await conn.send_batch(queue, first, self._max)
+        except DeliveryError as exc:
+            if not entered:  # the connection could not be opened: that fails the envelope it was for
+                queue.fail(first, exc)
+            raise
 
     async def aclose(self) -> None:
         self._closed = True

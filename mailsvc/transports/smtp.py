@@ -338,7 +338,7 @@ class SMTPTransport(Transport):
                 i = queue.take()
             if i is None:
                 return None
-            e = queue.envelopes[i]
+            e = queue.envelope(i)
             return Transaction(i, e.sender, e.recipients, e.data, e.mail_options, e.rcpt_options)
 
         def report(tx: Transaction, answer: Outcome) -> None:
@@ -346,7 +346,7 @@ class SMTPTransport(Transport):
                 # Its commands could not be built, or the server closed (421) in a way send() raises for.
                 queue.fail(tx.key, self._translate(answer, "send"))
             else:
-                queue.results[tx.key] = self._answered(queue.envelopes[tx.key], answer)[0]
+                queue.put(tx.key, self._answered(queue.envelope(tx.key), answer)[0])
 
         try:
             await stream.run(take, report, self.config.timeout)
