@@ -155,3 +155,34 @@ async def test_a_failure_in_a_later_chunk_queues_nothing(
         assert again.headers["Idempotent-Replayed"] == "true"
         assert (await again.get_json())["batch_id"] == (await r.get_json())["batch_id"]
         assert await svc.pending() == n
+
+
+def test_no_fingerprint_without_an_idempotency_key() -> None:
+    req = BulkRequest.check(BulkBody.parse(json.dumps(BODIES[2])), CheckContext(WebConfig()), keyed=False)
+    assert req.fingerprint is None and req.count == 7
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 250])
+async def test_kept_recipients_and_a_second_walk_give_the_same_chunks(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small body's second walk goes over the first walk's models; a large one's parses again: same messages."""
+    import mailsvc.web.bulkstream as bulkstream
+
+    text = json.dumps(BODIES[2])
+    ctx = CheckContext(WebConfig())
+
+    async def chunked() -> tuple[bool, list[list[tuple[int, str, str]]]]:
+        req = BulkRequest.check(BulkBody.parse(text), ctx)
+        seen: list[list[tuple[int, str, str]]] = []
+        async for chunk in req.chunks(lambda i, r: (i, r.to[0], r.context["name"]), size):  # type: ignore[arg-type,return-value]
+            seen.append(list(chunk))  # type: ignore[arg-type]
+        return req.models is not None, seen
+
+    kept, from_models = await chunked()
+    monkeypatch.setattr(bulkstream, "KEEP_MODELS_CHARS", 10)
+    walked, from_text = await chunked()
+    assert kept and not walked
+    assert from_models == from_text
+    assert [x for chunk in from_models for x in chunk] == [(i, f"u{i}@example.com", f"n{i}") for i in range(7)]
+    assert [len(c) for c in from_models] == [min(size, 7 - k) for k in range(0, 7, size)]

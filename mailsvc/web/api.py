@@ -276,8 +276,8 @@ async def send_bulk() -> Response:
             body = await asyncio.to_thread(BulkBody.parse, text)
         except (ValueError, RecursionError) as exc:
             raise not_json(exc) from None
-        req = await asyncio.to_thread(BulkRequest.check, body, ws.check_context())
         key = idempotency_key()
+        req = await asyncio.to_thread(BulkRequest.check, body, ws.check_context(), keyed=key is not None)
         result = await compose.enqueue_bulk(
             ws.outbox(), req, ws.mail, ws.config, principal=principal, idempotency_key=key
         )

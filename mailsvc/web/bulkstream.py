@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,6 +34,9 @@ __all__ = ["CHUNK", "CHUNK_BYTES", "BulkRequest", "chunk_size"]
 
 CHUNK = 250  # messages rendered and stored together: ~1 MB of MIME at a time
 CHUNK_BYTES = 32 * 1024 * 1024  # at most this much MIME per chunk, when messages carry attachments
+# A body up to this size keeps the first walk's validated recipients for the second (~5 times its size in
+# Python objects); a larger one is walked and validated again, so its memory stays one chunk's.
+KEEP_MODELS_CHARS = 4 * 1024 * 1024
 
 
 def chunk_size(attachment_bytes: int) -> int:
@@ -49,31 +52,48 @@ _MAX_REPORTED = 20
 
 
 class BulkRequest:
-    """A validated bulk request: its head model, its recipient count, its fingerprint.
+    """A validated bulk request: its head model, its recipient count, its fingerprint (None: not asked for).
 
-    Built by :meth:`check` (the first walk); :meth:`chunks` is the second walk.
+    Built by :meth:`check` (the first walk); :meth:`chunks` is the second walk, over the first one's
+    recipients when the body was small enough to keep them (``models``).
     """
 
-    def __init__(self, body: BulkBody, head: BulkHead, count: int, fingerprint: str, context: CheckContext) -> None:
+    def __init__(
+        self,
+        body: BulkBody,
+        head: BulkHead,
+        count: int,
+        fingerprint: str | None,
+        context: CheckContext,
+        models: list[BulkRecipient] | None = None,
+    ) -> None:
         self.body = body
         self.head = head
         self.count = count
         self.fingerprint = fingerprint
         self.context = context
+        self.models = models
 
     @classmethod
-    def check(cls, body: BulkBody, context: CheckContext) -> BulkRequest:
-        """Validate everything that can be checked without rendering; 422 (413 for sizes) with every field."""
+    def check(cls, body: BulkBody, context: CheckContext, *, keyed: bool = True) -> BulkRequest:
+        """Validate everything that can be checked without rendering; 422 (413 for sizes) with every field.
+
+        ``keyed``: the request has an idempotency key, so its fingerprint is computed (else it is None).
+        """
         if not isinstance(body.head, dict):
             raise not_an_object()
         report = _Report()
         head = _check_head(body, context, report)
-        fingerprint = _Fingerprint(head)
+        fingerprint = _Fingerprint(head) if keyed else None
+        models: list[BulkRecipient] | None = [] if len(body.text) <= KEEP_MODELS_CHARS else None
         count = 0
         for _, raw in body.recipients(None):
             r = _check_recipient(raw, f"recipients[{count}]", context, report)
             if r is not None and report.clean:
-                fingerprint.add(r)
+                if fingerprint is not None:
+                    fingerprint.add(r)
+                if models is not None:
+                    models.append(r)
             count += 1
         if body.recipients_at is not None and count == 0:
             report.errors.append(FieldError(field="recipients", reason="must have at least one entry"))
@@ -82,7 +102,8 @@ class BulkRequest:
             report.errors.append(FieldError(field="recipients", reason=reason))
         if not report.clean or head is None:
             raise report.problem()
-        return cls(body, head, count, fingerprint.hexdigest(), context)
+        digest = fingerprint.hexdigest() if fingerprint is not None else None
+        return cls(body, head, count, digest, context, models)
 
     async def chunks(
         self, build_one: Callable[[int, BulkRecipient], Envelope], size: int = CHUNK
@@ -94,12 +115,21 @@ class BulkRequest:
         failed to build; nothing is yielded after the first failure, so the caller's transaction rolls back.
         """
 
+        def walk(start: int | None, index: int) -> Iterator[tuple[int | None, BulkRecipient]]:
+            """(where to resume, recipient): the kept models from ``index``, or the body walked again."""
+            if self.models is not None:
+                last = len(self.models) - 1
+                for at in range(index, last + 1):
+                    yield (at + 1 if at < last else None), self.models[at]
+                return
+            for nxt, raw in self.body.recipients(start):
+                yield nxt, BulkRecipient.model_validate(raw, context=self.context)
+
         def build(start: int | None, index: int) -> tuple[list[Envelope], list[FieldError], int | None, int]:
             envelopes: list[Envelope] = []
             failed: list[FieldError] = []
             nxt: int | None = None
-            for nxt, raw in self.body.recipients(start):  # noqa: B007 (nxt is returned: where to resume)
-                r = BulkRecipient.model_validate(raw, context=self.context)
+            for nxt, r in walk(start, index):  # noqa: B007 (nxt is returned: where to resume)
                 try:
                     envelopes.append(build_one(index, r))
                 except ProblemException as exc:
