@@ -432,3 +432,47 @@ def test_reply_reader_reads_what_aiosmtplibs_parser_reads(data: bytes) -> None:
             raise reader._error
 
     assert read(ours) == read(theirs)
+
+
+@dataclass
+class ClosingHandler(PipeliningHandler):
+    """Answers 421 and hangs up on MAIL (``bye_on_mail``) or on one recipient's RCPT (``bye_on``)."""
+
+    bye_on: str | None = None
+    bye_on_mail: bool = False
+
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: ServerEnvelope, address: str, mail_options: list[str]
+    ) -> str:
+        if self.bye_on_mail:
+            await server.push("421 4.3.2 shutting down")
+            server.transport.close()
+            return "250 never seen"
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: ServerEnvelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address == self.bye_on:
+            await server.push("421 4.3.2 shutting down")
+            server.transport.close()
+            return "250 never seen"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+
+@pytest.mark.parametrize(
+    ("handler_kw", "recipients"),
+    [
+        ({"bye_on_mail": True}, ["b@example.com"]),
+        ({"bye_on": "b@example.com"}, ["b@example.com"]),  # every recipient refused: that refusal
+        ({"bye_on": "c@example.com"}, ["b@example.com", "c@example.com", "d@example.com"]),  # closed mid-envelope
+    ],
+)
+async def test_a_421_to_mail_or_rcpt_ends_the_exchange_as_lock_step_sending_does(
+    handler_kw: dict[str, Any], recipients: list[str]
+) -> None:
+    """aiosmtplib closes on a 421 and asks nothing more; the pipelined exchange must not read past it."""
+    plain = await _send(ClosingHandler(**handler_kw), recipients, enabled=False)
+    piped = await _send(ClosingHandler(**handler_kw), recipients, enabled=True)
+    assert piped == plain
+    assert plain[1] is None  # the connection is closed: no second message

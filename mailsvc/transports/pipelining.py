@@ -182,6 +182,9 @@ async def _pipelined(
 ) -> tuple[dict[str, SMTPResponse], str]:
     group, content = commands(smtp, sender, recipients, message, mail_options, rcpt_options)
     replies = await _exchange(protocol, group, content, len(recipients))
+    if isinstance(replies, tuple):  # a 421 to MAIL or a RCPT: the server is closing, nothing more was read
+        smtp.close()
+        raise closed_outcome(*replies, sender, recipients)
     if replies.closing:
         smtp.close()  # as aiosmtplib does on 421: the server is going away
     result = outcome(replies, sender, recipients)
@@ -256,8 +259,14 @@ def commands(
     return b"".join(group), content
 
 
-async def _exchange(protocol: SMTPProtocol, group: bytes, content: bytes, n_rcpts: int) -> Replies:
-    """Write the group at once, read its replies in order, then the content if DATA was accepted."""
+async def _exchange(
+    protocol: SMTPProtocol, group: bytes, content: bytes, n_rcpts: int
+) -> Replies | tuple[SMTPResponse, list[SMTPResponse]]:
+    """Write the group at once, read its replies in order, then the content if DATA was accepted.
+
+    A 421 to MAIL or to a RCPT ends the reading there, as aiosmtplib asks nothing after one (the server
+    usually hangs up): then the replies read so far, ``(mail, rcpts)``, for :func:`closed_outcome`.
+    """
     lock = protocol._command_lock
     if lock is None:
         raise SMTPServerDisconnected("Server not connected")
@@ -265,7 +274,15 @@ async def _exchange(protocol: SMTPProtocol, group: bytes, content: bytes, n_rcpt
         with ReplyReader(protocol) as replies:
             protocol.write(group)
             mail_reply = await replies.next()
-            rcpt_replies = [await replies.next() for _ in range(n_rcpts)]
+            rcpt_replies: list[SMTPResponse] = []
+            while mail_reply.code != _DOMAIN_UNAVAILABLE and len(rcpt_replies) < n_rcpts:
+                rcpt_replies.append(reply := await replies.next())
+                if reply.code == _DOMAIN_UNAVAILABLE:
+                    break
+            if mail_reply.code == _DOMAIN_UNAVAILABLE or (
+                rcpt_replies and rcpt_replies[-1].code == _DOMAIN_UNAVAILABLE
+            ):
+                return mail_reply, rcpt_replies
             data_reply = await replies.next()
             final: SMTPResponse | None = None
             if data_reply.code == _START_INPUT:
