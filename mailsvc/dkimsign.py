@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -116,6 +115,7 @@ class Keyring:
         head = data.split(b"\r\n\r\n", 1)[0]
         present = {m.group(1).lower() for m in _HEADER_NAME.finditer(head)}
         include = [h for h in SIGNED_HEADERS if h in present] + [b"from"]
+        dkim = _dkimpy()
         signer = (
             _openssl_rsa(data, key.rsa_key)
             if key.rsa_key is not None
@@ -131,6 +131,16 @@ class Keyring:
         return bytes(header) + data
 
 
+@functools.cache
+def _dkimpy() -> Any:
+    """dkimpy, imported on first use: it imports dnspython's resolver and with it an HTTP/2 client
+    (~160 ms), which every process paid at start (the service, its worker child, each CLI command)
+    although only one that signs needs it."""
+    import dkim
+
+    return dkim
+
+
 def _openssl_rsa(data: bytes, key: rsa.RSAPrivateKey) -> Any:
     """dkimpy's signer with one step swapped: the RSA private-key operation runs in OpenSSL.
 
@@ -142,7 +152,7 @@ def _openssl_rsa(data: bytes, key: rsa.RSAPrivateKey) -> Any:
     (PKCS#1 v1.5 is deterministic, so ``tests/test_dkim.py`` checks the signature is byte for
     byte the one dkimpy makes).
     """
-    signer = dkim.DKIM(data, signature_algorithm=b"rsa-sha256")
+    signer = _dkimpy().DKIM(data, signature_algorithm=b"rsa-sha256")
     signer.gen_header = functools.partial(_gen_header, signer, key)
     return signer
 
@@ -157,6 +167,7 @@ def _gen_header(
     pk: object,
     standardize: bool = False,
 ) -> bytes:
+    dkim = _dkimpy()
     header_value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(header_name), linesep=b"\r\n")
     header_value = dkim.RE_BTAG.sub(b"\\1", header_value)
     h = self.hasher()
