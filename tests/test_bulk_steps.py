@@ -122,6 +122,7 @@ async def test_a_failure_between_steps_leaves_nothing_and_the_key_works_again(tm
             await outbox.enqueue_stream(12, chunked(bulk, 6, fail), batch=True, idempotency_key="k", fingerprint="f")
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM contents").fetchone() == (0,)  # the bytes went with them
             assert conn.execute("SELECT count(*) FROM stages").fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
         assert await outbox.claim("w", 100, 60) == []
@@ -148,6 +149,7 @@ async def test_the_sweep_deletes_a_dead_stage_and_activates_a_sealed_one(tmp_pat
         assert sorted(m.id for m in await outbox.claim("w", 100, 60)) == ["l1", "l2", "l3"]
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT count(*) FROM messages WHERE batch_id = 'dead'").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM contents").fetchone() == (3,)
 
 
 async def test_a_bulk_in_steps_through_the_app_is_delivered_once_each(

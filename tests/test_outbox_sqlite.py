@@ -31,6 +31,20 @@ async def test_file_is_created_with_wal_and_full_sync(tmp_path: Path) -> None:
     conn.close()
 
 
+async def test_a_messages_bytes_live_apart_from_the_row_the_workers_update(tmp_path: Path) -> None:
+    """Migration 0011: a claim and a record rewrite the small ``messages`` row; the bytes are written once."""
+    path = tmp_path / "outbox.sqlite3"
+    env = Message("big", recipients=["a@example.com"], body="x" * 5000, sender="s@example.com").build()
+    async with SqliteOutbox(path) as outbox:
+        await outbox.enqueue([env])
+        [claimed] = await outbox.claim("w", 10, 60)
+        assert claimed.envelope.data == env.data
+    with sqlite3.connect(path) as conn:
+        assert "data" not in [c[1] for c in conn.execute("PRAGMA table_info(messages)")]
+        assert conn.execute("SELECT data FROM contents").fetchall() == [(env.data,)]
+    conn.close()
+
+
 def test_urls() -> None:
     assert open_outbox(None).path == Path("var/mailsvc.sqlite3")  # type: ignore[attr-defined]
     assert open_outbox("sqlite:///var/x.db").path == Path("var/x.db")  # type: ignore[attr-defined]
