@@ -387,22 +387,19 @@ class _SqliteTx(Tx):
         first, now = self._next_pk, self.now
         self._next_pk += len(envelopes)
         stored = [_stored_labels(labels[i] if labels else NO_LABELS, now) for i in range(len(envelopes))]
+        # The row and its bytes (in contents, migration 0011) through the view's INSTEAD OF trigger: one statement.
         await self.db.executemany(
-            "INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
-            " mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent, relay_route,"
-            " stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO new_messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,"
+            " data, mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent, relay_route,"
+            " stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (first + i, ids[i], env.message_id, batch_ids[i], tenants[i], now, now)
                 + (stored[i].due if stage is None else None, env.sender)
-                + (_json_list(env.mail_options), _json_list(env.rcpt_options), stored[i].state)
+                + (env.data, _json_list(env.mail_options), _json_list(env.rcpt_options), stored[i].state)
                 + (stored[i].send_at, stored[i].tags, stored[i].metadata, streams[i] if streams else None)
                 + ((labels[i].traceparent if labels else None), stored[i].route, stage)
                 for i, env in enumerate(envelopes)
             ],
-        )
-        # The bytes in a table of their own (migration 0011): updates of the message row do not rewrite them.
-        await self.db.executemany(
-            "INSERT INTO contents (msg, data) VALUES (?, ?)", [(first + i, env.data) for i, env in enumerate(envelopes)]
         )
         await self.db.executemany(
             "INSERT INTO recipients (msg, position, address, updated_at, state, next_attempt_at)"

@@ -9,3 +9,20 @@ CREATE TABLE IF NOT EXISTS contents (
 );
 INSERT INTO contents (msg, data) SELECT pk, data FROM messages;
 ALTER TABLE messages DROP COLUMN data;
+-- What enqueue inserts into: the row and its bytes in one statement (one trip to the database thread, as before,
+-- not two; a second INSERT per group commit cost ~10 % of single enqueues a second).
+CREATE VIEW IF NOT EXISTS new_messages AS
+SELECT m.pk, m.id, m.message_id, m.batch_id, m.tenant, m.created_at, m.updated_at, m.due_at, m.sender, c.data,
+       m.mail_options, m.rcpt_options, m.state, m.send_at, m.tags, m.metadata, m.stream, m.traceparent,
+       m.relay_route, m.stage
+FROM messages AS m JOIN contents AS c ON c.msg = m.pk;
+CREATE TRIGGER IF NOT EXISTS new_messages_insert INSTEAD OF INSERT ON new_messages
+BEGIN
+    INSERT INTO messages (pk, id, message_id, batch_id, tenant, created_at, updated_at, due_at, sender,
+                          mail_options, rcpt_options, state, send_at, tags, metadata, stream, traceparent,
+                          relay_route, stage)
+    VALUES (new.pk, new.id, new.message_id, new.batch_id, new.tenant, new.created_at, new.updated_at, new.due_at,
+            new.sender, new.mail_options, new.rcpt_options, new.state, new.send_at, new.tags, new.metadata,
+            new.stream, new.traceparent, new.relay_route, new.stage);
+    INSERT INTO contents (msg, data) VALUES (new.pk, new.data);
+END;
