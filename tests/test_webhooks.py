@@ -103,6 +103,20 @@ async def until(pred: Callable[[], bool], within: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def delivery_row(svc: Svc, settled: Callable[[dict[str, Any]], bool], within: float = 20.0) -> dict[str, Any]:
+    """The one webhook delivery's row once ``settled`` holds for it (a liveness bound, as :func:`until`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        r = await svc.client.get("/api/webhooks/deliveries", headers={"Authorization": f"Bearer {ADMIN}"})
+        [row] = (await r.get_json())["deliveries"]
+        if settled(row):
+            return dict(row)
+        if loop.time() > deadline:
+            pytest.fail(f"the delivery never settled: {row}")
+        await asyncio.sleep(0.02)
+
+
 def events_of(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for b in bodies:
@@ -145,8 +159,8 @@ async def test_500s_and_timeouts_are_retried_and_recorded(
         async with service(smtp_port, handler, tmp_path, hook) as svc:
             id_ = await post(svc, "ann@example.com")
             await until(lambda: 200 in rx.statuses)
-            r = await svc.client.get("/api/webhooks/deliveries", headers={"Authorization": f"Bearer {ADMIN}"})
-            [row] = (await r.get_json())["deliveries"]
+            # The receiver answered 200; the service records it once that answer is read: poll for the record.
+            row = await delivery_row(svc, lambda r: r["status"] != "failing")
     assert rx.count == 4 and rx.statuses == [500, 503, 200]  # and a stall (timeout) between: retried until a 2xx
     [event] = events_of(rx.verified()[-1:])
     assert event["message"] == id_ and event["type"] == "delivered"
