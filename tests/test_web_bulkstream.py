@@ -186,3 +186,28 @@ async def test_kept_recipients_and_a_second_walk_give_the_same_chunks(
     assert from_models == from_text
     assert [x for chunk in from_models for x in chunk] == [(i, f"u{i}@example.com", f"n{i}") for i in range(7)]
     assert [len(c) for c in from_models] == [min(size, 7 - k) for k in range(0, 7, size)]
+
+
+def test_many_small_recipients_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body under the size bound but of many tiny entries (180,000 fit in 4 MiB) keeps none of them."""
+    import mailsvc.web.bulkstream as bulkstream
+
+    text = json.dumps(BODIES[2])
+    ctx = CheckContext(WebConfig())
+    assert BulkRequest.check(BulkBody.parse(text), ctx).models is not None
+    monkeypatch.setattr(bulkstream, "KEEP_MODELS_MAX", 6)  # BODIES[2] has 7
+    assert BulkRequest.check(BulkBody.parse(text), ctx).models is None
+    monkeypatch.setattr(bulkstream, "KEEP_MODELS_MAX", 7)
+    assert len(BulkRequest.check(BulkBody.parse(text), ctx).models or []) == 7
+
+
+async def test_the_second_walk_goes_over_the_kept_recipients_not_the_text() -> None:
+    req = BulkRequest.check(BulkBody.parse(json.dumps(BODIES[2])), CheckContext(WebConfig()))
+    assert req.models is not None
+    req.models[3] = req.models[3].model_copy(update={"context": {"name": "kept"}})
+    names = [
+        name
+        async for chunk in req.chunks(lambda i, r: r.context["name"], 4)  # type: ignore[arg-type,return-value]
+        for name in chunk
+    ]
+    assert names == ["n0", "n1", "n2", "kept", "n4", "n5", "n6"]
