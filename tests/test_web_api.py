@@ -304,3 +304,15 @@ async def test_readyz_healthz_openapi_docs(smtp_port: int, handler: RecordingHan
         assert "POST /api/messages/bulk" in docs and "MessageIn" in docs
         assert "<script" not in docs and 'src="http' not in docs and 'href="http' not in docs
         assert "``" not in docs  # reST literals in docstrings are shown as code, not as backticks
+        assert "Every request needs" in docs and "-H 'Authorization: Bearer KEY'" in docs
+
+
+async def test_docs_of_a_service_without_keys_say_no_key_is_needed(
+    smtp_port: int, handler: RecordingHandler, tmp_path: Path
+) -> None:
+    """A newcomer in dev mode (no keys) must not be told to send a Bearer key the service does not ask for."""
+    async with running(smtp_port, handler, tmp_path, workers=0, api_keys=(), allow_anonymous=True) as svc:
+        docs = await (await svc.client.get("/docs")).get_data(as_text=True)
+        assert "need no <code>Authorization</code> header" in docs
+        assert "Every request needs" not in docs and "Bearer KEY" not in docs
+        assert (await svc.client.post("/api/messages", json=MSG)).status_code == 202  # as the page says

@@ -414,7 +414,8 @@ def _prose(text: str) -> Markup:
 
 @bp.get("/docs")
 async def docs() -> Response:
-    doc = openapi_document(web_state().check_context())
+    ws = web_state()
+    doc = openapi_document(ws.check_context())
     schemas = []
     for name, schema in doc["components"]["schemas"].items():
         required = set(schema.get("required", []))
@@ -437,5 +438,5 @@ async def docs() -> Response:
         for path, item in doc["paths"].items()
         for method, op in item.items()
     ]
-    html = await render_template("docs.html", operations=operations, schemas=schemas)
+    html = await render_template("docs.html", operations=operations, schemas=schemas, open_service=ws.keys.open)
     return Response(html, content_type="text/html; charset=utf-8")
