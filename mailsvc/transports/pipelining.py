@@ -59,6 +59,7 @@ __all__ = [
     "Replies",
     "closed_outcome",
     "commands",
+    "envelope_replies",
     "offered",
     "outcome",
     "sendmail",
@@ -181,10 +182,10 @@ async def _pipelined(
     rcpt_options: Sequence[str],
 ) -> tuple[dict[str, SMTPResponse], str]:
     group, content = commands(smtp, sender, recipients, message, mail_options, rcpt_options)
-    replies = await _exchange(protocol, group, content, len(recipients))
-    if isinstance(replies, tuple):  # a 421 to MAIL or a RCPT: the server is closing, nothing more was read
+    replies = await _exchange(protocol, group, content, sender, recipients)
+    if isinstance(replies, SMTPException):  # a 421 to MAIL or a RCPT: the server is closing, nothing more was read
         smtp.close()
-        raise closed_outcome(*replies, sender, recipients)
+        raise replies
     if replies.closing:
         smtp.close()  # as aiosmtplib does on 421: the server is going away
     result = outcome(replies, sender, recipients)
@@ -208,6 +209,21 @@ def outcome(
         return error
     assert replies.final is not None  # no error: DATA got its 354 and the content its 250
     return {e.recipient: SMTPResponse(e.code, e.message) for e in refused}, replies.final.message
+
+
+async def envelope_replies(replies: ReplyReader, n_rcpts: int) -> tuple[SMTPResponse, list[SMTPResponse], bool]:
+    """MAIL's reply and the RCPTs', in order, and whether the server is closing (a 421 to either).
+
+    A 421 ends the reading there: aiosmtplib closes on one and asks nothing more, and a server that
+    says it usually hangs up. A reply that has already arrived is taken without awaiting (``ready``).
+    """
+    mail = replies.ready() or await replies.next()
+    rcpts: list[SMTPResponse] = []
+    while mail.code != _DOMAIN_UNAVAILABLE and len(rcpts) < n_rcpts:
+        rcpts.append(reply := replies.ready() or await replies.next())
+        if reply.code == _DOMAIN_UNAVAILABLE:
+            return mail, rcpts, True
+    return mail, rcpts, mail.code == _DOMAIN_UNAVAILABLE
 
 
 def closed_outcome(
@@ -260,12 +276,12 @@ def commands(
 
 
 async def _exchange(
-    protocol: SMTPProtocol, group: bytes, content: bytes, n_rcpts: int
-) -> Replies | tuple[SMTPResponse, list[SMTPResponse]]:
+    protocol: SMTPProtocol, group: bytes, content: bytes, sender: str, recipients: Sequence[str]
+) -> Replies | SMTPException:
     """Write the group at once, read its replies in order, then the content if DATA was accepted.
 
-    A 421 to MAIL or to a RCPT ends the reading there, as aiosmtplib asks nothing after one (the server
-    usually hangs up): then the replies read so far, ``(mail, rcpts)``, for :func:`closed_outcome`.
+    After a 421 to MAIL or a RCPT nothing more is read (:func:`envelope_replies`): then the exception
+    lock-step sending raises (:func:`closed_outcome`), returned for the caller to close and raise.
     """
     lock = protocol._command_lock
     if lock is None:
@@ -273,16 +289,9 @@ async def _exchange(
     async with lock:
         with ReplyReader(protocol) as replies:
             protocol.write(group)
-            mail_reply = await replies.next()
-            rcpt_replies: list[SMTPResponse] = []
-            while mail_reply.code != _DOMAIN_UNAVAILABLE and len(rcpt_replies) < n_rcpts:
-                rcpt_replies.append(reply := await replies.next())
-                if reply.code == _DOMAIN_UNAVAILABLE:
-                    break
-            if mail_reply.code == _DOMAIN_UNAVAILABLE or (
-                rcpt_replies and rcpt_replies[-1].code == _DOMAIN_UNAVAILABLE
-            ):
-                return mail_reply, rcpt_replies
+            mail_reply, rcpt_replies, closing = await envelope_replies(replies, len(recipients))
+            if closing:
+                return closed_outcome(mail_reply, rcpt_replies, sender, recipients)
             data_reply = await replies.next()
             final: SMTPResponse | None = None
             if data_reply.code == _START_INPUT:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse, SMTPServerDisconnected
 
-from .pipelining import Replies, ReplyReader, closed_outcome, commands, outcome
+from .pipelining import Replies, ReplyReader, closed_outcome, commands, envelope_replies, outcome
 
 __all__ = ["Outcome", "Report", "Stream", "Take", "Transaction"]
 
@@ -153,13 +153,8 @@ class Stream:
                 return False
         if tx is None:
             return True
-        mail = replies.ready() or await replies.next()
-        rcpts: list[SMTPResponse] = []
-        while mail.code != _DOMAIN_UNAVAILABLE and len(rcpts) < len(tx.recipients):
-            rcpts.append(reply := replies.ready() or await replies.next())
-            if reply.code == _DOMAIN_UNAVAILABLE:
-                break
-        if mail.code == _DOMAIN_UNAVAILABLE or (rcpts and rcpts[-1].code == _DOMAIN_UNAVAILABLE):
+        mail, rcpts, closing = await envelope_replies(replies, len(tx.recipients))
+        if closing:
             # aiosmtplib closes on a 421 and reads nothing more: report what lock-step sending makes of it.
             self._report(tx, closed_outcome(mail, rcpts, tx.sender, tx.recipients), report)
             return False
