@@ -341,13 +341,16 @@ class Worker:
             return None
         if self.metrics is not None and (taken := self._taken_at.pop(msg.id, None)) is not None:
             self.metrics.smtp_send_seconds.observe(time.perf_counter() - taken)
-        if broken:  # the connection's failure: _trouble paused the relay
-            return result
+        if not broken:  # a connection's failure was _trouble's: it paused the relay
+            self._heard(result)
+        return result
+
+    def _heard(self, result: SendResult) -> None:
+        """The relay answered: a 421 (it is closing) pauses it like a lost connection; anything else clears that."""
         if any(r.code == 421 for r in result.recipients):
             self.backoff.trouble()
         else:
             self.backoff.ok()
-        return result
 
     async def _send(self, msg: ClaimedMessage) -> SendResult:
         """Send over the pool; a failure before the connection was up is the relay's, never a 5xx verdict."""
@@ -383,10 +386,7 @@ class Worker:
                     *(RecipientResult(r, "failed", exc.code, str(exc)) for r in env.recipients if r not in answered),
                 ),
             )
-        if any(r.code == 421 for r in result.recipients):
-            self.backoff.trouble()
-        else:
-            self.backoff.ok()
+        self._heard(result)
         return result
 
     async def _send_routed(

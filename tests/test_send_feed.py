@@ -75,6 +75,24 @@ async def test_a_refused_admission_is_gone_and_never_reaches_the_server() -> Non
     assert sorted(r.message["Subject"] for r in handler.received) == ["message 0", "message 2", "message 4"]
 
 
+async def test_admission_is_asked_only_once_a_connection_is_free() -> None:
+    """A message waiting for a busy pool is judged when it can go, not when it queued (the relay may pause)."""
+    handler = StreamHandler()
+    async with smtp_server(handler) as port:
+        f = _Feed(port, pool_size=1)
+        pool = f.state.pool
+        await pool._sem.acquire()  # the one connection is taken elsewhere
+        waiting = f.feed.submit(_envelope(0), 0)
+        await asyncio.sleep(0.2)
+        assert f.admitted == []
+        f.refuse.add(0)  # meanwhile its sender changed its mind (a paused relay, a stale lease)
+        pool._sem.release()
+        with pytest.raises(Gone):
+            await waiting
+        await f.close()
+    assert handler.received == []
+
+
 async def test_a_connection_lost_on_a_content_fails_that_message_alone_as_the_connections_failure() -> None:
     """Message 3's content makes the server hang up: 3 fails (broken), 4 goes on a new connection."""
     handler, connections = StreamHandler(drop_on={"x@example.com"}), ConnectionCounter()

@@ -95,8 +95,8 @@ async def test_a_give_back_whose_release_failed_is_not_renewed_forever(tmp_path:
         [id_] = (await ob.enqueue([env])).ids
         group = WorkerGroup.from_service(ob, MailConfig(server="127.0.0.1", port=port, timeout=5, pool_size=1), service)
         w = group.workers[0]
-        assert w._gate is not None
-        await w._gate.acquire()  # the one connection slot is busy: the claimed message waits for it
+        pool = w.mail.pool
+        await pool._sem.acquire()  # the one connection slot is busy: the claimed message waits for it
         await group.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
@@ -107,7 +107,7 @@ async def test_a_give_back_whose_release_failed_is_not_renewed_forever(tmp_path:
             other = sqlite3.connect(path, isolation_level=None)  # another process holds the write lock
             other.execute("BEGIN IMMEDIATE")
             w.backoff.trouble()  # relay paused: the message is given back unsent, and its release fails
-            w._gate.release()
+            pool._sem.release()
             await asyncio.sleep(0.3)
             other.execute("ROLLBACK")
             other.close()

@@ -10,8 +10,8 @@ content (``Transport.send_batch``; SMTP pipelines across messages, ``pipestream`
 and whoever submitted an envelope awaits its result. A connection whose feed ran dry
 goes back to the pool; the next submit starts one again.
 
-What the submitter decides stays with it: ``admit`` is asked when a connection takes
-the envelope, the last moment before it may reach the wire (a worker refuses there
+What the submitter decides stays with it: ``admit`` is asked when a connection that is
+ready takes the envelope, the last moment before it may reach the wire (a worker refuses there
 when its relay is paused, it is stopping, or the message's lease is too old), and
 ``trouble`` hears of every connection that failed. The result comes with whether it is
 such a failure (the relay's, to be retried) or the server's answers.
@@ -130,9 +130,9 @@ class SendFeed(SendQueue, Generic[T]):
         """One connection's turn: send what the feed holds until it is empty, a new connection after a failure."""
         lane = _Lane(self)
         try:
-            while (i := lane.take()) is not None:
+            while self._todo:  # each envelope is taken (and admitted) only once a connection is ready for it
                 try:
-                    await self._pool().send_from(lane, i)
+                    await self._pool().send_from(lane)
                 except DeliveryError as exc:
                     self._trouble(exc)
         except BaseException as exc:

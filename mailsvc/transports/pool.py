@@ -106,20 +106,25 @@ class ConnectionPool:
         assert all(r is not None for r in queue.results)
         return queue.results  # type: ignore[return-value]
 
-    async def send_from(self, queue: SendQueue, first: int) -> None:
+    async def send_from(self, queue: SendQueue, first: int | None = None) -> None:
         """Envelope ``first`` and what follows it from ``queue``, on one pooled connection (``send_batch``).
 
-        Every envelope taken gets its result or goes back to ``queue``, also when this raises
-        :class:`DeliveryError` (the connection failed, or could not be opened: that fails ``first``).
+        ``first`` None: the first is taken from ``queue`` once the connection is ready, so a queue that
+        decides at :meth:`SendQueue.take` whether an envelope may go (the worker's feed) decides at the
+        last moment, not before a wait for a free connection. Every envelope taken gets its result or goes
+        back to ``queue``, also when this raises :class:`DeliveryError` (the connection failed, or could not
+        be opened: that fails the first envelope, taken then if it was not yet).
         """
         entered = False
         try:
             async with self.connection() as conn:
                 entered = True
+                if first is None and (first := queue.take()) is None:
+                    return
                 await conn.send_batch(queue, first, self._max)
         except DeliveryError as exc:
-            if not entered:  # the connection could not be opened: that fails the envelope it was for
-                queue.fail(first, exc)
+            if not entered and (first is not None or (first := queue.take()) is not None):
+                queue.fail(first, exc)  # the connection could not be opened: that fails the envelope it was for
             raise
 
     async def aclose(self) -> None:
