@@ -104,8 +104,10 @@ async def test_a_give_back_whose_release_failed_is_not_renewed_forever(tmp_path:
             while w.stats.claimed == 0:
                 assert loop.time() < deadline
                 await asyncio.sleep(0.01)
-            other = sqlite3.connect(path, isolation_level=None)  # another process holds the write lock
-            other.execute("BEGIN IMMEDIATE")
+            # Another process holds the write lock. Taken off the loop: a worker transaction open at this moment
+            # needs the loop to reach its COMMIT, and waiting on the loop deadlocked until the busy timeout.
+            other = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+            await asyncio.to_thread(other.execute, "BEGIN IMMEDIATE")
             w.backoff.trouble()  # relay paused: the message is given back unsent, and its release fails
             pool._sem.release()
             await asyncio.sleep(0.3)
